@@ -1,0 +1,145 @@
+//! Speed and memory of the pipeline on a full-size generated file (2,633,521 lines, as the
+//! real log). Prints lines/s for the reader alone, events/s for the core alone, and the
+//! end-to-end wall time and peak memory of `storepulse run --max` (release binary).
+//!
+//! `cargo bench` runs it; `STOREPULSE_BENCH_ROWS` sets another size. Targets: end to end
+//! under 2 s, peak memory under 600 MiB.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use storepulse::aggregate::{Core, CoreConfig};
+use storepulse::replay::{read_all, sort_by_event_time, ReaderConfig};
+
+const REPEAT: usize = 3;
+
+fn data_file(rows: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("generated-{rows}-seed2020.csv"));
+    if !path.exists() {
+        let t = Instant::now();
+        let tmp = path.with_extension("tmp");
+        storepulse::generate::write_file(&tmp, rows, 2020).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        eprintln!(
+            "generated {} in {:.1}s",
+            path.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    path
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo test --benches` runs benches in test mode: keep that quick.
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let rows: u64 = std::env::var("STOREPULSE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_633_521);
+    let path = data_file(rows);
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "input: {} ({rows} lines, {:.0} MiB)",
+        path.display(),
+        bytes as f64 / 1048576.0
+    );
+
+    let mut read_secs = Vec::new();
+    let mut all = None;
+    for _ in 0..REPEAT {
+        let t = Instant::now();
+        let r = read_all(
+            std::fs::File::open(&path).unwrap(),
+            &ReaderConfig::default(),
+        )
+        .unwrap();
+        read_secs.push(t.elapsed().as_secs_f64());
+        all = Some(r);
+    }
+    let mut all = all.unwrap();
+    let r = median(read_secs);
+    println!(
+        "reader alone:   {:>8.3} s  {:>12.0} lines/s  {:>6.0} MiB/s",
+        r,
+        rows as f64 / r,
+        bytes as f64 / 1048576.0 / r
+    );
+
+    let t = Instant::now();
+    sort_by_event_time(&mut all.events);
+    println!("sort by time:   {:>8.3} s", t.elapsed().as_secs_f64());
+
+    let mut core_secs = Vec::new();
+    for _ in 0..REPEAT {
+        let mut core = Core::new(CoreConfig::default());
+        for i in 0..all.dict.len() {
+            let sym = storepulse::replay::Sym(i as u32);
+            core.learn_name(sym, all.dict.name(sym));
+        }
+        let t = Instant::now();
+        for e in &all.events {
+            core.record(e);
+        }
+        core.finish();
+        core_secs.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let rows = core.rfm();
+        if core_secs.len() == 1 {
+            println!(
+                "rfm scoring:    {:>8.3} s  ({} customers)",
+                t.elapsed().as_secs_f64(),
+                rows.len()
+            );
+        }
+    }
+    let c = median(core_secs);
+    let n = all.events.len() as f64;
+    println!("core alone:     {:>8.3} s  {:>12.0} events/s", c, n / c);
+    drop(all);
+
+    let bin = env!("CARGO_BIN_EXE_storepulse");
+    let mut walls = Vec::new();
+    let mut peak_kib = 0;
+    for _ in 0..REPEAT {
+        let snaps = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let out = std::process::Command::new(bin)
+            .args(["run", "--max", "--no-progress", "--input"])
+            .arg(&path)
+            .arg("--snapshot-dir")
+            .arg(snaps.path())
+            .output()
+            .unwrap();
+        walls.push(t.elapsed().as_secs_f64());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        peak_kib = peak_kib.max(children_peak_rss_kib());
+    }
+    let w = median(walls);
+    println!(
+        "end to end:     {:>8.3} s  {:>12.0} lines/s  peak RSS {:.0} MiB  (run --max, snapshot included)",
+        w,
+        rows as f64 / w,
+        peak_kib as f64 / 1024.0
+    );
+}
+
+/// Largest resident set of any finished child, in KiB.
+fn children_peak_rss_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}

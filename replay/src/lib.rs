@@ -1,0 +1,21 @@
+//! The replayer's library: reads `kz.csv`-format purchase lines, validates and repairs
+//! each one (or rejects it with exactly one reason), orders events by event time and paces
+//! them. It owns the input contract and the wire format; it keeps no aggregate state and
+//! writes no files.
+
+pub mod csv_line;
+pub mod event;
+pub mod fields;
+pub mod pace;
+pub mod reader;
+pub mod reject;
+pub mod validate;
+pub mod wire;
+
+pub use event::{Dictionary, PurchaseEvent, Sym};
+pub use pace::{Pace, Pacer};
+pub use reader::{
+    read_all, sort_by_event_time, Block, CsvReader, ReadAll, ReadError, ReadStats, ReaderConfig,
+};
+pub use reject::{RejectCounts, RejectReason, Rejected};
+pub use validate::{Header, HeaderError, LineValidator, DEFAULT_MIN_EVENT_TIME_US};

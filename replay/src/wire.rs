@@ -1,0 +1,143 @@
+//! The purchase event on the wire (JSON), as described by
+//! `schemas/purchase_event.schema.json`. Ids are strings because JSON numbers beyond 2^53
+//! lose precision in many consumers; the price is a decimal string so no float touches
+//! money. Only this module knows the wire format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Dictionary, PurchaseEvent};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireEvent {
+    /// RFC 3339, UTC, microsecond precision when needed.
+    pub event_time: String,
+    pub order_id: String,
+    pub product_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<String>,
+    /// Decimal string with two decimals, e.g. "162.01".
+    pub price: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// 1-based line of the source file the event came from.
+    pub source_line: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("wire event field `{field}` is invalid: {value:?}")]
+pub struct WireError {
+    pub field: &'static str,
+    pub value: String,
+}
+
+impl WireEvent {
+    pub fn from_event(e: &PurchaseEvent, dict: &Dictionary) -> WireEvent {
+        let t = chrono::DateTime::from_timestamp_micros(e.event_time_us)
+            .expect("event times come from valid dates");
+        WireEvent {
+            event_time: t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            order_id: e.order_id.to_string(),
+            product_id: e.product_id.to_string(),
+            category_id: e.category_id.map(|v| v.to_string()),
+            category_code: e.category.map(|s| dict.name(s).to_string()),
+            brand: e.brand.map(|s| dict.name(s).to_string()),
+            price: format!("{}.{:02}", e.price_cents / 100, e.price_cents % 100),
+            user_id: e.user_id.map(|v| v.to_string()),
+            source_line: e.line,
+        }
+    }
+
+    /// Back to the compact event, interning names into `dict`. `offset` is unknown (0).
+    pub fn to_event(&self, dict: &mut Dictionary) -> Result<PurchaseEvent, WireError> {
+        let bad = |field: &'static str, value: &str| WireError {
+            field,
+            value: value.to_string(),
+        };
+        let id = |field: &'static str, v: &str| v.parse::<u64>().map_err(|_| bad(field, v));
+        let event_time_us = chrono::DateTime::parse_from_rfc3339(&self.event_time)
+            .map_err(|_| bad("event_time", &self.event_time))?
+            .timestamp_micros();
+        Ok(PurchaseEvent {
+            event_time_us,
+            order_id: id("order_id", &self.order_id)?,
+            product_id: id("product_id", &self.product_id)?,
+            category_id: self
+                .category_id
+                .as_deref()
+                .map(|v| id("category_id", v))
+                .transpose()?,
+            user_id: self
+                .user_id
+                .as_deref()
+                .map(|v| id("user_id", v))
+                .transpose()?,
+            price_cents: crate::fields::parse_price_cents(&self.price)
+                .ok_or_else(|| bad("price", &self.price))?,
+            category: self.category_code.as_deref().map(|c| dict.intern(c)),
+            brand: self.brand.as_deref().map(|b| dict.intern(b)),
+            line: self.source_line,
+            offset: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json_exactly() {
+        let mut dict = Dictionary::new();
+        let e = PurchaseEvent {
+            event_time_us: 1_587_729_039_000_000,
+            order_id: 2_294_359_932_054_536_986,
+            product_id: 1_515_966_223_509_089_906,
+            category_id: Some(2_268_105_426_648_171_008),
+            user_id: Some(1_515_915_625_441_993_984),
+            price_cents: 16_201,
+            category: Some(dict.intern("electronics.tablet")),
+            brand: None,
+            line: 42,
+            offset: 0,
+        };
+        let json = serde_json::to_string(&WireEvent::from_event(&e, &dict)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event_time":"2020-04-24T11:50:39Z","order_id":"2294359932054536986","product_id":"1515966223509089906","category_id":"2268105426648171008","category_code":"electronics.tablet","price":"162.01","user_id":"1515915625441993984","source_line":42}"#
+        );
+        let back: WireEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.to_event(&mut dict).unwrap(), e);
+    }
+
+    #[test]
+    fn invalid_wire_fields_are_named() {
+        let mut w = WireEvent {
+            event_time: "2020-04-24T11:50:39Z".into(),
+            order_id: "1".into(),
+            product_id: "2".into(),
+            category_id: None,
+            category_code: None,
+            brand: None,
+            price: "-1".into(),
+            user_id: None,
+            source_line: 2,
+        };
+        let mut dict = Dictionary::new();
+        assert_eq!(w.to_event(&mut dict).unwrap_err().field, "price");
+        w.price = "1.00".into();
+        w.order_id = "1e5".into();
+        assert_eq!(w.to_event(&mut dict).unwrap_err().field, "order_id");
+    }
+}
+
+/// A day number (days since 1970-01-01) as `YYYY-MM-DD`.
+pub fn day_string(day: i32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| day.to_string())
+}

@@ -1,0 +1,89 @@
+//! One UTC day's sales: totals, and the same per category code and per brand. Distinct
+//! orders and customers are kept as sets only while the day is open; a final day keeps
+//! just its counts.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use storepulse_replay::{PurchaseEvent, Sym};
+
+/// Exact sums of a day or a group. Money in cents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub revenue_cents: i64,
+    pub items: u64,
+    pub orders: u64,
+}
+
+/// Sales of one category code or brand (`None` = unknown) on one day.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub totals: Totals,
+    orders: FxHashSet<u64>,
+    last_order: Option<u64>,
+}
+
+impl Group {
+    fn record(&mut self, e: &PurchaseEvent) {
+        self.totals.revenue_cents += e.price_cents;
+        self.totals.items += 1;
+        if self.last_order != Some(e.order_id) {
+            self.last_order = Some(e.order_id);
+            self.totals.orders += u64::from(self.orders.insert(e.order_id));
+        }
+    }
+
+    fn finalize(&mut self) {
+        self.orders = FxHashSet::default();
+        self.last_order = None;
+    }
+
+    /// Order ids still tracked (empty once the day is final).
+    pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.orders.iter().copied()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Day {
+    pub totals: Totals,
+    /// Distinct non-anonymous customers.
+    pub customers: u64,
+    orders: FxHashSet<u64>,
+    customer_set: FxHashSet<u64>,
+    /// (order, customer) of the previous line: the lines of an order usually follow
+    /// each other, so most set look-ups can be skipped.
+    last: Option<(u64, Option<u64>)>,
+    pub categories: FxHashMap<Option<Sym>, Group>,
+    pub brands: FxHashMap<Option<Sym>, Group>,
+}
+
+impl Day {
+    pub(super) fn record(&mut self, e: &PurchaseEvent) {
+        self.totals.revenue_cents += e.price_cents;
+        self.totals.items += 1;
+        if self.last != Some((e.order_id, e.user_id)) {
+            self.last = Some((e.order_id, e.user_id));
+            self.totals.orders += u64::from(self.orders.insert(e.order_id));
+            if let Some(u) = e.user_id {
+                self.customers += u64::from(self.customer_set.insert(u));
+            }
+        }
+        self.categories.entry(e.category).or_default().record(e);
+        self.brands.entry(e.brand).or_default().record(e);
+    }
+
+    pub(super) fn finalize(&mut self) {
+        self.orders = FxHashSet::default();
+        self.customer_set = FxHashSet::default();
+        self.last = None;
+        self.categories.values_mut().for_each(Group::finalize);
+        self.brands.values_mut().for_each(Group::finalize);
+    }
+
+    pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.orders.iter().copied()
+    }
+
+    pub fn open_customers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.customer_set.iter().copied()
+    }
+}

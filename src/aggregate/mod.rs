@@ -1,0 +1,196 @@
+//! The aggregate core: event-time daily windows (sales per day, category and brand) and
+//! per-customer RFM state, kept incrementally. Pure and synchronous: no I/O, no clock
+//! reads, no async. Time only arrives as event times and watermarks passed in.
+
+mod daily;
+pub mod rfm;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use storepulse_replay::{PurchaseEvent, Sym};
+
+pub use daily::{Day, Group, Totals};
+pub use rfm::{Customer, RfmRow};
+
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Days since 1970-01-01 (UTC) of an event time in microseconds.
+pub fn day_of(event_time_us: i64) -> i32 {
+    event_time_us.div_euclid(MICROS_PER_DAY) as i32
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// Watermark = highest event time seen minus this.
+    pub max_out_of_orderness_us: i64,
+    /// A day is final once the watermark passes its end plus this.
+    pub allowed_lateness_us: i64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            max_out_of_orderness_us: 3_600_000_000,
+            allowed_lateness_us: 0,
+        }
+    }
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    /// Its day was already final: counted as `late_event`, changes no aggregate.
+    Late,
+}
+
+/// All aggregate state. Everything a snapshot shows is derived from it.
+#[derive(Debug, Clone, Default)]
+pub struct Core {
+    config: CoreConfig,
+    names: Vec<Box<str>>,
+    /// Highest accepted event time: the as-of time of a snapshot.
+    max_event_us: Option<i64>,
+    watermark_us: Option<i64>,
+    days: BTreeMap<i32, Day>,
+    /// Oldest day that is not final yet (days before it are all final).
+    first_open_day: Option<i32>,
+    customers: FxHashMap<u64, Customer>,
+    /// (user, order) pairs already counted in a customer's frequency.
+    customer_orders: FxHashSet<(u64, u64)>,
+    accepted: u64,
+    late: u64,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    pub fn config(&self) -> CoreConfig {
+        self.config
+    }
+
+    /// Learns the name of the next symbol (category code or brand). Names arrive in-band,
+    /// in symbol order, before the first event that uses them.
+    pub fn learn_name(&mut self, sym: Sym, name: &str) {
+        assert_eq!(sym.0 as usize, self.names.len(), "names arrive in order");
+        self.names.push(name.into());
+    }
+
+    pub fn name(&self, sym: Sym) -> &str {
+        &self.names[sym.0 as usize]
+    }
+
+    pub fn names_known(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether events of `day` are late now.
+    pub fn is_final(&self, day: i32) -> bool {
+        let end = (i64::from(day) + 1) * MICROS_PER_DAY;
+        self.watermark_us
+            .is_some_and(|w| w >= end.saturating_add(self.config.allowed_lateness_us))
+    }
+
+    /// Adds one event to every aggregate, or reports it late.
+    pub fn record(&mut self, e: &PurchaseEvent) -> Outcome {
+        let day = day_of(e.event_time_us);
+        if self.is_final(day) {
+            self.late += 1;
+            return Outcome::Late;
+        }
+        self.accepted += 1;
+        self.days.entry(day).or_default().record(e);
+        if let Some(user) = e.user_id {
+            let c = self
+                .customers
+                .entry(user)
+                .or_insert_with(|| Customer::new(e.event_time_us));
+            let new_order =
+                c.last_order != Some(e.order_id) && self.customer_orders.insert((user, e.order_id));
+            c.record(e, new_order);
+        }
+        if self.first_open_day.is_none_or(|d| day < d) {
+            self.first_open_day = Some(day);
+        }
+        if self.max_event_us.is_none_or(|m| e.event_time_us > m) {
+            self.max_event_us = Some(e.event_time_us);
+            self.advance_watermark(
+                e.event_time_us
+                    .saturating_sub(self.config.max_out_of_orderness_us),
+            );
+        }
+        Outcome::Accepted
+    }
+
+    /// Moves the watermark forward (never back) and finalizes the days it passed.
+    pub fn advance_watermark(&mut self, to_us: i64) {
+        if self.watermark_us.is_some_and(|w| w >= to_us) {
+            return;
+        }
+        self.watermark_us = Some(to_us);
+        while let Some(day) = self.first_open_day {
+            if !self.is_final(day) {
+                break;
+            }
+            let mut open = self.days.range_mut(day..);
+            if let Some((_, d)) = open.next() {
+                d.finalize();
+            }
+            self.first_open_day = open.next().map(|(&d, _)| d);
+        }
+    }
+
+    /// End of input: every day becomes final.
+    pub fn finish(&mut self) {
+        self.advance_watermark(i64::MAX);
+    }
+
+    pub fn watermark_us(&self) -> Option<i64> {
+        self.watermark_us
+    }
+
+    /// The as-of time: highest accepted event time.
+    pub fn max_event_us(&self) -> Option<i64> {
+        self.max_event_us
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Days in order, with whether each is final.
+    pub fn days(&self) -> impl Iterator<Item = (i32, &Day, bool)> + '_ {
+        self.days.iter().map(|(&d, day)| (d, day, self.is_final(d)))
+    }
+
+    pub fn customers(&self) -> &FxHashMap<u64, Customer> {
+        &self.customers
+    }
+
+    /// RFM rows for every customer, scored against the current as-of date.
+    pub fn rfm(&self) -> Vec<RfmRow> {
+        match self.max_event_us {
+            Some(t) => rfm::score(&self.customers, day_of(t)),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Core {
+    /// The (customer, order) pairs counted in frequencies so far.
+    pub fn customer_orders(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.customer_orders.iter().copied()
+    }
+}

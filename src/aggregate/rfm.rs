@@ -1,0 +1,242 @@
+//! Per-customer RFM state and its scoring. Scores are quintiles of SQL `PERCENT_RANK()`
+//! over every customer in the state (ties share the lower rank), so they stay global
+//! however the state was built; the segment comes from `schemas/rfm_segments.csv`.
+
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap;
+use storepulse_replay::PurchaseEvent;
+
+use super::day_of;
+
+/// What is kept per customer: enough to score them and to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Customer {
+    pub first_us: i64,
+    pub last_us: i64,
+    /// Distinct orders.
+    pub frequency: u64,
+    pub monetary_cents: i64,
+    pub items: u64,
+    pub(super) last_order: Option<u64>,
+}
+
+impl Customer {
+    pub(super) fn new(t: i64) -> Self {
+        Self {
+            first_us: t,
+            last_us: t,
+            frequency: 0,
+            monetary_cents: 0,
+            items: 0,
+            last_order: None,
+        }
+    }
+
+    pub(super) fn record(&mut self, e: &PurchaseEvent, new_order: bool) {
+        self.first_us = self.first_us.min(e.event_time_us);
+        self.last_us = self.last_us.max(e.event_time_us);
+        self.frequency += u64::from(new_order);
+        self.monetary_cents += e.price_cents;
+        self.items += 1;
+        self.last_order = Some(e.order_id);
+    }
+}
+
+/// One row of the `rfm` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RfmRow {
+    pub user_id: u64,
+    pub customer: Customer,
+    pub recency_days: i64,
+    pub r: u8,
+    pub f: u8,
+    pub m: u8,
+    pub segment: &'static str,
+}
+
+impl RfmRow {
+    /// The cell, e.g. "545".
+    pub fn cell(&self) -> String {
+        format!("{}{}{}", self.r, self.f, self.m)
+    }
+}
+
+/// Scores every customer against `as_of_day` (days since the epoch, UTC). Rows come
+/// sorted by user id.
+pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow> {
+    let mut rows: Vec<RfmRow> = customers
+        .iter()
+        .map(|(&user_id, c)| RfmRow {
+            user_id,
+            customer: *c,
+            recency_days: i64::from(as_of_day) - i64::from(day_of(c.last_us)),
+            r: 0,
+            f: 0,
+            m: 0,
+            segment: "",
+        })
+        .collect();
+    rows.sort_unstable_by_key(|r| r.user_id);
+    let n = rows.len();
+    // Recency ranks by recency_days descending: negate to rank ascending.
+    let r = Quintiles::new(rows.iter().map(|r| -r.recency_days).collect());
+    let f = Quintiles::new(rows.iter().map(|r| r.customer.frequency as i64).collect());
+    let m = Quintiles::new(rows.iter().map(|r| r.customer.monetary_cents).collect());
+    for row in &mut rows {
+        row.r = r.score(-row.recency_days, n);
+        row.f = f.score(row.customer.frequency as i64, n);
+        row.m = m.score(row.customer.monetary_cents, n);
+        row.segment = segment(row.r, row.f, row.m);
+    }
+    rows
+}
+
+/// Sorted values of one dimension, to find each value's percent rank.
+struct Quintiles(Vec<i64>);
+
+impl Quintiles {
+    fn new(mut v: Vec<i64>) -> Self {
+        v.sort_unstable();
+        Self(v)
+    }
+
+    /// 5 if PERCENT_RANK >= 0.8, 4 if >= 0.6, ... else 1; exact integer arithmetic.
+    /// PERCENT_RANK = (values strictly below) / (n - 1), and 0 when n = 1.
+    fn score(&self, value: i64, n: usize) -> u8 {
+        if n <= 1 {
+            return 1;
+        }
+        let below = self.0.partition_point(|&x| x < value) as u64;
+        let span = (n - 1) as u64;
+        (1..=4u8)
+            .rev()
+            .find(|&k| 5 * below >= u64::from(k) * span)
+            .map_or(1, |k| k + 1)
+    }
+}
+
+const SEGMENTS_CSV: &str = include_str!("../../schemas/rfm_segments.csv");
+
+/// The named segment of a cell; every one of the 125 cells is mapped.
+pub fn segment(r: u8, f: u8, m: u8) -> &'static str {
+    static TABLE: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| parse_segments(SEGMENTS_CSV));
+    table[cell_index(r, f, m)]
+}
+
+fn cell_index(r: u8, f: u8, m: u8) -> usize {
+    assert!((1..=5).contains(&r) && (1..=5).contains(&f) && (1..=5).contains(&m));
+    usize::from(r - 1) * 25 + usize::from(f - 1) * 5 + usize::from(m - 1)
+}
+
+fn parse_segments(csv: &'static str) -> Vec<&'static str> {
+    let mut table = vec![""; 125];
+    for line in csv.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let (cell, name) = line.split_once(',').expect("cell,segment");
+        let d: Vec<u8> = cell.bytes().map(|b| b - b'0').collect();
+        table[cell_index(d[0], d[1], d[2])] = name.trim();
+    }
+    assert!(table.iter().all(|s| !s.is_empty()), "all 125 cells mapped");
+    table
+}
+
+/// Every segment name, in first-appearance order of the table.
+pub fn segment_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for r in 1..=5 {
+        for f in 1..=5 {
+            for m in 1..=5 {
+                let s = segment(r, f, m);
+                if !names.contains(&s) {
+                    names.push(s);
+                }
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(values: &[i64]) -> Vec<u8> {
+        let qs = Quintiles::new(values.to_vec());
+        values.iter().map(|&v| qs.score(v, values.len())).collect()
+    }
+
+    #[test]
+    fn quintiles_follow_percent_rank() {
+        // n = 6: ranks 0, .2, .4, .6, .8, 1.0
+        assert_eq!(q(&[10, 20, 30, 40, 50, 60]), vec![1, 2, 3, 4, 5, 5]);
+        // ties share the lower rank: [1,1,1,2] -> ranks 0,0,0,1
+        assert_eq!(q(&[1, 1, 1, 2]), vec![1, 1, 1, 5]);
+        // n = 5: ranks 0, .25, .5, .75, 1
+        assert_eq!(q(&[5, 4, 3, 2, 1]), vec![5, 4, 3, 2, 1]);
+        assert_eq!(q(&[7]), vec![1]);
+        assert_eq!(q(&[]), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn segment_table_matches_the_reference_cells() {
+        assert_eq!(segment(5, 5, 5), "Champion");
+        assert_eq!(segment(1, 1, 1), "Lost Customers");
+        assert_eq!(segment(1, 1, 3), "Cannot Lose Them");
+        assert_eq!(segment(3, 3, 5), "Loyal");
+        assert_eq!(segment(5, 1, 1), "New Customers");
+        assert_eq!(segment(2, 1, 3), "About To Sleep");
+        assert_eq!(segment_names().len(), 11);
+    }
+
+    /// The copy under schemas/ must equal the team's reference table when it is present.
+    #[test]
+    fn segment_table_equals_shared_reference() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/reference/rfm-segments.csv"
+        );
+        match std::fs::read_to_string(path) {
+            Ok(reference) => assert_eq!(reference.trim_end(), SEGMENTS_CSV.trim_end()),
+            Err(_) => eprintln!("shared reference not present; compared only the copy"),
+        }
+    }
+
+    #[test]
+    fn score_uses_recency_descending_and_global_ranks() {
+        let c = |last_day: i64, frequency: u64, cents: i64| Customer {
+            first_us: 0,
+            last_us: last_day * super::super::MICROS_PER_DAY,
+            frequency,
+            monetary_cents: cents,
+            items: frequency,
+            last_order: None,
+        };
+        let mut map = FxHashMap::default();
+        map.insert(1, c(100, 1, 100));
+        map.insert(2, c(90, 2, 200));
+        map.insert(3, c(80, 3, 300));
+        map.insert(4, c(70, 4, 400));
+        map.insert(5, c(60, 5, 500));
+        map.insert(6, c(100, 1, 100));
+        let rows = score(&map, 100);
+        let got: Vec<(u64, i64, String)> = rows
+            .iter()
+            .map(|r| (r.user_id, r.recency_days, r.cell()))
+            .collect();
+        // recency_days [0,10,20,30,40,0] descending ranks: 40->0, 30->.2, 20->.4, 10->.6, 0->.8
+        assert_eq!(
+            got,
+            vec![
+                (1, 0, "511".to_string()),
+                (2, 10, "433".to_string()),
+                (3, 20, "344".to_string()),
+                (4, 30, "255".to_string()),
+                (5, 40, "155".to_string()),
+                (6, 0, "511".to_string()),
+            ]
+        );
+        assert_eq!(rows[0].segment, "New Customers");
+        assert_eq!(rows[4].segment, "Cannot Lose Them");
+    }
+}

@@ -1,0 +1,151 @@
+//! Command-line interface: clap definitions (every flag also reads a `STOREPULSE_…`
+//! environment variable), validated once into typed configs, and the commands' output.
+
+mod duration;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use duration::parse_duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "storepulse",
+    version,
+    about = "Streaming analytics for e-commerce purchase logs: exact daily sales and RFM segments"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay a purchase CSV through the whole pipeline in one process (no broker) and
+    /// write snapshots.
+    Run(RunArgs),
+    /// Run SQL over the latest snapshot.
+    Query(QueryArgs),
+    /// Write a synthetic purchase log in the kz.csv format, calibrated to the real one.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Input CSV (kz.csv format; columns found by header name).
+    #[arg(long, env = "STOREPULSE_INPUT", default_value = "data/sample.csv")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+    /// Replay N times faster than real (event) time.
+    #[arg(long, env = "STOREPULSE_SPEED", group = "pace")]
+    pub speed: Option<f64>,
+    /// Replay at a fixed number of events per second.
+    #[arg(long, env = "STOREPULSE_RATE", group = "pace")]
+    pub rate: Option<f64>,
+    /// Replay as fast as possible (the default).
+    #[arg(long, env = "STOREPULSE_MAX", group = "pace")]
+    pub max: bool,
+    /// Replay order: by event time (reads the whole file first) or in file order.
+    #[arg(
+        long,
+        env = "STOREPULSE_ORDER",
+        value_enum,
+        default_value = "event-time"
+    )]
+    pub order: OrderArg,
+    /// Write a snapshot this often (wall time), e.g. 10s, 500ms.
+    #[arg(long, env = "STOREPULSE_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub snapshot_interval: std::time::Duration,
+    /// Watermark = highest event time seen minus this.
+    #[arg(long, env = "STOREPULSE_MAX_OUT_OF_ORDERNESS", default_value = "1h", value_parser = parse_duration)]
+    pub max_out_of_orderness: std::time::Duration,
+    /// A day is final (later events are `late_event`) once the watermark passes its end plus this.
+    #[arg(long, env = "STOREPULSE_ALLOWED_LATENESS", default_value = "0s", value_parser = parse_duration)]
+    pub allowed_lateness: std::time::Duration,
+    /// Lines with an earlier event time are rejected (`event_time_out_of_range`). RFC 3339.
+    #[arg(
+        long,
+        env = "STOREPULSE_MIN_EVENT_TIME",
+        default_value = "2000-01-01T00:00:00Z"
+    )]
+    pub min_event_time: String,
+    /// No progress bar, even on a terminal.
+    #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Folder for snapshots and `rejected.csv`.
+    #[arg(long, env = "STOREPULSE_SNAPSHOT_DIR", default_value = "snapshots")]
+    pub snapshot_dir: PathBuf,
+    /// How many snapshots to keep.
+    #[arg(long, env = "STOREPULSE_KEEP_SNAPSHOTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_snapshots: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OrderArg {
+    EventTime,
+    File,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Folder the snapshots are in.
+    #[arg(long, env = "STOREPULSE_SNAPSHOT_DIR", default_value = "snapshots")]
+    pub snapshot_dir: PathBuf,
+    /// Output format.
+    #[arg(long, env = "STOREPULSE_FORMAT", value_enum, default_value = "table")]
+    pub format: crate::query::Format,
+    /// The SQL statement (read-only).
+    pub sql: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Number of data lines to write (the real file has 2,633,521).
+    #[arg(long, env = "STOREPULSE_ROWS", default_value_t = 50_000)]
+    pub rows: u64,
+    /// Seed: the same seed and rows give the same file.
+    #[arg(long, env = "STOREPULSE_SEED", default_value_t = 2020)]
+    pub seed: u64,
+    /// Output file.
+    #[arg(long, env = "STOREPULSE_OUT")]
+    pub out: PathBuf,
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Query(args) => query(args),
+        Command::Generate(args) => {
+            let stats = crate::generate::write_file(&args.out, args.rows, args.seed)?;
+            eprintln!(
+                "wrote {} lines to {} ({} bytes)",
+                stats.lines,
+                args.out.display(),
+                stats.bytes
+            );
+            Ok(())
+        }
+    }
+}
+
+fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        let session = crate::query::Session::open(&args.snapshot_dir).await?;
+        let (schema, batches) = session.sql(&args.sql).await?;
+        Ok::<_, crate::query::QueryError>(crate::query::render(schema, &batches, args.format)?)
+    })?;
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `storepulse run`: validates the flags into a [`RunConfig`], runs the embedded pipeline
+//! and prints the summary.
+
+use std::io::IsTerminal;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use storepulse_replay::{Pace, ReaderConfig};
+
+use super::{OrderArg, RunArgs};
+use crate::aggregate::{rfm::segment_names, CoreConfig};
+use crate::ingest::embedded::{self, Order, RunConfig};
+use crate::ingest::DriverOutcome;
+use crate::snapshot::manifest::Counts;
+
+pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
+    let pace = match (args.speed, args.rate) {
+        (Some(s), _) if !(s.is_finite() && s > 0.0) => bail!("--speed must be a positive number"),
+        (_, Some(r)) if !(r.is_finite() && r > 0.0) => bail!("--rate must be a positive number"),
+        (Some(s), _) => Pace::Speed(s),
+        (_, Some(r)) => Pace::Rate(r),
+        _ => Pace::Max,
+    };
+    let min = chrono::DateTime::parse_from_rfc3339(&args.min_event_time)
+        .with_context(|| format!("--min-event-time `{}` is not RFC 3339", args.min_event_time))?;
+    let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    Ok(RunConfig {
+        input: args.input.clone(),
+        snapshot_dir: args.snapshots.snapshot_dir.clone(),
+        snapshot_interval: args
+            .snapshot_interval
+            .max(std::time::Duration::from_millis(10)),
+        keep_snapshots: args.snapshots.keep_snapshots as usize,
+        pace,
+        order: match args.order {
+            OrderArg::EventTime => Order::EventTime,
+            OrderArg::File => Order::File,
+        },
+        reader: ReaderConfig {
+            min_event_time_us: min.timestamp_micros(),
+            ..ReaderConfig::default()
+        },
+        core: CoreConfig {
+            max_out_of_orderness_us: us(args.max_out_of_orderness),
+            allowed_lateness_us: us(args.allowed_lateness),
+        },
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+    })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let shutdown = crate::shutdown::install();
+    let start = Instant::now();
+    let outcome = embedded::run(&config, shutdown)?;
+    let wall = start.elapsed();
+    print!("{}", summary(&outcome, wall.as_secs_f64()));
+    Ok(())
+}
+
+fn money(cents: i64) -> String {
+    let units = (cents / 100).to_string();
+    let mut grouped = String::new();
+    for (i, c) in units.chars().enumerate() {
+        if i > 0 && (units.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("{grouped}.{:02}", cents % 100)
+}
+
+/// The end-of-run report.
+pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
+    use std::fmt::Write;
+    let m = &outcome.manifest;
+    let Counts {
+        records,
+        accepted,
+        pending,
+        repaired,
+        blank,
+        rejected,
+    } = &m.counts;
+    let core = &outcome.core;
+    let revenue: i64 = core.days().map(|(_, d, _)| d.totals.revenue_cents).sum();
+    let rows = core.rfm();
+    let mut s = String::new();
+    let state = if outcome.complete {
+        "complete"
+    } else {
+        "stopped early"
+    };
+    let _ = writeln!(s, "storepulse run: {state}; snapshot {} written", m.id);
+    let _ = writeln!(s, "lines          {records:>12}  (+{blank} blank)");
+    let _ = writeln!(
+        s,
+        "  accepted     {accepted:>12}  ({repaired} repaired column shifts)"
+    );
+    if *pending > 0 {
+        let _ = writeln!(
+            s,
+            "  not applied  {pending:>12}  (stopped before they were replayed)"
+        );
+    }
+    let total_rejected: u64 = rejected.values().sum();
+    let _ = writeln!(
+        s,
+        "  rejected     {total_rejected:>12}  (kept in rejected.csv)"
+    );
+    for (reason, n) in rejected {
+        let _ = writeln!(s, "    {reason:<26} {n:>8}");
+    }
+    let days = core.days().count();
+    let (first, last) = (
+        core.days().next().map(|d| d.0),
+        core.days().last().map(|d| d.0),
+    );
+    let day = |d: Option<i32>| {
+        d.map(|d| storepulse_replay::wire::day_string(d))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        s,
+        "days           {days:>12}  ({} .. {})",
+        day(first),
+        day(last)
+    );
+    let _ = writeln!(s, "revenue        {:>12}", money(revenue));
+    let _ = writeln!(s, "customers      {:>12}", rows.len());
+    for name in segment_names() {
+        let n = rows.iter().filter(|r| r.segment == name).count();
+        let _ = writeln!(s, "    {name:<26} {n:>8}");
+    }
+    let applied = accepted + rejected.get("late_event").copied().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "wall time      {wall_secs:>11.2}s  ({:.0} events/s)",
+        applied as f64 / wall_secs.max(1e-9)
+    );
+    s
+}

@@ -1,0 +1,198 @@
+//! Moves data into the aggregate core and snapshots out of it. The channel into the core
+//! carries a closed enum of messages: events with the names they need, rejected lines,
+//! snapshot requests, end of input and shutdown. The driver owns the core, the snapshot
+//! store and the dead-letter file, and is the only place that reads the wall clock for
+//! snapshot timing.
+
+pub mod embedded;
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
+
+use crate::aggregate::{Core, Outcome};
+use crate::snapshot::{
+    Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta, SnapshotStore,
+    WindowConfig,
+};
+
+/// Everything that travels into the core.
+#[derive(Debug)]
+pub enum Message {
+    /// Events in replay order, and the names of symbols first used by them.
+    Events {
+        names: Vec<Box<str>>,
+        events: Vec<PurchaseEvent>,
+    },
+    /// Lines the reader read: their rejections and counts.
+    Read {
+        rejects: Vec<Rejected>,
+        stats: ReadStats,
+        lines_read: u64,
+    },
+    /// Write a snapshot now.
+    Snapshot,
+    /// The input is exhausted: every day becomes final, then a last snapshot.
+    EndOfInput,
+    /// Stop early: drain what arrived, write a last snapshot, stop.
+    Shutdown,
+}
+
+/// Gives the original text of an event's line, for late events.
+pub type LineLookup = Box<dyn FnMut(&PurchaseEvent) -> Vec<u8> + Send>;
+
+pub struct DriverConfig {
+    pub snapshot_interval: Duration,
+    pub window: WindowConfig,
+    pub source: String,
+    pub order: String,
+}
+
+/// How a driver ended.
+#[derive(Debug)]
+pub struct DriverOutcome {
+    pub core: Core,
+    pub manifest: Manifest,
+    pub complete: bool,
+    pub snapshots_written: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("writing rejected lines failed: {0}")]
+    Rejected(std::io::Error),
+}
+
+pub struct Driver {
+    core: Core,
+    store: SnapshotStore,
+    sink: RejectedSink,
+    lookup: LineLookup,
+    config: DriverConfig,
+    read: ReadStats,
+    lines_read: u64,
+    events_applied: u64,
+    snapshots_written: u64,
+}
+
+impl Driver {
+    pub fn new(
+        core: Core,
+        store: SnapshotStore,
+        sink: RejectedSink,
+        lookup: LineLookup,
+        config: DriverConfig,
+    ) -> Self {
+        Self {
+            core,
+            store,
+            sink,
+            lookup,
+            config,
+            read: ReadStats::default(),
+            lines_read: 0,
+            events_applied: 0,
+            snapshots_written: 0,
+        }
+    }
+
+    /// Runs until end of input, shutdown, or the sending side going away.
+    pub fn run(mut self, rx: Receiver<Message>) -> Result<DriverOutcome, DriverError> {
+        let mut last = Instant::now();
+        let complete = loop {
+            let wait = self.config.snapshot_interval.saturating_sub(last.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Message::Events { names, events }) => self.apply(names, &events)?,
+                Ok(Message::Read {
+                    rejects,
+                    stats,
+                    lines_read,
+                }) => {
+                    for r in &rejects {
+                        self.sink.write(r).map_err(DriverError::Rejected)?;
+                    }
+                    self.read.merge(&stats);
+                    self.lines_read = lines_read;
+                }
+                Ok(Message::Snapshot) => {
+                    self.snapshot(false)?;
+                    last = Instant::now();
+                }
+                Ok(Message::EndOfInput) => {
+                    self.core.finish();
+                    break true;
+                }
+                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break false,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last.elapsed() >= self.config.snapshot_interval {
+                self.snapshot(false)?;
+                last = Instant::now();
+            }
+        };
+        let manifest = self.snapshot(complete)?;
+        Ok(DriverOutcome {
+            core: self.core,
+            manifest,
+            complete,
+            snapshots_written: self.snapshots_written,
+        })
+    }
+
+    fn apply(&mut self, names: Vec<Box<str>>, events: &[PurchaseEvent]) -> Result<(), DriverError> {
+        for name in names {
+            let sym = Sym(self.core.names_known() as u32);
+            self.core.learn_name(sym, &name);
+        }
+        for e in events {
+            if self.core.record(e) == Outcome::Late {
+                let text = (self.lookup)(e);
+                let r = Rejected {
+                    line: e.line,
+                    reason: RejectReason::LateEvent,
+                    text,
+                };
+                self.sink.write(&r).map_err(DriverError::Rejected)?;
+            }
+        }
+        self.events_applied += events.len() as u64;
+        Ok(())
+    }
+
+    fn counts(&self) -> Counts {
+        let mut rejected = self.read.rejected;
+        rejected.add(RejectReason::LateEvent, self.core.late());
+        Counts {
+            records: self.read.records,
+            accepted: self.core.accepted(),
+            pending: self.read.accepted - self.events_applied,
+            repaired: self.read.repaired,
+            blank: self.read.blank,
+            rejected: rejected
+                .iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+        }
+    }
+
+    fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
+        self.sink.sync().map_err(DriverError::Rejected)?;
+        let meta = SnapshotMeta {
+            input: InputPosition::File {
+                path: self.config.source.clone(),
+                order: self.config.order.clone(),
+                lines_read: self.lines_read,
+                events_applied: self.events_applied,
+                complete,
+            },
+            counts: self.counts(),
+            config: self.config.window.clone(),
+        };
+        let manifest = self.store.write(&self.core, meta)?;
+        self.snapshots_written += 1;
+        Ok(manifest)
+    }
+}

@@ -1,0 +1,13 @@
+//! storepulse: a streaming processor for e-commerce purchase logs. See ARCHITECTURE.md
+//! for the map; the replayer (reading, validating, ordering, pacing) is the
+//! `storepulse-replay` crate under `replay/`.
+
+pub mod aggregate;
+pub mod cli;
+pub mod generate;
+pub mod ingest;
+pub mod query;
+pub mod shutdown;
+pub mod snapshot;
+
+pub use storepulse_replay as replay;

@@ -1,0 +1,167 @@
+//! Read-only SQL over the latest complete snapshot with DataFusion. Tables:
+//! `daily_sales`, `daily_category_sales`, `daily_brand_sales`, `rfm`, and the reference
+//! table `rfm_segments`. DDL, DML, COPY and statements are refused before anything runs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use crate::aggregate::rfm::segment;
+use crate::snapshot::{self, tables::QUERY_TABLES, Published, SnapshotError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("the snapshot {0} has no table {1}")]
+    MissingTable(String, String),
+    #[error("{0}")]
+    Sql(DataFusionError),
+    #[error("formatting the result failed: {0}")]
+    Format(#[from] ArrowError),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(e: DataFusionError) -> Self {
+        QueryError::Sql(e)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// A session over one published snapshot.
+pub struct Session {
+    ctx: SessionContext,
+    pub snapshot: Published,
+}
+
+impl Session {
+    /// Opens the snapshot `LATEST` points at in `dir` and registers its tables.
+    pub async fn open(dir: &Path) -> Result<Session, QueryError> {
+        let snapshot = snapshot::latest(dir)?;
+        let ctx = SessionContext::new();
+        for table in QUERY_TABLES {
+            let path = snapshot.table_path(table).ok_or_else(|| {
+                QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
+            })?;
+            ctx.register_parquet(
+                table,
+                path.to_string_lossy().as_ref(),
+                ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
+        Ok(Session { ctx, snapshot })
+    }
+
+    /// Runs one read-only statement.
+    pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self
+            .ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(read_only_message)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+}
+
+/// Says plainly that the query interface is read-only.
+fn read_only_message(e: DataFusionError) -> QueryError {
+    let text = e.to_string();
+    if text.contains("DDL not supported")
+        || text.contains("DML not supported")
+        || text.contains("Statement not supported")
+    {
+        QueryError::Sql(DataFusionError::Plan(format!(
+            "queries are read-only: only SELECT-style statements run over a snapshot ({})",
+            text.trim_start_matches("Error during planning: ")
+        )))
+    } else {
+        QueryError::Sql(e)
+    }
+}
+
+/// The 125 RFM cells and their segment names, as a table.
+fn segments_table() -> Result<MemTable, DataFusionError> {
+    let mut cells = Vec::new();
+    let mut names = Vec::new();
+    for r in 1..=5 {
+        for f in 1..=5 {
+            for m in 1..=5 {
+                cells.push(format!("{r}{f}{m}"));
+                names.push(segment(r, f, m));
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("rfm_cell", DataType::Utf8, false),
+        Field::new("segment", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(cells)),
+            Arc::new(StringArray::from(names)),
+        ],
+    )?;
+    MemTable::try_new(schema, vec![vec![batch]])
+}
+
+/// Renders a result as an aligned table, CSV with a header, or a JSON array of objects.
+pub fn render(
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+    format: Format,
+) -> Result<String, ArrowError> {
+    use datafusion::arrow::{csv, json, util::pretty};
+    match format {
+        Format::Table => {
+            Ok(pretty::pretty_format_batches_with_schema(schema, batches)?.to_string() + "\n")
+        }
+        Format::Csv => {
+            let mut out = Vec::new();
+            {
+                let mut w = csv::WriterBuilder::new().with_header(true).build(&mut out);
+                if batches.is_empty() {
+                    w.write(&RecordBatch::new_empty(schema))?;
+                }
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            Ok(String::from_utf8(out).expect("CSV output is UTF-8"))
+        }
+        Format::Json => {
+            let mut w = json::ArrayWriter::new(Vec::new());
+            for b in batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+            let mut out = String::from_utf8(w.into_inner()).expect("JSON output is UTF-8");
+            if out.is_empty() {
+                out.push_str("[]");
+            }
+            out.push('\n');
+            Ok(out)
+        }
+    }
+}

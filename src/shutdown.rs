@@ -1,0 +1,45 @@
+//! Designed shutdown: the first Ctrl-C or SIGTERM asks the pipeline to stop reading,
+//! drain and write a final snapshot; a second one exits at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Starts listening for signals on a small background thread; returns the stop flag.
+pub fn install() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let spawned = std::thread::Builder::new()
+        .name("storepulse-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                wait_for_signal().await;
+                eprintln!("storepulse: stopping: draining and writing a final snapshot (again to exit at once)");
+                set.store(true, Ordering::SeqCst);
+                wait_for_signal().await;
+                eprintln!("storepulse: exiting at once");
+                std::process::exit(130);
+            });
+        });
+    if spawned.is_err() {
+        eprintln!("storepulse: could not watch for Ctrl-C; stop with SIGKILL");
+    }
+    flag
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

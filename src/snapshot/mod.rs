@@ -1,0 +1,248 @@
+//! Snapshots: the aggregate state written as Parquet tables plus a manifest, published
+//! atomically. Files are written in `.tmp-snap-N/`, fsynced, the folder renamed to
+//! `snap-N/`, then the `LATEST` pointer replaced by rename, so a reader never sees a
+//! partial snapshot. This is the only module that writes files.
+
+pub mod manifest;
+pub mod rejected;
+pub mod tables;
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::errors::ParquetError;
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::aggregate::Core;
+pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
+pub use rejected::RejectedSink;
+
+pub const LATEST_FILE: &str = "LATEST";
+const PREFIX: &str = "snap-";
+const TMP_PREFIX: &str = ".tmp-snap-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("building a snapshot table failed: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("writing Parquet failed: {0}")]
+    Parquet(#[from] ParquetError),
+    #[error("the manifest {path} is not valid: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no snapshot in {0} yet: run `storepulse run` first (or pass --snapshot-dir)")]
+    None(PathBuf),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the caller knows about a snapshot beyond the core's state.
+#[derive(Debug, Clone)]
+pub struct SnapshotMeta {
+    pub input: InputPosition,
+    pub counts: Counts,
+    pub config: WindowConfig,
+}
+
+/// A published snapshot found on disk.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Published {
+    pub fn table_path(&self, table: &str) -> Option<PathBuf> {
+        self.manifest
+            .tables
+            .get(table)
+            .map(|t| self.path.join(&t.file))
+    }
+}
+
+/// Writes snapshots into one folder and keeps the newest `keep` of them.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+    keep: usize,
+    next_id: u64,
+}
+
+impl SnapshotStore {
+    /// Opens (creating) the folder, removes unfinished `.tmp-snap-*` leftovers and continues
+    /// the numbering after the highest snapshot present.
+    pub fn open(dir: &Path, keep: usize) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(dir).map_err(io_err("creating snapshot folder", dir))?;
+        let mut max_id = 0;
+        for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
+            let entry = entry.map_err(io_err("listing", dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) {
+                fs::remove_dir_all(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            } else if let Some(id) = parse_id(&name) {
+                max_id = max_id.max(id);
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            keep: keep.max(1),
+            next_id: max_id + 1,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes and publishes one snapshot of `core`; returns its manifest.
+    pub fn write(&mut self, core: &Core, meta: SnapshotMeta) -> Result<Manifest, SnapshotError> {
+        let id = self.next_id;
+        let name = format!("{PREFIX}{id:06}");
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
+        fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
+
+        let rfm_rows = core.rfm();
+        let batches = [
+            (tables::DAILY_SALES, tables::daily_sales(core)?),
+            (
+                tables::DAILY_CATEGORY_SALES,
+                tables::daily_group_sales(core, false)?,
+            ),
+            (
+                tables::DAILY_BRAND_SALES,
+                tables::daily_group_sales(core, true)?,
+            ),
+            (tables::RFM, tables::rfm(&rfm_rows)?),
+            (tables::STATE_OPEN_SETS, tables::state_open_sets(core)?),
+            (
+                tables::STATE_CUSTOMER_ORDERS,
+                tables::state_customer_orders(core)?,
+            ),
+        ];
+        let mut files = std::collections::BTreeMap::new();
+        for (table, batch) in &batches {
+            let file = format!("{table}.parquet");
+            write_parquet(&tmp.join(&file), batch)?;
+            files.insert(
+                table.to_string(),
+                TableFile {
+                    file,
+                    rows: batch.num_rows() as u64,
+                },
+            );
+        }
+        let manifest = Manifest {
+            format: manifest::FORMAT_VERSION,
+            id,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            as_of: core.max_event_us().map(manifest::rfc3339),
+            watermark: core.watermark_us().map(manifest::rfc3339),
+            input: meta.input,
+            counts: meta.counts,
+            tables: files,
+            config: meta.config,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        write_durable(&tmp.join(manifest::MANIFEST_FILE), &json)?;
+        sync_dir(&tmp)?;
+
+        let dest = self.dir.join(&name);
+        fs::rename(&tmp, &dest).map_err(io_err("publishing", &dest))?;
+        sync_dir(&self.dir)?;
+        let pointer_tmp = self.dir.join(format!("{LATEST_FILE}.tmp"));
+        write_durable(&pointer_tmp, format!("{name}\n").as_bytes())?;
+        let pointer = self.dir.join(LATEST_FILE);
+        fs::rename(&pointer_tmp, &pointer).map_err(io_err("switching", &pointer))?;
+        sync_dir(&self.dir)?;
+        self.next_id += 1;
+        self.prune()?;
+        Ok(manifest)
+    }
+
+    /// Removes all but the newest `keep` snapshots.
+    fn prune(&self) -> Result<(), SnapshotError> {
+        let mut ids: Vec<u64> = fs::read_dir(&self.dir)
+            .map_err(io_err("listing", &self.dir))?
+            .filter_map(|e| {
+                e.ok()
+                    .and_then(|e| parse_id(&e.file_name().to_string_lossy()))
+            })
+            .collect();
+        ids.sort_unstable();
+        let excess = ids.len().saturating_sub(self.keep);
+        for id in &ids[..excess] {
+            let path = self.dir.join(format!("{PREFIX}{id:06}"));
+            fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_id(name: &str) -> Option<u64> {
+    name.strip_prefix(PREFIX)?.parse().ok()
+}
+
+/// The snapshot `LATEST` points at.
+pub fn latest(dir: &Path) -> Result<Published, SnapshotError> {
+    let pointer = dir.join(LATEST_FILE);
+    let name = match fs::read_to_string(&pointer) {
+        Ok(s) => s.trim().to_string(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SnapshotError::None(dir.to_path_buf()))
+        }
+        Err(e) => return Err(io_err("reading", &pointer)(e)),
+    };
+    let path = dir.join(name);
+    let manifest_path = path.join(manifest::MANIFEST_FILE);
+    let bytes = fs::read(&manifest_path).map_err(io_err("reading", &manifest_path))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
+        path: manifest_path,
+        source,
+    })?;
+    Ok(Published { path, manifest })
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), SnapshotError> {
+    let file = File::create(path).map_err(io_err("creating", path))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    let file = writer.into_inner()?;
+    file.sync_all().map_err(io_err("syncing", path))
+}
+
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let mut f = File::create(path).map_err(io_err("creating", path))?;
+    f.write_all(bytes).map_err(io_err("writing", path))?;
+    f.sync_all().map_err(io_err("syncing", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing", dir))
+}
+
+#[cfg(test)]
+mod tests;

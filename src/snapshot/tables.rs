@@ -1,0 +1,229 @@
+//! The snapshot tables as Arrow: their schemas (the contract in `schemas/tables.sql`) and
+//! how the core's state becomes record batches. Money is Decimal128(18,2) built from
+//! integer cents, so no float ever touches it.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Int64Array, Int8Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+
+use crate::aggregate::{Core, Group, RfmRow};
+
+pub const DAILY_SALES: &str = "daily_sales";
+pub const DAILY_CATEGORY_SALES: &str = "daily_category_sales";
+pub const DAILY_BRAND_SALES: &str = "daily_brand_sales";
+pub const RFM: &str = "rfm";
+/// Raw state kept only so that a processor can resume: open days' distinct sets and
+/// the (customer, order) pairs already counted.
+pub const STATE_OPEN_SETS: &str = "state_open_sets";
+pub const STATE_CUSTOMER_ORDERS: &str = "state_customer_orders";
+
+/// The tables a user queries, in display order.
+pub const QUERY_TABLES: [&str; 4] = [DAILY_SALES, DAILY_CATEGORY_SALES, DAILY_BRAND_SALES, RFM];
+
+fn money() -> DataType {
+    DataType::Decimal128(18, 2)
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+pub fn schema(table: &str) -> SchemaRef {
+    let f = Field::new;
+    let fields = match table {
+        DAILY_SALES => vec![
+            f("day", DataType::Date32, false),
+            f("revenue", money(), false),
+            f("items", DataType::Int64, false),
+            f("orders", DataType::Int64, false),
+            f("customers", DataType::Int64, false),
+            f("is_final", DataType::Boolean, false),
+        ],
+        DAILY_CATEGORY_SALES | DAILY_BRAND_SALES => vec![
+            f("day", DataType::Date32, false),
+            f(
+                if table == DAILY_BRAND_SALES {
+                    "brand"
+                } else {
+                    "category_code"
+                },
+                DataType::Utf8,
+                true,
+            ),
+            f("revenue", money(), false),
+            f("items", DataType::Int64, false),
+            f("orders", DataType::Int64, false),
+        ],
+        RFM => vec![
+            f("user_id", DataType::UInt64, false),
+            f("first_purchase", ts(), false),
+            f("last_purchase", ts(), false),
+            f("frequency", DataType::Int64, false),
+            f("monetary", money(), false),
+            f("items", DataType::Int64, false),
+            f("recency_days", DataType::Int64, false),
+            f("r_score", DataType::Int8, false),
+            f("f_score", DataType::Int8, false),
+            f("m_score", DataType::Int8, false),
+            f("rfm_cell", DataType::Utf8, false),
+            f("segment", DataType::Utf8, false),
+        ],
+        STATE_OPEN_SETS => vec![
+            f("day", DataType::Date32, false),
+            f("scope", DataType::Utf8, false),
+            f("key", DataType::Utf8, true),
+            f("value", DataType::UInt64, false),
+        ],
+        STATE_CUSTOMER_ORDERS => vec![
+            f("user_id", DataType::UInt64, false),
+            f("order_id", DataType::UInt64, false),
+        ],
+        other => panic!("unknown table {other}"),
+    };
+    Arc::new(Schema::new(fields))
+}
+
+fn batch(table: &str, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(schema(table), columns)
+}
+
+fn decimal(cents: impl IntoIterator<Item = i64>) -> Result<ArrayRef, ArrowError> {
+    let a = Decimal128Array::from_iter_values(cents.into_iter().map(i128::from))
+        .with_precision_and_scale(18, 2)?;
+    Ok(Arc::new(a))
+}
+
+fn i64s(v: impl IntoIterator<Item = u64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(
+        v.into_iter().map(|x| x as i64),
+    ))
+}
+
+pub fn daily_sales(core: &Core) -> Result<RecordBatch, ArrowError> {
+    let days: Vec<_> = core.days().collect();
+    batch(
+        DAILY_SALES,
+        vec![
+            Arc::new(Date32Array::from_iter_values(days.iter().map(|d| d.0))),
+            decimal(days.iter().map(|d| d.1.totals.revenue_cents))?,
+            i64s(days.iter().map(|d| d.1.totals.items)),
+            i64s(days.iter().map(|d| d.1.totals.orders)),
+            i64s(days.iter().map(|d| d.1.customers)),
+            Arc::new(BooleanArray::from(
+                days.iter().map(|d| d.2).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+/// Per-category (`brands == false`) or per-brand sales, sorted by day then name
+/// (unknown first).
+pub fn daily_group_sales(core: &Core, brands: bool) -> Result<RecordBatch, ArrowError> {
+    let mut rows: Vec<(i32, Option<&str>, &Group)> = Vec::new();
+    for (day, d, _) in core.days() {
+        let groups = if brands { &d.brands } else { &d.categories };
+        let start = rows.len();
+        rows.extend(
+            groups
+                .iter()
+                .map(|(k, g)| (day, k.map(|s| core.name(s)), g)),
+        );
+        rows[start..].sort_unstable_by(|a, b| a.1.cmp(&b.1));
+    }
+    let table = if brands {
+        DAILY_BRAND_SALES
+    } else {
+        DAILY_CATEGORY_SALES
+    };
+    batch(
+        table,
+        vec![
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.1))),
+            decimal(rows.iter().map(|r| r.2.totals.revenue_cents))?,
+            i64s(rows.iter().map(|r| r.2.totals.items)),
+            i64s(rows.iter().map(|r| r.2.totals.orders)),
+        ],
+    )
+}
+
+pub fn rfm(rows: &[RfmRow]) -> Result<RecordBatch, ArrowError> {
+    let score = |f: fn(&RfmRow) -> u8| -> ArrayRef {
+        Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| f(r) as i8)))
+    };
+    let stamp = |f: fn(&RfmRow) -> i64| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
+        )
+    };
+    batch(
+        RFM,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
+            stamp(|r| r.customer.first_us),
+            stamp(|r| r.customer.last_us),
+            i64s(rows.iter().map(|r| r.customer.frequency)),
+            decimal(rows.iter().map(|r| r.customer.monetary_cents))?,
+            i64s(rows.iter().map(|r| r.customer.items)),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.recency_days),
+            )),
+            score(|r| r.r),
+            score(|r| r.f),
+            score(|r| r.m),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(RfmRow::cell))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.segment),
+            )),
+        ],
+    )
+}
+
+/// Distinct sets of days that are not final yet: what a resumed processor needs to keep
+/// counting distinct orders and customers exactly.
+pub fn state_open_sets(core: &Core) -> Result<RecordBatch, ArrowError> {
+    let mut rows: Vec<(i32, &'static str, Option<&str>, u64)> = Vec::new();
+    for (d, data, is_final) in core.days() {
+        if is_final {
+            continue;
+        }
+        rows.extend(data.open_orders().map(|o| (d, "order", None, o)));
+        rows.extend(data.open_customers().map(|c| (d, "customer", None, c)));
+        for (scope, groups) in [
+            ("category_order", &data.categories),
+            ("brand_order", &data.brands),
+        ] {
+            for (k, g) in groups {
+                let name = k.map(|s| core.name(s));
+                rows.extend(g.open_orders().map(|o| (d, scope, name, o)));
+            }
+        }
+    }
+    batch(
+        STATE_OPEN_SETS,
+        vec![
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.3))),
+        ],
+    )
+}
+
+pub fn state_customer_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
+    let (users, orders): (Vec<u64>, Vec<u64>) = core.customer_orders().unzip();
+    batch(
+        STATE_CUSTOMER_ORDERS,
+        vec![
+            Arc::new(UInt64Array::from(users)),
+            Arc::new(UInt64Array::from(orders)),
+        ],
+    )
+}

@@ -1,0 +1,56 @@
+//! Helpers for tests that drive the real `storepulse` binary.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn storepulse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("run storepulse")
+}
+
+/// Runs and insists on success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = storepulse(args);
+    assert!(
+        out.status.success(),
+        "storepulse {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+pub fn query_csv(dir: &Path, sql: &str) -> String {
+    ok(&[
+        "query",
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--format",
+        "csv",
+        sql,
+    ])
+}
+
+pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+pub fn manifest(dir: &Path) -> serde_json::Value {
+    let latest = std::fs::read_to_string(dir.join("LATEST")).unwrap();
+    let text = std::fs::read_to_string(dir.join(latest.trim()).join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
