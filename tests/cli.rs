@@ -1,0 +1,157 @@
+//! The `storepulse` binary as a user meets it: read-only queries with clear errors,
+//! output formats, periodic snapshots with retention, and a designed shutdown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{manifest, ok, query_csv, run, storepulse};
+
+fn golden() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/input.csv")
+}
+
+fn snapshot_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    run(&golden(), dir.path(), &[]);
+    dir
+}
+
+fn query(dir: &Path, sql: &str) -> (bool, String, String) {
+    let out = storepulse(&["query", "--snapshot-dir", dir.to_str().unwrap(), sql]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn writes_are_refused_with_a_clear_error() {
+    let dir = snapshot_dir();
+    let target = dir.path().join("stolen.csv");
+    let statements = [
+        "CREATE TABLE t AS SELECT * FROM rfm".to_string(),
+        format!("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'", target.display()),
+        "INSERT INTO daily_sales SELECT * FROM daily_sales".to_string(),
+        format!("COPY (SELECT * FROM rfm) TO '{}'", target.display()),
+        "DROP TABLE rfm".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+    ];
+    for sql in &statements {
+        let (success, stdout, stderr) = query(dir.path(), sql);
+        assert!(!success, "{sql} was allowed");
+        assert!(stdout.is_empty(), "{sql}: {stdout}");
+        assert!(stderr.contains("read-only"), "{sql}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(!target.exists());
+    // The tables are intact.
+    assert_eq!(query_csv(dir.path(), "SELECT COUNT(*) AS n FROM rfm"), "n\n4\n");
+}
+
+#[test]
+fn bad_sql_gives_a_message_and_a_non_zero_exit() {
+    let dir = snapshot_dir();
+    for (sql, says) in [
+        ("SELEC 1", "SELEC"),
+        ("SELECT nope FROM rfm", "nope"),
+        ("SELECT * FROM no_such_table", "no_such_table"),
+    ] {
+        let (success, _, stderr) = query(dir.path(), sql);
+        assert!(!success, "{sql}");
+        assert!(stderr.starts_with("storepulse: error:"), "{stderr}");
+        assert!(stderr.contains(says), "{sql}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let (success, _, stderr) = query(empty.path(), "SELECT 1");
+    assert!(!success);
+    assert!(stderr.contains("no snapshot"), "{stderr}");
+}
+
+#[test]
+fn output_formats() {
+    let dir = snapshot_dir();
+    let d = dir.path().to_str().unwrap();
+    let sql = "SELECT rfm_cell, segment, monetary FROM rfm WHERE rfm_cell = '445'";
+    let json = ok(&["query", "--snapshot-dir", d, "--format", "json", sql]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v, serde_json::json!([{"rfm_cell": "445", "segment": "Champion", "monetary": 1012.34}]));
+    let table = ok(&["query", "--snapshot-dir", d, sql]);
+    assert_eq!(
+        table,
+        "+----------+----------+----------+\n\
+         | rfm_cell | segment  | monetary |\n\
+         +----------+----------+----------+\n\
+         | 445      | Champion | 1012.34  |\n\
+         +----------+----------+----------+\n"
+    );
+    // An empty result still shows its columns.
+    let none = ok(&["query", "--snapshot-dir", d, "--format", "csv", "SELECT segment FROM rfm WHERE false"]);
+    assert_eq!(none, "segment\n");
+    // The segment reference table is there to join with.
+    assert_eq!(
+        query_csv(dir.path(), "SELECT COUNT(*) AS cells, COUNT(DISTINCT segment) AS segments FROM rfm_segments"),
+        "cells,segments\n125,11\n"
+    );
+}
+
+#[test]
+fn snapshots_are_written_periodically_and_only_the_newest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // 19 lines at 25 events/s: about 0.4 s of replay, a snapshot every 100 ms.
+    run(&golden(), dir.path(), &["--rate", "25", "--snapshot-interval", "100ms", "--keep-snapshots", "2"]);
+    let m = manifest(dir.path());
+    assert!(m["id"].as_u64().unwrap() >= 3, "only {} snapshots", m["id"]);
+    let snaps: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap-"))
+        .collect();
+    assert_eq!(snaps.len(), 2, "{snaps:?}");
+    assert_eq!(m["counts"]["accepted"], 10);
+}
+
+#[test]
+fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["run", "--no-progress", "--rate", "4", "--snapshot-interval", "1h", "--input"])
+        .arg(golden())
+        .arg("--snapshot-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // SAFETY: signalling the child we started, by its id.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?} to stop", started.elapsed());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));
+    let m = manifest(dir.path());
+    assert_eq!(m["input"]["complete"], false);
+    let accepted = m["counts"]["accepted"].as_u64().unwrap();
+    let pending = m["counts"]["pending"].as_u64().unwrap();
+    assert!(accepted > 0 && accepted < 10, "accepted {accepted}");
+    assert_eq!(accepted + pending, 10);
+}
+
+#[test]
+fn run_reports_input_and_flag_errors_plainly() {
+    let out = storepulse(&["run", "--input", "/nonexistent/x.csv", "--no-progress"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the input /nonexistent/x.csv"), "{err}");
+    let out = storepulse(&["run", "--speed", "10", "--rate", "5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    let out = storepulse(&["run", "--snapshot-interval", "10x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}
