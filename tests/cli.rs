@@ -34,7 +34,10 @@ fn writes_are_refused_with_a_clear_error() {
     let target = dir.path().join("stolen.csv");
     let statements = [
         "CREATE TABLE t AS SELECT * FROM rfm".to_string(),
-        format!("CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'", target.display()),
+        format!(
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}'",
+            target.display()
+        ),
         "INSERT INTO daily_sales SELECT * FROM daily_sales".to_string(),
         format!("COPY (SELECT * FROM rfm) TO '{}'", target.display()),
         "DROP TABLE rfm".to_string(),
@@ -49,7 +52,10 @@ fn writes_are_refused_with_a_clear_error() {
     }
     assert!(!target.exists());
     // The tables are intact.
-    assert_eq!(query_csv(dir.path(), "SELECT COUNT(*) AS n FROM rfm"), "n\n4\n");
+    assert_eq!(
+        query_csv(dir.path(), "SELECT COUNT(*) AS n FROM rfm"),
+        "n\n4\n"
+    );
 }
 
 #[test]
@@ -79,7 +85,10 @@ fn output_formats() {
     let sql = "SELECT rfm_cell, segment, monetary FROM rfm WHERE rfm_cell = '445'";
     let json = ok(&["query", "--snapshot-dir", d, "--format", "json", sql]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v, serde_json::json!([{"rfm_cell": "445", "segment": "Champion", "monetary": 1012.34}]));
+    assert_eq!(
+        v,
+        serde_json::json!([{"rfm_cell": "445", "segment": "Champion", "monetary": 1012.34}])
+    );
     let table = ok(&["query", "--snapshot-dir", d, sql]);
     assert_eq!(
         table,
@@ -90,11 +99,21 @@ fn output_formats() {
          +----------+----------+----------+\n"
     );
     // An empty result still shows its columns.
-    let none = ok(&["query", "--snapshot-dir", d, "--format", "csv", "SELECT segment FROM rfm WHERE false"]);
+    let none = ok(&[
+        "query",
+        "--snapshot-dir",
+        d,
+        "--format",
+        "csv",
+        "SELECT segment FROM rfm WHERE false",
+    ]);
     assert_eq!(none, "segment\n");
     // The segment reference table is there to join with.
     assert_eq!(
-        query_csv(dir.path(), "SELECT COUNT(*) AS cells, COUNT(DISTINCT segment) AS segments FROM rfm_segments"),
+        query_csv(
+            dir.path(),
+            "SELECT COUNT(*) AS cells, COUNT(DISTINCT segment) AS segments FROM rfm_segments"
+        ),
         "cells,segments\n125,11\n"
     );
 }
@@ -103,7 +122,18 @@ fn output_formats() {
 fn snapshots_are_written_periodically_and_only_the_newest_kept() {
     let dir = tempfile::tempdir().unwrap();
     // 19 lines at 25 events/s: about 0.4 s of replay, a snapshot every 100 ms.
-    run(&golden(), dir.path(), &["--rate", "25", "--snapshot-interval", "100ms", "--keep-snapshots", "2"]);
+    run(
+        &golden(),
+        dir.path(),
+        &[
+            "--rate",
+            "25",
+            "--snapshot-interval",
+            "100ms",
+            "--keep-snapshots",
+            "2",
+        ],
+    );
     let m = manifest(dir.path());
     assert!(m["id"].as_u64().unwrap() >= 3, "only {} snapshots", m["id"]);
     let snaps: Vec<_> = std::fs::read_dir(dir.path())
@@ -118,8 +148,16 @@ fn snapshots_are_written_periodically_and_only_the_newest_kept() {
 #[test]
 fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args(["run", "--no-progress", "--rate", "4", "--snapshot-interval", "1h", "--input"])
+    let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args([
+            "run",
+            "--no-progress",
+            "--rate",
+            "4",
+            "--snapshot-interval",
+            "1h",
+            "--input",
+        ])
         .arg(golden())
         .arg("--snapshot-dir")
         .arg(dir.path())
@@ -132,8 +170,16 @@ fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?} to stop", started.elapsed());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        started.elapsed()
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));
     let m = manifest(dir.path());
     assert_eq!(m["input"]["complete"], false);
@@ -148,7 +194,10 @@ fn run_reports_input_and_flag_errors_plainly() {
     let out = storepulse(&["run", "--input", "/nonexistent/x.csv", "--no-progress"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot open the input /nonexistent/x.csv"), "{err}");
+    assert!(
+        err.contains("cannot open the input /nonexistent/x.csv"),
+        "{err}"
+    );
     let out = storepulse(&["run", "--speed", "10", "--rate", "5"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));

@@ -117,7 +117,7 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         core.days().last().map(|d| d.0),
     );
     let day = |d: Option<i32>| {
-        d.map(|d| storepulse_replay::wire::day_string(d))
+        d.map(storepulse_replay::wire::day_string)
             .unwrap_or_default()
     };
     let _ = writeln!(

@@ -138,7 +138,7 @@ pub fn tail_brand(i: usize) -> String {
         n /= NU.len();
     }
     name.push_str(CODA[n % CODA.len()]);
-    name.push_str(&["", "ix", "ona", "tek"][(i / 11) % 4]);
+    name.push_str(["", "ix", "ona", "tek"][(i / 11) % 4]);
     name
 }
 

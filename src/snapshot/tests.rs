@@ -44,8 +44,8 @@ fn meta() -> SnapshotMeta {
 fn sample_core() -> Core {
     let mut c = Core::new(CoreConfig::default());
     c.learn_name(Sym(0), "electronics.tablet");
-    c.record(&ev(JUNE1 + H, 1, Some(42), 162_01, Some(0)));
-    c.record(&ev(JUNE1 + H, 1, Some(42), 0_99, None));
+    c.record(&ev(JUNE1 + H, 1, Some(42), 16_201, Some(0)));
+    c.record(&ev(JUNE1 + H, 1, Some(42), 99, None));
     c.record(&ev(JUNE1 + 30 * H, 2, None, 10_00, Some(0)));
     c
 }

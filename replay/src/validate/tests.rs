@@ -39,6 +39,8 @@ fn check(v: &LineValidator, line: &[u8]) -> Result<Seen, RejectReason> {
     })
 }
 
+// One argument per column of the table below keeps each row on one readable line.
+#[allow(clippy::too_many_arguments)]
 fn seen(
     time: i64,
     order: u64,
