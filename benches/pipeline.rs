@@ -83,7 +83,7 @@ fn main() {
         let mut core = Core::new(CoreConfig::default());
         for i in 0..all.dict.len() {
             let sym = storepulse::replay::Sym(i as u32);
-            core.learn_name(sym, all.dict.name(sym));
+            assert_eq!(core.intern_name(all.dict.name(sym)), sym);
         }
         let t = Instant::now();
         for e in &all.events {

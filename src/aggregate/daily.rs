@@ -36,6 +36,10 @@ impl Group {
         self.last_order = None;
     }
 
+    pub(super) fn restore_order(&mut self, order: u64) {
+        self.orders.insert(order);
+    }
+
     /// Order ids still tracked (empty once the day is final).
     pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
         self.orders.iter().copied()
@@ -81,6 +85,11 @@ impl Day {
 
     pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
         self.orders.iter().copied()
+    }
+
+    pub(super) fn restore_sets(&mut self, orders: Vec<u64>, customers: Vec<u64>) {
+        self.orders = orders.into_iter().collect();
+        self.customer_set = customers.into_iter().collect();
     }
 
     pub fn open_customers(&self) -> impl Iterator<Item = u64> + '_ {

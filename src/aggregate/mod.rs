@@ -4,16 +4,18 @@
 
 mod daily;
 pub mod rfm;
+mod state;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use storepulse_replay::{PurchaseEvent, Sym};
+use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow};
+pub use state::{CoreState, CustomerState, DayState};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -51,7 +53,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct Core {
     config: CoreConfig,
-    names: Vec<Box<str>>,
+    names: Dictionary,
     /// Highest accepted event time: the as-of time of a snapshot.
     max_event_us: Option<i64>,
     watermark_us: Option<i64>,
@@ -77,19 +79,14 @@ impl Core {
         self.config
     }
 
-    /// Learns the name of the next symbol (category code or brand). Names arrive in-band,
-    /// in symbol order, before the first event that uses them.
-    pub fn learn_name(&mut self, sym: Sym, name: &str) {
-        assert_eq!(sym.0 as usize, self.names.len(), "names arrive in order");
-        self.names.push(name.into());
+    /// The core's symbol for a category code or brand. Events must carry the core's
+    /// symbols: a producer with its own dictionary maps its symbols through this once.
+    pub fn intern_name(&mut self, name: &str) -> Sym {
+        self.names.intern(name)
     }
 
     pub fn name(&self, sym: Sym) -> &str {
-        &self.names[sym.0 as usize]
-    }
-
-    pub fn names_known(&self) -> usize {
-        self.names.len()
+        self.names.name(sym)
     }
 
     /// Whether events of `day` are late now.

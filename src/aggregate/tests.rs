@@ -32,8 +32,8 @@ fn ev(
 
 fn core() -> Core {
     let mut c = Core::new(CoreConfig::default());
-    c.learn_name(Sym(0), "electronics.smartphone");
-    c.learn_name(Sym(1), "samsung");
+    assert_eq!(c.intern_name("electronics.smartphone"), Sym(0));
+    assert_eq!(c.intern_name("samsung"), Sym(1));
     c
 }
 

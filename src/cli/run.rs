@@ -108,8 +108,10 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         s,
         "  rejected     {total_rejected:>12}  (kept in rejected.csv)"
     );
-    for (reason, n) in rejected {
-        let _ = writeln!(s, "    {reason:<26} {n:>8}");
+    for reason in storepulse_replay::RejectReason::ALL {
+        if let Some(n) = rejected.get(reason.as_str()) {
+            let _ = writeln!(s, "    {:<26} {n:>8}", reason.as_str());
+        }
     }
     let days = core.days().count();
     let (first, last) = (
@@ -128,8 +130,12 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
     );
     let _ = writeln!(s, "revenue        {:>12}", money(revenue));
     let _ = writeln!(s, "customers      {:>12}", rows.len());
-    for name in segment_names() {
-        let n = rows.iter().filter(|r| r.segment == name).count();
+    let mut segments: Vec<(usize, &str)> = segment_names()
+        .into_iter()
+        .map(|name| (rows.iter().filter(|r| r.segment == name).count(), name))
+        .collect();
+    segments.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    for (n, name) in segments {
         let _ = writeln!(s, "    {name:<26} {n:>8}");
     }
     let applied = accepted + rejected.get("late_event").copied().unwrap_or(0);

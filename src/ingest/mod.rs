@@ -73,6 +73,8 @@ pub struct Driver {
     lookup: LineLookup,
     config: DriverConfig,
     read: ReadStats,
+    /// The producer's symbols (in the order their names arrived) to the core's.
+    remap: Vec<Sym>,
     lines_read: u64,
     events_applied: u64,
     snapshots_written: u64,
@@ -93,6 +95,7 @@ impl Driver {
             lookup,
             config,
             read: ReadStats::default(),
+            remap: Vec::new(),
             lines_read: 0,
             events_applied: 0,
             snapshots_written: 0,
@@ -143,11 +146,14 @@ impl Driver {
     }
 
     fn apply(&mut self, names: Vec<Box<str>>, events: &[PurchaseEvent]) -> Result<(), DriverError> {
-        for name in names {
-            let sym = Sym(self.core.names_known() as u32);
-            self.core.learn_name(sym, &name);
-        }
+        self.remap
+            .extend(names.iter().map(|n| self.core.intern_name(n)));
         for e in events {
+            let e = &PurchaseEvent {
+                category: e.category.map(|s| self.remap[s.0 as usize]),
+                brand: e.brand.map(|s| self.remap[s.0 as usize]),
+                ..*e
+            };
             if self.core.record(e) == Outcome::Late {
                 let text = (self.lookup)(e);
                 let r = Rejected {

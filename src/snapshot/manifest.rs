@@ -16,7 +16,11 @@ pub struct Manifest {
     pub created_at: String,
     /// Highest accepted event time (RFC 3339), the reference date for recency.
     pub as_of: Option<String>,
+    /// The watermark; `end of input` once a bounded run has finished.
     pub watermark: Option<String>,
+    /// The same two times in microseconds since the epoch, exactly, for resuming.
+    pub as_of_us: Option<i64>,
+    pub watermark_us: Option<i64>,
     /// Where in the input this snapshot stands; a resumed run starts right after it.
     pub input: InputPosition,
     pub counts: Counts,

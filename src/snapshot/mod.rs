@@ -3,6 +3,7 @@
 //! `snap-N/`, then the `LATEST` pointer replaced by rename, so a reader never sees a
 //! partial snapshot. This is the only module that writes files.
 
+mod load;
 pub mod manifest;
 pub mod rejected;
 pub mod tables;
@@ -19,6 +20,7 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::aggregate::Core;
+pub use load::load_state;
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
 
@@ -43,6 +45,8 @@ pub enum SnapshotError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    #[error("the snapshot {0} has no table {1}")]
+    Incomplete(PathBuf, String),
     #[error("no snapshot in {0} yet: run `storepulse run` first (or pass --snapshot-dir)")]
     None(PathBuf),
 }
@@ -155,7 +159,12 @@ impl SnapshotStore {
             id,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             as_of: core.max_event_us().map(manifest::rfc3339),
-            watermark: core.watermark_us().map(manifest::rfc3339),
+            watermark: core.watermark_us().map(|w| match w {
+                i64::MAX => "end of input".to_string(),
+                w => manifest::rfc3339(w),
+            }),
+            as_of_us: core.max_event_us(),
+            watermark_us: core.watermark_us(),
             input: meta.input,
             counts: meta.counts,
             tables: files,

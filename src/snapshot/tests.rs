@@ -43,7 +43,7 @@ fn meta() -> SnapshotMeta {
 
 fn sample_core() -> Core {
     let mut c = Core::new(CoreConfig::default());
-    c.learn_name(Sym(0), "electronics.tablet");
+    assert_eq!(c.intern_name("electronics.tablet"), Sym(0));
     c.record(&ev(JUNE1 + H, 1, Some(42), 16_201, Some(0)));
     c.record(&ev(JUNE1 + H, 1, Some(42), 99, None));
     c.record(&ev(JUNE1 + 30 * H, 2, None, 10_00, Some(0)));

@@ -1,0 +1,118 @@
+//! Reads a published snapshot back into the core's plain-data state, so that a processor
+//! can resume from it exactly.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt64Type,
+};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::{io_err, tables, Published, SnapshotError};
+use crate::aggregate::{CoreState, CustomerState, DayState, Totals};
+
+fn read(snapshot: &Published, table: &str) -> Result<Vec<RecordBatch>, SnapshotError> {
+    let path = snapshot
+        .table_path(table)
+        .ok_or_else(|| SnapshotError::Incomplete(snapshot.path.clone(), table.to_string()))?;
+    let file = File::open(&path).map_err(io_err("opening", &path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn totals(b: &RecordBatch, row: usize, first: usize) -> Totals {
+    Totals {
+        revenue_cents: b.column(first).as_primitive::<Decimal128Type>().value(row) as i64,
+        items: b.column(first + 1).as_primitive::<Int64Type>().value(row) as u64,
+        orders: b.column(first + 2).as_primitive::<Int64Type>().value(row) as u64,
+    }
+}
+
+fn name(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
+    let a = b.column(col).as_string::<i32>();
+    (!a.is_null(row)).then(|| a.value(row).to_string())
+}
+
+/// The state a snapshot holds.
+pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
+    let m = &snapshot.manifest;
+    let mut days: BTreeMap<i32, DayState> = BTreeMap::new();
+    for b in read(snapshot, tables::DAILY_SALES)? {
+        let day = b.column(0).as_primitive::<Date32Type>();
+        let customers = b.column(4).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            let d = days.entry(day.value(r)).or_default();
+            d.day = day.value(r);
+            d.totals = totals(&b, r, 1);
+            d.customers = customers.value(r) as u64;
+        }
+    }
+    for (table, brands) in [
+        (tables::DAILY_CATEGORY_SALES, false),
+        (tables::DAILY_BRAND_SALES, true),
+    ] {
+        for b in read(snapshot, table)? {
+            let day = b.column(0).as_primitive::<Date32Type>();
+            for r in 0..b.num_rows() {
+                let d = days.entry(day.value(r)).or_default();
+                let group = (name(&b, 1, r), totals(&b, r, 2));
+                if brands {
+                    d.brands.push(group);
+                } else {
+                    d.categories.push(group);
+                }
+            }
+        }
+    }
+    for b in read(snapshot, tables::STATE_OPEN_SETS)? {
+        let day = b.column(0).as_primitive::<Date32Type>();
+        let scope = b.column(1).as_string::<i32>();
+        let value = b.column(3).as_primitive::<UInt64Type>();
+        for r in 0..b.num_rows() {
+            let d = days.entry(day.value(r)).or_default();
+            let v = value.value(r);
+            match scope.value(r) {
+                "order" => d.open_orders.push(v),
+                "customer" => d.open_customers.push(v),
+                "category_order" => d.open_category_orders.push((name(&b, 2, r), v)),
+                _ => d.open_brand_orders.push((name(&b, 2, r), v)),
+            }
+        }
+    }
+    let mut customers = Vec::new();
+    for b in read(snapshot, tables::RFM)? {
+        let user = b.column(0).as_primitive::<UInt64Type>();
+        let first = b.column(1).as_primitive::<TimestampMicrosecondType>();
+        let last = b.column(2).as_primitive::<TimestampMicrosecondType>();
+        let frequency = b.column(3).as_primitive::<Int64Type>();
+        let monetary = b.column(4).as_primitive::<Decimal128Type>();
+        let items = b.column(5).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            customers.push(CustomerState {
+                user_id: user.value(r),
+                first_us: first.value(r),
+                last_us: last.value(r),
+                frequency: frequency.value(r) as u64,
+                monetary_cents: monetary.value(r) as i64,
+                items: items.value(r) as u64,
+            });
+        }
+    }
+    let mut customer_orders = Vec::new();
+    for b in read(snapshot, tables::STATE_CUSTOMER_ORDERS)? {
+        let user = b.column(0).as_primitive::<UInt64Type>();
+        let order = b.column(1).as_primitive::<UInt64Type>();
+        customer_orders.extend((0..b.num_rows()).map(|r| (user.value(r), order.value(r))));
+    }
+    Ok(CoreState {
+        max_event_us: m.as_of_us,
+        watermark_us: m.watermark_us,
+        accepted: m.counts.accepted,
+        late: m.counts.rejected.get("late_event").copied().unwrap_or(0),
+        days: days.into_values().collect(),
+        customers,
+        customer_orders,
+    })
+}
