@@ -8,29 +8,36 @@ use std::borrow::Cow;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Malformed;
 
-/// Splits `line` (without its terminator) into `out`, which is cleared first.
-pub fn split_fields<'a>(line: &'a [u8], out: &mut Vec<Cow<'a, [u8]>>) -> Result<(), Malformed> {
+/// Splits `line` (without its terminator) into `out`, which is cleared first. Quotes and
+/// commas are ASCII, so every field is a valid slice of the line.
+pub fn split_fields<'a>(line: &'a str, out: &mut Vec<Cow<'a, str>>) -> Result<(), Malformed> {
     out.clear();
-    if memchr::memchr(b'"', line).is_none() {
-        out.extend(line.split(|&c| c == b',').map(Cow::Borrowed));
+    let bytes = line.as_bytes();
+    if memchr::memchr(b'"', bytes).is_none() {
+        let mut start = 0;
+        for comma in memchr::memchr_iter(b',', bytes) {
+            out.push(Cow::Borrowed(&line[start..comma]));
+            start = comma + 1;
+        }
+        out.push(Cow::Borrowed(&line[start..]));
         return Ok(());
     }
     let mut i = 0;
     loop {
-        if line.get(i) == Some(&b'"') {
+        if bytes.get(i) == Some(&b'"') {
             let (field, next) = quoted(line, i + 1)?;
             out.push(field);
             i = next;
         } else {
-            let end = memchr::memchr(b',', &line[i..]).map_or(line.len(), |p| i + p);
+            let end = memchr::memchr(b',', &bytes[i..]).map_or(line.len(), |p| i + p);
             let field = &line[i..end];
-            if field.contains(&b'"') {
+            if field.contains('"') {
                 return Err(Malformed); // a quote inside an unquoted field
             }
             out.push(Cow::Borrowed(field));
             i = end;
         }
-        match line.get(i) {
+        match bytes.get(i) {
             None => return Ok(()),
             Some(b',') => i += 1,
             Some(_) => return Err(Malformed), // text after a closing quote
@@ -40,16 +47,17 @@ pub fn split_fields<'a>(line: &'a [u8], out: &mut Vec<Cow<'a, [u8]>>) -> Result<
 
 /// A quoted field whose content starts at `start`; returns it and the index after the
 /// closing quote.
-fn quoted(line: &[u8], start: usize) -> Result<(Cow<'_, [u8]>, usize), Malformed> {
-    let mut owned: Option<Vec<u8>> = None;
+fn quoted(line: &str, start: usize) -> Result<(Cow<'_, str>, usize), Malformed> {
+    let bytes = line.as_bytes();
+    let mut owned: Option<String> = None;
     let mut i = start;
     let mut seg = start;
     loop {
-        let q = memchr::memchr(b'"', &line[i..]).ok_or(Malformed)? + i;
-        if line.get(q + 1) == Some(&b'"') {
+        let q = memchr::memchr(b'"', &bytes[i..]).ok_or(Malformed)? + i;
+        if bytes.get(q + 1) == Some(&b'"') {
             owned
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(&line[seg..=q]);
+                .get_or_insert_with(String::new)
+                .push_str(&line[seg..=q]);
             i = q + 2;
             seg = i;
             continue;
@@ -57,7 +65,7 @@ fn quoted(line: &[u8], start: usize) -> Result<(Cow<'_, [u8]>, usize), Malformed
         let field = match owned {
             None => Cow::Borrowed(&line[start..q]),
             Some(mut v) => {
-                v.extend_from_slice(&line[seg..q]);
+                v.push_str(&line[seg..q]);
                 Cow::Owned(v)
             }
         };
@@ -71,11 +79,8 @@ mod tests {
 
     fn split(line: &str) -> Result<Vec<String>, Malformed> {
         let mut out = Vec::new();
-        split_fields(line.as_bytes(), &mut out)?;
-        Ok(out
-            .iter()
-            .map(|f| String::from_utf8(f.to_vec()).unwrap())
-            .collect())
+        split_fields(line, &mut out)?;
+        Ok(out.iter().map(|f| f.to_string()).collect())
     }
 
     #[test]

@@ -84,7 +84,22 @@ pub fn parse_id(s: &str) -> Option<u64> {
     if b.is_empty() {
         return None;
     }
-    if b.iter().all(u8::is_ascii_digit) {
+    if b.len() <= 19 {
+        // Up to 19 digits always fit in u64: no overflow check needed.
+        let mut v = 0u64;
+        let mut digits_only = true;
+        for &c in b {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                digits_only = false;
+                break;
+            }
+            v = v * 10 + u64::from(d);
+        }
+        if digits_only {
+            return Some(v);
+        }
+    } else if b.iter().all(u8::is_ascii_digit) {
         return s.parse::<u64>().ok();
     }
     if !is_float_notation(b) {

@@ -55,11 +55,8 @@ impl Header {
         }
         let text = std::str::from_utf8(line).map_err(|_| HeaderError::NotUtf8)?;
         let mut fields = Vec::new();
-        split_fields(text.as_bytes(), &mut fields).map_err(|_| HeaderError::Malformed)?;
-        let names: Vec<String> = fields
-            .iter()
-            .map(|f| String::from_utf8_lossy(f).trim().to_string())
-            .collect();
+        split_fields(text, &mut fields).map_err(|_| HeaderError::Malformed)?;
+        let names: Vec<String> = fields.iter().map(|f| f.trim().to_string()).collect();
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
                 return Err(HeaderError::DuplicateColumn(n.clone()));
@@ -117,22 +114,16 @@ impl LineValidator {
     pub fn validate<'a>(
         &self,
         line: &'a [u8],
-        fields: &mut Vec<Cow<'a, [u8]>>,
+        fields: &mut Vec<Cow<'a, str>>,
     ) -> Result<ValidLine<'a>, RejectReason> {
         use RejectReason::*;
-        if !line.is_ascii() && std::str::from_utf8(line).is_err() {
-            return Err(MalformedRow);
-        }
+        let line = std::str::from_utf8(line).map_err(|_| MalformedRow)?;
         if split_fields(line, fields).is_err() || fields.len() != self.header.width {
             return Err(MalformedRow);
         }
         let mut get = |i: usize| -> Option<Cow<'a, str>> {
             let f = std::mem::take(&mut fields[self.header.index[i]]);
-            let s = match f {
-                Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
-                Cow::Owned(v) => Cow::Owned(String::from_utf8(v).ok()?),
-            };
-            (!s.is_empty()).then_some(s)
+            (!f.is_empty()).then_some(f)
         };
         let event_time = get(0);
         let order_id = get(1);

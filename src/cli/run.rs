@@ -84,7 +84,6 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
     } = &m.counts;
     let core = &outcome.core;
     let revenue: i64 = core.days().map(|(_, d, _)| d.totals.revenue_cents).sum();
-    let rows = core.rfm();
     let mut s = String::new();
     let state = if outcome.complete {
         "complete"
@@ -129,10 +128,10 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         day(last)
     );
     let _ = writeln!(s, "revenue        {:>12}", money(revenue));
-    let _ = writeln!(s, "customers      {:>12}", rows.len());
-    let mut segments: Vec<(usize, &str)> = segment_names()
+    let _ = writeln!(s, "customers      {:>12}", m.customers);
+    let mut segments: Vec<(u64, &str)> = segment_names()
         .into_iter()
-        .map(|name| (rows.iter().filter(|r| r.segment == name).count(), name))
+        .map(|name| (m.segments.get(name).copied().unwrap_or(0), name))
         .collect();
     segments.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
     for (n, name) in segments {
@@ -144,5 +143,15 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         "wall time      {wall_secs:>11.2}s  ({:.0} events/s)",
         applied as f64 / wall_secs.max(1e-9)
     );
+    if let Some(kib) = peak_memory_kib() {
+        let _ = writeln!(s, "peak memory    {:>10.0} MiB", kib as f64 / 1024.0);
+    }
     s
+}
+
+/// The process's peak resident memory (VmHWM), where the system reports it.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

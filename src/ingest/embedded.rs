@@ -215,7 +215,9 @@ impl Feed<'_> {
             })
         };
         for e in events {
-            if let Some(wait) = Pacer::wait(pacer.due(e.event_time_us), start.elapsed()) {
+            let due = pacer.due(e.event_time_us);
+            // The clock is read only when pacing (not in --max mode).
+            if let Some(wait) = due.and_then(|d| Pacer::wait(Some(d), start.elapsed())) {
                 if !batch.is_empty() && !flush(&mut batch, &mut names) {
                     return false;
                 }

@@ -24,6 +24,9 @@ pub struct Manifest {
     /// Where in the input this snapshot stands; a resumed run starts right after it.
     pub input: InputPosition,
     pub counts: Counts,
+    /// Customers in the `rfm` table, and how many fall in each segment.
+    pub customers: u64,
+    pub segments: BTreeMap<String, u64>,
     pub tables: BTreeMap<String, TableFile>,
     pub config: WindowConfig,
 }

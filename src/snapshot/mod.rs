@@ -167,6 +167,11 @@ impl SnapshotStore {
             watermark_us: core.watermark_us(),
             input: meta.input,
             counts: meta.counts,
+            customers: rfm_rows.len() as u64,
+            segments: rfm_rows.iter().fold(Default::default(), |mut m, r| {
+                *m.entry(r.segment.to_string()).or_default() += 1;
+                m
+            }),
             tables: files,
             config: meta.config,
         };
