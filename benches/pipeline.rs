@@ -16,7 +16,8 @@ const REPEAT: usize = 3;
 fn data_file(rows: u64) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("generated-{rows}-seed2020.csv"));
+    let version = storepulse::generate::VERSION;
+    let path = dir.join(format!("generated-v{version}-{rows}-seed2020.csv"));
     if !path.exists() {
         let t = Instant::now();
         let tmp = path.with_extension("tmp");

@@ -110,7 +110,6 @@ fn calibrated_to_the_published_facts() {
     prices.sort_unstable();
     let median = prices[prices.len() / 2] as f64 / 100.0;
     let mean = prices.iter().sum::<i64>() as f64 / prices.len() as f64 / 100.0;
-    eprintln!("median {median} mean {mean} lines/order {per_order} with_user {with_user}");
     assert!((35.0..80.0).contains(&median), "median price {median}");
     assert!((110.0..200.0).contains(&mean), "mean price {mean}");
 
