@@ -55,6 +55,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
     print!("{}", summary(&outcome, wall.as_secs_f64()));
+    let dir = config.snapshot_dir.display();
+    println!("snapshots in {dir}/ (rejected lines in {dir}/rejected.csv); try:");
+    let flag = if config.snapshot_dir == std::path::Path::new("snapshots") {
+        String::new()
+    } else {
+        format!("--snapshot-dir {dir} ")
+    };
+    println!("  storepulse query {flag}\"SELECT segment, COUNT(*) AS customers FROM rfm GROUP BY segment ORDER BY customers DESC\"");
     Ok(())
 }
 

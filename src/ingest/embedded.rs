@@ -192,6 +192,7 @@ impl Feed<'_> {
             let names = new_names(reader.dictionary(), &mut names_sent);
             self.bar.set_length(held.len() as u64);
             self.bar.set_position(0);
+            self.bar.set_message("replaying by event time");
             self.emit(names, held, &mut pacer, start);
         }
         Ok(())
