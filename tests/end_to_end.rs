@@ -38,16 +38,7 @@ fn raw_lines(bytes: &[u8]) -> (RecordBatch, u64) {
         }
         line_no.push(i as i64 + 1);
     }
-    let names = [
-        "event_time",
-        "order_id",
-        "product_id",
-        "category_id",
-        "category_code",
-        "brand",
-        "price",
-        "user_id",
-    ];
+    let names = storepulse::replay::validate::COLUMNS;
     let mut fields = vec![Field::new("line_no", DataType::Int64, false)];
     fields.extend(names.iter().map(|n| Field::new(*n, DataType::Utf8, false)));
     let mut arrays: Vec<Arc<dyn datafusion::arrow::array::Array>> =

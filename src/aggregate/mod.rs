@@ -6,7 +6,7 @@ mod daily;
 pub mod rfm;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,8 @@ const D: i64 = MICROS_PER_DAY;
 /// 2020-06-01 00:00:00 UTC
 const JUNE1: i64 = 1_590_969_600_000_000;
 
-fn ev(
+/// A test event; the snapshot tests use it too.
+pub(crate) fn ev(
     t: i64,
     order: u64,
     user: Option<u64>,

@@ -174,7 +174,7 @@ impl Driver {
         Counts {
             records: self.read.records,
             accepted: self.core.accepted(),
-            pending: self.read.accepted - self.events_applied,
+            pending: self.read.accepted.saturating_sub(self.events_applied),
             repaired: self.read.repaired,
             blank: self.read.blank,
             rejected: rejected

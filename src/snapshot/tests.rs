@@ -1,27 +1,13 @@
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use storepulse_replay::{PurchaseEvent, Sym};
+use storepulse_replay::Sym;
 
 use super::*;
+use crate::aggregate::tests::ev;
 use crate::aggregate::CoreConfig;
 
 const JUNE1: i64 = 1_590_969_600_000_000;
 const H: i64 = 3_600_000_000;
-
-fn ev(t: i64, order: u64, user: Option<u64>, cents: i64, cat: Option<u32>) -> PurchaseEvent {
-    PurchaseEvent {
-        event_time_us: t,
-        order_id: order,
-        product_id: 1,
-        category_id: None,
-        user_id: user,
-        price_cents: cents,
-        category: cat.map(Sym),
-        brand: None,
-        line: 0,
-        offset: 0,
-    }
-}
 
 fn meta() -> SnapshotMeta {
     SnapshotMeta {
@@ -44,9 +30,9 @@ fn meta() -> SnapshotMeta {
 fn sample_core() -> Core {
     let mut c = Core::new(CoreConfig::default());
     assert_eq!(c.intern_name("electronics.tablet"), Sym(0));
-    c.record(&ev(JUNE1 + H, 1, Some(42), 16_201, Some(0)));
-    c.record(&ev(JUNE1 + H, 1, Some(42), 99, None));
-    c.record(&ev(JUNE1 + 30 * H, 2, None, 10_00, Some(0)));
+    c.record(&ev(JUNE1 + H, 1, Some(42), 16_201, Some(0), None));
+    c.record(&ev(JUNE1 + H, 1, Some(42), 99, None, None));
+    c.record(&ev(JUNE1 + 30 * H, 2, None, 1_000, Some(0), None));
     c
 }
 
