@@ -112,14 +112,13 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         shutdown: &shutdown,
         bar: &bar,
     };
-    let read_result =
-        match CsvReader::new(std::io::BufReader::with_capacity(0, file), &config.reader) {
-            Ok(reader) => feed.replay(reader, config),
-            Err(source) => Err(RunError::Read {
-                path: config.input.clone(),
-                source,
-            }),
-        };
+    let read_result = match CsvReader::new(file, &config.reader) {
+        Ok(reader) => feed.replay(reader, config),
+        Err(source) => Err(RunError::Read {
+            path: config.input.clone(),
+            source,
+        }),
+    };
     bar.finish_and_clear();
     let last = match (&read_result, shutdown.load(Ordering::SeqCst)) {
         (Ok(()), false) => Message::EndOfInput,
