@@ -204,3 +204,15 @@ fn run_reports_input_and_flag_errors_plainly() {
     let out = storepulse(&["run", "--snapshot-interval", "10x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
 }
+
+#[test]
+fn speed_paces_by_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fixture spans 2020-04-24 11:50:39 to 2020-04-26 21:00:00: 205,761 s of event
+    // time, so about 1.03 s at 200,000x. Pacing only ever waits, so this bound is safe.
+    let started = Instant::now();
+    run(&golden(), dir.path(), &["--speed", "200000"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(950), "took only {took:?}");
+    assert_eq!(manifest(dir.path())["counts"]["accepted"], 10);
+}
