@@ -84,6 +84,7 @@ pub struct CsvReader<R> {
     lines_before: u64,
     eof: bool,
     block_bytes: usize,
+    pool: Vec<ChunkOut>,
 }
 
 impl<R: Read> CsvReader<R> {
@@ -114,6 +115,7 @@ impl<R: Read> CsvReader<R> {
             lines_before: 1,
             eof,
             block_bytes,
+            pool: Vec::new(),
         })
     }
 
@@ -128,6 +130,17 @@ impl<R: Read> CsvReader<R> {
 
     /// The next block of lines, or `None` at end of input.
     pub fn next_block(&mut self) -> Result<Option<Block>, ReadError> {
+        let mut events = Vec::new();
+        let block = self.next_block_into(&mut events)?;
+        Ok(block.map(|b| Block { events, ..b }))
+    }
+
+    /// Like [`next_block`](Self::next_block), but appends the events to `events` (the
+    /// returned block's own `events` stay empty): no copy for a caller that collects.
+    pub fn next_block_into(
+        &mut self,
+        events: &mut Vec<PurchaseEvent>,
+    ) -> Result<Option<Block>, ReadError> {
         self.buf.truncate(self.carried);
         while !self.eof && self.buf.len() < self.block_bytes {
             let want = self.block_bytes - self.buf.len();
@@ -144,32 +157,43 @@ impl<R: Read> CsvReader<R> {
                 None => {
                     // One line longer than a block: keep reading until it ends.
                     self.block_bytes *= 2;
-                    return self.next_block_keep();
+                    self.carried = self.buf.len();
+                    return self.next_block_into(events);
                 }
             }
         };
         let chunks = split_at_lines(&self.buf[..end], rayon::current_num_threads() * 4);
-        let validator = &self.validator;
-        let parsed: Vec<ChunkOut> = chunks
-            .par_iter()
-            .map(|&(start, stop)| parse_chunk(&self.buf[start..stop], start, validator))
-            .collect();
+        // Chunk buffers are kept between blocks, so their pages are touched only once.
+        if self.pool.len() < chunks.len() {
+            self.pool.resize_with(chunks.len(), ChunkOut::default);
+        }
+        let (buf, validator) = (&self.buf, &self.validator);
+        self.pool[..chunks.len()]
+            .par_iter_mut()
+            .zip(chunks.par_iter())
+            .for_each(|(out, &(start, stop))| {
+                parse_chunk(&buf[start..stop], start, validator, out)
+            });
 
         let mut block = Block::default();
-        let total_events: usize = parsed.iter().map(|c| c.events.len()).sum();
-        block.events.reserve_exact(total_events);
+        let total_events: usize = self.pool[..chunks.len()]
+            .iter()
+            .map(|c| c.events.len())
+            .sum();
+        events.reserve(total_events);
         let mut lines = self.lines_before;
-        for chunk in parsed {
+        for chunk in &mut self.pool[..chunks.len()] {
             let remap = self.dict.absorb(&chunk.dict);
             let fix = |s: Option<Sym>| s.map(|s| remap[s.0 as usize]);
-            block.events.extend(chunk.events.into_iter().map(|mut e| {
+            let buf_offset = self.buf_offset;
+            events.extend(chunk.events.drain(..).map(|mut e| {
                 e.line += lines + 1;
-                e.offset += self.buf_offset;
+                e.offset += buf_offset;
                 e.category = fix(e.category);
                 e.brand = fix(e.brand);
                 e
             }));
-            block.rejects.extend(chunk.rejects.into_iter().map(|mut r| {
+            block.rejects.extend(chunk.rejects.drain(..).map(|mut r| {
                 r.line += lines + 1;
                 r
             }));
@@ -183,11 +207,6 @@ impl<R: Read> CsvReader<R> {
         self.buf.copy_within(end.., 0);
         self.carried = self.buf.len() - end;
         Ok(Some(block))
-    }
-
-    fn next_block_keep(&mut self) -> Result<Option<Block>, ReadError> {
-        self.carried = self.buf.len();
-        self.next_block()
     }
 }
 
@@ -232,6 +251,7 @@ fn split_at_lines(buf: &[u8], parts: usize) -> Vec<(usize, usize)> {
 }
 
 /// One chunk's results with chunk-relative line numbers (0-based) and buffer offsets.
+#[derive(Default)]
 struct ChunkOut {
     events: Vec<PurchaseEvent>,
     rejects: Vec<Rejected>,
@@ -240,14 +260,12 @@ struct ChunkOut {
     lines: u64,
 }
 
-fn parse_chunk(chunk: &[u8], base: usize, validator: &LineValidator) -> ChunkOut {
-    let mut out = ChunkOut {
-        events: Vec::with_capacity(chunk.len() / 110),
-        rejects: Vec::new(),
-        stats: ReadStats::default(),
-        dict: Dictionary::new(),
-        lines: 0,
-    };
+fn parse_chunk(chunk: &[u8], base: usize, validator: &LineValidator, out: &mut ChunkOut) {
+    out.events.clear();
+    out.rejects.clear();
+    out.stats = ReadStats::default();
+    out.dict = Dictionary::new();
+    out.lines = 0;
     let mut fields = Vec::with_capacity(16);
     let mut last_code: Option<Sym> = None;
     let mut last_brand: Option<Sym> = None;
@@ -300,7 +318,6 @@ fn parse_chunk(chunk: &[u8], base: usize, validator: &LineValidator) -> ChunkOut
             }
         }
     }
-    out
 }
 
 /// Interning with a one-entry cache: neighbouring lines often repeat a value.
@@ -329,12 +346,7 @@ pub struct ReadAll {
 pub fn read_all<R: Read>(input: R, config: &ReaderConfig) -> Result<ReadAll, ReadError> {
     let mut reader = CsvReader::new(input, config)?;
     let mut all = ReadAll::default();
-    while let Some(block) = reader.next_block()? {
-        if all.events.is_empty() {
-            all.events = block.events;
-        } else {
-            all.events.extend_from_slice(&block.events);
-        }
+    while let Some(block) = reader.next_block_into(&mut all.events)? {
         all.rejects.extend(block.rejects);
         all.stats.merge(&block.stats);
         all.lines = block.lines_through;

@@ -162,10 +162,24 @@ impl Feed<'_> {
         if config.order == Order::EventTime {
             held.reserve(self.size_hint / 60);
         }
-        while let Some(block) = reader.next_block().map_err(|source| RunError::Read {
-            path: config.input.clone(),
-            source,
-        })? {
+        let by_time = config.order == Order::EventTime;
+        loop {
+            // In event-time order the reader appends straight to `held`.
+            let next = if by_time {
+                reader.next_block_into(&mut held)
+            } else {
+                reader.next_block()
+            };
+            let block = match next {
+                Ok(Some(block)) => block,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(RunError::Read {
+                        path: config.input.clone(),
+                        source,
+                    })
+                }
+            };
             self.bar.set_position(block.bytes_through);
             let read = Message::Read {
                 rejects: block.rejects,
@@ -175,17 +189,14 @@ impl Feed<'_> {
             if self.stopped() || !self.send(read) {
                 return Ok(());
             }
-            match config.order {
-                Order::EventTime => held.extend_from_slice(&block.events),
-                Order::File => {
-                    let names = new_names(reader.dictionary(), &mut names_sent);
-                    if !self.emit(names, block.events, &mut pacer, start) {
-                        return Ok(());
-                    }
+            if !by_time {
+                let names = new_names(reader.dictionary(), &mut names_sent);
+                if !self.emit(names, block.events, &mut pacer, start) {
+                    return Ok(());
                 }
             }
         }
-        if config.order == Order::EventTime {
+        if by_time {
             self.bar.set_message("ordering by event time");
             sort_by_event_time(&mut held);
             let names = new_names(reader.dictionary(), &mut names_sent);
