@@ -48,9 +48,8 @@ impl Pacer {
     }
 
     /// How long to wait before emitting an event due at `due`, `elapsed` after the start.
-    pub fn wait(due: Option<Duration>, elapsed: Duration) -> Option<Duration> {
-        due.and_then(|d| d.checked_sub(elapsed))
-            .filter(|w| !w.is_zero())
+    pub fn wait(due: Duration, elapsed: Duration) -> Option<Duration> {
+        due.checked_sub(elapsed).filter(|w| !w.is_zero())
     }
 }
 
@@ -86,8 +85,8 @@ mod tests {
     #[test]
     fn wait_is_what_remains() {
         let s = Duration::from_secs;
-        assert_eq!(Pacer::wait(Some(s(3)), s(1)), Some(s(2)));
-        assert_eq!(Pacer::wait(Some(s(1)), s(3)), None);
-        assert_eq!(Pacer::wait(None, s(0)), None);
+        assert_eq!(Pacer::wait(s(3), s(1)), Some(s(2)));
+        assert_eq!(Pacer::wait(s(1), s(3)), None);
+        assert_eq!(Pacer::wait(s(2), s(2)), None);
     }
 }

@@ -86,13 +86,6 @@ impl WireEvent {
     }
 }
 
-/// A day number (days since 1970-01-01) as `YYYY-MM-DD`.
-pub fn day_string(day: i32) -> String {
-    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_else(|| day.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

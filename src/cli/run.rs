@@ -125,10 +125,7 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         core.days().next().map(|d| d.0),
         core.days().last().map(|d| d.0),
     );
-    let day = |d: Option<i32>| {
-        d.map(storepulse_replay::wire::day_string)
-            .unwrap_or_default()
-    };
+    let day = |d: Option<i32>| d.map(day_string).unwrap_or_default();
     let _ = writeln!(
         s,
         "days           {days:>12}  ({} .. {})",
@@ -162,4 +159,11 @@ fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A day number (days since 1970-01-01) as `YYYY-MM-DD`.
+fn day_string(day: i32) -> String {
+    chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| day.to_string())
 }

@@ -228,7 +228,7 @@ impl Feed<'_> {
         for e in events {
             let due = pacer.due(e.event_time_us);
             // The clock is read only when pacing (not in --max mode).
-            if let Some(wait) = due.and_then(|d| Pacer::wait(Some(d), start.elapsed())) {
+            if let Some(wait) = due.and_then(|d| Pacer::wait(d, start.elapsed())) {
                 if !batch.is_empty() && !flush(&mut batch, &mut names) {
                     return false;
                 }
@@ -278,7 +278,7 @@ fn line_lookup(file: File) -> LineLookup {
             if n == 0 {
                 break;
             }
-            match memchr_newline(&buf[..n]) {
+            match memchr::memchr(b'\n', &buf[..n]) {
                 Some(p) => {
                     out.extend_from_slice(&buf[..p]);
                     break;
@@ -292,10 +292,6 @@ fn line_lookup(file: File) -> LineLookup {
         }
         out
     })
-}
-
-fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
