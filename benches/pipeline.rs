@@ -5,47 +5,23 @@
 //! `cargo bench` runs it; `STOREPULSE_BENCH_ROWS` sets another size. Targets: end to end
 //! under 2 s, peak memory under 600 MiB.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Instant;
+
+use common::{data_file, median};
 
 use storepulse::aggregate::{Core, CoreConfig};
 use storepulse::replay::{read_all, sort_by_event_time, ReaderConfig};
 
 const REPEAT: usize = 3;
 
-fn data_file(rows: u64) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    std::fs::create_dir_all(&dir).unwrap();
-    let version = storepulse::generate::VERSION;
-    let path = dir.join(format!("generated-v{version}-{rows}-seed2020.csv"));
-    if !path.exists() {
-        let t = Instant::now();
-        let tmp = path.with_extension("tmp");
-        storepulse::generate::write_file(&tmp, rows, 2020).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        eprintln!(
-            "generated {} in {:.1}s",
-            path.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
-    path
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo test --benches` runs benches in test mode: keep that quick.
     if std::env::args().any(|a| a == "--test") {
         return;
     }
-    let rows: u64 = std::env::var("STOREPULSE_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_633_521);
+    let rows = common::rows();
     let path = data_file(rows);
     let bytes = std::fs::metadata(&path).unwrap().len();
     println!(

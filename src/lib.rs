@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod generate;
 pub mod ingest;
+pub mod kafka;
 pub mod query;
 pub mod shutdown;
 pub mod snapshot;

@@ -3,13 +3,58 @@
 //! lose precision in many consumers; the price is a decimal string so no float touches
 //! money. Only this module knows the wire format.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Dictionary, PurchaseEvent};
+use crate::event::{Dictionary, PurchaseEvent, Sym};
+
+/// The `schema_version` this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where an event came from: which input (a fingerprint of the file), which pass over it
+/// (`--loop`) and which line. Deterministic, so a consumer tells a redelivery or a second
+/// replay of the same file from a new purchase. Written as `<source:016x>-<loop>-<line>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventId {
+    pub source: u64,
+    pub pass: u32,
+    pub line: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}-{}", self.source, self.pass, self.line)
+    }
+}
+
+impl std::str::FromStr for EventId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let mut it = s.splitn(3, '-');
+        let source = it.next().filter(|h| h.len() == 16).ok_or(())?;
+        Ok(EventId {
+            source: u64::from_str_radix(source, 16).map_err(|_| ())?,
+            pass: it.next().ok_or(())?.parse().map_err(|_| ())?,
+            line: it.next().ok_or(())?.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// Money in cents as a decimal string with two decimals, e.g. `162.01`.
+pub fn cents_to_decimal(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let c = cents.unsigned_abs();
+    format!("{sign}{}.{:02}", c / 100, c % 100)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireEvent {
+    /// The wire format's version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// See [`EventId`].
+    pub event_id: String,
     /// RFC 3339, UTC, microsecond precision when needed.
     pub event_time: String,
     pub order_id: String,
@@ -36,17 +81,19 @@ pub struct WireError {
 }
 
 impl WireEvent {
-    pub fn from_event(e: &PurchaseEvent, dict: &Dictionary) -> WireEvent {
+    pub fn from_event(e: &PurchaseEvent, dict: &Dictionary, id: EventId) -> WireEvent {
         let t = chrono::DateTime::from_timestamp_micros(e.event_time_us)
             .expect("event times come from valid dates");
         WireEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: id.to_string(),
             event_time: t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             order_id: e.order_id.to_string(),
             product_id: e.product_id.to_string(),
             category_id: e.category_id.map(|v| v.to_string()),
             category_code: e.category.map(|s| dict.name(s).to_string()),
             brand: e.brand.map(|s| dict.name(s).to_string()),
-            price: format!("{}.{:02}", e.price_cents / 100, e.price_cents % 100),
+            price: cents_to_decimal(e.price_cents),
             user_id: e.user_id.map(|v| v.to_string()),
             source_line: e.line,
         }
@@ -54,6 +101,22 @@ impl WireEvent {
 
     /// Back to the compact event, interning names into `dict`. `offset` is unknown (0).
     pub fn to_event(&self, dict: &mut Dictionary) -> Result<PurchaseEvent, WireError> {
+        self.to_event_with(&mut |name| dict.intern(name))
+    }
+
+    /// The event id, checked.
+    pub fn id(&self) -> Result<EventId, WireError> {
+        self.event_id.parse().map_err(|_| WireError {
+            field: "event_id",
+            value: self.event_id.clone(),
+        })
+    }
+
+    /// Back to the compact event, naming categories and brands through `intern`.
+    pub fn to_event_with(
+        &self,
+        intern: &mut dyn FnMut(&str) -> Sym,
+    ) -> Result<PurchaseEvent, WireError> {
         let bad = |field: &'static str, value: &str| WireError {
             field,
             value: value.to_string(),
@@ -78,8 +141,8 @@ impl WireEvent {
                 .transpose()?,
             price_cents: crate::fields::parse_price_cents(&self.price)
                 .ok_or_else(|| bad("price", &self.price))?,
-            category: self.category_code.as_deref().map(|c| dict.intern(c)),
-            brand: self.brand.as_deref().map(|b| dict.intern(b)),
+            category: self.category_code.as_deref().map(&mut *intern),
+            brand: self.brand.as_deref().map(&mut *intern),
             line: self.source_line,
             offset: 0,
         })
@@ -105,18 +168,35 @@ mod tests {
             line: 42,
             offset: 0,
         };
-        let json = serde_json::to_string(&WireEvent::from_event(&e, &dict)).unwrap();
+        let id = EventId {
+            source: 0xfeed,
+            pass: 2,
+            line: 42,
+        };
+        let json = serde_json::to_string(&WireEvent::from_event(&e, &dict, id)).unwrap();
         assert_eq!(
             json,
-            r#"{"event_time":"2020-04-24T11:50:39Z","order_id":"2294359932054536986","product_id":"1515966223509089906","category_id":"2268105426648171008","category_code":"electronics.tablet","price":"162.01","user_id":"1515915625441993984","source_line":42}"#
+            r#"{"schema_version":1,"event_id":"000000000000feed-2-42","event_time":"2020-04-24T11:50:39Z","order_id":"2294359932054536986","product_id":"1515966223509089906","category_id":"2268105426648171008","category_code":"electronics.tablet","price":"162.01","user_id":"1515915625441993984","source_line":42}"#
         );
         let back: WireEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(back.to_event(&mut dict).unwrap(), e);
+        assert_eq!(back.id().unwrap(), id);
+    }
+
+    #[test]
+    fn event_ids_parse_only_in_their_own_shape() {
+        for bad in ["", "feed-1-2", "000000000000feed-1", "000000000000feed-x-2", "000000000000feed-1-2-3"] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad}");
+        }
+        assert_eq!(cents_to_decimal(5), "0.05");
+        assert_eq!(cents_to_decimal(-105), "-1.05");
     }
 
     #[test]
     fn invalid_wire_fields_are_named() {
         let mut w = WireEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: "0000000000000001-0-2".into(),
             event_time: "2020-04-24T11:50:39Z".into(),
             order_id: "1".into(),
             product_id: "2".into(),

@@ -13,6 +13,14 @@ pub struct Totals {
     pub orders: u64,
 }
 
+impl Totals {
+    pub fn add(&mut self, o: &Totals) {
+        self.revenue_cents += o.revenue_cents;
+        self.items += o.items;
+        self.orders += o.orders;
+    }
+}
+
 /// Sales of one category code or brand (`None` = unknown) on one day.
 #[derive(Debug, Clone, Default)]
 pub struct Group {
@@ -75,9 +83,11 @@ impl Day {
         self.brands.entry(e.brand).or_default().record(e);
     }
 
-    pub(super) fn finalize(&mut self) {
+    pub(super) fn finalize(&mut self, keep_customers: bool) {
         self.orders = FxHashSet::default();
-        self.customer_set = FxHashSet::default();
+        if !keep_customers {
+            self.customer_set = FxHashSet::default();
+        }
         self.last = None;
         self.categories.values_mut().for_each(Group::finalize);
         self.brands.values_mut().for_each(Group::finalize);
@@ -92,6 +102,8 @@ impl Day {
         self.customer_set = customers.into_iter().collect();
     }
 
+    /// Distinct customers still tracked: open days', and final days' where the core keeps
+    /// them ([`super::CoreConfig::keep_day_customers`]).
     pub fn open_customers(&self) -> impl Iterator<Item = u64> + '_ {
         self.customer_set.iter().copied()
     }

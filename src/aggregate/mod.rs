@@ -4,6 +4,7 @@
 
 mod daily;
 pub mod rfm;
+mod seen;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -15,7 +16,8 @@ use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow};
-pub use state::{CoreState, CustomerState, DayState};
+pub use seen::Seen;
+pub use state::{merge_watermarks, CoreState, CustomerState, DayState, PartWatermark};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -30,6 +32,10 @@ pub struct CoreConfig {
     pub max_out_of_orderness_us: i64,
     /// A day is final once the watermark passes its end plus this.
     pub allowed_lateness_us: i64,
+    /// Keep each day's distinct customers after the day is final. A partition of a
+    /// consumer group needs them: another partition may have seen the same customer on the
+    /// same day, and only the union of the sets counts that customer once.
+    pub keep_day_customers: bool,
 }
 
 impl Default for CoreConfig {
@@ -37,6 +43,7 @@ impl Default for CoreConfig {
         Self {
             max_out_of_orderness_us: 3_600_000_000,
             allowed_lateness_us: 0,
+            keep_day_customers: false,
         }
     }
 }
@@ -75,8 +82,8 @@ impl Core {
         }
     }
 
-    pub fn config(&self) -> CoreConfig {
-        self.config
+    pub fn allowed_lateness_us(&self) -> i64 {
+        self.config.allowed_lateness_us
     }
 
     /// The core's symbol for a category code or brand. Events must carry the core's
@@ -139,7 +146,7 @@ impl Core {
             }
             let mut open = self.days.range_mut(day..);
             if let Some((_, d)) = open.next() {
-                d.finalize();
+                d.finalize(self.config.keep_day_customers);
             }
             self.first_open_day = open.next().map(|(&d, _)| d);
         }

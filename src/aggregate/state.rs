@@ -97,3 +97,95 @@ fn restore_groups(
         groups.entry(key).or_default().restore_order(order);
     }
 }
+
+/// What the merge needs to know of one part's event-time progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartWatermark {
+    pub watermark_us: Option<i64>,
+    /// The part has accepted at least one event.
+    pub has_data: bool,
+    /// The part received nothing for the idle timeout when it was snapshotted.
+    pub idle: bool,
+}
+
+/// The watermark of merged parts: a day is final for the merged tables once every part that
+/// has data has passed it. Parts without data do not count, and neither do idle ones while
+/// another part is active; when every part with data is idle, the stream has stopped and
+/// the most advanced part decides.
+pub fn merge_watermarks(parts: &[PartWatermark]) -> Option<i64> {
+    let with_data = || parts.iter().filter(|p| p.has_data);
+    let active = with_data().filter(|p| !p.idle);
+    if active.clone().next().is_some() {
+        active.map(|p| p.watermark_us.unwrap_or(i64::MIN)).min()
+    } else {
+        with_data().filter_map(|p| p.watermark_us).max()
+    }
+}
+
+impl CoreState {
+    /// The state of all `parts` together, for the published tables (not for resuming: the
+    /// distinct sets of open days and the counted (customer, order) pairs are left out).
+    ///
+    /// Exact when every order lives in one part (the replayer keys messages by order id):
+    /// then orders per day, category and brand add up, and so do a customer's frequency,
+    /// spend and items. Customers per day do not add up (one customer's orders may sit in
+    /// two parts), so each part keeps its days' customer sets and the merge counts their
+    /// union.
+    pub fn merge(parts: Vec<CoreState>, watermark_us: Option<i64>) -> CoreState {
+        use std::collections::BTreeMap;
+        #[derive(Default)]
+        struct MergedDay {
+            totals: Totals,
+            customers: FxHashSet<u64>,
+            categories: BTreeMap<Option<String>, Totals>,
+            brands: BTreeMap<Option<String>, Totals>,
+        }
+        let mut days: BTreeMap<i32, MergedDay> = BTreeMap::new();
+        let mut customers: FxHashMap<u64, CustomerState> = FxHashMap::default();
+        let mut merged = CoreState {
+            watermark_us,
+            ..CoreState::default()
+        };
+        for part in parts {
+            merged.max_event_us = merged.max_event_us.max(part.max_event_us);
+            merged.accepted += part.accepted;
+            merged.late += part.late;
+            for d in part.days {
+                let m = days.entry(d.day).or_default();
+                m.totals.add(&d.totals);
+                m.customers.extend(d.open_customers);
+                for (name, t) in d.categories {
+                    m.categories.entry(name).or_default().add(&t);
+                }
+                for (name, t) in d.brands {
+                    m.brands.entry(name).or_default().add(&t);
+                }
+            }
+            for c in part.customers {
+                customers
+                    .entry(c.user_id)
+                    .and_modify(|m| {
+                        m.first_us = m.first_us.min(c.first_us);
+                        m.last_us = m.last_us.max(c.last_us);
+                        m.frequency += c.frequency;
+                        m.monetary_cents += c.monetary_cents;
+                        m.items += c.items;
+                    })
+                    .or_insert(c);
+            }
+        }
+        merged.days = days
+            .into_iter()
+            .map(|(day, m)| DayState {
+                day,
+                totals: m.totals,
+                customers: m.customers.len() as u64,
+                categories: m.categories.into_iter().collect(),
+                brands: m.brands.into_iter().collect(),
+                ..DayState::default()
+            })
+            .collect();
+        merged.customers = customers.into_values().collect();
+        merged
+    }
+}

@@ -120,6 +120,7 @@ fn allowed_lateness_keeps_a_day_open_longer() {
     let mut c = Core::new(CoreConfig {
         max_out_of_orderness_us: H,
         allowed_lateness_us: 2 * H,
+        keep_day_customers: false,
     });
     c.record(&ev(JUNE1 + D + 2 * H, 1, None, 100, None, None)); // wm = June 2 01:00
     assert!(!c.is_final(day_of(JUNE1)));

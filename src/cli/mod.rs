@@ -2,6 +2,7 @@
 //! environment variable), validated once into typed configs, and the commands' output.
 
 mod duration;
+mod kafka;
 mod run;
 
 use std::path::PathBuf;
@@ -26,7 +27,12 @@ pub enum Command {
     /// Replay a purchase CSV through the whole pipeline in one process (no broker) and
     /// write snapshots.
     Run(RunArgs),
-    /// Run SQL over the latest snapshot.
+    /// Publish a purchase CSV to Kafka as JSON purchase events, paced, keyed by order id.
+    Replay(kafka::ReplayArgs),
+    /// Consume purchase events from Kafka in a consumer group and write snapshots per
+    /// partition (resumes exactly from them after a crash or a rebalance).
+    Process(kafka::ProcessArgs),
+    /// Run SQL over the latest snapshot (merged over partitions for `process`).
     Query(QueryArgs),
     /// Write a synthetic purchase log in the kz.csv format, calibrated to the real one.
     Generate(GenerateArgs),
@@ -39,7 +45,19 @@ pub struct RunArgs {
     pub input: PathBuf,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
-    /// Replay N times faster than real (event) time.
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// No progress bar, even on a terminal.
+    #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+/// How the input is read and paced (`run` and `replay`).
+#[derive(Debug, Args)]
+pub struct PaceArgs {
+    /// Replay N times faster than real (event) time (86400 = one day of history a second).
     #[arg(long, env = "STOREPULSE_SPEED", group = "pace")]
     pub speed: Option<f64>,
     /// Replay at a fixed number of events per second.
@@ -56,6 +74,18 @@ pub struct RunArgs {
         default_value = "event-time"
     )]
     pub order: OrderArg,
+    /// Lines with an earlier event time are rejected (`event_time_out_of_range`). RFC 3339.
+    #[arg(
+        long,
+        env = "STOREPULSE_MIN_EVENT_TIME",
+        default_value = "2000-01-01T00:00:00Z"
+    )]
+    pub min_event_time: String,
+}
+
+/// Event-time windows and snapshot timing (`run` and `process`).
+#[derive(Debug, Args)]
+pub struct WindowArgs {
     /// Write a snapshot this often (wall time), e.g. 10s, 500ms.
     #[arg(long, env = "STOREPULSE_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub snapshot_interval: std::time::Duration,
@@ -65,16 +95,6 @@ pub struct RunArgs {
     /// A day is final (later events are `late_event`) once the watermark passes its end plus this.
     #[arg(long, env = "STOREPULSE_ALLOWED_LATENESS", default_value = "0s", value_parser = parse_duration)]
     pub allowed_lateness: std::time::Duration,
-    /// Lines with an earlier event time are rejected (`event_time_out_of_range`). RFC 3339.
-    #[arg(
-        long,
-        env = "STOREPULSE_MIN_EVENT_TIME",
-        default_value = "2000-01-01T00:00:00Z"
-    )]
-    pub min_event_time: String,
-    /// No progress bar, even on a terminal.
-    #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
-    pub no_progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +142,8 @@ pub struct GenerateArgs {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Replay(args) => kafka::replay(args),
+        Command::Process(args) => kafka::process(args),
         Command::Query(args) => query(args),
         Command::Generate(args) => {
             let stats = crate::generate::write_file(&args.out, args.rows, args.seed)?;

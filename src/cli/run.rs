@@ -7,43 +7,61 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use storepulse_replay::{Pace, ReaderConfig};
 
-use super::{OrderArg, RunArgs};
+use super::{OrderArg, PaceArgs, RunArgs, WindowArgs};
 use crate::aggregate::{rfm::segment_names, CoreConfig};
 use crate::ingest::embedded::{self, Order, RunConfig};
 use crate::ingest::DriverOutcome;
 use crate::snapshot::manifest::Counts;
 
-pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
-    let pace = match (args.speed, args.rate) {
+/// The pace `--speed`, `--rate` or `--max` asks for.
+pub fn pace(args: &PaceArgs) -> anyhow::Result<Pace> {
+    Ok(match (args.speed, args.rate) {
         (Some(s), _) if !(s.is_finite() && s > 0.0) => bail!("--speed must be a positive number"),
         (_, Some(r)) if !(r.is_finite() && r > 0.0) => bail!("--rate must be a positive number"),
         (Some(s), _) => Pace::Speed(s),
         (_, Some(r)) => Pace::Rate(r),
         _ => Pace::Max,
-    };
+    })
+}
+
+pub fn reader(args: &PaceArgs) -> anyhow::Result<ReaderConfig> {
     let min = chrono::DateTime::parse_from_rfc3339(&args.min_event_time)
         .with_context(|| format!("--min-event-time `{}` is not RFC 3339", args.min_event_time))?;
+    Ok(ReaderConfig {
+        min_event_time_us: min.timestamp_micros(),
+        ..ReaderConfig::default()
+    })
+}
+
+pub fn order(args: &PaceArgs) -> Order {
+    match args.order {
+        OrderArg::EventTime => Order::EventTime,
+        OrderArg::File => Order::File,
+    }
+}
+
+pub fn core(args: &WindowArgs) -> CoreConfig {
     let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    CoreConfig {
+        max_out_of_orderness_us: us(args.max_out_of_orderness),
+        allowed_lateness_us: us(args.allowed_lateness),
+        keep_day_customers: false,
+    }
+}
+
+pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     Ok(RunConfig {
         input: args.input.clone(),
         snapshot_dir: args.snapshots.snapshot_dir.clone(),
         snapshot_interval: args
+            .window
             .snapshot_interval
             .max(std::time::Duration::from_millis(10)),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
-        pace,
-        order: match args.order {
-            OrderArg::EventTime => Order::EventTime,
-            OrderArg::File => Order::File,
-        },
-        reader: ReaderConfig {
-            min_event_time_us: min.timestamp_micros(),
-            ..ReaderConfig::default()
-        },
-        core: CoreConfig {
-            max_out_of_orderness_us: us(args.max_out_of_orderness),
-            allowed_lateness_us: us(args.allowed_lateness),
-        },
+        pace: pace(&args.pace)?,
+        order: order(&args.pace),
+        reader: reader(&args.pace)?,
+        core: core(&args.window),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
     })
 }
@@ -66,7 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn money(cents: i64) -> String {
+pub fn money(cents: i64) -> String {
     let units = (cents / 100).to_string();
     let mut grouped = String::new();
     for (i, c) in units.chars().enumerate() {
@@ -89,6 +107,7 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         repaired,
         blank,
         rejected,
+        ..
     } = &m.counts;
     let core = &outcome.core;
     let revenue: i64 = core.days().map(|(_, d, _)| d.totals.revenue_cents).sum();
@@ -155,14 +174,14 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
 }
 
 /// The process's peak resident memory (VmHWM), where the system reports it.
-fn peak_memory_kib() -> Option<u64> {
+pub fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A day number (days since 1970-01-01) as `YYYY-MM-DD`.
-fn day_string(day: i32) -> String {
+pub fn day_string(day: i32) -> String {
     chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| day.to_string())

@@ -5,6 +5,7 @@
 //! snapshot timing.
 
 pub mod embedded;
+pub mod feed;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -177,6 +178,7 @@ impl Driver {
             pending: self.read.accepted.saturating_sub(self.events_applied),
             repaired: self.read.repaired,
             blank: self.read.blank,
+            duplicates: 0,
             rejected: rejected
                 .iter()
                 .map(|(r, n)| (r.as_str().to_string(), n))

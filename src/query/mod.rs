@@ -14,7 +14,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::aggregate::rfm::segment;
-use crate::snapshot::{self, tables::QUERY_TABLES, Published, SnapshotError};
+use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -41,30 +41,46 @@ pub enum Format {
     Json,
 }
 
-/// A session over one published snapshot.
+/// A session over the latest published snapshot: one for `run`, or the merge of every
+/// partition's latest for `process`.
 pub struct Session {
     ctx: SessionContext,
-    pub snapshot: Published,
+    pub parts: Vec<Published>,
 }
 
 impl Session {
-    /// Opens the snapshot `LATEST` points at in `dir` and registers its tables.
+    /// Opens the latest snapshot(s) in `dir` and registers the tables.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
-        let snapshot = snapshot::latest(dir)?;
+        let parts = snapshot::latest_parts(dir)?;
         let ctx = SessionContext::new();
-        for table in QUERY_TABLES {
-            let path = snapshot.table_path(table).ok_or_else(|| {
-                QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
-            })?;
-            ctx.register_parquet(
-                table,
-                path.to_string_lossy().as_ref(),
-                ParquetReadOptions::default(),
-            )
-            .await?;
+        if let [snapshot] = parts.as_slice() {
+            for table in QUERY_TABLES {
+                let path = snapshot.table_path(table).ok_or_else(|| {
+                    QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
+                })?;
+                ctx.register_parquet(
+                    table,
+                    path.to_string_lossy().as_ref(),
+                    ParquetReadOptions::default(),
+                )
+                .await?;
+            }
+        } else {
+            let core = snapshot::load_merged(&parts)?;
+            let rfm = core.rfm();
+            let batches = [
+                tables::daily_sales(&core)?,
+                tables::daily_group_sales(&core, false)?,
+                tables::daily_group_sales(&core, true)?,
+                tables::rfm(&rfm)?,
+            ];
+            for (table, batch) in QUERY_TABLES.iter().zip(batches) {
+                let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+                ctx.register_table(*table, Arc::new(mem))?;
+            }
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
-        Ok(Session { ctx, snapshot })
+        Ok(Session { ctx, parts })
     }
 
     /// Runs one read-only statement.

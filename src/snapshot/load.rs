@@ -6,12 +6,16 @@ use std::fs::File;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
-    Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt64Type,
+    Date32Type, Decimal128Type, Int64Type, TimestampMicrosecondType, UInt32Type, UInt64Type,
 };
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::{io_err, tables, Published, SnapshotError};
-use crate::aggregate::{CoreState, CustomerState, DayState, Totals};
+use super::InputPosition;
+use crate::aggregate::{
+    merge_watermarks, Core, CoreConfig, CoreState, CustomerState, DayState, PartWatermark, Seen,
+    Totals,
+};
 
 fn read(snapshot: &Published, table: &str) -> Result<Vec<RecordBatch>, SnapshotError> {
     let path = snapshot
@@ -115,4 +119,52 @@ pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
         customers,
         customer_orders,
     })
+}
+
+/// The event ids a Kafka partition's snapshot has counted (empty for other snapshots).
+pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
+    let mut seen = Seen::default();
+    if snapshot.table_path(tables::STATE_SEEN).is_none() {
+        return Ok(seen);
+    }
+    for b in read(snapshot, tables::STATE_SEEN)? {
+        let source = b.column(0).as_primitive::<UInt64Type>();
+        let pass = b.column(1).as_primitive::<UInt32Type>();
+        let chunk = b.column(2).as_primitive::<UInt64Type>();
+        let bits = b.column(3).as_binary::<i32>();
+        for r in 0..b.num_rows() {
+            let key = (source.value(r), pass.value(r), chunk.value(r));
+            if !seen.restore(key, bits.value(r)) {
+                return Err(SnapshotError::Damaged {
+                    path: snapshot.path.clone(),
+                    what: format!("{} has a chunk of the wrong size", tables::STATE_SEEN),
+                });
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// One core holding the merged state of several parts (the partitions of a topic), for
+/// the published tables; see `CoreState::merge` for why the merge is exact.
+pub fn load_merged(parts: &[Published]) -> Result<Core, SnapshotError> {
+    let marks: Vec<PartWatermark> = parts
+        .iter()
+        .map(|p| PartWatermark {
+            watermark_us: p.manifest.watermark_us,
+            has_data: p.manifest.as_of_us.is_some(),
+            idle: matches!(p.manifest.input, InputPosition::Kafka { idle: true, .. }),
+        })
+        .collect();
+    let states = parts.iter().map(load_state).collect::<Result<Vec<_>, _>>()?;
+    let config = CoreConfig {
+        allowed_lateness_us: parts
+            .first()
+            .map_or(0, |p| p.manifest.config.allowed_lateness_us),
+        ..CoreConfig::default()
+    };
+    Ok(Core::restore(
+        config,
+        CoreState::merge(states, merge_watermarks(&marks)),
+    ))
 }

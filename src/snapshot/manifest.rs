@@ -46,6 +46,19 @@ pub enum InputPosition {
         /// The whole input has been read and applied.
         complete: bool,
     },
+    /// One partition of a Kafka topic, consumed by `storepulse process`.
+    Kafka {
+        topic: String,
+        partition: i32,
+        /// The offset of the first message this snapshot does not cover: a processor that
+        /// takes the partition over starts reading there.
+        next_offset: i64,
+        /// Nothing arrived on the partition for the idle timeout: its watermark does not
+        /// hold back the merged tables' final days.
+        idle: bool,
+        /// The last message applied was the replayer's `end_of_input`.
+        end_of_input: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +72,10 @@ pub struct Counts {
     pub pending: u64,
     pub repaired: u64,
     pub blank: u64,
+    /// Messages dropped because their event id was already counted (a redelivery, or the
+    /// same file replayed again). `records = accepted + pending + duplicates + sum(rejected)`.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Rejected lines per reason (`late_event` included).
     pub rejected: BTreeMap<String, u64>,
 }

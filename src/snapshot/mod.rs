@@ -19,8 +19,8 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::aggregate::Core;
-pub use load::load_state;
+use crate::aggregate::{Core, Seen};
+pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
 
@@ -49,6 +49,10 @@ pub enum SnapshotError {
     Incomplete(PathBuf, String),
     #[error("no snapshot in {0} yet: run `storepulse run` first (or pass --snapshot-dir)")]
     None(PathBuf),
+    #[error("the snapshot {path} is damaged: {what}")]
+    Damaged { path: PathBuf, what: String },
+    #[error("another process holds {0} (a snapshot folder has one writer at a time)")]
+    Locked(PathBuf),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
@@ -83,12 +87,23 @@ impl Published {
     }
 }
 
-/// Writes snapshots into one folder and keeps the newest `keep` of them.
+/// Where `storepulse process` keeps one partition's snapshots, below its `--snapshot-dir`.
+pub fn partition_dir(base: &Path, topic: &str, partition: i32) -> PathBuf {
+    base.join(PARTITIONS_DIR).join(format!("{topic}-{partition}"))
+}
+
+pub const PARTITIONS_DIR: &str = "partitions";
+const LOCK_FILE: &str = ".lock";
+
+/// Writes snapshots into one folder and keeps the newest `keep` of them. The folder is
+/// locked (an exclusive `flock` on `.lock`) while the store is open, so two processes
+/// never write one folder; the lock goes with the process, however it ends.
 #[derive(Debug)]
 pub struct SnapshotStore {
     dir: PathBuf,
     keep: usize,
     next_id: u64,
+    _lock: File,
 }
 
 impl SnapshotStore {
@@ -96,6 +111,13 @@ impl SnapshotStore {
     /// the numbering after the highest snapshot present.
     pub fn open(dir: &Path, keep: usize) -> Result<Self, SnapshotError> {
         fs::create_dir_all(dir).map_err(io_err("creating snapshot folder", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(SnapshotError::Locked(dir.into())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
+        }
         let mut max_id = 0;
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
             let entry = entry.map_err(io_err("listing", dir))?;
@@ -110,15 +132,22 @@ impl SnapshotStore {
             dir: dir.to_path_buf(),
             keep: keep.max(1),
             next_id: max_id + 1,
+            _lock: lock,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Writes and publishes one snapshot of `core`; returns its manifest.
     pub fn write(&mut self, core: &Core, meta: SnapshotMeta) -> Result<Manifest, SnapshotError> {
+        self.write_with(core, None, meta)
+    }
+
+    /// Like [`SnapshotStore::write`], with the event ids a Kafka partition has counted.
+    pub fn write_with(
+        &mut self,
+        core: &Core,
+        seen: Option<&Seen>,
+        meta: SnapshotMeta,
+    ) -> Result<Manifest, SnapshotError> {
         let id = self.next_id;
         let name = format!("{PREFIX}{id:06}");
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
@@ -142,8 +171,10 @@ impl SnapshotStore {
                 tables::state_customer_orders(core)?,
             ),
         ];
+        let seen = seen.map(|s| Ok::<_, SnapshotError>((tables::STATE_SEEN, tables::state_seen(s)?)));
+        let seen = seen.transpose()?;
         let mut files = std::collections::BTreeMap::new();
-        for (table, batch) in &batches {
+        for (table, batch) in batches.iter().chain(seen.as_ref()) {
             let file = format!("{table}.parquet");
             write_parquet(&tmp.join(&file), batch)?;
             files.insert(
@@ -233,6 +264,29 @@ pub fn latest(dir: &Path) -> Result<Published, SnapshotError> {
         source,
     })?;
     Ok(Published { path, manifest })
+}
+
+/// The latest snapshot of every part in `dir`: the one `LATEST` points at for `run`, or
+/// one per partition below `partitions/` for `process`.
+pub fn latest_parts(dir: &Path) -> Result<Vec<Published>, SnapshotError> {
+    if dir.join(LATEST_FILE).exists() {
+        return Ok(vec![latest(dir)?]);
+    }
+    let parts_dir = dir.join(PARTITIONS_DIR);
+    let mut parts = Vec::new();
+    if let Ok(entries) = fs::read_dir(&parts_dir) {
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        for d in dirs {
+            if d.join(LATEST_FILE).exists() {
+                parts.push(latest(&d)?);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(SnapshotError::None(dir.to_path_buf()));
+    }
+    Ok(parts)
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), SnapshotError> {

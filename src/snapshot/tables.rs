@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Decimal128Array, Int64Array, Int8Array, RecordBatch,
-    StringArray, TimestampMicrosecondArray, UInt64Array,
+    ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Int64Array, Int8Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
-use crate::aggregate::{Core, Group, RfmRow};
+use crate::aggregate::{Core, Group, RfmRow, Seen};
 
 pub const DAILY_SALES: &str = "daily_sales";
 pub const DAILY_CATEGORY_SALES: &str = "daily_category_sales";
@@ -21,6 +21,8 @@ pub const RFM: &str = "rfm";
 /// the (customer, order) pairs already counted.
 pub const STATE_OPEN_SETS: &str = "state_open_sets";
 pub const STATE_CUSTOMER_ORDERS: &str = "state_customer_orders";
+/// The event ids a partition has counted (see `aggregate::Seen`): Kafka processors only.
+pub const STATE_SEEN: &str = "state_seen";
 
 /// The tables a user queries, in display order.
 pub const QUERY_TABLES: [&str; 4] = [DAILY_SALES, DAILY_CATEGORY_SALES, DAILY_BRAND_SALES, RFM];
@@ -82,6 +84,12 @@ pub fn schema(table: &str) -> SchemaRef {
         STATE_CUSTOMER_ORDERS => vec![
             f("user_id", DataType::UInt64, false),
             f("order_id", DataType::UInt64, false),
+        ],
+        STATE_SEEN => vec![
+            f("source", DataType::UInt64, false),
+            f("pass", DataType::UInt32, false),
+            f("chunk", DataType::UInt64, false),
+            f("bits", DataType::Binary, false),
         ],
         other => panic!("unknown table {other}"),
     };
@@ -191,11 +199,12 @@ pub fn rfm(rows: &[RfmRow]) -> Result<RecordBatch, ArrowError> {
 pub fn state_open_sets(core: &Core) -> Result<RecordBatch, ArrowError> {
     let mut rows: Vec<(i32, &'static str, Option<&str>, u64)> = Vec::new();
     for (d, data, is_final) in core.days() {
+        // Final days keep their customers only in a core that keeps them for merging.
+        rows.extend(data.open_customers().map(|c| (d, "customer", None, c)));
         if is_final {
             continue;
         }
         rows.extend(data.open_orders().map(|o| (d, "order", None, o)));
-        rows.extend(data.open_customers().map(|c| (d, "customer", None, c)));
         for (scope, groups) in [
             ("category_order", &data.categories),
             ("brand_order", &data.brands),
@@ -224,6 +233,21 @@ pub fn state_customer_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
         vec![
             Arc::new(UInt64Array::from(users)),
             Arc::new(UInt64Array::from(orders)),
+        ],
+    )
+}
+
+pub fn state_seen(seen: &Seen) -> Result<RecordBatch, ArrowError> {
+    let chunks = seen.chunks();
+    batch(
+        STATE_SEEN,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.0 .0))),
+            Arc::new(UInt32Array::from_iter_values(chunks.iter().map(|c| c.0 .1))),
+            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.0 .2))),
+            Arc::new(BinaryArray::from_iter_values(
+                chunks.iter().map(|c| c.1.as_slice()),
+            )),
         ],
     )
 }

@@ -122,8 +122,12 @@ fn keeps_the_newest_snapshots_and_clears_unfinished_ones() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["LATEST", "snap-000003", "snap-000004"]);
+    assert_eq!(names, vec![".lock", "LATEST", "snap-000003", "snap-000004"]);
     assert_eq!(latest(dir.path()).unwrap().manifest.id, 4);
+    // One writer at a time: a second store on the folder is refused while this one lives.
+    let err = SnapshotStore::open(dir.path(), 2).unwrap_err();
+    assert!(matches!(err, SnapshotError::Locked(_)), "{err}");
+    drop(store);
     // Reopening continues the numbering.
     let mut again = SnapshotStore::open(dir.path(), 2).unwrap();
     assert_eq!(again.write(&core, meta()).unwrap().id, 5);

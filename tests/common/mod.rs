@@ -54,3 +54,4 @@ pub fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(latest.trim()).join("manifest.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+pub mod kafka;

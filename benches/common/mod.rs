@@ -1,0 +1,38 @@
+//! Shared by the benches: the versioned full-size generated input and medians.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A generated file of `rows` lines (seed 2020), made once under `target/bench-data/`.
+pub fn data_file(rows: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let version = storepulse::generate::VERSION;
+    let path = dir.join(format!("generated-v{version}-{rows}-seed2020.csv"));
+    if !path.exists() {
+        let t = Instant::now();
+        let tmp = path.with_extension("tmp");
+        storepulse::generate::write_file(&tmp, rows, 2020).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        eprintln!(
+            "generated {} in {:.1}s",
+            path.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    path
+}
+
+/// Rows from `STOREPULSE_BENCH_ROWS`, by default the real log's 2,633,521.
+pub fn rows() -> u64 {
+    std::env::var("STOREPULSE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_633_521)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}

@@ -1,0 +1,135 @@
+//! The Kafka path on a full-size generated file against a local tansu broker (memory
+//! storage, loopback): `replay --max` publish rate; a bare rdkafka consumer reading the
+//! whole topic (the transport's limit) against `process` consuming it (target: at least
+//! 80% of the bare consumer's events/s); pacing error of `--speed 86400` and
+//! `--rate 20000` over about 10 s; the longest snapshot pause of `process`.
+//!
+//! `cargo bench --bench kafka`; `STOREPULSE_BENCH_ROWS` sets another size.
+
+mod common;
+#[path = "../tests/common/kafka.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+
+fn storepulse(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The number that follows `label` in a summary, e.g. `label 123` or `label ... (456/s)`.
+fn figure(summary: &str, line_start: &str, before: &str) -> f64 {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no `{line_start}` in {summary}"));
+    let at = line.find(before).unwrap_or_else(|| panic!("no `{before}` in {line}"));
+    let head = line[..at].trim_end();
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map_or(0, |i| i + 1);
+    head[start..].parse().unwrap()
+}
+
+/// Reads every partition from the beginning to its end with a plain assigned consumer.
+fn bare_consumer(brokers: &str, topic: &str) -> (u64, f64) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-bare")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for p in 0..PARTITIONS {
+        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+        ends.push(high);
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = ends.iter().sum();
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    let t = Instant::now();
+    while (seen as i64) < total {
+        assert!(t.elapsed() < Duration::from_secs(600), "bare consumer stalled");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            bytes += rdkafka::Message::payload_len(&m);
+            seen += 1;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert!(bytes > 0);
+    (seen, secs)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let rows = common::rows();
+    let path = common::data_file(rows);
+    let input = path.to_str().unwrap();
+    let broker = harness::Broker::start();
+    broker.create_topic("purchases", PARTITIONS);
+    println!("input: {input} ({rows} lines); tansu on {}", broker.addr);
+
+    let summary = storepulse(&[
+        "replay", "--input", input, "--brokers", &broker.addr, "--max", "--no-progress",
+        "--compression", "none",
+    ]);
+    let sent = figure(&summary, "events sent", "(");
+    let rate = figure(&summary, "event time", " events/s while paced");
+    println!("replay --max:     {sent:>10.0} events published, {rate:>9.0} events/s");
+
+    let (n, secs) = bare_consumer(&broker.addr, "purchases");
+    let bare = n as f64 / secs;
+    println!("bare consumer:    {n:>10} messages in {secs:>6.2} s, {bare:>9.0} messages/s");
+
+    let snaps = tempfile::tempdir().unwrap();
+    let out = storepulse(&[
+        "process", "--brokers", &broker.addr, "--snapshot-dir",
+        snaps.path().to_str().unwrap(), "--stop-at-end", "--kafka-option",
+        "compression.type=none",
+    ]);
+    let processed = figure(&out, "storepulse process", "/s)");
+    let longest = figure(&out, "snapshots", "s)");
+    println!(
+        "process:          {processed:>9.0} messages/s ({:.0}% of the bare consumer), longest snapshot pause {longest:.3} s",
+        100.0 * processed / bare
+    );
+
+    for (flag, value, target) in [("--rate", "20000", 20000.0), ("--speed", "86400", 86400.0)] {
+        // About 10 s of replay at either pace.
+        let limit = if flag == "--rate" { "200000" } else { "80000" };
+        let t = Instant::now();
+        let summary = storepulse(&[
+            "replay", "--input", input, "--brokers", &broker.addr, flag, value, "--limit",
+            limit, "--no-progress", "--compression", "none", "--topic", "pacing",
+        ]);
+        let achieved = if flag == "--rate" {
+            figure(&summary, "event time", " events/s while paced")
+        } else {
+            figure(&summary, "event time", "x real time")
+        };
+        println!(
+            "replay {flag} {value}: achieved {achieved:.0} ({:+.2}% off), {:.1} s in all",
+            100.0 * (achieved - target) / target,
+            t.elapsed().as_secs_f64()
+        );
+    }
+}

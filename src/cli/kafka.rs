@@ -1,0 +1,263 @@
+//! `storepulse replay` and `storepulse process`: flags, validation into the Kafka
+//! configs, and their summaries.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::run::{core, day_string, order, pace, reader};
+use super::{PaceArgs, SnapshotArgs, WindowArgs};
+use crate::aggregate::day_of;
+use crate::ingest::feed::FeedConfig;
+use crate::kafka::consume::{self, ProcessConfig, ProcessOutcome};
+use crate::kafka::publish::{self, ReplayConfig, ReplayOutcome};
+use crate::kafka::Connection;
+use crate::snapshot::manifest::rfc3339;
+use crate::snapshot::WindowConfig;
+
+/// Where the brokers are and which topic to use.
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "STOREPULSE_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Topic of the purchase events; dead letters go to `<topic>.rejected`.
+    #[arg(long, env = "STOREPULSE_TOPIC", default_value = "purchases")]
+    pub topic: String,
+    /// Extra librdkafka client property, KEY=VALUE (repeatable), e.g.
+    /// `--kafka-option security.protocol=ssl`.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", env = "STOREPULSE_KAFKA_OPTIONS", value_delimiter = ';')]
+    pub options: Vec<String>,
+}
+
+impl KafkaArgs {
+    fn connection(&self) -> anyhow::Result<Connection> {
+        let options = self
+            .options
+            .iter()
+            .map(|o| match o.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.trim().into())),
+                _ => bail!("--kafka-option `{o}` is not KEY=VALUE"),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Connection {
+            brokers: self.brokers.clone(),
+            options,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Input CSV (kz.csv format; columns found by header name).
+    #[arg(long, env = "STOREPULSE_INPUT", default_value = "data/sample.csv")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+    /// Publish at most this many events.
+    #[arg(long, env = "STOREPULSE_LIMIT")]
+    pub limit: Option<u64>,
+    /// Replay the file N times, each pass shifted forward by the file's span (whole days).
+    #[arg(long = "loop", env = "STOREPULSE_LOOP", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub passes: u32,
+    /// Partitions of the topic when it has to be created.
+    #[arg(long, env = "STOREPULSE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
+    pub partitions: i32,
+    /// Producer compression: lz4, zstd, snappy, gzip or none.
+    #[arg(long, env = "STOREPULSE_COMPRESSION", default_value = "lz4")]
+    pub compression: String,
+    /// No progress bar, even on a terminal.
+    #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; processors of one group share the partitions.
+    #[arg(long, env = "STOREPULSE_GROUP", default_value = "storepulse")]
+    pub group: String,
+    #[command(flatten)]
+    pub snapshots: SnapshotArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// A partition that received nothing for this long stops holding back the merged
+    /// tables' final days.
+    #[arg(long, env = "STOREPULSE_IDLE_TIMEOUT", default_value = "30s", value_parser = super::parse_duration)]
+    pub idle_timeout: std::time::Duration,
+    /// Exit once every partition this process owns has reached the replayer's end of input.
+    #[arg(long, env = "STOREPULSE_STOP_AT_END")]
+    pub stop_at_end: bool,
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let config = ReplayConfig {
+        connection: args.kafka.connection()?,
+        topic: args.kafka.topic.clone(),
+        partitions: args.partitions,
+        compression: args.compression.clone(),
+        feed: FeedConfig {
+            input: args.input.clone(),
+            pace: pace(&args.pace)?,
+            order: order(&args.pace),
+            reader: reader(&args.pace)?,
+            passes: args.passes,
+            limit: args.limit,
+            progress: !args.no_progress && std::io::stderr().is_terminal(),
+        },
+    };
+    let shutdown = crate::shutdown::install();
+    let outcome = publish::replay(&config, &shutdown)
+        .with_context(|| format!("replaying {} to {}", args.input.display(), args.kafka.brokers))?;
+    print!("{}", replay_summary(&config, &outcome));
+    if outcome.failed > 0 {
+        bail!(
+            "{} messages could not be delivered (last error: {})",
+            outcome.failed,
+            outcome.last_error.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(())
+}
+
+pub fn replay_summary(config: &ReplayConfig, o: &ReplayOutcome) -> String {
+    let mut s = String::new();
+    let state = if o.feed.stopped {
+        "stopped early"
+    } else {
+        "complete"
+    };
+    let wall = o.wall.as_secs_f64().max(1e-9);
+    let _ = writeln!(
+        s,
+        "storepulse replay: {state}; {} -> {} ({} partitions), source {:016x}",
+        config.feed.input.display(),
+        config.topic,
+        o.partitions,
+        o.source
+    );
+    let _ = writeln!(s, "lines          {:>12}  (+{} blank)", o.read.records, o.read.blank);
+    let _ = writeln!(
+        s,
+        "  accepted     {:>12}  ({} repaired column shifts)",
+        o.read.accepted, o.read.repaired
+    );
+    let _ = writeln!(
+        s,
+        "  rejected     {:>12}  (dead letters on {})",
+        o.read.rejected.total(),
+        crate::kafka::dead_letter_topic(&config.topic)
+    );
+    for (reason, n) in o.read.rejected.iter() {
+        let _ = writeln!(s, "    {:<26} {n:>8}", reason.as_str());
+    }
+    let _ = writeln!(
+        s,
+        "events sent    {:>12}  ({:.0} events/s over {:.2}s)",
+        o.events_sent,
+        o.events_sent as f64 / wall,
+        wall
+    );
+    if let (Some(a), Some(b)) = (o.feed.first_event_us, o.feed.last_event_us) {
+        let span = (b - a) as f64 / 1e6;
+        let emit = o.feed.emit_wall.as_secs_f64().max(1e-9);
+        let _ = writeln!(
+            s,
+            "event time     {} .. {}  ({:.0}x real time, {:.0} events/s while paced)",
+            rfc3339(a),
+            rfc3339(b),
+            span / emit,
+            o.events_sent as f64 / emit
+        );
+    }
+    let _ = writeln!(
+        s,
+        "delivered      {:>12}  messages ({} failed)",
+        o.delivered, o.failed
+    );
+    s
+}
+
+pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
+    let mut core = core(&args.window);
+    core.keep_day_customers = true;
+    let config = ProcessConfig {
+        connection: args.kafka.connection()?,
+        topic: args.kafka.topic.clone(),
+        group: args.group.clone(),
+        snapshot_dir: args.snapshots.snapshot_dir.clone(),
+        snapshot_interval: args
+            .window
+            .snapshot_interval
+            .max(std::time::Duration::from_millis(10)),
+        keep_snapshots: args.snapshots.keep_snapshots as usize,
+        core,
+        window: WindowConfig {
+            max_out_of_orderness_us: core.max_out_of_orderness_us,
+            allowed_lateness_us: core.allowed_lateness_us,
+            min_event_time: "set by the replayer".into(),
+        },
+        idle_timeout: args.idle_timeout,
+        stop_at_end: args.stop_at_end,
+    };
+    let shutdown = crate::shutdown::install();
+    let start = std::time::Instant::now();
+    eprintln!(
+        "storepulse process: group {} on {} at {}; snapshots in {}",
+        config.group,
+        config.topic,
+        config.connection.brokers,
+        config.snapshot_dir.display()
+    );
+    let outcome = consume::process(config.clone(), shutdown)?;
+    print!("{}", process_summary(&config, &outcome, start.elapsed()));
+    Ok(())
+}
+
+fn process_summary(config: &ProcessConfig, o: &ProcessOutcome, wall: std::time::Duration) -> String {
+    let mut s = String::new();
+    let wall = wall.as_secs_f64().max(1e-9);
+    let busy = match (o.first_message, o.last_message) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64().max(1e-9),
+        _ => wall,
+    };
+    let _ = writeln!(
+        s,
+        "storepulse process: stopped after {wall:.2}s; {} messages in {busy:.2}s from first to last ({:.0}/s)",
+        o.messages,
+        o.messages as f64 / busy,
+    );
+    let _ = writeln!(
+        s,
+        "snapshots      {:>12}  (longest {:.3}s)",
+        o.snapshots,
+        o.longest_snapshot.as_secs_f64()
+    );
+    for (p, m) in &o.last {
+        let c = &m.counts;
+        let rejected: u64 = c.rejected.values().sum();
+        let last_day = m.as_of_us.map(|t| day_string(day_of(t))).unwrap_or_default();
+        let offset = match &m.input {
+            crate::snapshot::InputPosition::Kafka { next_offset, .. } => *next_offset,
+            _ => 0,
+        };
+        let _ = writeln!(
+            s,
+            "  partition {p:>3}: next offset {offset:>9}, accepted {:>9}, duplicates {:>7}, rejected {:>6}, up to {last_day}",
+            c.accepted, c.duplicates, rejected
+        );
+    }
+    let dir = config.snapshot_dir.display();
+    let _ = writeln!(s, "snapshots in {dir}/partitions/; the merged tables:");
+    let _ = writeln!(
+        s,
+        "  storepulse query --snapshot-dir {dir} \"SELECT day, revenue, orders FROM daily_sales ORDER BY day DESC LIMIT 7\""
+    );
+    s
+}

@@ -1,0 +1,182 @@
+//! The Kafka path: `replay` publishes purchase events to a topic ([`publish`]), `process`
+//! consumes them in a consumer group with one aggregate core per partition
+//! ([`consume`], [`partition`]). This module holds what both sides share: client
+//! settings, topic creation, the dead-letter record and the in-band control message.
+//!
+//! Messages are keyed by order id, so every line of an order lands in one partition:
+//! that is what makes the partitions' distinct order counts add up (see
+//! `aggregate::CoreState::merge`).
+
+pub mod consume;
+pub mod partition;
+pub mod publish;
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+/// Header that marks a control message (its value names the control).
+pub const CONTROL_HEADER: &str = "storepulse-control";
+/// Control value: the replayer published everything it had for this partition.
+pub const END_OF_INPUT: &str = "end_of_input";
+
+/// The dead-letter topic of `topic`.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.rejected")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("Kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    #[error("topic {0} was not found on the brokers")]
+    NoTopic(String),
+}
+
+/// Connection settings common to producers and consumers.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub brokers: String,
+    /// Extra librdkafka properties (`--kafka-option key=value`), applied last.
+    pub options: Vec<(String, String)>,
+}
+
+impl Connection {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "storepulse")
+            // Reconnect quickly but back off while a broker stays down.
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "5000");
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Creates each topic with `partitions` partitions unless it exists. Event times are
+    /// in the past (2020), so the topics keep records by size, not time
+    /// (`retention.ms=-1`): time-based retention would delete a replay as soon as it lands.
+    pub fn ensure_topics(&self, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(t, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1")
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime");
+        let results = rt.block_on(admin.create_topics(&new, &opts))?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, code }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The number of partitions of `topic`, as the brokers report it.
+pub fn partition_count<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<i32, KafkaError> {
+    let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| KafkaError::NoTopic(topic.to_string()))
+}
+
+/// A dead-letter record, the value of a message on `<topic>.rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The reject reason (`malformed_row`, `late_event`, `invalid_message`, ...).
+    pub reason: String,
+    /// Who rejected it: `replay` (a CSV line) or `process` (a message).
+    pub stage: String,
+    /// The CSV line number, for lines rejected by the replayer or late events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Where the message was, for messages rejected by a processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
+    /// What went wrong beyond the reason, when there is more to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The original line or message (invalid UTF-8 replaced by U+FFFD).
+    pub original: String,
+}
+
+/// The value of an `end_of_input` control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndOfInput {
+    /// The highest event time the replayer published, over all partitions: every day up to
+    /// this one's is complete.
+    pub last_event_time_us: i64,
+}
+
+/// Counts a producer's deliveries: what the brokers acknowledged and what failed for good
+/// (after librdkafka's own retries).
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub delivered: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match result {
+            Ok(_) => self.delivered.fetch_add(1, Relaxed),
+            Err((e, _)) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                self.failed.fetch_add(1, Relaxed)
+            }
+        };
+    }
+}
+
+pub type Producer = rdkafka::producer::ThreadedProducer<Deliveries>;
+
+/// Enqueues a record, waiting while librdkafka's queue is full (back-pressure from a slow
+/// or absent broker); fails only on errors that waiting cannot cure.
+pub fn send(
+    producer: &Producer,
+    mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError as E;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((E::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+use super::*;
+
+const DAY: i64 = MICROS_PER_DAY;
+/// 2020-04-24T00:00:00Z
+const T0: i64 = 18_376 * DAY;
+
+fn event(id: &str, t_us: i64, order: u64, user: Option<u64>, price: &str) -> Vec<u8> {
+    let t = chrono::DateTime::from_timestamp_micros(t_us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    let user = user.map_or(String::new(), |u| format!(r#","user_id":"{u}""#));
+    format!(
+        r#"{{"schema_version":1,"event_id":"{id}","event_time":"{t}","order_id":"{order}","product_id":"7","brand":"acme","price":"{price}"{user},"source_line":5}}"#
+    )
+    .into_bytes()
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
+        keep_day_customers: true,
+        ..CoreConfig::default()
+    }
+}
+
+#[test]
+fn a_valid_event_is_counted_and_its_redelivery_is_a_duplicate() {
+    let mut p = PartitionState::new(config());
+    let e = event("00000000000000aa-0-5", T0 + 3600_000_000, 1, Some(9), "10.50");
+    assert_eq!(p.apply(0, None, &e), Verdict::Counted);
+    assert_eq!(p.apply(1, None, &e), Verdict::Duplicate);
+    // The same line in another pass is another purchase.
+    let again = event("00000000000000aa-1-5", T0 + 3600_000_000, 1, Some(9), "10.50");
+    assert_eq!(p.apply(2, None, &again), Verdict::Counted);
+    assert_eq!(p.next_offset, Some(3));
+    let c = p.counts();
+    assert_eq!((c.records, c.accepted, c.duplicates), (3, 2, 1));
+    assert!(c.rejected.is_empty());
+    let day = p.core.days().next().unwrap().1.totals;
+    assert_eq!((day.revenue_cents, day.items, day.orders), (2100, 2, 1));
+}
+
+#[test]
+fn broken_messages_are_rejected_with_their_reason() {
+    let mut p = PartitionState::new(config());
+    let cases: [(&[u8], &str); 6] = [
+        (b"not json", INVALID_MESSAGE),
+        (b"{}", INVALID_MESSAGE),
+        (br#"{"schema_version":2,"anything":true}"#, UNSUPPORTED_VERSION),
+        (br#"{"schema_version":"one"}"#, INVALID_MESSAGE),
+        (
+            &event("bad-id", T0, 1, None, "1.00"),
+            INVALID_MESSAGE,
+        ),
+        (
+            &event("00000000000000aa-0-6", T0, 1, None, "-1.00"),
+            INVALID_MESSAGE,
+        ),
+    ];
+    for (i, (payload, want)) in cases.iter().enumerate() {
+        match p.apply(i as i64, None, payload) {
+            Verdict::Rejected { reason, .. } => {
+                assert_eq!(reason, *want, "{}", String::from_utf8_lossy(payload))
+            }
+            v => panic!("{v:?} for {}", String::from_utf8_lossy(payload)),
+        }
+    }
+    let c = p.counts();
+    assert_eq!(c.records, 6);
+    assert_eq!(c.accepted, 0);
+    assert_eq!(c.rejected[INVALID_MESSAGE], 5);
+    assert_eq!(c.rejected[UNSUPPORTED_VERSION], 1);
+    assert_eq!(p.core.days().count(), 0);
+}
+
+#[test]
+fn end_of_input_makes_the_replayed_days_final_but_not_later_ones() {
+    let mut p = PartitionState::new(config());
+    let e = event("00000000000000aa-0-5", T0 + 5 * 3600_000_000, 1, Some(9), "1.00");
+    assert_eq!(p.apply(0, None, &e), Verdict::Counted);
+    assert!(!p.core.is_final(18_376));
+    let end = format!(r#"{{"last_event_time_us":{}}}"#, T0 + 5 * 3600_000_000);
+    assert_eq!(
+        p.apply(1, Some(END_OF_INPUT.as_bytes()), end.as_bytes()),
+        Verdict::Control
+    );
+    assert!(p.core.is_final(18_376));
+    assert!(!p.core.is_final(18_377));
+    // Control messages are not records.
+    assert_eq!(p.counts().records, 1);
+    // A late line of the closed day is dead-lettered with its line number.
+    let late = event("00000000000000aa-0-9", T0 + 3600_000_000, 2, None, "1.00");
+    assert_eq!(
+        p.apply(2, None, &late),
+        Verdict::Rejected {
+            reason: "late_event",
+            line: Some(5),
+            detail: None
+        }
+    );
+    // An unknown control is an invalid message.
+    assert!(matches!(
+        p.apply(3, Some(b"reboot"), b"{}"),
+        Verdict::Rejected {
+            reason: INVALID_MESSAGE,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn restored_counts_continue() {
+    let mut p = PartitionState::new(config());
+    p.apply(0, None, b"junk");
+    p.apply(1, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00"));
+    p.apply(2, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00"));
+    let counts = p.counts();
+    let mut q = PartitionState::restore(
+        config(),
+        CoreState {
+            accepted: 1,
+            ..CoreState::default()
+        },
+        p.seen.clone(),
+        &counts,
+        p.next_offset,
+    );
+    assert_eq!(q.counts(), counts);
+    assert_eq!(
+        q.apply(3, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00")),
+        Verdict::Duplicate
+    );
+    assert_eq!(q.counts().duplicates, 2);
+}

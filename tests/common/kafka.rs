@@ -1,0 +1,282 @@
+//! A real Kafka-protocol broker for tests: `tansu` with in-memory storage on a free
+//! loopback port, stopped when dropped. Installed with `cargo install` when missing (CI
+//! installs it up front in `.ci/run`).
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Kafka tests run one at a time: each starts a broker and several processes, and two
+/// cores do not carry more without timing out.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn tansu_binary() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let installed = home.join("bin").join("tansu");
+    if installed.exists() {
+        return installed;
+    }
+    eprintln!("installing the tansu broker (cargo install tansu --features dynostore --locked)");
+    let status = Command::new("cargo")
+        .args(["install", "tansu", "--features", "dynostore", "--locked"])
+        .status()
+        .expect("run cargo install");
+    assert!(status.success(), "cargo install tansu failed");
+    installed
+}
+
+pub struct Broker {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let bin = tansu_binary();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{addr}");
+        // tansu reads a `.env` in its working directory: give it an empty one.
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        let broker = Broker {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&broker.addr).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {}", broker.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        broker
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        storepulse::kafka::Connection {
+            brokers: self.addr.clone(),
+            options: Vec::new(),
+        }
+        .ensure_topics(&[topic], partitions)
+        .unwrap();
+    }
+
+    /// Produces raw messages to one partition (for malformed-message tests).
+    pub fn produce(&self, topic: &str, partition: i32, payloads: &[&[u8]]) {
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("compression.type", "none")
+            .create()
+            .unwrap();
+        for payload in payloads {
+            p.send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition)
+                    .payload(payload),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// Every message of `topic` (all partitions), read with a plain consumer: the
+    /// values in partition then offset order.
+    pub fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut out = Vec::new();
+        for p in 0..partitions {
+            // tansu 0.6 reports a high watermark that can stop short of the last
+            // batch's records: read until the partition has been quiet for a while.
+            let (low, _high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .unwrap();
+            c.assign(&tpl).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut quiet_since = Instant::now();
+            while quiet_since.elapsed() < Duration::from_millis(1500) {
+                assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
+                if let Some(m) = c.poll(Duration::from_millis(100)) {
+                    let m = m.unwrap();
+                    out.push(m.payload().unwrap_or_default().to_vec());
+                    quiet_since = Instant::now();
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `storepulse` process in the background, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn storepulse");
+        Proc {
+            child,
+            name: name.into(),
+        }
+    }
+
+    /// Waits for the process to exit by itself, boundedly; returns stdout, insisting on
+    /// success.
+    pub fn wait_ok(mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = read(self.child.stdout.take());
+                let err = read(self.child.stderr.take());
+                assert!(status.success(), "{} failed ({status}):\n{err}\n{out}", self.name);
+                return out;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let err = read(self.child.stderr.take());
+                panic!("{} did not finish in {limit:?}:\n{err}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no final snapshot, no goodbye to the group.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(self, limit: Duration) -> String {
+        let pid = self.child.id() as i32;
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        self.wait_ok(limit)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(pipe: Option<impl std::io::Read>) -> String {
+    let mut s = String::new();
+    if let Some(p) = pipe {
+        for line in BufReader::new(p).lines() {
+            s.push_str(&line.unwrap_or_default());
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// The partitions' latest manifests under a `process` snapshot folder.
+pub fn partition_manifests(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("partitions")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let latest = e.path().join("LATEST");
+        let Ok(name) = std::fs::read_to_string(&latest) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(e.path().join(name.trim()).join("manifest.json"));
+        if let Ok(text) = text {
+            out.push(serde_json::from_str(&text).unwrap());
+        }
+    }
+    out
+}
+
+/// Waits (boundedly) until `pred` holds over the partitions' manifests.
+pub fn wait_for(
+    dir: &Path,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if pred(&partition_manifests(dir)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sum of a count over the partitions' manifests.
+pub fn total(manifests: &[serde_json::Value], field: &str) -> u64 {
+    manifests
+        .iter()
+        .map(|m| m["counts"][field].as_u64().unwrap_or(0))
+        .sum()
+}

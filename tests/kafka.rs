@@ -1,0 +1,397 @@
+//! The Kafka path against a real broker (tansu on loopback): `replay` into `process`
+//! must give exactly the tables of the embedded `run` on the same file, through crashes,
+//! restarts, a second processor, a second replay and malformed messages.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::kafka::{serial, total, wait_for, Broker, Proc};
+use common::{ok, query_csv, run};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The four tables, fully ordered, as CSV.
+fn tables(dir: &Path) -> Vec<String> {
+    [
+        "SELECT * FROM daily_sales ORDER BY day",
+        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+        "SELECT * FROM rfm ORDER BY user_id",
+    ]
+    .iter()
+    .map(|sql| query_csv(dir, sql))
+    .collect()
+}
+
+fn assert_same_tables(want: &Path, got: &Path) {
+    let (a, b) = (tables(want), tables(got));
+    for (i, name) in ["daily_sales", "daily_category_sales", "daily_brand_sales", "rfm"]
+        .iter()
+        .enumerate()
+    {
+        assert!(a[i].lines().count() > 1, "{name} is empty");
+        assert_eq!(a[i], b[i], "{name} differs from run");
+    }
+}
+
+fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
+    let input = dir.join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    input
+}
+
+fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "replay",
+        "--input",
+        input.to_str().unwrap(),
+        "--brokers",
+        &broker.addr,
+        "--compression",
+        "none",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "process",
+        "--brokers",
+        &broker.addr,
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--snapshot-interval",
+        "200ms",
+        "--kafka-option",
+        "compression.type=none",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The number after `label` on a summary line, e.g. `accepted   123`.
+fn number_after(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
+}
+
+fn accepted_in(summary: &str) -> u64 {
+    number_after(summary, "accepted")
+}
+
+#[test]
+fn replay_through_kafka_into_one_processor_equals_run() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 12_000, 21);
+    let want = tmp.path().join("run");
+    run(&input, &want, &[]);
+
+    let broker = Broker::start();
+    broker.create_topic("purchases", 4);
+    let summary = replay(&broker, &input, &["--max"]);
+    let accepted = accepted_in(&summary);
+    assert!(summary.contains("(0 failed)"), "{summary}");
+    let got = tmp.path().join("process");
+    let out = Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"]))
+        .wait_ok(LIMIT);
+    assert!(out.contains("partition"), "{out}");
+    let m = common::kafka::partition_manifests(&got);
+    assert_eq!(m.len(), 4, "one snapshot folder per partition");
+    assert_eq!(total(&m, "accepted"), accepted);
+    assert_eq!(total(&m, "duplicates"), 0);
+    assert_same_tables(&want, &got);
+
+    // Rejected lines are dead letters with their reason and line, as many as `run` counted.
+    let run_rejected: u64 = common::manifest(&want)["counts"]["rejected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let dead = broker.read_all("purchases.rejected");
+    assert_eq!(dead.len() as u64, run_rejected);
+    let first: serde_json::Value = serde_json::from_slice(&dead[0]).unwrap();
+    assert_eq!(first["stage"], "replay");
+    assert!(first["line"].as_u64().unwrap() >= 2);
+}
+
+#[test]
+fn published_messages_follow_the_schema_and_are_keyed_by_order() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 2_000, 3);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let summary = replay(&broker, &input, &["--limit", "500"]);
+    assert_eq!(number_after(&summary, "events sent"), 500);
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/purchase_event.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let values = broker.read_all("purchases");
+    let events: Vec<serde_json::Value> = values
+        .iter()
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .filter(|v: &serde_json::Value| v.get("event_id").is_some())
+        .collect();
+    assert_eq!(events.len(), 500);
+    let mut ids = std::collections::HashSet::new();
+    for e in &events {
+        let errors: Vec<String> = validator.iter_errors(e).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{e}: {errors:?}");
+        assert!(ids.insert(e["event_id"].as_str().unwrap().to_string()));
+    }
+    // The end-of-input control message went to both partitions.
+    assert_eq!(values.len(), 502);
+    // A broken event fails the schema.
+    let mut bad = events[0].clone();
+    bad["price"] = "12.5".into();
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn a_processor_killed_mid_stream_resumes_exactly() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 12_000, 22);
+    let want = tmp.path().join("run");
+    run(&input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 3);
+    let got = tmp.path().join("process");
+    let args = process_args(&broker, &got, &["--snapshot-interval", "100ms"]);
+    let first = Proc::spawn("first processor", &args);
+    // Paced so that the kill lands while events flow.
+    let replayer = Proc::spawn(
+        "replay",
+        &[
+            "replay",
+            "--input",
+            input.to_str().unwrap(),
+            "--brokers",
+            &broker.addr,
+            "--compression",
+            "none",
+            "--rate",
+            "4000",
+        ],
+    );
+    wait_for(&got, LIMIT, "some events applied", |m| {
+        total(m, "accepted") > 2_000
+    });
+    first.kill9();
+    let applied_before = total(&common::kafka::partition_manifests(&got), "accepted");
+    assert!(applied_before < 11_000, "killed too late: {applied_before}");
+    let summary = replayer.wait_ok(LIMIT);
+    let mut args = process_args(&broker, &got, &["--stop-at-end"]);
+    args.retain(|a| *a != "100ms");
+    Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
+    let m = common::kafka::partition_manifests(&got);
+    assert_eq!(total(&m, "accepted"), accepted_in(&summary));
+    assert_eq!(total(&m, "duplicates"), 0, "no message applied twice");
+    assert_same_tables(&want, &got);
+}
+
+#[test]
+fn two_processors_with_one_killed_and_restarted_equal_one() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 12_000, 23);
+    let want = tmp.path().join("run");
+    run(&input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 4);
+    let got = tmp.path().join("process");
+    let args = process_args(&broker, &got, &["--stop-at-end", "--snapshot-interval", "100ms"]);
+    let a = Proc::spawn("processor a", &args);
+    let b = Proc::spawn("processor b", &args);
+    let replayer = Proc::spawn(
+        "replay",
+        &[
+            "replay",
+            "--input",
+            input.to_str().unwrap(),
+            "--brokers",
+            &broker.addr,
+            "--compression",
+            "none",
+            "--rate",
+            "3000",
+        ],
+    );
+    wait_for(&got, LIMIT, "events applied", |m| total(m, "accepted") > 3_000);
+    b.kill9();
+    let b2 = Proc::spawn("processor b restarted", &args);
+    let summary = replayer.wait_ok(LIMIT);
+    a.wait_ok(LIMIT);
+    b2.wait_ok(LIMIT);
+    let m = common::kafka::partition_manifests(&got);
+    assert_eq!(m.len(), 4);
+    assert_eq!(total(&m, "accepted"), accepted_in(&summary));
+    assert_eq!(total(&m, "duplicates"), 0);
+    assert_same_tables(&want, &got);
+}
+
+#[test]
+fn the_same_file_replayed_twice_counts_once() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 6_000, 24);
+    let want = tmp.path().join("run");
+    run(&input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let first = replay(&broker, &input, &[]);
+    replay(&broker, &input, &["--order", "file"]);
+    let got = tmp.path().join("process");
+    Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
+    let m = common::kafka::partition_manifests(&got);
+    let accepted = accepted_in(&first);
+    assert_eq!(total(&m, "accepted"), accepted);
+    assert_eq!(total(&m, "duplicates"), accepted);
+    assert_same_tables(&want, &got);
+}
+
+#[test]
+fn malformed_messages_are_dead_lettered_and_change_nothing_else() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 6_000, 25);
+    let want = tmp.path().join("run");
+    run(&input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let bad: [&[u8]; 4] = [
+        b"not json at all",
+        br#"{"schema_version":1}"#,
+        br#"{"schema_version":9,"event_id":"x"}"#,
+        b"\xff\xfe",
+    ];
+    broker.produce("purchases", 0, &bad);
+    replay(&broker, &input, &[]);
+    broker.produce("purchases", 1, &bad[..2]);
+    let got = tmp.path().join("process");
+    let proc = Proc::spawn("process", &process_args(&broker, &got, &[]));
+    wait_for(&got, LIMIT, "every message applied", |m| {
+        m.len() == 2 && total(m, "records") == accepted_total(&want) + 6
+    });
+    proc.terminate(LIMIT);
+    let m = common::kafka::partition_manifests(&got);
+    let reason = |r: &str| -> u64 {
+        m.iter()
+            .map(|x| x["counts"]["rejected"][r].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(reason("invalid_message"), 5);
+    assert_eq!(reason("unsupported_version"), 1);
+    assert_same_tables(&want, &got);
+    let dead: Vec<serde_json::Value> = broker
+        .read_all("purchases.rejected")
+        .iter()
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .filter(|v: &serde_json::Value| v["stage"] == "process")
+        .collect();
+    assert_eq!(dead.len(), 6);
+    assert!(dead
+        .iter()
+        .any(|d| d["original"] == "not json at all" && d["reason"] == "invalid_message"));
+}
+
+fn accepted_total(run_dir: &Path) -> u64 {
+    common::manifest(run_dir)["counts"]["accepted"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn split_orders_through_four_partitions_and_two_processors_equal_run() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/split_orders.csv"
+    ));
+    let want = tmp.path().join("run");
+    run(input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 4);
+    let got = tmp.path().join("process");
+    let args = process_args(&broker, &got, &["--stop-at-end"]);
+    let a = Proc::spawn("processor a", &args);
+    let b = Proc::spawn("processor b", &args);
+    // Both members join before the events arrive, so the partitions are shared.
+    std::thread::sleep(Duration::from_secs(3));
+    replay(&broker, input, &[]);
+    a.wait_ok(LIMIT);
+    b.wait_ok(LIMIT);
+    let m = common::kafka::partition_manifests(&got);
+    assert!(m.len() >= 3, "the orders spread over the partitions");
+    // Customer 503's orders and the day's customers sit in several partitions.
+    let parts_with_day1 = m
+        .iter()
+        .filter(|x| x["counts"]["accepted"].as_u64().unwrap() > 0)
+        .count();
+    assert!(parts_with_day1 >= 3);
+    assert_same_tables(&want, &got);
+    let daily = query_csv(&got, "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day");
+    assert_eq!(
+        daily,
+        query_csv(&want, "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day")
+    );
+    assert!(daily.contains("true") && !daily.contains("false"), "{daily}");
+}
+
+#[test]
+fn rate_and_speed_pace_the_replay() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 3_000, 26);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 1);
+    let start = Instant::now();
+    let summary = replay(&broker, &input, &["--rate", "1000", "--limit", "2000"]);
+    let wall = start.elapsed().as_secs_f64();
+    assert_eq!(number_after(&summary, "events sent"), 2000);
+    // 2,000 events at 1,000/s: the last is due at 1.999 s.
+    assert!((1.9..6.0).contains(&wall), "--rate 1000 took {wall}s");
+
+    // --speed: wall time follows the event-time span replayed, divided by the speed.
+    let speed = 4_320_000.0; // 50 days of history a second
+    let start = Instant::now();
+    let summary = replay(&broker, &input, &["--speed", "4320000", "--limit", "600"]);
+    let wall = start.elapsed().as_secs_f64();
+    let line = summary.lines().find(|l| l.starts_with("event time")).unwrap();
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = line
+        .split_whitespace()
+        .filter_map(|w| chrono::DateTime::parse_from_rfc3339(w).ok())
+        .collect();
+    let span = (times[1] - times[0]).num_milliseconds() as f64 / 1000.0;
+    let expected = span / speed;
+    assert!(expected > 0.5, "span too short to measure: {line}");
+    assert!(
+        wall > expected * 0.95 && wall < expected + 5.0,
+        "--speed: {wall}s for {expected}s of scaled event time ({line})"
+    );
+}
