@@ -7,12 +7,14 @@
 //! `cargo bench --bench kafka`; `STOREPULSE_BENCH_ROWS` sets another size.
 
 mod common;
+#[allow(dead_code)]
 #[path = "../tests/common/kafka.rs"]
 mod harness;
 
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
@@ -36,7 +38,9 @@ fn figure(summary: &str, line_start: &str, before: &str) -> f64 {
         .lines()
         .find(|l| l.starts_with(line_start))
         .unwrap_or_else(|| panic!("no `{line_start}` in {summary}"));
-    let at = line.find(before).unwrap_or_else(|| panic!("no `{before}` in {line}"));
+    let at = line
+        .find(before)
+        .unwrap_or_else(|| panic!("no `{before}` in {line}"));
     let head = line[..at].trim_end();
     let start = head
         .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -55,8 +59,11 @@ fn bare_consumer(brokers: &str, topic: &str) -> (u64, f64) {
     let mut tpl = TopicPartitionList::new();
     let mut ends = Vec::new();
     for p in 0..PARTITIONS {
-        let (low, high) = c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-        tpl.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))
+            .unwrap();
         ends.push(high);
     }
     c.assign(&tpl).unwrap();
@@ -65,10 +72,13 @@ fn bare_consumer(brokers: &str, topic: &str) -> (u64, f64) {
     let mut bytes = 0usize;
     let t = Instant::now();
     while (seen as i64) < total {
-        assert!(t.elapsed() < Duration::from_secs(600), "bare consumer stalled");
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "bare consumer stalled"
+        );
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
-            bytes += rdkafka::Message::payload_len(&m);
+            bytes += m.payload().map_or(0, |p| p.len());
             seen += 1;
         }
     }
@@ -89,8 +99,15 @@ fn main() {
     println!("input: {input} ({rows} lines); tansu on {}", broker.addr);
 
     let summary = storepulse(&[
-        "replay", "--input", input, "--brokers", &broker.addr, "--max", "--no-progress",
-        "--compression", "none",
+        "replay",
+        "--input",
+        input,
+        "--brokers",
+        &broker.addr,
+        "--max",
+        "--no-progress",
+        "--compression",
+        "none",
     ]);
     let sent = figure(&summary, "events sent", "(");
     let rate = figure(&summary, "event time", " events/s while paced");
@@ -102,8 +119,13 @@ fn main() {
 
     let snaps = tempfile::tempdir().unwrap();
     let out = storepulse(&[
-        "process", "--brokers", &broker.addr, "--snapshot-dir",
-        snaps.path().to_str().unwrap(), "--stop-at-end", "--kafka-option",
+        "process",
+        "--brokers",
+        &broker.addr,
+        "--snapshot-dir",
+        snaps.path().to_str().unwrap(),
+        "--stop-at-end",
+        "--kafka-option",
         "compression.type=none",
     ]);
     let processed = figure(&out, "storepulse process", "/s)");
@@ -118,8 +140,20 @@ fn main() {
         let limit = if flag == "--rate" { "200000" } else { "80000" };
         let t = Instant::now();
         let summary = storepulse(&[
-            "replay", "--input", input, "--brokers", &broker.addr, flag, value, "--limit",
-            limit, "--no-progress", "--compression", "none", "--topic", "pacing",
+            "replay",
+            "--input",
+            input,
+            "--brokers",
+            &broker.addr,
+            flag,
+            value,
+            "--limit",
+            limit,
+            "--no-progress",
+            "--compression",
+            "none",
+            "--topic",
+            "pacing",
         ]);
         let achieved = if flag == "--rate" {
             figure(&summary, "event time", " events/s while paced")

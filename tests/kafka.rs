@@ -27,9 +27,14 @@ fn tables(dir: &Path) -> Vec<String> {
 
 fn assert_same_tables(want: &Path, got: &Path) {
     let (a, b) = (tables(want), tables(got));
-    for (i, name) in ["daily_sales", "daily_category_sales", "daily_brand_sales", "rfm"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "daily_sales",
+        "daily_category_sales",
+        "daily_brand_sales",
+        "rfm",
+    ]
+    .iter()
+    .enumerate()
     {
         assert!(a[i].lines().count() > 1, "{name} is empty");
         assert_eq!(a[i], b[i], "{name} differs from run");
@@ -65,6 +70,7 @@ fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
     ok(&args)
 }
 
+/// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
 fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "process",
@@ -72,12 +78,13 @@ fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec
         &broker.addr,
         "--snapshot-dir",
         dir.to_str().unwrap(),
-        "--snapshot-interval",
-        "200ms",
         "--kafka-option",
         "compression.type=none",
     ];
     args.extend_from_slice(extra);
+    if !extra.contains(&"--snapshot-interval") {
+        args.extend(["--snapshot-interval", "200ms"]);
+    }
     args
 }
 
@@ -109,8 +116,8 @@ fn replay_through_kafka_into_one_processor_equals_run() {
     let accepted = accepted_in(&summary);
     assert!(summary.contains("(0 failed)"), "{summary}");
     let got = tmp.path().join("process");
-    let out = Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"]))
-        .wait_ok(LIMIT);
+    let out =
+        Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
     assert!(out.contains("partition"), "{out}");
     let m = common::kafka::partition_manifests(&got);
     assert_eq!(m.len(), 4, "one snapshot folder per partition");
@@ -181,7 +188,12 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     let broker = Broker::start();
     broker.create_topic("purchases", 3);
     let got = tmp.path().join("process");
-    let args = process_args(&broker, &got, &["--snapshot-interval", "100ms"]);
+    // Static membership: the restarted processor takes its partitions back at once.
+    let args = process_args(
+        &broker,
+        &got,
+        &["--snapshot-interval", "100ms", "--instance-id", "p1"],
+    );
     let first = Proc::spawn("first processor", &args);
     // Paced so that the kill lands while events flow.
     let replayer = Proc::spawn(
@@ -205,8 +217,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     let applied_before = total(&common::kafka::partition_manifests(&got), "accepted");
     assert!(applied_before < 11_000, "killed too late: {applied_before}");
     let summary = replayer.wait_ok(LIMIT);
-    let mut args = process_args(&broker, &got, &["--stop-at-end"]);
-    args.retain(|a| *a != "100ms");
+    let args = process_args(&broker, &got, &["--stop-at-end", "--instance-id", "p1"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
     let m = common::kafka::partition_manifests(&got);
     assert_eq!(total(&m, "accepted"), accepted_in(&summary));
@@ -224,9 +235,21 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
     let broker = Broker::start();
     broker.create_topic("purchases", 4);
     let got = tmp.path().join("process");
-    let args = process_args(&broker, &got, &["--stop-at-end", "--snapshot-interval", "100ms"]);
-    let a = Proc::spawn("processor a", &args);
-    let b = Proc::spawn("processor b", &args);
+    let with = |id| {
+        process_args(
+            &broker,
+            &got,
+            &[
+                "--stop-at-end",
+                "--snapshot-interval",
+                "100ms",
+                "--instance-id",
+                id,
+            ],
+        )
+    };
+    let a = Proc::spawn("processor a", &with("a"));
+    let b = Proc::spawn("processor b", &with("b"));
     let replayer = Proc::spawn(
         "replay",
         &[
@@ -241,9 +264,11 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
             "3000",
         ],
     );
-    wait_for(&got, LIMIT, "events applied", |m| total(m, "accepted") > 3_000);
+    wait_for(&got, LIMIT, "events applied", |m| {
+        total(m, "accepted") > 3_000
+    });
     b.kill9();
-    let b2 = Proc::spawn("processor b restarted", &args);
+    let b2 = Proc::spawn("processor b restarted", &with("b"));
     let summary = replayer.wait_ok(LIMIT);
     a.wait_ok(LIMIT);
     b2.wait_ok(LIMIT);
@@ -344,8 +369,11 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
     // Both members join before the events arrive, so the partitions are shared.
     std::thread::sleep(Duration::from_secs(3));
     replay(&broker, input, &[]);
-    a.wait_ok(LIMIT);
-    b.wait_ok(LIMIT);
+    let (out_a, out_b) = (a.wait_ok(LIMIT), b.wait_ok(LIMIT));
+    // Both members of the group owned partitions.
+    for out in [&out_a, &out_b] {
+        assert!(out.contains("  partition "), "{out}");
+    }
     let m = common::kafka::partition_manifests(&got);
     assert!(m.len() >= 3, "the orders spread over the partitions");
     // Customer 503's orders and the day's customers sit in several partitions.
@@ -355,12 +383,21 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
         .count();
     assert!(parts_with_day1 >= 3);
     assert_same_tables(&want, &got);
-    let daily = query_csv(&got, "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day");
+    let daily = query_csv(
+        &got,
+        "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day",
+    );
     assert_eq!(
         daily,
-        query_csv(&want, "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day")
+        query_csv(
+            &want,
+            "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day"
+        )
     );
-    assert!(daily.contains("true") && !daily.contains("false"), "{daily}");
+    assert!(
+        daily.contains("true") && !daily.contains("false"),
+        "{daily}"
+    );
 }
 
 #[test]
@@ -382,7 +419,10 @@ fn rate_and_speed_pace_the_replay() {
     let start = Instant::now();
     let summary = replay(&broker, &input, &["--speed", "4320000", "--limit", "600"]);
     let wall = start.elapsed().as_secs_f64();
-    let line = summary.lines().find(|l| l.starts_with("event time")).unwrap();
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("event time"))
+        .unwrap();
     let times: Vec<chrono::DateTime<chrono::FixedOffset>> = line
         .split_whitespace()
         .filter_map(|w| chrono::DateTime::parse_from_rfc3339(w).ok())

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use common::query_csv;
 use storepulse::aggregate::{Core, CoreConfig};
-use storepulse::replay::{read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig, Sym};
+use storepulse::replay::{
+    read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig, Sym,
+};
 use storepulse::snapshot::{
     partition_dir, Counts, InputPosition, SnapshotMeta, SnapshotStore, WindowConfig,
 };
@@ -86,7 +88,10 @@ fn split_equals_whole(n: u64, finish: bool) {
     };
     let mut cores: Vec<Core> = (0..n).map(|_| Core::new(config)).collect();
     for (p, core) in cores.iter_mut().enumerate() {
-        let mine = events.iter().copied().filter(|e| e.order_id % n == p as u64);
+        let mine = events
+            .iter()
+            .copied()
+            .filter(|e| e.order_id % n == p as u64);
         feed(core, &all.dict, mine);
     }
     for (p, core) in cores.iter_mut().enumerate() {

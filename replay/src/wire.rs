@@ -185,7 +185,13 @@ mod tests {
 
     #[test]
     fn event_ids_parse_only_in_their_own_shape() {
-        for bad in ["", "feed-1-2", "000000000000feed-1", "000000000000feed-x-2", "000000000000feed-1-2-3"] {
+        for bad in [
+            "",
+            "feed-1-2",
+            "000000000000feed-1",
+            "000000000000feed-x-2",
+            "000000000000feed-1-2-3",
+        ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad}");
         }
         assert_eq!(cents_to_decimal(5), "0.05");

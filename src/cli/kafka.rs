@@ -29,7 +29,12 @@ pub struct KafkaArgs {
     pub topic: String,
     /// Extra librdkafka client property, KEY=VALUE (repeatable), e.g.
     /// `--kafka-option security.protocol=ssl`.
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", env = "STOREPULSE_KAFKA_OPTIONS", value_delimiter = ';')]
+    #[arg(
+        long = "kafka-option",
+        value_name = "KEY=VALUE",
+        env = "STOREPULSE_KAFKA_OPTIONS",
+        value_delimiter = ';'
+    )]
     pub options: Vec<String>,
 }
 
@@ -83,6 +88,10 @@ pub struct ProcessArgs {
     /// Consumer group; processors of one group share the partitions.
     #[arg(long, env = "STOREPULSE_GROUP", default_value = "storepulse")]
     pub group: String,
+    /// Static group membership (`group.instance.id`): a processor restarted with the same
+    /// id gets its partitions back at once instead of after the session timeout.
+    #[arg(long, env = "STOREPULSE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     #[command(flatten)]
     pub snapshots: SnapshotArgs,
     #[command(flatten)]
@@ -113,8 +122,13 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         },
     };
     let shutdown = crate::shutdown::install();
-    let outcome = publish::replay(&config, &shutdown)
-        .with_context(|| format!("replaying {} to {}", args.input.display(), args.kafka.brokers))?;
+    let outcome = publish::replay(&config, &shutdown).with_context(|| {
+        format!(
+            "replaying {} to {}",
+            args.input.display(),
+            args.kafka.brokers
+        )
+    })?;
     print!("{}", replay_summary(&config, &outcome));
     if outcome.failed > 0 {
         bail!(
@@ -142,7 +156,11 @@ pub fn replay_summary(config: &ReplayConfig, o: &ReplayOutcome) -> String {
         o.partitions,
         o.source
     );
-    let _ = writeln!(s, "lines          {:>12}  (+{} blank)", o.read.records, o.read.blank);
+    let _ = writeln!(
+        s,
+        "lines          {:>12}  (+{} blank)",
+        o.read.records, o.read.blank
+    );
     let _ = writeln!(
         s,
         "  accepted     {:>12}  ({} repaired column shifts)",
@@ -191,6 +209,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         connection: args.kafka.connection()?,
         topic: args.kafka.topic.clone(),
         group: args.group.clone(),
+        instance_id: args.instance_id.clone(),
         snapshot_dir: args.snapshots.snapshot_dir.clone(),
         snapshot_interval: args
             .window
@@ -220,7 +239,11 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn process_summary(config: &ProcessConfig, o: &ProcessOutcome, wall: std::time::Duration) -> String {
+fn process_summary(
+    config: &ProcessConfig,
+    o: &ProcessOutcome,
+    wall: std::time::Duration,
+) -> String {
     let mut s = String::new();
     let wall = wall.as_secs_f64().max(1e-9);
     let busy = match (o.first_message, o.last_message) {
@@ -242,7 +265,10 @@ fn process_summary(config: &ProcessConfig, o: &ProcessOutcome, wall: std::time::
     for (p, m) in &o.last {
         let c = &m.counts;
         let rejected: u64 = c.rejected.values().sum();
-        let last_day = m.as_of_us.map(|t| day_string(day_of(t))).unwrap_or_default();
+        let last_day = m
+            .as_of_us
+            .map(|t| day_string(day_of(t)))
+            .unwrap_or_default();
         let offset = match &m.input {
             crate::snapshot::InputPosition::Kafka { next_offset, .. } => *next_offset,
             _ => 0,

@@ -107,6 +107,7 @@ pub fn replay(
         start: Instant::now(),
         outcome: FeedOutcome::default(),
         limit: config.limit.unwrap_or(u64::MAX),
+        limit_reached: false,
     };
     let read_err = |source| FeedError::Read {
         path: config.input.clone(),
@@ -124,8 +125,9 @@ pub fn replay(
             for pass in 0..config.passes.max(1) {
                 let r = match reader.take() {
                     Some(r) => r,
-                    None => CsvReader::new(open(&config.input)?, &config.reader)
-                        .map_err(read_err)?,
+                    None => {
+                        CsvReader::new(open(&config.input)?, &config.reader).map_err(read_err)?
+                    }
                 };
                 bar.set_position(0);
                 let shift = pass_shift(span, pass);
@@ -139,7 +141,8 @@ pub fn replay(
     };
     bar.finish_and_clear();
     let go_on = result.map_err(read_err)?;
-    feed.outcome.stopped = !go_on || feed.stopped();
+    // Reaching `--limit` is a normal end; anything else that ended early is a stop.
+    feed.outcome.stopped = (!go_on && !feed.limit_reached) || feed.stopped();
     Ok(feed.outcome)
 }
 
@@ -161,6 +164,7 @@ struct Feed<'a> {
     start: Instant,
     outcome: FeedOutcome,
     limit: u64,
+    limit_reached: bool,
 }
 
 impl Feed<'_> {
@@ -195,7 +199,8 @@ impl Feed<'_> {
             _ => (i64::MAX, i64::MIN),
         };
         let mut names = new_names(reader.dictionary(), &mut 0);
-        self.bar.set_length(held.len() as u64 * u64::from(passes.max(1)));
+        self.bar
+            .set_length(held.len() as u64 * u64::from(passes.max(1)));
         self.bar.set_position(0);
         self.bar.set_message("replaying by event time");
         // The schedule starts with the first event, not with the reading before it.
@@ -256,6 +261,7 @@ impl Feed<'_> {
         let mut batch: Vec<PurchaseEvent> = Vec::with_capacity(BATCH.min(events.len()));
         for e in events {
             if self.outcome.events >= self.limit {
+                self.limit_reached = true;
                 break;
             }
             let e = PurchaseEvent {
@@ -287,7 +293,7 @@ impl Feed<'_> {
         }
         let flushed =
             (batch.is_empty() && names.is_empty()) || self.flush(pass, &mut batch, &mut names);
-        flushed && self.outcome.events < self.limit
+        flushed && !self.limit_reached
     }
 
     fn flush(

@@ -24,7 +24,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::partition::{PartitionState, Verdict};
-use super::{dead_letter_topic, send, Connection, DeadLetter, KafkaError, Producer, CONTROL_HEADER};
+use super::{
+    dead_letter_topic, send, Connection, DeadLetter, KafkaError, Producer, CONTROL_HEADER,
+};
 use crate::aggregate::CoreConfig;
 use crate::snapshot::{
     self, load_seen, load_state, partition_dir, InputPosition, Manifest, SnapshotError,
@@ -36,6 +38,8 @@ pub struct ProcessConfig {
     pub connection: Connection,
     pub topic: String,
     pub group: String,
+    /// `group.instance.id`, for static membership.
+    pub instance_id: Option<String>,
     pub snapshot_dir: PathBuf,
     pub snapshot_interval: Duration,
     pub keep_snapshots: usize,
@@ -43,7 +47,8 @@ pub struct ProcessConfig {
     pub window: WindowConfig,
     /// A partition with no message for this long is idle (see `merge_watermarks`).
     pub idle_timeout: Duration,
-    /// Stop once every owned partition has applied an `end_of_input` as its last message.
+    /// Stop once every owned partition has applied an `end_of_input` as its last message
+    /// and has nothing more to read.
     pub stop_at_end: bool,
 }
 
@@ -83,6 +88,8 @@ struct Part {
     idle: bool,
     /// The last message applied was an `end_of_input`.
     at_end: bool,
+    /// The consumer reached the partition's end after its last message.
+    eof: bool,
 }
 
 #[derive(Default)]
@@ -209,11 +216,16 @@ impl Ctx {
             last_message: Instant::now(),
             idle: false,
             at_end,
+            eof: false,
         })
     }
 
     /// Snapshots every owned partition, then lets them all go.
-    fn give_up(&self, owned: &mut Owned, consumer: &BaseConsumer<Self>) -> Result<(), ProcessError> {
+    fn give_up(
+        &self,
+        owned: &mut Owned,
+        consumer: &BaseConsumer<Self>,
+    ) -> Result<(), ProcessError> {
         let result = self.snapshot_all(owned, consumer, CommitMode::Sync);
         owned.parts.clear();
         result
@@ -253,9 +265,9 @@ impl Ctx {
                 counts: part.state.counts(),
                 config: self.config.window.clone(),
             };
-            let manifest =
-                part.store
-                    .write_with(&part.state.core, Some(&part.state.seen), meta)?;
+            let manifest = part
+                .store
+                .write_with(&part.state.core, Some(&part.state.seen), meta)?;
             part.dirty = false;
             owned.outcome.snapshots += 1;
             owned.outcome.last.insert(p, manifest);
@@ -340,7 +352,11 @@ pub fn process(
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("heartbeat.interval.ms", "1000")
+        .set("enable.partition.eof", "true");
+    if let Some(id) = &config.instance_id {
+        cc.set("group.instance.id", id);
+    }
     for (k, v) in &config.connection.options {
         cc.set(k, v);
     }
@@ -384,12 +400,18 @@ pub fn process(
                     part.last_message = Instant::now();
                     part.idle = false;
                     part.at_end = control.is_some() && verdict == Verdict::Control;
+                    part.eof = false;
                     let o = &mut owned.outcome;
                     o.messages += 1;
                     let now = part.last_message;
                     o.first_message.get_or_insert(now);
                     o.last_message = Some(now);
                     ctx.dead_letter(p, m.offset(), payload, verdict);
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                if let Some(part) = owned.parts.get_mut(&p) {
+                    part.eof = true;
                 }
             }
             Some(Err(e)) => {
@@ -407,7 +429,7 @@ pub fn process(
         }
         let at_end = stop_at_end
             && !owned.parts.is_empty()
-            && owned.parts.values().all(|p| p.at_end);
+            && owned.parts.values().all(|p| p.at_end && p.eof);
         if last_snapshot.elapsed() >= interval || at_end {
             for part in owned.parts.values_mut() {
                 let idle = part.last_message.elapsed() >= idle_timeout;

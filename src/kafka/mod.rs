@@ -34,7 +34,10 @@ pub enum KafkaError {
     #[error("Kafka client: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("topic {0} was not found on the brokers")]
     NoTopic(String),
 }

@@ -57,7 +57,13 @@ struct VersionOnly {
 
 impl PartitionState {
     pub fn new(config: CoreConfig) -> Self {
-        Self::restore(config, CoreState::default(), Seen::default(), &Counts::default(), None)
+        Self::restore(
+            config,
+            CoreState::default(),
+            Seen::default(),
+            &Counts::default(),
+            None,
+        )
     }
 
     /// A partition that continues from a snapshot's state, ids, counts and offset.
@@ -149,7 +155,7 @@ impl PartitionState {
             schema_version: Some(v),
         }) = serde_json::from_slice(payload)
         {
-            if v.is_u64() && v != serde_json::Value::from(SCHEMA_VERSION) {
+            if v.as_u64().is_some_and(|v| v != u64::from(SCHEMA_VERSION)) {
                 return self.unsupported(v.to_string());
             }
         }

@@ -10,8 +10,8 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{io_err, tables, Published, SnapshotError};
 use super::InputPosition;
+use super::{io_err, tables, Published, SnapshotError};
 use crate::aggregate::{
     merge_watermarks, Core, CoreConfig, CoreState, CustomerState, DayState, PartWatermark, Seen,
     Totals,
@@ -156,7 +156,10 @@ pub fn load_merged(parts: &[Published]) -> Result<Core, SnapshotError> {
             idle: matches!(p.manifest.input, InputPosition::Kafka { idle: true, .. }),
         })
         .collect();
-    let states = parts.iter().map(load_state).collect::<Result<Vec<_>, _>>()?;
+    let states = parts
+        .iter()
+        .map(load_state)
+        .collect::<Result<Vec<_>, _>>()?;
     let config = CoreConfig {
         allowed_lateness_us: parts
             .first()

@@ -89,7 +89,8 @@ impl Published {
 
 /// Where `storepulse process` keeps one partition's snapshots, below its `--snapshot-dir`.
 pub fn partition_dir(base: &Path, topic: &str, partition: i32) -> PathBuf {
-    base.join(PARTITIONS_DIR).join(format!("{topic}-{partition}"))
+    base.join(PARTITIONS_DIR)
+        .join(format!("{topic}-{partition}"))
 }
 
 pub const PARTITIONS_DIR: &str = "partitions";
@@ -171,7 +172,8 @@ impl SnapshotStore {
                 tables::state_customer_orders(core)?,
             ),
         ];
-        let seen = seen.map(|s| Ok::<_, SnapshotError>((tables::STATE_SEEN, tables::state_seen(s)?)));
+        let seen =
+            seen.map(|s| Ok::<_, SnapshotError>((tables::STATE_SEEN, tables::state_seen(s)?)));
         let seen = seen.transpose()?;
         let mut files = std::collections::BTreeMap::new();
         for (table, batch) in batches.iter().chain(seen.as_ref()) {

@@ -81,7 +81,11 @@ impl Broker {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&broker.addr).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {}", broker.addr);
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on {}",
+                broker.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -191,7 +195,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let out = read(self.child.stdout.take());
                 let err = read(self.child.stderr.take());
-                assert!(status.success(), "{} failed ({status}):\n{err}\n{out}", self.name);
+                assert!(
+                    status.success(),
+                    "{} failed ({status}):\n{err}\n{out}",
+                    self.name
+                );
                 return out;
             }
             if Instant::now() > deadline {

@@ -25,11 +25,23 @@ fn config() -> CoreConfig {
 #[test]
 fn a_valid_event_is_counted_and_its_redelivery_is_a_duplicate() {
     let mut p = PartitionState::new(config());
-    let e = event("00000000000000aa-0-5", T0 + 3600_000_000, 1, Some(9), "10.50");
+    let e = event(
+        "00000000000000aa-0-5",
+        T0 + 3_600_000_000,
+        1,
+        Some(9),
+        "10.50",
+    );
     assert_eq!(p.apply(0, None, &e), Verdict::Counted);
     assert_eq!(p.apply(1, None, &e), Verdict::Duplicate);
     // The same line in another pass is another purchase.
-    let again = event("00000000000000aa-1-5", T0 + 3600_000_000, 1, Some(9), "10.50");
+    let again = event(
+        "00000000000000aa-1-5",
+        T0 + 3_600_000_000,
+        1,
+        Some(9),
+        "10.50",
+    );
     assert_eq!(p.apply(2, None, &again), Verdict::Counted);
     assert_eq!(p.next_offset, Some(3));
     let c = p.counts();
@@ -45,12 +57,12 @@ fn broken_messages_are_rejected_with_their_reason() {
     let cases: [(&[u8], &str); 6] = [
         (b"not json", INVALID_MESSAGE),
         (b"{}", INVALID_MESSAGE),
-        (br#"{"schema_version":2,"anything":true}"#, UNSUPPORTED_VERSION),
-        (br#"{"schema_version":"one"}"#, INVALID_MESSAGE),
         (
-            &event("bad-id", T0, 1, None, "1.00"),
-            INVALID_MESSAGE,
+            br#"{"schema_version":2,"anything":true}"#,
+            UNSUPPORTED_VERSION,
         ),
+        (br#"{"schema_version":"one"}"#, INVALID_MESSAGE),
+        (&event("bad-id", T0, 1, None, "1.00"), INVALID_MESSAGE),
         (
             &event("00000000000000aa-0-6", T0, 1, None, "-1.00"),
             INVALID_MESSAGE,
@@ -75,10 +87,16 @@ fn broken_messages_are_rejected_with_their_reason() {
 #[test]
 fn end_of_input_makes_the_replayed_days_final_but_not_later_ones() {
     let mut p = PartitionState::new(config());
-    let e = event("00000000000000aa-0-5", T0 + 5 * 3600_000_000, 1, Some(9), "1.00");
+    let e = event(
+        "00000000000000aa-0-5",
+        T0 + 5 * 3_600_000_000,
+        1,
+        Some(9),
+        "1.00",
+    );
     assert_eq!(p.apply(0, None, &e), Verdict::Counted);
     assert!(!p.core.is_final(18_376));
-    let end = format!(r#"{{"last_event_time_us":{}}}"#, T0 + 5 * 3600_000_000);
+    let end = format!(r#"{{"last_event_time_us":{}}}"#, T0 + 5 * 3_600_000_000);
     assert_eq!(
         p.apply(1, Some(END_OF_INPUT.as_bytes()), end.as_bytes()),
         Verdict::Control
@@ -88,7 +106,7 @@ fn end_of_input_makes_the_replayed_days_final_but_not_later_ones() {
     // Control messages are not records.
     assert_eq!(p.counts().records, 1);
     // A late line of the closed day is dead-lettered with its line number.
-    let late = event("00000000000000aa-0-9", T0 + 3600_000_000, 2, None, "1.00");
+    let late = event("00000000000000aa-0-9", T0 + 3_600_000_000, 2, None, "1.00");
     assert_eq!(
         p.apply(2, None, &late),
         Verdict::Rejected {
