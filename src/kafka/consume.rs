@@ -394,8 +394,12 @@ pub fn process(
                 });
                 // A message of a partition given up in this poll's rebalance is skipped:
                 // its new owner reads it from the snapshot's offset.
-                if let Some(part) = owned.parts.get_mut(&p) {
-                    let verdict = part.state.apply(m.offset(), control, payload);
+                let part = owned.parts.get_mut(&p);
+                let applied =
+                    part.map(|part| (part.state.apply(m.offset(), control, payload), part));
+                if let Some((verdict, part)) =
+                    applied.filter(|(v, _)| *v != Verdict::AlreadyApplied)
+                {
                     part.dirty = true;
                     part.last_message = Instant::now();
                     part.idle = false;

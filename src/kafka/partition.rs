@@ -36,6 +36,9 @@ pub enum Verdict {
     },
     /// A control message, applied.
     Control,
+    /// Below the next offset: already covered by the state (a broker that serves whole
+    /// batches from before the requested offset). Ignored, not counted.
+    AlreadyApplied,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,9 @@ impl PartitionState {
     /// Applies the message at `offset`. `control` is the value of the control header,
     /// when the message has one.
     pub fn apply(&mut self, offset: i64, control: Option<&[u8]>, payload: &[u8]) -> Verdict {
+        if self.next_offset.is_some_and(|n| offset < n) {
+            return Verdict::AlreadyApplied;
+        }
         self.next_offset = Some(offset + 1);
         if let Some(kind) = control {
             return self.control(kind, payload);

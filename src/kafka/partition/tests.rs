@@ -44,6 +44,8 @@ fn a_valid_event_is_counted_and_its_redelivery_is_a_duplicate() {
     );
     assert_eq!(p.apply(2, None, &again), Verdict::Counted);
     assert_eq!(p.next_offset, Some(3));
+    // A message below the next offset is already in the state.
+    assert_eq!(p.apply(1, None, &e), Verdict::AlreadyApplied);
     let c = p.counts();
     assert_eq!((c.records, c.accepted, c.duplicates), (3, 2, 1));
     assert!(c.rejected.is_empty());
