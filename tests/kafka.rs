@@ -207,7 +207,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
             "--compression",
             "none",
             "--rate",
-            "4000",
+            "1500",
             // tansu 0.6 serves nothing from an offset inside a record batch: one
             // message per batch keeps every resume offset on a batch boundary.
             "--kafka-option",
@@ -265,7 +265,7 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
             "--compression",
             "none",
             "--rate",
-            "3000",
+            "2000",
             "--kafka-option",
             "batch.num.messages=1",
         ],
@@ -439,5 +439,55 @@ fn rate_and_speed_pace_the_replay() {
     assert!(
         wall > expected * 0.95 && wall < expected + 5.0,
         "--speed: {wall}s for {expected}s of scaled event time ({line})"
+    );
+}
+
+#[test]
+fn loop_replays_the_file_again_shifted_by_whole_days() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/split_orders.csv"
+    ));
+    let want = tmp.path().join("run");
+    run(input, &want, &[]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let summary = replay(&broker, input, &["--loop", "2"]);
+    assert_eq!(
+        number_after(&summary, "events sent"),
+        2 * accepted_total(&want)
+    );
+    let got = tmp.path().join("process");
+    Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
+    // The fixture spans three days (May 1-3): the second pass is May 4-6, the same sales.
+    let sql = "SELECT day, revenue, items, orders FROM daily_sales ORDER BY day";
+    let once: Vec<String> = query_csv(&want, sql)
+        .lines()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let twice: Vec<String> = query_csv(&got, sql)
+        .lines()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    assert_eq!(once.len(), 3);
+    assert_eq!(twice.len(), 6);
+    for (a, b) in once.iter().zip(&twice[3..]) {
+        let (day_a, rest_a) = a.split_once(',').unwrap();
+        let (day_b, rest_b) = b.split_once(',').unwrap();
+        let shifted =
+            chrono::NaiveDate::parse_from_str(day_a, "%Y-%m-%d").unwrap() + chrono::Days::new(3);
+        assert_eq!(day_b, shifted.to_string());
+        assert_eq!(rest_a, rest_b);
+    }
+    assert_eq!(once, twice[..3]);
+    let m = common::kafka::partition_manifests(&got);
+    assert_eq!(
+        total(&m, "duplicates"),
+        0,
+        "another pass is not a duplicate"
     );
 }
