@@ -8,25 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::kafka::{serial, total, wait_for, Broker, Proc};
-use common::{ok, query_csv, run};
+use common::{ok, query_csv, query_tables, run};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// The four tables, fully ordered, as CSV.
-fn tables(dir: &Path) -> Vec<String> {
-    [
-        "SELECT * FROM daily_sales ORDER BY day",
-        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
-        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
-        "SELECT * FROM rfm ORDER BY user_id",
-    ]
-    .iter()
-    .map(|sql| query_csv(dir, sql))
-    .collect()
-}
-
 fn assert_same_tables(want: &Path, got: &Path) {
-    let (a, b) = (tables(want), tables(got));
+    let (a, b) = (query_tables(want), query_tables(got));
     for (i, name) in [
         "daily_sales",
         "daily_category_sales",
@@ -178,6 +165,39 @@ fn published_messages_follow_the_schema_and_are_keyed_by_order() {
     assert!(!validator.is_valid(&bad));
 }
 
+/// A replay paced at `rate` events/s, in the background, so that kills land while events
+/// flow. tansu 0.6 serves nothing from an offset inside a record batch: one message per
+/// batch keeps every resume offset on a batch boundary.
+fn paced_replay(broker: &Broker, input: &Path, rate: &str) -> Proc {
+    Proc::spawn(
+        "replay",
+        &[
+            "replay",
+            "--input",
+            input.to_str().unwrap(),
+            "--brokers",
+            &broker.addr,
+            "--compression",
+            "none",
+            "--rate",
+            rate,
+            "--kafka-option",
+            "batch.num.messages=1",
+        ],
+    )
+}
+
+/// SIGKILLs `victim` once the processors have applied more than `after` events, and
+/// checks that events were still to come.
+fn kill_mid_stream(victim: Proc, dir: &Path, after: u64) {
+    wait_for(dir, LIMIT, "events applied", |m| {
+        total(m, "accepted") > after
+    });
+    victim.kill9();
+    let applied = total(&common::kafka::partition_manifests(dir), "accepted");
+    assert!(applied < 11_000, "killed too late: {applied}");
+}
+
 #[test]
 fn a_processor_killed_mid_stream_resumes_exactly() {
     let _serial = serial();
@@ -195,31 +215,8 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
         &["--snapshot-interval", "100ms", "--instance-id", "p1"],
     );
     let first = Proc::spawn("first processor", &args);
-    // Paced so that the kill lands while events flow.
-    let replayer = Proc::spawn(
-        "replay",
-        &[
-            "replay",
-            "--input",
-            input.to_str().unwrap(),
-            "--brokers",
-            &broker.addr,
-            "--compression",
-            "none",
-            "--rate",
-            "1500",
-            // tansu 0.6 serves nothing from an offset inside a record batch: one
-            // message per batch keeps every resume offset on a batch boundary.
-            "--kafka-option",
-            "batch.num.messages=1",
-        ],
-    );
-    wait_for(&got, LIMIT, "some events applied", |m| {
-        total(m, "accepted") > 2_000
-    });
-    first.kill9();
-    let applied_before = total(&common::kafka::partition_manifests(&got), "accepted");
-    assert!(applied_before < 11_000, "killed too late: {applied_before}");
+    let replayer = paced_replay(&broker, &input, "1500");
+    kill_mid_stream(first, &got, 2_000);
     let summary = replayer.wait_ok(LIMIT);
     let args = process_args(&broker, &got, &["--stop-at-end", "--instance-id", "p1"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
@@ -254,26 +251,8 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
     };
     let a = Proc::spawn("processor a", &with("a"));
     let b = Proc::spawn("processor b", &with("b"));
-    let replayer = Proc::spawn(
-        "replay",
-        &[
-            "replay",
-            "--input",
-            input.to_str().unwrap(),
-            "--brokers",
-            &broker.addr,
-            "--compression",
-            "none",
-            "--rate",
-            "2000",
-            "--kafka-option",
-            "batch.num.messages=1",
-        ],
-    );
-    wait_for(&got, LIMIT, "events applied", |m| {
-        total(m, "accepted") > 3_000
-    });
-    b.kill9();
+    let replayer = paced_replay(&broker, &input, "2000");
+    kill_mid_stream(b, &got, 3_000);
     let b2 = Proc::spawn("processor b restarted", &with("b"));
     let summary = replayer.wait_ok(LIMIT);
     a.wait_ok(LIMIT);

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::query_csv;
+use common::query_tables;
 use storepulse::aggregate::{Core, CoreConfig};
 use storepulse::replay::{
     read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig, Sym,
@@ -41,18 +39,6 @@ fn meta(core: &Core, input: InputPosition) -> SnapshotMeta {
             min_event_time: "2000-01-01T00:00:00Z".into(),
         },
     }
-}
-
-fn tables(dir: &Path) -> Vec<String> {
-    [
-        "SELECT * FROM daily_sales ORDER BY day",
-        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
-        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
-        "SELECT * FROM rfm ORDER BY user_id",
-    ]
-    .iter()
-    .map(|sql| query_csv(dir, sql))
-    .collect()
 }
 
 /// Splits by order id over `n` partitions; `finish` decides whether the days end final.
@@ -111,7 +97,10 @@ fn split_equals_whole(n: u64, finish: bool) {
             .write(core, meta(core, position))
             .unwrap();
     }
-    let (a, b) = (tables(whole_dir.path()), tables(parts_dir.path()));
+    let (a, b) = (
+        query_tables(whole_dir.path()),
+        query_tables(parts_dir.path()),
+    );
     for (x, y) in a.iter().zip(&b) {
         assert!(x.lines().count() > 10);
         assert_eq!(x, y);

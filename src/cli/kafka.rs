@@ -211,10 +211,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         group: args.group.clone(),
         instance_id: args.instance_id.clone(),
         snapshot_dir: args.snapshots.snapshot_dir.clone(),
-        snapshot_interval: args
-            .window
-            .snapshot_interval
-            .max(std::time::Duration::from_millis(10)),
+        snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
         core,
         window: WindowConfig {

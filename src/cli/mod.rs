@@ -97,6 +97,14 @@ pub struct WindowArgs {
     pub allowed_lateness: std::time::Duration,
 }
 
+impl WindowArgs {
+    /// `--snapshot-interval`, at least 10 ms.
+    pub fn snapshot_interval(&self) -> std::time::Duration {
+        self.snapshot_interval
+            .max(std::time::Duration::from_millis(10))
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     /// Folder for snapshots and `rejected.csv`.

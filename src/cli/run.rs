@@ -53,10 +53,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     Ok(RunConfig {
         input: args.input.clone(),
         snapshot_dir: args.snapshots.snapshot_dir.clone(),
-        snapshot_interval: args
-            .window
-            .snapshot_interval
-            .max(std::time::Duration::from_millis(10)),
+        snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
         pace: pace(&args.pace)?,
         order: order(&args.pace),

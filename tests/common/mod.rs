@@ -54,4 +54,18 @@ pub fn manifest(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(latest.trim()).join("manifest.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
+
+/// The four query tables, fully ordered, as CSV.
+pub fn query_tables(dir: &Path) -> Vec<String> {
+    [
+        "SELECT * FROM daily_sales ORDER BY day",
+        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+        "SELECT * FROM rfm ORDER BY user_id",
+    ]
+    .iter()
+    .map(|sql| query_csv(dir, sql))
+    .collect()
+}
+
 pub mod kafka;
