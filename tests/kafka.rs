@@ -335,6 +335,31 @@ fn accepted_total(run_dir: &Path) -> u64 {
         .unwrap()
 }
 
+/// Waits until the latest assignments of `a` and `b` are both non-empty.
+fn wait_until_shared(a: &Proc, b: &Proc) {
+    let last = |p: &Proc| {
+        p.stderr()
+            .lines()
+            .rfind(|l| l.contains("assigned partitions"))
+            .map(String::from)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + LIMIT;
+    while last(a).contains("[]")
+        || last(b).contains("[]")
+        || last(a).is_empty()
+        || last(b).is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the partitions were never shared:\n{}\n{}",
+            a.stderr(),
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn split_orders_through_four_partitions_and_two_processors_equal_run() {
     let _serial = serial();
@@ -351,8 +376,8 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
     let args = process_args(&broker, &got, &["--stop-at-end"]);
     let a = Proc::spawn("processor a", &args);
     let b = Proc::spawn("processor b", &args);
-    // Both members join before the events arrive, so the partitions are shared.
-    std::thread::sleep(Duration::from_secs(3));
+    // Both members hold partitions before the events arrive.
+    wait_until_shared(&a, &b);
     replay(&broker, input, &[]);
     let (out_a, out_b) = (a.wait_ok(LIMIT), b.wait_ok(LIMIT));
     // Both members of the group owned partitions.

@@ -165,15 +165,17 @@ impl Drop for Broker {
     }
 }
 
-/// A `storepulse` process in the background, killed when dropped.
+/// A `storepulse` process in the background, killed when dropped. Its stderr is
+/// collected as it comes.
 pub struct Proc {
     pub child: Child,
     pub name: String,
+    stderr: std::sync::Arc<Mutex<String>>,
 }
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -181,10 +183,24 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn storepulse");
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         Proc {
             child,
             name: name.into(),
+            stderr,
         }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Waits for the process to exit by itself, boundedly; returns stdout, insisting on
@@ -204,7 +220,7 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                let err = read(self.child.stderr.take());
+                let err = self.stderr();
                 panic!("{} did not finish in {limit:?}:\n{err}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
