@@ -495,3 +495,35 @@ fn loop_replays_the_file_again_shifted_by_whole_days() {
         "another pass is not a duplicate"
     );
 }
+
+#[test]
+fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 3_000, 27);
+    let mut broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let accepted = accepted_in(&replay(&broker, &input, &[]));
+    let got = tmp.path().join("process");
+    let mut proc = Proc::spawn("process", &process_args(&broker, &got, &[]));
+    wait_for(&got, LIMIT, "every event applied", |m| {
+        total(m, "accepted") == accepted
+    });
+    broker.stop();
+    // The client retries; the processor neither crashes nor gives up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proc.stderr().contains("All broker connections are down") {
+        assert!(Instant::now() < deadline, "{}", proc.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(proc.running(), "{}", proc.stderr());
+    let start = Instant::now();
+    let out = proc.terminate(LIMIT);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "slow stop: {out}"
+    );
+    assert!(out.contains("partition"), "{out}");
+    let m = common::kafka::partition_manifests(&got);
+    assert_eq!(total(&m, "accepted"), accepted);
+}

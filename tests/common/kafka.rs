@@ -91,6 +91,12 @@ impl Broker {
         broker
     }
 
+    /// Stops the broker (its in-memory data goes with it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         storepulse::kafka::Connection {
             brokers: self.addr.clone(),
@@ -197,6 +203,10 @@ impl Proc {
             name: name.into(),
             stderr,
         }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn stderr(&self) -> String {
