@@ -4,27 +4,12 @@
 
 mod common;
 
-use common::query_tables;
+use common::{feed, query_tables};
 use storepulse::aggregate::{Core, CoreConfig};
-use storepulse::replay::{
-    read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig, Sym,
-};
+use storepulse::replay::{read_all, sort_by_event_time, ReaderConfig};
 use storepulse::snapshot::{
     partition_dir, Counts, InputPosition, SnapshotMeta, SnapshotStore, WindowConfig,
 };
-
-fn feed(core: &mut Core, dict: &Dictionary, events: impl Iterator<Item = PurchaseEvent>) {
-    let remap: Vec<Sym> = (0..dict.len())
-        .map(|i| core.intern_name(dict.name(Sym(i as u32))))
-        .collect();
-    for e in events {
-        core.record(&PurchaseEvent {
-            category: e.category.map(|s| remap[s.0 as usize]),
-            brand: e.brand.map(|s| remap[s.0 as usize]),
-            ..e
-        });
-    }
-}
 
 fn meta(core: &Core, input: InputPosition) -> SnapshotMeta {
     SnapshotMeta {

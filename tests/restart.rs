@@ -2,28 +2,16 @@
 //! continued gives exactly the tables of an uninterrupted run, in both replay orders
 //! (file order has late events, whose counts must survive the restart too).
 
+mod common;
+
+use common::feed;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use storepulse::aggregate::{Core, CoreConfig};
-use storepulse::replay::{
-    read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig, Sym,
-};
+use storepulse::replay::{read_all, sort_by_event_time, Dictionary, PurchaseEvent, ReaderConfig};
 use storepulse::snapshot::{
     self, tables::QUERY_TABLES, Counts, InputPosition, SnapshotMeta, SnapshotStore, WindowConfig,
 };
-
-fn feed(core: &mut Core, dict: &Dictionary, events: &[PurchaseEvent]) {
-    let remap: Vec<Sym> = (0..dict.len())
-        .map(|i| core.intern_name(dict.name(Sym(i as u32))))
-        .collect();
-    for e in events {
-        core.record(&PurchaseEvent {
-            category: e.category.map(|s| remap[s.0 as usize]),
-            brand: e.brand.map(|s| remap[s.0 as usize]),
-            ..*e
-        });
-    }
-}
 
 fn meta(core: &Core) -> SnapshotMeta {
     SnapshotMeta {
@@ -71,7 +59,7 @@ fn check(events: &[PurchaseEvent], dict: &Dictionary, cuts: &[usize]) -> u64 {
     let config = CoreConfig::default();
     let whole_dir = tempfile::tempdir().unwrap();
     let mut whole = Core::new(config);
-    feed(&mut whole, dict, events);
+    feed(&mut whole, dict, events.iter().copied());
     whole.finish();
     SnapshotStore::open(whole_dir.path(), 1)
         .unwrap()
@@ -83,13 +71,13 @@ fn check(events: &[PurchaseEvent], dict: &Dictionary, cuts: &[usize]) -> u64 {
     let mut core = Core::new(config);
     let mut at = 0;
     for &cut in cuts {
-        feed(&mut core, dict, &events[at..cut]);
+        feed(&mut core, dict, events[at..cut].iter().copied());
         at = cut;
         store.write(&core, meta(&core)).unwrap();
         let state = snapshot::load_state(&snapshot::latest(dir.path()).unwrap()).unwrap();
         core = Core::restore(config, state);
     }
-    feed(&mut core, dict, &events[at..]);
+    feed(&mut core, dict, events[at..].iter().copied());
     core.finish();
     assert_eq!(
         (core.accepted(), core.late()),

@@ -68,4 +68,23 @@ pub fn query_tables(dir: &Path) -> Vec<String> {
     .collect()
 }
 
+/// Feeds events read with `dict`'s symbols to `core`, mapping names to the core's own.
+pub fn feed(
+    core: &mut storepulse::aggregate::Core,
+    dict: &storepulse::replay::Dictionary,
+    events: impl IntoIterator<Item = storepulse::replay::PurchaseEvent>,
+) {
+    use storepulse::replay::{PurchaseEvent, Sym};
+    let remap: Vec<Sym> = (0..dict.len())
+        .map(|i| core.intern_name(dict.name(Sym(i as u32))))
+        .collect();
+    for e in events {
+        core.record(&PurchaseEvent {
+            category: e.category.map(|s| remap[s.0 as usize]),
+            brand: e.brand.map(|s| remap[s.0 as usize]),
+            ..e
+        });
+    }
+}
+
 pub mod kafka;
