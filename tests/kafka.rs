@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::kafka::{serial, total, wait_for, Broker, Proc};
@@ -42,7 +42,8 @@ fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
     input
 }
 
-fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
+/// `replay` flags for `input` into `broker`, uncompressed (see the harness).
+fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "replay",
         "--input",
@@ -54,7 +55,11 @@ fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
         "--no-progress",
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
+}
+
+fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
+    ok(&replay_args(broker, input, extra))
 }
 
 /// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
@@ -75,6 +80,45 @@ fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec
     args
 }
 
+/// One test's files and broker: the input, the embedded `run`'s snapshots (`want`), the
+/// folder for `process` (`got`), and a broker with `purchases` created.
+struct Case {
+    _tmp: tempfile::TempDir,
+    input: PathBuf,
+    want: PathBuf,
+    got: PathBuf,
+    broker: Broker,
+}
+
+impl Case {
+    /// A generated file of `rows` lines.
+    fn generated(rows: u64, seed: u64, partitions: i32) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = generate(tmp.path(), rows, seed);
+        Case::with(tmp, input, partitions)
+    }
+
+    /// `tests/fixtures/split_orders.csv`: orders split across days and customers.
+    fn split_orders(partitions: i32) -> Case {
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/split_orders.csv");
+        Case::with(tempfile::tempdir().unwrap(), input, partitions)
+    }
+
+    fn with(tmp: tempfile::TempDir, input: PathBuf, partitions: i32) -> Case {
+        let want = tmp.path().join("run");
+        run(&input, &want, &[]);
+        let broker = Broker::start();
+        broker.create_topic("purchases", partitions);
+        Case {
+            input,
+            want,
+            got: tmp.path().join("process"),
+            broker,
+            _tmp: tmp,
+        }
+    }
+}
+
 /// The number after `label` on a summary line, e.g. `accepted   123`.
 fn number_after(summary: &str, label: &str) -> u64 {
     summary
@@ -92,34 +136,30 @@ fn accepted_in(summary: &str) -> u64 {
 #[test]
 fn replay_through_kafka_into_one_processor_equals_run() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 12_000, 21);
-    let want = tmp.path().join("run");
-    run(&input, &want, &[]);
-
-    let broker = Broker::start();
-    broker.create_topic("purchases", 4);
-    let summary = replay(&broker, &input, &["--max"]);
+    let c = Case::generated(12_000, 21, 4);
+    let summary = replay(&c.broker, &c.input, &["--max"]);
     let accepted = accepted_in(&summary);
     assert!(summary.contains("(0 failed)"), "{summary}");
-    let got = tmp.path().join("process");
-    let out =
-        Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
+    let out = Proc::spawn(
+        "process",
+        &process_args(&c.broker, &c.got, &["--stop-at-end"]),
+    )
+    .wait_ok(LIMIT);
     assert!(out.contains("partition"), "{out}");
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(m.len(), 4, "one snapshot folder per partition");
     assert_eq!(total(&m, "accepted"), accepted);
     assert_eq!(total(&m, "duplicates"), 0);
-    assert_same_tables(&want, &got);
+    assert_same_tables(&c.want, &c.got);
 
     // Rejected lines are dead letters with their reason and line, as many as `run` counted.
-    let run_rejected: u64 = common::manifest(&want)["counts"]["rejected"]
+    let run_rejected: u64 = common::manifest(&c.want)["counts"]["rejected"]
         .as_object()
         .unwrap()
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    let dead = broker.read_all("purchases.rejected");
+    let dead = c.broker.read_all("purchases.rejected");
     assert_eq!(dead.len() as u64, run_rejected);
     let first: serde_json::Value = serde_json::from_slice(&dead[0]).unwrap();
     assert_eq!(first["stage"], "replay");
@@ -129,11 +169,8 @@ fn replay_through_kafka_into_one_processor_equals_run() {
 #[test]
 fn published_messages_follow_the_schema_and_are_keyed_by_order() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 2_000, 3);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 2);
-    let summary = replay(&broker, &input, &["--limit", "500"]);
+    let c = Case::generated(2_000, 3, 2);
+    let summary = replay(&c.broker, &c.input, &["--limit", "500"]);
     assert_eq!(number_after(&summary, "events sent"), 500);
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
@@ -144,7 +181,7 @@ fn published_messages_follow_the_schema_and_are_keyed_by_order() {
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let values = broker.read_all("purchases");
+    let values = c.broker.read_all("purchases");
     let events: Vec<serde_json::Value> = values
         .iter()
         .map(|v| serde_json::from_slice(v).unwrap())
@@ -169,22 +206,8 @@ fn published_messages_follow_the_schema_and_are_keyed_by_order() {
 /// flow. tansu 0.6 serves nothing from an offset inside a record batch: one message per
 /// batch keeps every resume offset on a batch boundary.
 fn paced_replay(broker: &Broker, input: &Path, rate: &str) -> Proc {
-    Proc::spawn(
-        "replay",
-        &[
-            "replay",
-            "--input",
-            input.to_str().unwrap(),
-            "--brokers",
-            &broker.addr,
-            "--compression",
-            "none",
-            "--rate",
-            rate,
-            "--kafka-option",
-            "batch.num.messages=1",
-        ],
-    )
+    let extra = ["--rate", rate, "--kafka-option", "batch.num.messages=1"];
+    Proc::spawn("replay", &replay_args(broker, input, &extra))
 }
 
 /// SIGKILLs `victim` once the processors have applied more than `after` events, and
@@ -201,45 +224,33 @@ fn kill_mid_stream(victim: Proc, dir: &Path, after: u64) {
 #[test]
 fn a_processor_killed_mid_stream_resumes_exactly() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 12_000, 22);
-    let want = tmp.path().join("run");
-    run(&input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 3);
-    let got = tmp.path().join("process");
+    let c = Case::generated(12_000, 22, 3);
     // Static membership: the restarted processor takes its partitions back at once.
     let args = process_args(
-        &broker,
-        &got,
+        &c.broker,
+        &c.got,
         &["--snapshot-interval", "100ms", "--instance-id", "p1"],
     );
     let first = Proc::spawn("first processor", &args);
-    let replayer = paced_replay(&broker, &input, "1500");
-    kill_mid_stream(first, &got, 2_000);
+    let replayer = paced_replay(&c.broker, &c.input, "1500");
+    kill_mid_stream(first, &c.got, 2_000);
     let summary = replayer.wait_ok(LIMIT);
-    let args = process_args(&broker, &got, &["--stop-at-end", "--instance-id", "p1"]);
+    let args = process_args(&c.broker, &c.got, &["--stop-at-end", "--instance-id", "p1"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted_in(&summary));
     assert_eq!(total(&m, "duplicates"), 0, "no message applied twice");
-    assert_same_tables(&want, &got);
+    assert_same_tables(&c.want, &c.got);
 }
 
 #[test]
 fn two_processors_with_one_killed_and_restarted_equal_one() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 12_000, 23);
-    let want = tmp.path().join("run");
-    run(&input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 4);
-    let got = tmp.path().join("process");
+    let c = Case::generated(12_000, 23, 4);
     let with = |id| {
         process_args(
-            &broker,
-            &got,
+            &c.broker,
+            &c.got,
             &[
                 "--stop-at-end",
                 "--snapshot-interval",
@@ -251,64 +262,56 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
     };
     let a = Proc::spawn("processor a", &with("a"));
     let b = Proc::spawn("processor b", &with("b"));
-    let replayer = paced_replay(&broker, &input, "2000");
-    kill_mid_stream(b, &got, 3_000);
+    let replayer = paced_replay(&c.broker, &c.input, "2000");
+    kill_mid_stream(b, &c.got, 3_000);
     let b2 = Proc::spawn("processor b restarted", &with("b"));
     let summary = replayer.wait_ok(LIMIT);
     a.wait_ok(LIMIT);
     b2.wait_ok(LIMIT);
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(m.len(), 4);
     assert_eq!(total(&m, "accepted"), accepted_in(&summary));
     assert_eq!(total(&m, "duplicates"), 0);
-    assert_same_tables(&want, &got);
+    assert_same_tables(&c.want, &c.got);
 }
 
 #[test]
 fn the_same_file_replayed_twice_counts_once() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 6_000, 24);
-    let want = tmp.path().join("run");
-    run(&input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 2);
-    let first = replay(&broker, &input, &[]);
-    replay(&broker, &input, &["--order", "file"]);
-    let got = tmp.path().join("process");
-    Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
-    let m = common::kafka::partition_manifests(&got);
+    let c = Case::generated(6_000, 24, 2);
+    let first = replay(&c.broker, &c.input, &[]);
+    replay(&c.broker, &c.input, &["--order", "file"]);
+    Proc::spawn(
+        "process",
+        &process_args(&c.broker, &c.got, &["--stop-at-end"]),
+    )
+    .wait_ok(LIMIT);
+    let m = common::kafka::partition_manifests(&c.got);
     let accepted = accepted_in(&first);
     assert_eq!(total(&m, "accepted"), accepted);
     assert_eq!(total(&m, "duplicates"), accepted);
-    assert_same_tables(&want, &got);
+    assert_same_tables(&c.want, &c.got);
 }
 
 #[test]
 fn malformed_messages_are_dead_lettered_and_change_nothing_else() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 6_000, 25);
-    let want = tmp.path().join("run");
-    run(&input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 2);
+    let c = Case::generated(6_000, 25, 2);
     let bad: [&[u8]; 4] = [
         b"not json at all",
         br#"{"schema_version":1}"#,
         br#"{"schema_version":9,"event_id":"x"}"#,
         b"\xff\xfe",
     ];
-    broker.produce("purchases", 0, &bad);
-    replay(&broker, &input, &[]);
-    broker.produce("purchases", 1, &bad[..2]);
-    let got = tmp.path().join("process");
-    let proc = Proc::spawn("process", &process_args(&broker, &got, &[]));
-    wait_for(&got, LIMIT, "every message applied", |m| {
-        m.len() == 2 && total(m, "records") == accepted_total(&want) + 6
+    c.broker.produce("purchases", 0, &bad);
+    replay(&c.broker, &c.input, &[]);
+    c.broker.produce("purchases", 1, &bad[..2]);
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &[]));
+    wait_for(&c.got, LIMIT, "every message applied", |m| {
+        m.len() == 2 && total(m, "records") == accepted_total(&c.want) + 6
     });
     proc.terminate(LIMIT);
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     let reason = |r: &str| -> u64 {
         m.iter()
             .map(|x| x["counts"]["rejected"][r].as_u64().unwrap_or(0))
@@ -316,8 +319,9 @@ fn malformed_messages_are_dead_lettered_and_change_nothing_else() {
     };
     assert_eq!(reason("invalid_message"), 5);
     assert_eq!(reason("unsupported_version"), 1);
-    assert_same_tables(&want, &got);
-    let dead: Vec<serde_json::Value> = broker
+    assert_same_tables(&c.want, &c.got);
+    let dead: Vec<serde_json::Value> = c
+        .broker
         .read_all("purchases.rejected")
         .iter()
         .map(|v| serde_json::from_slice(v).unwrap())
@@ -363,28 +367,19 @@ fn wait_until_shared(a: &Proc, b: &Proc) {
 #[test]
 fn split_orders_through_four_partitions_and_two_processors_equal_run() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/split_orders.csv"
-    ));
-    let want = tmp.path().join("run");
-    run(input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 4);
-    let got = tmp.path().join("process");
-    let args = process_args(&broker, &got, &["--stop-at-end"]);
+    let c = Case::split_orders(4);
+    let args = process_args(&c.broker, &c.got, &["--stop-at-end"]);
     let a = Proc::spawn("processor a", &args);
     let b = Proc::spawn("processor b", &args);
     // Both members hold partitions before the events arrive.
     wait_until_shared(&a, &b);
-    replay(&broker, input, &[]);
+    replay(&c.broker, &c.input, &[]);
     let (out_a, out_b) = (a.wait_ok(LIMIT), b.wait_ok(LIMIT));
     // Both members of the group owned partitions.
     for out in [&out_a, &out_b] {
         assert!(out.contains("  partition "), "{out}");
     }
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert!(m.len() >= 3, "the orders spread over the partitions");
     // Customer 503's orders and the day's customers sit in several partitions.
     let parts_with_day1 = m
@@ -392,15 +387,15 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
         .filter(|x| x["counts"]["accepted"].as_u64().unwrap() > 0)
         .count();
     assert!(parts_with_day1 >= 3);
-    assert_same_tables(&want, &got);
+    assert_same_tables(&c.want, &c.got);
     let daily = query_csv(
-        &got,
+        &c.got,
         "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day",
     );
     assert_eq!(
         daily,
         query_csv(
-            &want,
+            &c.want,
             "SELECT day, orders, customers, is_final FROM daily_sales ORDER BY day"
         )
     );
@@ -413,12 +408,9 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
 #[test]
 fn rate_and_speed_pace_the_replay() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 3_000, 26);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 1);
+    let c = Case::generated(3_000, 26, 1);
     let start = Instant::now();
-    let summary = replay(&broker, &input, &["--rate", "1000", "--limit", "2000"]);
+    let summary = replay(&c.broker, &c.input, &["--rate", "1000", "--limit", "2000"]);
     let wall = start.elapsed().as_secs_f64();
     assert_eq!(number_after(&summary, "events sent"), 2000);
     // 2,000 events at 1,000/s: the last is due at 1.999 s.
@@ -427,7 +419,11 @@ fn rate_and_speed_pace_the_replay() {
     // --speed: wall time follows the event-time span replayed, divided by the speed.
     let speed = 4_320_000.0; // 50 days of history a second
     let start = Instant::now();
-    let summary = replay(&broker, &input, &["--speed", "4320000", "--limit", "600"]);
+    let summary = replay(
+        &c.broker,
+        &c.input,
+        &["--speed", "4320000", "--limit", "600"],
+    );
     let wall = start.elapsed().as_secs_f64();
     let line = summary
         .lines()
@@ -449,30 +445,25 @@ fn rate_and_speed_pace_the_replay() {
 #[test]
 fn loop_replays_the_file_again_shifted_by_whole_days() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/split_orders.csv"
-    ));
-    let want = tmp.path().join("run");
-    run(input, &want, &[]);
-    let broker = Broker::start();
-    broker.create_topic("purchases", 2);
-    let summary = replay(&broker, input, &["--loop", "2"]);
+    let c = Case::split_orders(2);
+    let summary = replay(&c.broker, &c.input, &["--loop", "2"]);
     assert_eq!(
         number_after(&summary, "events sent"),
-        2 * accepted_total(&want)
+        2 * accepted_total(&c.want)
     );
-    let got = tmp.path().join("process");
-    Proc::spawn("process", &process_args(&broker, &got, &["--stop-at-end"])).wait_ok(LIMIT);
+    Proc::spawn(
+        "process",
+        &process_args(&c.broker, &c.got, &["--stop-at-end"]),
+    )
+    .wait_ok(LIMIT);
     // The fixture spans three days (May 1-3): the second pass is May 4-6, the same sales.
     let sql = "SELECT day, revenue, items, orders FROM daily_sales ORDER BY day";
-    let once: Vec<String> = query_csv(&want, sql)
+    let once: Vec<String> = query_csv(&c.want, sql)
         .lines()
         .skip(1)
         .map(String::from)
         .collect();
-    let twice: Vec<String> = query_csv(&got, sql)
+    let twice: Vec<String> = query_csv(&c.got, sql)
         .lines()
         .skip(1)
         .map(String::from)
@@ -488,7 +479,7 @@ fn loop_replays_the_file_again_shifted_by_whole_days() {
         assert_eq!(rest_a, rest_b);
     }
     assert_eq!(once, twice[..3]);
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(
         total(&m, "duplicates"),
         0,
@@ -499,17 +490,13 @@ fn loop_replays_the_file_again_shifted_by_whole_days() {
 #[test]
 fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
     let _serial = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let input = generate(tmp.path(), 3_000, 27);
-    let mut broker = Broker::start();
-    broker.create_topic("purchases", 2);
-    let accepted = accepted_in(&replay(&broker, &input, &[]));
-    let got = tmp.path().join("process");
-    let mut proc = Proc::spawn("process", &process_args(&broker, &got, &[]));
-    wait_for(&got, LIMIT, "every event applied", |m| {
+    let mut c = Case::generated(3_000, 27, 2);
+    let accepted = accepted_in(&replay(&c.broker, &c.input, &[]));
+    let mut proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &[]));
+    wait_for(&c.got, LIMIT, "every event applied", |m| {
         total(m, "accepted") == accepted
     });
-    broker.stop();
+    c.broker.stop();
     // The client retries; the processor neither crashes nor gives up.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !proc.stderr().contains("All broker connections are down") {
@@ -524,6 +511,6 @@ fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
         "slow stop: {out}"
     );
     assert!(out.contains("partition"), "{out}");
-    let m = common::kafka::partition_manifests(&got);
+    let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted);
 }
