@@ -118,24 +118,68 @@ fn output_formats() {
     );
 }
 
+/// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
+fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = std::fs::read_to_string(dir.join("LATEST"))
+            .ok()
+            .and_then(|name| std::fs::read(dir.join(name.trim()).join("manifest.json")).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        if m.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting; last manifest {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_run(dir: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+        .args(["run", "--no-progress", "--input"])
+        .arg(golden())
+        .arg("--snapshot-dir")
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn snapshots_are_written_periodically_and_only_the_newest_kept() {
     let dir = tempfile::tempdir().unwrap();
-    // 19 lines at 25 events/s: about 0.4 s of replay, a snapshot every 100 ms.
-    run(
-        &golden(),
+    // 19 lines at 4 events/s: some 2.5 s of replay, a snapshot every 100 ms. The third
+    // periodic snapshot is awaited, not assumed from a sleep.
+    let child = spawn_run(
         dir.path(),
         &[
             "--rate",
-            "25",
+            "4",
             "--snapshot-interval",
             "100ms",
             "--keep-snapshots",
             "2",
         ],
     );
+    wait_for_manifest(dir.path(), Duration::from_secs(60), |m| {
+        m["id"].as_u64().unwrap_or(0) >= 3
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = manifest(dir.path());
-    assert!(m["id"].as_u64().unwrap() >= 3, "only {} snapshots", m["id"]);
+    assert!(
+        m["id"].as_u64().unwrap() >= 4,
+        "final snapshot after the third: {m}"
+    );
     let snaps: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -148,24 +192,11 @@ fn snapshots_are_written_periodically_and_only_the_newest_kept() {
 #[test]
 fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args([
-            "run",
-            "--no-progress",
-            "--rate",
-            "4",
-            "--snapshot-interval",
-            "1h",
-            "--input",
-        ])
-        .arg(golden())
-        .arg("--snapshot-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    // 10 events at 2 events/s; SIGTERM once a periodic snapshot shows the first ones.
+    let child = spawn_run(dir.path(), &["--rate", "2", "--snapshot-interval", "50ms"]);
+    wait_for_manifest(dir.path(), Duration::from_secs(60), |m| {
+        m["counts"]["accepted"].as_u64().unwrap_or(0) >= 1
+    });
     // SAFETY: signalling the child we started, by its id.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
@@ -190,6 +221,49 @@ fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
 }
 
 #[test]
+fn an_overflowing_duration_flag_exits_2_with_a_message_not_a_panic() {
+    // `Duration::from_secs_f64` used to panic on this (exit 101 and a backtrace).
+    let out = storepulse(&["run", "--snapshot-interval", "99999999999999999999999d"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--snapshot-interval") && err.contains("not a duration"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let out = storepulse(&["run", "--allowed-lateness", "40000d"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("100 years"));
+}
+
+#[test]
+fn query_falls_back_past_a_damaged_snapshot() {
+    let dir = snapshot_dir();
+    let sql = "SELECT SUM(revenue) AS revenue, SUM(orders) AS orders FROM daily_sales";
+    let want = query_csv(dir.path(), sql);
+    run(&golden(), dir.path(), &[]);
+    // The newest snapshot (the second run's) loses a table's bytes.
+    let newest = dir.path().join("snap-000002");
+    std::fs::write(newest.join("daily_sales.parquet"), b"truncated").unwrap();
+    let (ok, out, err) = query(dir.path(), sql);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("skipping snapshot") && err.contains("daily_sales.parquet"),
+        "{err}"
+    );
+    assert_eq!(query_csv(dir.path(), sql), want);
+    assert!(out.contains("revenue"), "{out}");
+    // With the older one damaged too, the error names the newest file; no panic.
+    std::fs::write(dir.path().join("snap-000001/daily_sales.parquet"), b"x").unwrap();
+    let (ok, _, err) = query(dir.path(), sql);
+    assert!(!ok);
+    assert!(
+        err.contains("snap-000002/daily_sales.parquet") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
 fn run_reports_input_and_flag_errors_plainly() {
     let out = storepulse(&["run", "--input", "/nonexistent/x.csv", "--no-progress"]);
     assert!(!out.status.success());
@@ -202,7 +276,7 @@ fn run_reports_input_and_flag_errors_plainly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
     let out = storepulse(&["run", "--snapshot-interval", "10x"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown time unit"));
 }
 
 #[test]

@@ -182,8 +182,11 @@ impl Ctx {
                 other => break other?,
             }
         };
-        let (state, at_end) = match snapshot::latest(&dir) {
-            Ok(published) => {
+        // The newest snapshot that loads; damaged ones are skipped (the older one's offset
+        // is where reading resumes, so nothing is lost).
+        let found = snapshot::newest_good(&dir, |p| Ok((load_state(p)?, load_seen(p)?)));
+        let (state, at_end) = match found {
+            Ok((published, (state, seen))) => {
                 let InputPosition::Kafka {
                     topic,
                     partition,
@@ -199,8 +202,8 @@ impl Ctx {
                 }
                 let state = PartitionState::restore(
                     c.core,
-                    load_state(&published)?,
-                    load_seen(&published)?,
+                    state,
+                    seen,
                     &published.manifest.counts,
                     Some(*next_offset),
                 );

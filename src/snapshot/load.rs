@@ -22,8 +22,15 @@ fn read(snapshot: &Published, table: &str) -> Result<Vec<RecordBatch>, SnapshotE
         .table_path(table)
         .ok_or_else(|| SnapshotError::Incomplete(snapshot.path.clone(), table.to_string()))?;
     let file = File::open(&path).map_err(io_err("opening", &path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)?.build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged {
+        path: path.clone(),
+        what: format!("not readable as Parquet: {e}"),
+    };
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| damaged(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| damaged(&e))
 }
 
 fn totals(b: &RecordBatch, row: usize, first: usize) -> Totals {
@@ -39,8 +46,10 @@ fn name(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
     (!a.is_null(row)).then(|| a.value(row).to_string())
 }
 
-/// The state a snapshot holds.
+/// The state a snapshot holds. The snapshot is verified first (format, tables, schemas),
+/// so a damaged or foreign one is an error naming the file, never a panic.
 pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
+    snapshot.verify()?;
     let m = &snapshot.manifest;
     let mut days: BTreeMap<i32, DayState> = BTreeMap::new();
     for b in read(snapshot, tables::DAILY_SALES)? {
@@ -78,10 +87,16 @@ pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
             let d = days.entry(day.value(r)).or_default();
             let v = value.value(r);
             match scope.value(r) {
-                "order" => d.open_orders.push(v),
-                "customer" => d.open_customers.push(v),
-                "category_order" => d.open_category_orders.push((name(&b, 2, r), v)),
-                _ => d.open_brand_orders.push((name(&b, 2, r), v)),
+                tables::scope::ORDER => d.open_orders.push(v),
+                tables::scope::CUSTOMER => d.open_customers.push(v),
+                tables::scope::CATEGORY_ORDER => d.open_category_orders.push((name(&b, 2, r), v)),
+                tables::scope::BRAND_ORDER => d.open_brand_orders.push((name(&b, 2, r), v)),
+                other => {
+                    return Err(SnapshotError::Damaged {
+                        path: snapshot.path.clone(),
+                        what: format!("{} has an unknown scope `{other}`", tables::STATE_OPEN_SETS),
+                    })
+                }
             }
         }
     }
@@ -123,6 +138,7 @@ pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
 
 /// The event ids a Kafka partition's snapshot has counted (empty for other snapshots).
 pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
+    snapshot.verify()?;
     let mut seen = Seen::default();
     if snapshot.table_path(tables::STATE_SEEN).is_none() {
         return Ok(seen);

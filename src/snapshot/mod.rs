@@ -3,6 +3,7 @@
 //! `snap-N/`, then the `LATEST` pointer replaced by rename, so a reader never sees a
 //! partial snapshot. This is the only module that writes files.
 
+mod find;
 mod load;
 pub mod manifest;
 pub mod rejected;
@@ -20,6 +21,7 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::aggregate::{Core, Seen};
+pub use find::{latest, latest_complete, latest_parts, newest_good};
 pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
@@ -246,49 +248,6 @@ impl SnapshotStore {
 
 fn parse_id(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.parse().ok()
-}
-
-/// The snapshot `LATEST` points at.
-pub fn latest(dir: &Path) -> Result<Published, SnapshotError> {
-    let pointer = dir.join(LATEST_FILE);
-    let name = match fs::read_to_string(&pointer) {
-        Ok(s) => s.trim().to_string(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SnapshotError::None(dir.to_path_buf()))
-        }
-        Err(e) => return Err(io_err("reading", &pointer)(e)),
-    };
-    let path = dir.join(name);
-    let manifest_path = path.join(manifest::MANIFEST_FILE);
-    let bytes = fs::read(&manifest_path).map_err(io_err("reading", &manifest_path))?;
-    let manifest = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
-        path: manifest_path,
-        source,
-    })?;
-    Ok(Published { path, manifest })
-}
-
-/// The latest snapshot of every part in `dir`: the one `LATEST` points at for `run`, or
-/// one per partition below `partitions/` for `process`.
-pub fn latest_parts(dir: &Path) -> Result<Vec<Published>, SnapshotError> {
-    if dir.join(LATEST_FILE).exists() {
-        return Ok(vec![latest(dir)?]);
-    }
-    let parts_dir = dir.join(PARTITIONS_DIR);
-    let mut parts = Vec::new();
-    if let Ok(entries) = fs::read_dir(&parts_dir) {
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        dirs.sort();
-        for d in dirs {
-            if d.join(LATEST_FILE).exists() {
-                parts.push(latest(&d)?);
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Err(SnapshotError::None(dir.to_path_buf()));
-    }
-    Ok(parts)
 }
 
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), SnapshotError> {

@@ -24,6 +24,14 @@ pub const STATE_CUSTOMER_ORDERS: &str = "state_customer_orders";
 /// The event ids a partition has counted (see `aggregate::Seen`): Kafka processors only.
 pub const STATE_SEEN: &str = "state_seen";
 
+/// The `scope` values of `state_open_sets`: which distinct set a row belongs to.
+pub mod scope {
+    pub const ORDER: &str = "order";
+    pub const CUSTOMER: &str = "customer";
+    pub const CATEGORY_ORDER: &str = "category_order";
+    pub const BRAND_ORDER: &str = "brand_order";
+}
+
 /// The tables a user queries, in display order.
 pub const QUERY_TABLES: [&str; 4] = [DAILY_SALES, DAILY_CATEGORY_SALES, DAILY_BRAND_SALES, RFM];
 
@@ -200,14 +208,14 @@ pub fn state_open_sets(core: &Core) -> Result<RecordBatch, ArrowError> {
     let mut rows: Vec<(i32, &'static str, Option<&str>, u64)> = Vec::new();
     for (d, data, is_final) in core.days() {
         // Final days keep their customers only in a core that keeps them for merging.
-        rows.extend(data.open_customers().map(|c| (d, "customer", None, c)));
+        rows.extend(data.open_customers().map(|c| (d, scope::CUSTOMER, None, c)));
         if is_final {
             continue;
         }
-        rows.extend(data.open_orders().map(|o| (d, "order", None, o)));
+        rows.extend(data.open_orders().map(|o| (d, scope::ORDER, None, o)));
         for (scope, groups) in [
-            ("category_order", &data.categories),
-            ("brand_order", &data.brands),
+            (scope::CATEGORY_ORDER, &data.categories),
+            (scope::BRAND_ORDER, &data.brands),
         ] {
             for (k, g) in groups {
                 let name = k.map(|s| core.name(s));

@@ -2,6 +2,9 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use storepulse_replay::Sym;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use super::*;
 use crate::aggregate::tests::ev;
 use crate::aggregate::CoreConfig;
@@ -138,4 +141,89 @@ fn no_snapshot_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = latest(dir.path()).unwrap_err();
     assert!(err.to_string().contains("no snapshot"), "{err}");
+}
+
+/// Two snapshots of `sample_core()` in a fresh folder; returns the folder.
+fn two_snapshots() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    for _ in 0..2 {
+        store.write(&sample_core(), meta()).unwrap();
+    }
+    dir
+}
+
+fn snap_file(dir: &Path, id: u64, file: &str) -> PathBuf {
+    dir.join(format!("snap-{id:06}")).join(file)
+}
+
+#[test]
+fn a_damaged_parquet_file_is_an_error_naming_it_and_readers_fall_back() {
+    let dir = two_snapshots();
+    let broken = snap_file(dir.path(), 2, "daily_sales.parquet");
+    std::fs::write(&broken, b"not parquet at all").unwrap();
+    let newest = latest(dir.path()).unwrap();
+    let err = load_state(&newest).unwrap_err();
+    assert!(matches!(err, SnapshotError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("daily_sales.parquet"), "{err}");
+    // Query and resume take the previous complete snapshot.
+    assert_eq!(latest_complete(dir.path()).unwrap().manifest.id, 1);
+    let (found, state) = newest_good(dir.path(), load_state).unwrap();
+    assert_eq!(found.manifest.id, 1);
+    assert_eq!(state.days.len(), 2);
+    assert_eq!(state.customers.len(), 1);
+}
+
+#[test]
+fn a_table_with_a_changed_schema_is_an_error_not_a_panic() {
+    let dir = two_snapshots();
+    // A readable Parquet file with the right name and other columns.
+    let foreign = RecordBatch::try_from_iter([(
+        "user_id",
+        Arc::new(datafusion::arrow::array::StringArray::from(vec!["42"])) as _,
+    )])
+    .unwrap();
+    for id in [1, 2] {
+        write_parquet(&snap_file(dir.path(), id, "rfm.parquet"), &foreign).unwrap();
+    }
+    let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("rfm.parquet") && text.contains("expected"),
+        "{text}"
+    );
+    // No complete snapshot left: the newest one's error, not a panic.
+    let err = latest_complete(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("snap-000002"), "{err}");
+}
+
+#[test]
+fn a_snapshot_of_another_format_is_refused() {
+    let dir = two_snapshots();
+    let path = snap_file(dir.path(), 2, manifest::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
+    let err = latest(dir.path()).unwrap().verify().unwrap_err();
+    assert!(err.to_string().contains("format 99"), "{err}");
+    assert_eq!(latest_complete(dir.path()).unwrap().manifest.id, 1);
+}
+
+#[test]
+fn an_unknown_open_set_scope_is_damage_not_a_brand_order() {
+    let dir = two_snapshots();
+    let rows = RecordBatch::try_new(
+        tables::schema(tables::STATE_OPEN_SETS),
+        vec![
+            Arc::new(datafusion::arrow::array::Date32Array::from(vec![18_415])),
+            Arc::new(datafusion::arrow::array::StringArray::from(vec!["mystery"])),
+            Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                None::<&str>,
+            ])),
+            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![7])),
+        ],
+    )
+    .unwrap();
+    write_parquet(&snap_file(dir.path(), 2, "state_open_sets.parquet"), &rows).unwrap();
+    let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("unknown scope `mystery`"), "{err}");
 }
