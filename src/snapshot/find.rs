@@ -119,7 +119,7 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
             (id < newest).then(|| (id, e.path()))
         })
         .collect();
-    older.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    older.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
     Ok(std::iter::once(dir.join(name))
         .chain(older.into_iter().map(|(_, p)| p))
         .collect())
