@@ -50,10 +50,6 @@ impl Dictionary {
         Sym(id)
     }
 
-    pub fn get(&self, name: &str) -> Option<Sym> {
-        self.ids.get(name).map(|&id| Sym(id))
-    }
-
     pub fn name(&self, sym: Sym) -> &str {
         &self.names[sym.0 as usize]
     }

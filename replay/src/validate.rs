@@ -19,6 +19,10 @@ pub const COLUMNS: [&str; 8] = [
     "user_id",
 ];
 
+/// The `kz.csv` header line: [`COLUMNS`] joined by commas (a test keeps them equal).
+pub const HEADER: &str =
+    "event_time,order_id,product_id,category_id,category_code,brand,price,user_id";
+
 /// `2000-01-01T00:00:00Z`: the default `--min-event-time`.
 pub const DEFAULT_MIN_EVENT_TIME_US: i64 = 946_684_800_000_000;
 

@@ -141,17 +141,18 @@ fn parse_segments(csv: &'static str) -> Vec<&'static str> {
     table
 }
 
+/// The 125 cells (r, f, m), each score 1 to 5, in the table's order (111, 112, ... 555).
+pub fn cells() -> impl Iterator<Item = (u8, u8, u8)> {
+    (1..=5u8).flat_map(|r| (1..=5u8).flat_map(move |f| (1..=5u8).map(move |m| (r, f, m))))
+}
+
 /// Every segment name, in first-appearance order of the table.
 pub fn segment_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for r in 1..=5 {
-        for f in 1..=5 {
-            for m in 1..=5 {
-                let s = segment(r, f, m);
-                if !names.contains(&s) {
-                    names.push(s);
-                }
-            }
+    for (r, f, m) in cells() {
+        let s = segment(r, f, m);
+        if !names.contains(&s) {
+            names.push(s);
         }
     }
     names
@@ -189,17 +190,43 @@ mod tests {
         assert_eq!(segment_names().len(), 11);
     }
 
-    /// The copy under schemas/ must equal the team's reference table when it is present.
+    /// The contract (`schemas/rfm_segments.csv`, one row per cell) against an independent
+    /// statement of the same 125 cells, written the other way round: by segment, as the
+    /// published segment table lists them.
     #[test]
-    fn segment_table_equals_shared_reference() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/reference/rfm-segments.csv"
-        );
-        match std::fs::read_to_string(path) {
-            Ok(reference) => assert_eq!(reference.trim_end(), SEGMENTS_CSV.trim_end()),
-            Err(_) => eprintln!("shared reference not present; compared only the copy"),
+    fn segment_table_equals_the_published_cells_by_segment() {
+        let published = [
+            ("Champion", "445 454 455 544 545 554 555"),
+            ("Loyal", "335 344 345 354 355 435 444 543"),
+            ("Potential Loyalist", "323 333 341 342 351 352 353 423 431 432 433 441 442 451 452 453 531 532 533 541 542 551 552 553"),
+            ("New Customers", "311 411 412 421 422 511 512"),
+            ("Promising", "313 314 315 413 414 415 424 425 513 514 515 521 522 523 524 525"),
+            ("Need Attention", "324 325 334 343 434 443 534 535"),
+            ("About To Sleep", "213 221 231 241 251 312 321 331"),
+            ("At Risk", "124 125 133 134 135 142 143 145 152 153 224 225 234 235 242 243 244 245 252 253 254 255"),
+            ("Cannot Lose Them", "113 114 115 144 154 155 214 215"),
+            ("Hibernating Customers", "122 123 132 211 212 222 223 232 233 322 332"),
+            ("Lost Customers", "111 112 121 131 141 151"),
+        ];
+        let mut stated = std::collections::BTreeMap::new();
+        for (name, list) in published {
+            for cell in list.split(' ') {
+                assert!(
+                    stated.insert(cell.to_string(), name).is_none(),
+                    "{cell} twice"
+                );
+            }
         }
+        assert_eq!(stated.len(), 125);
+        for (r, f, m) in cells() {
+            let cell = format!("{r}{f}{m}");
+            assert_eq!(segment(r, f, m), stated[&cell], "cell {cell}");
+        }
+        let mut names = segment_names();
+        names.sort_unstable();
+        let mut want: Vec<&str> = published.iter().map(|p| p.0).collect();
+        want.sort_unstable();
+        assert_eq!(names, want);
     }
 
     #[test]

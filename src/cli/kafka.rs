@@ -214,11 +214,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
         core,
-        window: WindowConfig {
-            max_out_of_orderness_us: core.max_out_of_orderness_us,
-            allowed_lateness_us: core.allowed_lateness_us,
-            min_event_time: "set by the replayer".into(),
-        },
+        window: WindowConfig::of(&core, "set by the replayer".into()),
         idle_timeout: args.idle_timeout,
         stop_at_end: args.stop_at_end,
     };

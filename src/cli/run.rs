@@ -81,16 +81,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cents as the wire's decimal text with thousands grouped, e.g. `1,234,567.89`.
 pub fn money(cents: i64) -> String {
-    let units = (cents / 100).to_string();
-    let mut grouped = String::new();
+    let plain = storepulse_replay::wire::cents_to_decimal(cents);
+    let (sign, digits) = plain.split_at(usize::from(cents < 0));
+    let units = &digits[..digits.len() - 3];
+    let mut grouped = String::from(sign);
     for (i, c) in units.chars().enumerate() {
         if i > 0 && (units.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(c);
     }
-    format!("{grouped}.{:02}", cents % 100)
+    grouped + &digits[digits.len() - 3..]
 }
 
 /// The end-of-run report.
@@ -158,7 +161,11 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
     for (n, name) in segments {
         let _ = writeln!(s, "    {name:<26} {n:>8}");
     }
-    let applied = accepted + rejected.get("late_event").copied().unwrap_or(0);
+    let applied = accepted
+        + rejected
+            .get(storepulse_replay::RejectReason::LateEvent.as_str())
+            .copied()
+            .unwrap_or(0);
     let _ = writeln!(
         s,
         "wall time      {wall_secs:>11.2}s  ({:.0} events/s)",

@@ -25,8 +25,7 @@ const PRICE_SCALE: f64 = 0.47;
 /// Bumped whenever the output for a given seed changes (benchmarks cache files by it).
 pub const VERSION: u32 = 2;
 
-pub const HEADER: &str =
-    "event_time,order_id,product_id,category_id,category_code,brand,price,user_id";
+pub use storepulse_replay::validate::HEADER;
 
 /// What was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,10 +364,6 @@ fn float_notation(v: u64) -> String {
     format!("{mantissa}e+{exp}")
 }
 
-fn price_text(cents: i64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
-}
-
 fn line(
     rng: &mut SmallRng,
     cat: &Catalogue,
@@ -389,7 +384,12 @@ fn line(
     // The export bug: no category id, the price in category_code and the user in brand.
     if rng.random::<f64>() < 0.164 {
         let user = user.map(|u| u.to_string()).unwrap_or_default();
-        return format!("{time},{order_id},{},,{},{user},,", p.id, price_text(cents)).into_bytes();
+        return format!(
+            "{time},{order_id},{},,{},{user},,",
+            p.id,
+            storepulse_replay::wire::cents_to_decimal(cents)
+        )
+        .into_bytes();
     }
     let category_id = if rng.random::<f64>() < 0.85 {
         float_notation(p.category_id)
@@ -410,7 +410,7 @@ fn line(
     format!(
         "{time},{order_id},{},{category_id},{code},{brand},{},{user}",
         p.id,
-        price_text(cents)
+        storepulse_replay::wire::cents_to_decimal(cents)
     )
     .into_bytes()
 }

@@ -64,11 +64,10 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         line_lookup(lookup_file),
         DriverConfig {
             snapshot_interval: config.snapshot_interval,
-            window: WindowConfig {
-                max_out_of_orderness_us: config.core.max_out_of_orderness_us,
-                allowed_lateness_us: config.core.allowed_lateness_us,
-                min_event_time: crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),
-            },
+            window: WindowConfig::of(
+                &config.core,
+                crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),
+            ),
             source: config.input.display().to_string(),
             order: config.order.as_str().to_string(),
         },

@@ -32,8 +32,6 @@ pub enum Message {
         stats: ReadStats,
         lines_read: u64,
     },
-    /// Write a snapshot now.
-    Snapshot,
     /// The input is exhausted: every day becomes final, then a last snapshot.
     EndOfInput,
     /// Stop early: drain what arrived, write a last snapshot, stop.
@@ -56,7 +54,6 @@ pub struct DriverOutcome {
     pub core: Core,
     pub manifest: Manifest,
     pub complete: bool,
-    pub snapshots_written: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +75,6 @@ pub struct Driver {
     remap: Vec<Sym>,
     lines_read: u64,
     events_applied: u64,
-    snapshots_written: u64,
 }
 
 impl Driver {
@@ -99,7 +95,6 @@ impl Driver {
             remap: Vec::new(),
             lines_read: 0,
             events_applied: 0,
-            snapshots_written: 0,
         }
     }
 
@@ -121,10 +116,6 @@ impl Driver {
                     self.read.merge(&stats);
                     self.lines_read = lines_read;
                 }
-                Ok(Message::Snapshot) => {
-                    self.snapshot(false)?;
-                    last = Instant::now();
-                }
                 Ok(Message::EndOfInput) => {
                     self.core.finish();
                     break true;
@@ -142,7 +133,6 @@ impl Driver {
             core: self.core,
             manifest,
             complete,
-            snapshots_written: self.snapshots_written,
         })
     }
 
@@ -200,7 +190,6 @@ impl Driver {
             config: self.config.window.clone(),
         };
         let manifest = self.store.write(&self.core, meta)?;
-        self.snapshots_written += 1;
         Ok(manifest)
     }
 }

@@ -13,7 +13,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
-use crate::aggregate::rfm::segment;
+use crate::aggregate::rfm::{self, segment};
 use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,13 +120,9 @@ fn read_only_message(e: DataFusionError) -> QueryError {
 fn segments_table() -> Result<MemTable, DataFusionError> {
     let mut cells = Vec::new();
     let mut names = Vec::new();
-    for r in 1..=5 {
-        for f in 1..=5 {
-            for m in 1..=5 {
-                cells.push(format!("{r}{f}{m}"));
-                names.push(segment(r, f, m));
-            }
-        }
+    for (r, f, m) in rfm::cells() {
+        cells.push(format!("{r}{f}{m}"));
+        names.push(segment(r, f, m));
     }
     let schema = Arc::new(Schema::new(vec![
         Field::new("rfm_cell", DataType::Utf8, false),

@@ -10,6 +10,8 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use storepulse_replay::RejectReason;
+
 use super::InputPosition;
 use super::{io_err, tables, Published, SnapshotError};
 use crate::aggregate::{
@@ -129,7 +131,12 @@ pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
         max_event_us: m.as_of_us,
         watermark_us: m.watermark_us,
         accepted: m.counts.accepted,
-        late: m.counts.rejected.get("late_event").copied().unwrap_or(0),
+        late: m
+            .counts
+            .rejected
+            .get(RejectReason::LateEvent.as_str())
+            .copied()
+            .unwrap_or(0),
         days: days.into_values().collect(),
         customers,
         customer_orders,
@@ -176,12 +183,9 @@ pub fn load_merged(parts: &[Published]) -> Result<Core, SnapshotError> {
         .iter()
         .map(load_state)
         .collect::<Result<Vec<_>, _>>()?;
-    let config = CoreConfig {
-        allowed_lateness_us: parts
-            .first()
-            .map_or(0, |p| p.manifest.config.allowed_lateness_us),
-        ..CoreConfig::default()
-    };
+    let config = parts
+        .first()
+        .map_or_else(CoreConfig::default, |p| p.manifest.config.core());
     Ok(Core::restore(
         config,
         CoreState::merge(states, merge_watermarks(&marks)),

@@ -93,6 +93,26 @@ pub struct WindowConfig {
     pub min_event_time: String,
 }
 
+impl WindowConfig {
+    /// The record of the core's window settings (the core's own config is the one source).
+    pub fn of(core: &crate::aggregate::CoreConfig, min_event_time: String) -> Self {
+        Self {
+            max_out_of_orderness_us: core.max_out_of_orderness_us,
+            allowed_lateness_us: core.allowed_lateness_us,
+            min_event_time,
+        }
+    }
+
+    /// The core settings this record describes, for a core that holds merged state.
+    pub fn core(&self) -> crate::aggregate::CoreConfig {
+        crate::aggregate::CoreConfig {
+            max_out_of_orderness_us: self.max_out_of_orderness_us,
+            allowed_lateness_us: self.allowed_lateness_us,
+            ..Default::default()
+        }
+    }
+}
+
 /// An event time in microseconds as RFC 3339 UTC.
 pub fn rfc3339(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)

@@ -1,7 +1,8 @@
 //! Snapshots: the aggregate state written as Parquet tables plus a manifest, published
 //! atomically. Files are written in `.tmp-snap-N/`, fsynced, the folder renamed to
 //! `snap-N/`, then the `LATEST` pointer replaced by rename, so a reader never sees a
-//! partial snapshot. This is the only module that writes files.
+//! partial snapshot. This is the only module that writes pipeline files (`generate`
+//! writes its own output).
 
 mod find;
 mod load;

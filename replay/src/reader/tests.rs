@@ -1,7 +1,7 @@
 use super::*;
 use crate::reject::RejectReason;
 
-const HEADER: &str = "event_time,order_id,product_id,category_id,category_code,brand,price,user_id";
+use crate::validate::HEADER;
 
 fn input(lines: &[&str], eol: &str) -> Vec<u8> {
     let mut s = String::new();

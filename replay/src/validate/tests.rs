@@ -1,8 +1,6 @@
 use super::*;
 use RejectReason::*;
 
-const HEADER: &str = "event_time,order_id,product_id,category_id,category_code,brand,price,user_id";
-
 fn validator() -> LineValidator {
     LineValidator::new(
         Header::parse(HEADER.as_bytes()).unwrap(),
@@ -198,4 +196,9 @@ fn blank_lines() {
     assert!(is_blank(b""));
     assert!(is_blank(b"  \r"));
     assert!(!is_blank(b",,,"));
+}
+
+#[test]
+fn the_header_line_is_the_columns_joined() {
+    assert_eq!(HEADER, COLUMNS.join(","));
 }
