@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{manifest, ok, query_csv, run, storepulse};
+use common::{manifest, ok, query_csv, run, storepulse, wait_for_manifest};
 
 fn golden() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/input.csv")
@@ -116,25 +116,6 @@ fn output_formats() {
         ),
         "cells,segments\n125,11\n"
     );
-}
-
-/// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
-fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let m = std::fs::read_to_string(dir.join("LATEST"))
-            .ok()
-            .and_then(|name| std::fs::read(dir.join(name.trim()).join("manifest.json")).ok())
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-        if m.as_ref().is_some_and(&done) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting; last manifest {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn spawn_run(dir: &Path, extra: &[&str]) -> std::process::Child {

@@ -46,6 +46,7 @@ fn split_equals_whole(n: u64, finish: bool) {
         lines_read: 0,
         events_applied: 0,
         complete: finish,
+        rejected_bytes: 0,
     };
     SnapshotStore::open(whole_dir.path(), 1)
         .unwrap()

@@ -21,6 +21,7 @@ fn meta(core: &Core) -> SnapshotMeta {
             lines_read: 0,
             events_applied: 0,
             complete: false,
+            rejected_bytes: 0,
         },
         counts: Counts {
             accepted: core.accepted(),

@@ -119,6 +119,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             passes: args.passes,
             limit: args.limit,
             progress: !args.no_progress && std::io::stderr().is_terminal(),
+            skip: Default::default(),
         },
     };
     let shutdown = crate::shutdown::install();

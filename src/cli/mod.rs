@@ -52,6 +52,10 @@ pub struct RunArgs {
     /// No progress bar, even on a terminal.
     #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Continue an interrupted run from its latest complete snapshot in --snapshot-dir
+    /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// How the input is read and paced (`run` and `replay`).

@@ -60,6 +60,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         reader: reader(&args.pace)?,
         core: core(&args.window),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
+        resume: args.resume,
     })
 }
 

@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use storepulse_replay::{Pace, PurchaseEvent, ReadStats, ReaderConfig, Rejected};
 
-use super::feed::{self, FeedConfig, FeedError, Sink};
+use super::feed::{self, FeedConfig, FeedError, Sink, Skip};
 use super::{Driver, DriverConfig, DriverError, DriverOutcome, LineLookup, Message};
 use crate::aggregate::{Core, CoreConfig};
 use crate::snapshot::{RejectedSink, SnapshotError, SnapshotStore, WindowConfig};
 
 pub use super::feed::Order;
+
+mod resume;
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -30,6 +32,8 @@ pub struct RunConfig {
     pub reader: ReaderConfig,
     pub core: CoreConfig,
     pub progress: bool,
+    /// Continue from the latest complete snapshot in `snapshot_dir` (`--resume`).
+    pub resume: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub enum RunError {
     Rejected(std::io::Error),
     #[error(transparent)]
     Driver(#[from] DriverError),
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 /// Runs the whole embedded pipeline; returns when the final snapshot is published.
@@ -55,23 +61,34 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         path: config.input.clone(),
         source,
     })?;
+    // The folder's lock is held before the snapshot to resume from is chosen.
     let store = SnapshotStore::open(&config.snapshot_dir, config.keep_snapshots)?;
-    let sink = RejectedSink::create(&config.snapshot_dir).map_err(RunError::Rejected)?;
-    let driver = Driver::new(
-        Core::new(config.core),
+    let window = WindowConfig::of(
+        &config.core,
+        crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),
+    );
+    let (core, sink, skip, done) = if config.resume {
+        let r = resume::point(config, &window)?;
+        (r.core, r.sink, r.skip, Some(r.read))
+    } else {
+        let sink = RejectedSink::create(&config.snapshot_dir).map_err(RunError::Rejected)?;
+        (Core::new(config.core), sink, Skip::default(), None)
+    };
+    let mut driver = Driver::new(
+        core,
         store,
         sink,
         line_lookup(lookup_file),
         DriverConfig {
             snapshot_interval: config.snapshot_interval,
-            window: WindowConfig::of(
-                &config.core,
-                crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),
-            ),
+            window,
             source: config.input.display().to_string(),
             order: config.order.as_str().to_string(),
         },
     );
+    if let Some(read) = done {
+        driver = driver.resumed(read, skip.lines, skip.events);
+    }
     let (tx, rx) = sync_channel(4);
     let core_thread = std::thread::Builder::new()
         .name("storepulse-core".into())
@@ -86,6 +103,7 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         passes: 1,
         limit: None,
         progress: config.progress,
+        skip,
     };
     let read_result = feed::replay(&feed_config, &mut ChannelSink(&tx), &shutdown);
     let last = match (&read_result, shutdown.load(Ordering::SeqCst)) {

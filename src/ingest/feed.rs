@@ -65,6 +65,17 @@ pub struct FeedConfig {
     /// Stop after this many events in all (`--limit`).
     pub limit: Option<u64>,
     pub progress: bool,
+    /// What an earlier run already delivered (`run --resume`).
+    pub skip: Skip,
+}
+
+/// The part of the replay a resumed run skips: the read reports of the first `lines`
+/// lines and the first `events` events in replay order. Both sequences are deterministic
+/// for one file and one reader configuration, so the rest is delivered exactly once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skip {
+    pub lines: u64,
+    pub events: u64,
 }
 
 /// What a replay did.
@@ -108,6 +119,7 @@ pub fn replay(
         outcome: FeedOutcome::default(),
         limit: config.limit.unwrap_or(u64::MAX),
         limit_reached: false,
+        skip: config.skip,
     };
     let read_err = |source| FeedError::Read {
         path: config.input.clone(),
@@ -165,6 +177,7 @@ struct Feed<'a> {
     outcome: FeedOutcome,
     limit: u64,
     limit_reached: bool,
+    skip: Skip,
 }
 
 impl Feed<'_> {
@@ -184,8 +197,12 @@ impl Feed<'_> {
         let mut held: Vec<PurchaseEvent> = Vec::with_capacity(size_hint / 60);
         while let Some(block) = reader.next_block_into(&mut held)? {
             self.bar.set_position(block.bytes_through);
-            if self.stopped()
-                || !self
+            if self.stopped() {
+                return Ok(false);
+            }
+            let seen = block.lines_through <= self.skip.lines;
+            if !seen
+                && !self
                     .sink
                     .read(block.rejects, block.stats, block.lines_through)
             {
@@ -230,7 +247,11 @@ impl Feed<'_> {
             } else {
                 (Vec::new(), ReadStats::default())
             };
-            if self.stopped() || !self.sink.read(rejects, stats, block.lines_through) {
+            if self.stopped() {
+                return Ok(false);
+            }
+            let seen = pass == 0 && block.lines_through <= self.skip.lines;
+            if !seen && !self.sink.read(rejects, stats, block.lines_through) {
                 return Ok(false);
             }
             for e in &block.events {
@@ -260,6 +281,10 @@ impl Feed<'_> {
     ) -> bool {
         let mut batch: Vec<PurchaseEvent> = Vec::with_capacity(BATCH.min(events.len()));
         for e in events {
+            if self.skip.events > 0 {
+                self.skip.events -= 1;
+                continue;
+            }
             if self.outcome.events >= self.limit {
                 self.limit_reached = true;
                 break;

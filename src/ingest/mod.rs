@@ -98,6 +98,15 @@ impl Driver {
         }
     }
 
+    /// Continues where a snapshot stood: the reader's counts so far, the lines read and
+    /// the events applied (the core and the dead-letter file are restored by the caller).
+    pub fn resumed(mut self, read: ReadStats, lines_read: u64, events_applied: u64) -> Self {
+        self.read = read;
+        self.lines_read = lines_read;
+        self.events_applied = events_applied;
+        self
+    }
+
     /// Runs until end of input, shutdown, or the sending side going away.
     pub fn run(mut self, rx: Receiver<Message>) -> Result<DriverOutcome, DriverError> {
         let mut last = Instant::now();
@@ -185,6 +194,7 @@ impl Driver {
                 lines_read: self.lines_read,
                 events_applied: self.events_applied,
                 complete,
+                rejected_bytes: self.sink.bytes(),
             },
             counts: self.counts(),
             config: self.config.window.clone(),

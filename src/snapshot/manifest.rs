@@ -45,6 +45,10 @@ pub enum InputPosition {
         events_applied: u64,
         /// The whole input has been read and applied.
         complete: bool,
+        /// Bytes of `rejected.csv` this snapshot covers: `run --resume` cuts the file
+        /// back to them and appends, so no dead letter is lost or written twice.
+        #[serde(default)]
+        rejected_bytes: u64,
     },
     /// One partition of a Kafka topic, consumed by `storepulse process`.
     Kafka {

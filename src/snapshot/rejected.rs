@@ -2,7 +2,7 @@
 //! number and reason, the original bytes kept as they were (as one quoted CSV field).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use storepulse_replay::Rejected;
@@ -12,7 +12,11 @@ pub const REJECTED_FILE: &str = "rejected.csv";
 pub struct RejectedSink {
     path: PathBuf,
     out: BufWriter<File>,
+    /// Bytes written so far, header included.
+    len: u64,
 }
+
+const HEADER: &[u8] = b"line,reason,original_line\n";
 
 impl RejectedSink {
     /// Starts a new dead-letter file in `dir` (a fresh run replaces the previous one).
@@ -24,8 +28,39 @@ impl RejectedSink {
             .truncate(true)
             .open(&path)?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
-        out.write_all(b"line,reason,original_line\n")?;
-        Ok(Self { path, out })
+        out.write_all(HEADER)?;
+        Ok(Self {
+            path,
+            out,
+            len: HEADER.len() as u64,
+        })
+    }
+
+    /// Continues the dead-letter file of a resumed run: cut back to the `len` bytes its
+    /// snapshot covers (what came after was written past that snapshot and will be
+    /// written again), then appended to.
+    pub fn resume(dir: &Path, len: u64) -> io::Result<Self> {
+        let path = dir.join(REJECTED_FILE);
+        let file = OpenOptions::new().write(true).open(&path)?;
+        let found = file.metadata()?.len();
+        if found < len || len < HEADER.len() as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} has {found} bytes, the snapshot covers {len}: it was changed since",
+                    path.display()
+                ),
+            ));
+        }
+        file.set_len(len)?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        out.seek(io::SeekFrom::End(0))?;
+        Ok(Self { path, out, len })
+    }
+
+    /// Bytes written so far (all of them durable after [`RejectedSink::sync`]).
+    pub fn bytes(&self) -> u64 {
+        self.len
     }
 
     pub fn path(&self) -> &Path {
@@ -33,13 +68,18 @@ impl RejectedSink {
     }
 
     pub fn write(&mut self, r: &Rejected) -> io::Result<()> {
-        write!(self.out, "{},{},\"", r.line, r.reason)?;
+        let head = format!("{},{},\"", r.line, r.reason);
+        self.out.write_all(head.as_bytes())?;
+        let mut n = head.len() + 2;
         for part in r.text.split_inclusive(|&b| b == b'"') {
             self.out.write_all(part)?;
+            n += part.len();
             if part.ends_with(b"\"") {
                 self.out.write_all(b"\"")?;
+                n += 1;
             }
         }
+        self.len += n as u64;
         self.out.write_all(b"\"\n")
     }
 

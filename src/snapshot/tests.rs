@@ -20,6 +20,7 @@ fn meta() -> SnapshotMeta {
             lines_read: 5,
             events_applied: 3,
             complete: false,
+            rejected_bytes: 0,
         },
         counts: Counts::default(),
         config: WindowConfig {

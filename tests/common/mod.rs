@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn storepulse(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_storepulse"))
@@ -88,3 +89,22 @@ pub fn feed(
 }
 
 pub mod kafka;
+
+/// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
+pub fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = std::fs::read_to_string(dir.join("LATEST"))
+            .ok()
+            .and_then(|name| std::fs::read(dir.join(name.trim()).join("manifest.json")).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+        if m.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up waiting; last manifest {m:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
