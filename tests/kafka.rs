@@ -514,3 +514,62 @@ fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
     let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted);
 }
+
+#[test]
+fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
+    let _serial = serial();
+    let c = Case::generated(6_000, 28, 1);
+    let with = |extra: &[&'static str]| {
+        let mut flags = vec!["--snapshot-interval", "100ms", "--instance-id", "p1"];
+        flags.extend_from_slice(extra);
+        flags
+    };
+    let first = Proc::spawn(
+        "first processor",
+        &process_args(&c.broker, &c.got, &with(&[])),
+    );
+    let replayer = paced_replay(&c.broker, &c.input, "2000");
+    wait_for(&c.got, LIMIT, "a few snapshots", |m| {
+        m.len() == 1 && m[0]["id"].as_u64().unwrap_or(0) >= 3 && total(m, "accepted") > 1_000
+    });
+    first.kill9();
+    let summary = replayer.wait_ok(LIMIT);
+    // The newest snapshot loses a table; the one before it covers fewer offsets.
+    let part = c.got.join("partitions/purchases-0");
+    let newest = std::fs::read_to_string(part.join("LATEST")).unwrap();
+    let newest = part.join(newest.trim());
+    let next_offset = |snap: &Path| -> u64 {
+        let text = std::fs::read_to_string(snap.join("manifest.json")).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+        m["input"]["next_offset"].as_u64().unwrap()
+    };
+    // The one before it (a kill between publishing a folder and switching LATEST may
+    // leave a newer folder that LATEST does not name yet).
+    let previous = std::fs::read_dir(&part)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap-")
+                && *p < newest
+        })
+        .max()
+        .unwrap();
+    assert!(next_offset(&previous) < next_offset(&newest));
+    std::fs::write(newest.join("rfm.parquet"), b"damaged").unwrap();
+    let args = process_args(&c.broker, &c.got, &with(&["--stop-at-end"]));
+    let restarted = Proc::spawn("restarted processor", &args);
+    let log = restarted.stderr_log();
+    restarted.wait_ok(LIMIT);
+    let err = log.lock().unwrap().clone();
+    assert!(
+        err.contains("skipping snapshot") && err.contains("rfm.parquet"),
+        "{err}"
+    );
+    let m = common::kafka::partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), accepted_in(&summary));
+    assert_eq!(total(&m, "duplicates"), 0, "no message applied twice");
+    assert_same_tables(&c.want, &c.got);
+}

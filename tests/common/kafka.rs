@@ -213,6 +213,11 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The stderr collected so far and from now on, readable after the process is gone.
+    pub fn stderr_log(&self) -> std::sync::Arc<Mutex<String>> {
+        self.stderr.clone()
+    }
+
     /// Waits for the process to exit by itself, boundedly; returns stdout, insisting on
     /// success.
     pub fn wait_ok(mut self, limit: Duration) -> String {
