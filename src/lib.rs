@@ -7,6 +7,7 @@ pub mod cli;
 pub mod generate;
 pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod query;
 pub mod shutdown;
 pub mod snapshot;

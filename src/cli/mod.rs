@@ -52,6 +52,13 @@ pub struct RunArgs {
     /// No progress bar, even on a terminal.
     #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Serve /metrics, /healthz and /readyz here (port 0: any free port).
+    #[arg(
+        long,
+        env = "STOREPULSE_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
     /// Continue an interrupted run from its latest complete snapshot in --snapshot-dir
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
     #[arg(long)]

@@ -66,8 +66,12 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
+    let metrics = serve_metrics("run", args.metrics_addr);
     let shutdown = crate::shutdown::install();
     let start = Instant::now();
+    if let Some(m) = &metrics {
+        m.ready();
+    }
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
     print!("{}", summary(&outcome, wall.as_secs_f64()));
@@ -190,4 +194,21 @@ pub fn day_string(day: i32) -> String {
     chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| day.to_string())
+}
+
+/// Starts the metrics endpoint; a busy address is a warning, not a failure.
+pub fn serve_metrics(command: &str, addr: std::net::SocketAddr) -> Option<crate::metrics::Server> {
+    match crate::metrics::serve(addr) {
+        Ok(server) => {
+            eprintln!(
+                "storepulse {command}: metrics on http://{}/metrics",
+                server.addr
+            );
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("storepulse {command}: no metrics endpoint on {addr}: {e}");
+            None
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! Moves data into the aggregate core and snapshots out of it. The channel into the core
 //! carries a closed enum of messages: events with the names they need, rejected lines,
-//! snapshot requests, end of input and shutdown. The driver owns the core, the snapshot
-//! store and the dead-letter file, and is the only place that reads the wall clock for
-//! snapshot timing.
+//! end of input and shutdown. The driver owns the core, the snapshot store and the
+//! dead-letter file, is the only place that reads the wall clock for snapshot timing, and
+//! updates the pipeline's metrics once per message (never per event).
 
 pub mod embedded;
 pub mod feed;
@@ -75,6 +75,8 @@ pub struct Driver {
     remap: Vec<Sym>,
     lines_read: u64,
     events_applied: u64,
+    /// Revenue (cents), orders and late events already reported to the metrics.
+    published: (i64, u64, u64),
 }
 
 impl Driver {
@@ -95,15 +97,18 @@ impl Driver {
             remap: Vec::new(),
             lines_read: 0,
             events_applied: 0,
+            published: (0, 0, 0),
         }
     }
 
     /// Continues where a snapshot stood: the reader's counts so far, the lines read and
     /// the events applied (the core and the dead-letter file are restored by the caller).
     pub fn resumed(mut self, read: ReadStats, lines_read: u64, events_applied: u64) -> Self {
+        crate::metrics::get().read(&read);
         self.read = read;
         self.lines_read = lines_read;
         self.events_applied = events_applied;
+        self.publish_progress(0);
         self
     }
 
@@ -123,6 +128,7 @@ impl Driver {
                         self.sink.write(r).map_err(DriverError::Rejected)?;
                     }
                     self.read.merge(&stats);
+                    crate::metrics::get().read(&stats);
                     self.lines_read = lines_read;
                 }
                 Ok(Message::EndOfInput) => {
@@ -165,7 +171,38 @@ impl Driver {
             }
         }
         self.events_applied += events.len() as u64;
+        self.publish_progress(events.len() as u64);
         Ok(())
+    }
+
+    /// Brings the metrics up to the core's state after a batch of `applied` events.
+    fn publish_progress(&mut self, applied: u64) {
+        let m = crate::metrics::get();
+        m.events_applied.inc_by(applied);
+        let (mut cents, mut orders, mut days) = (0i64, 0u64, 0i64);
+        for (_, day, _) in self.core.days() {
+            cents += day.totals.revenue_cents;
+            orders += day.totals.orders;
+            days += 1;
+        }
+        let late = self.core.late();
+        let last = std::mem::replace(&mut self.published, (cents, orders, late));
+        m.revenue.inc_by((cents - last.0) as f64 / 100.0);
+        m.orders.inc_by(orders - last.1);
+        m.lines_rejected
+            .with_label_values(&[RejectReason::LateEvent.as_str()])
+            .inc_by(late - last.2);
+        m.days.set(days);
+        m.customers.set(self.core.customers().len() as i64);
+        let seconds = |us: i64| us as f64 / 1e6;
+        if let Some(w) = self.core.watermark_us().filter(|&w| w != i64::MAX) {
+            m.watermark.set(seconds(w));
+        }
+        if let Some(t) = self.core.max_event_us() {
+            m.max_event_time.set(seconds(t));
+            let now = chrono::Utc::now().timestamp_micros();
+            m.event_time_lag.set(seconds(now - t));
+        }
     }
 
     fn counts(&self) -> Counts {
@@ -199,7 +236,23 @@ impl Driver {
             counts: self.counts(),
             config: self.config.window.clone(),
         };
+        let started = Instant::now();
         let manifest = self.store.write(&self.core, meta)?;
+        let m = crate::metrics::get();
+        m.snapshot_duration.observe(started.elapsed().as_secs_f64());
+        m.snapshots.inc();
+        m.snapshot_size
+            .set(manifest.tables.values().map(|t| t.bytes).sum::<u64>() as i64);
+        m.snapshot_last_success
+            .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+        for (segment, n) in &manifest.segments {
+            m.segment_customers
+                .with_label_values(&[segment])
+                .set(*n as f64);
+        }
+        m.customer_orders
+            .set(self.core.customer_orders().count() as i64);
+        self.publish_progress(0);
         Ok(manifest)
     }
 }

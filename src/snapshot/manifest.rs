@@ -88,6 +88,9 @@ pub struct Counts {
 pub struct TableFile {
     pub file: String,
     pub rows: u64,
+    /// Size of the Parquet file.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

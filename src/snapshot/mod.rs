@@ -181,12 +181,13 @@ impl SnapshotStore {
         let mut files = std::collections::BTreeMap::new();
         for (table, batch) in batches.iter().chain(seen.as_ref()) {
             let file = format!("{table}.parquet");
-            write_parquet(&tmp.join(&file), batch)?;
+            let bytes = write_parquet(&tmp.join(&file), batch)?;
             files.insert(
                 table.to_string(),
                 TableFile {
                     file,
                     rows: batch.num_rows() as u64,
+                    bytes,
                 },
             );
         }
@@ -251,7 +252,8 @@ fn parse_id(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.parse().ok()
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), SnapshotError> {
+/// Writes one table and makes it durable; returns the file's size.
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, SnapshotError> {
     let file = File::create(path).map_err(io_err("creating", path))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
@@ -259,7 +261,10 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), SnapshotError> 
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     writer.write(batch)?;
     let file = writer.into_inner()?;
-    file.sync_all().map_err(io_err("syncing", path))
+    file.sync_all().map_err(io_err("syncing", path))?;
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(io_err("measuring", path))
 }
 
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
