@@ -534,7 +534,8 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
     });
     first.kill9();
     let summary = replayer.wait_ok(LIMIT);
-    // The newest snapshot loses a table; the one before it covers fewer offsets.
+    // The newest snapshots lose a table, back to one that covers fewer offsets (snapshots
+    // taken in a rebalance may repeat an offset), so the restart must read again from there.
     let part = c.got.join("partitions/purchases-0");
     let newest = std::fs::read_to_string(part.join("LATEST")).unwrap();
     let newest = part.join(newest.trim());
@@ -543,9 +544,9 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         let m: serde_json::Value = serde_json::from_str(&text).unwrap();
         m["input"]["next_offset"].as_u64().unwrap()
     };
-    // The one before it (a kill between publishing a folder and switching LATEST may
-    // leave a newer folder that LATEST does not name yet).
-    let previous = std::fs::read_dir(&part)
+    // Folders up to the one LATEST names (a kill between publishing a folder and switching
+    // LATEST may leave a newer one), newest first.
+    let mut snaps: Vec<PathBuf> = std::fs::read_dir(&part)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
@@ -553,12 +554,19 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
                 .unwrap()
                 .to_string_lossy()
                 .starts_with("snap-")
-                && *p < newest
+                && *p <= newest
         })
-        .max()
-        .unwrap();
-    assert!(next_offset(&previous) < next_offset(&newest));
-    std::fs::write(newest.join("rfm.parquet"), b"damaged").unwrap();
+        .collect();
+    snaps.sort_by(|a, b| b.cmp(a));
+    let top = next_offset(&newest);
+    let damaged: Vec<&PathBuf> = snaps.iter().take_while(|s| next_offset(s) == top).collect();
+    assert!(
+        damaged.len() < snaps.len(),
+        "no older offset kept: {snaps:?}"
+    );
+    for snap in damaged {
+        std::fs::write(snap.join("rfm.parquet"), b"damaged").unwrap();
+    }
     let args = process_args(&c.broker, &c.got, &with(&["--stop-at-end"]));
     let restarted = Proc::spawn("restarted processor", &args);
     let log = restarted.stderr_log();
