@@ -4,36 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ok;
-
-/// A plain HTTP/1.1 GET; returns (status, content type, body).
-fn get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(String::from)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
+use common::prometheus::{get, promtool};
 
 /// The value of the sample `name` (with its labels, if any) in an exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -42,44 +18,9 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
-/// Installs Debian's `prometheus` package when `promtool` is missing, as `.ci/run` does.
-fn ensure_promtool() {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return;
-    }
-    let status = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus"])
-        .status()
-        .expect("apt-get");
-    assert!(status.success(), "could not install prometheus (promtool)");
-}
-
 fn promtool_check(text: &str) {
-    ensure_promtool();
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/run installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}"
-    );
+    let (ok, said) = promtool(&["check", "metrics"], text);
+    assert!(ok && said.trim().is_empty(), "promtool: {said}");
 }
 
 #[test]

@@ -48,6 +48,10 @@ impl Group {
         self.orders.insert(order);
     }
 
+    fn memory_bytes(&self) -> usize {
+        super::table_bytes::<u64>(self.orders.capacity())
+    }
+
     /// Order ids still tracked (empty once the day is final).
     pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
         self.orders.iter().copied()
@@ -95,6 +99,19 @@ impl Day {
 
     pub fn open_orders(&self) -> impl Iterator<Item = u64> + '_ {
         self.orders.iter().copied()
+    }
+
+    /// Estimated heap bytes: the distinct sets and the per-category and per-brand groups.
+    pub fn memory_bytes(&self) -> usize {
+        use super::table_bytes;
+        let groups = |g: &FxHashMap<Option<Sym>, Group>| {
+            table_bytes::<(Option<Sym>, Group)>(g.capacity())
+                + g.values().map(Group::memory_bytes).sum::<usize>()
+        };
+        table_bytes::<u64>(self.orders.capacity())
+            + table_bytes::<u64>(self.customer_set.capacity())
+            + groups(&self.categories)
+            + groups(&self.brands)
     }
 
     pub(super) fn restore_sets(&mut self, orders: Vec<u64>, customers: Vec<u64>) {

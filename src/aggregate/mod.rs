@@ -193,6 +193,27 @@ impl Core {
 }
 
 impl Core {
+    /// How many (customer, order) pairs are kept for the frequency count.
+    pub fn customer_order_count(&self) -> usize {
+        self.customer_orders.len()
+    }
+
+    /// Estimated heap bytes of the state: every hash table at its capacity (a hashbrown
+    /// table holds one control byte per slot and 8 slots per 7 of capacity).
+    pub fn memory_bytes(&self) -> usize {
+        let customers = table_bytes::<(u64, Customer)>(self.customers.capacity());
+        let pairs = table_bytes::<(u64, u64)>(self.customer_orders.capacity());
+        let days: usize = self.days.values().map(Day::memory_bytes).sum();
+        customers + pairs + days
+    }
+}
+
+/// Heap bytes of a hashbrown table of `capacity` entries of `T`.
+pub(crate) fn table_bytes<T>(capacity: usize) -> usize {
+    capacity * 8 / 7 * (std::mem::size_of::<T>() + 1)
+}
+
+impl Core {
     /// The (customer, order) pairs counted in frequencies so far.
     pub fn customer_orders(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.customer_orders.iter().copied()

@@ -43,6 +43,29 @@ impl Customer {
     }
 }
 
+impl Customer {
+    /// Adds another part's record of the same customer (exact when no order spans parts).
+    pub fn merge(&mut self, o: &Customer) {
+        self.first_us = self.first_us.min(o.first_us);
+        self.last_us = self.last_us.max(o.last_us);
+        self.frequency += o.frequency;
+        self.monetary_cents += o.monetary_cents;
+        self.items += o.items;
+    }
+}
+
+/// Customers per segment, every customer scored against `as_of_day`.
+pub fn segment_counts(
+    customers: &FxHashMap<u64, Customer>,
+    as_of_day: i32,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for row in score(customers, as_of_day) {
+        *counts.entry(row.segment).or_default() += 1;
+    }
+    counts
+}
+
 /// One row of the `rfm` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RfmRow {

@@ -79,6 +79,13 @@ pub struct ReplayArgs {
     /// No progress bar, even on a terminal.
     #[arg(long, env = "STOREPULSE_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Serve /metrics, /healthz and /readyz here (port 0: any free port).
+    #[arg(
+        long,
+        env = "STOREPULSE_METRICS_ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +110,13 @@ pub struct ProcessArgs {
     /// Exit once every partition this process owns has reached the replayer's end of input.
     #[arg(long, env = "STOREPULSE_STOP_AT_END")]
     pub stop_at_end: bool,
+    /// Serve /metrics, /healthz and /readyz here (port 0: any free port).
+    #[arg(
+        long,
+        env = "STOREPULSE_METRICS_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
@@ -122,7 +136,9 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             skip: Default::default(),
         },
     };
+    let _metrics = super::run::serve_metrics("replay", args.metrics_addr);
     let shutdown = crate::shutdown::install();
+    crate::metrics::set_ready(true);
     let outcome = publish::replay(&config, &shutdown).with_context(|| {
         format!(
             "replaying {} to {}",
@@ -219,6 +235,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         stop_at_end: args.stop_at_end,
     };
+    let _metrics = super::run::serve_metrics("process", args.metrics_addr);
     let shutdown = crate::shutdown::install();
     let start = std::time::Instant::now();
     eprintln!(

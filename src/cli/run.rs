@@ -66,12 +66,10 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
-    let metrics = serve_metrics("run", args.metrics_addr);
+    let _metrics = serve_metrics("run", args.metrics_addr);
     let shutdown = crate::shutdown::install();
     let start = Instant::now();
-    if let Some(m) = &metrics {
-        m.ready();
-    }
+    crate::metrics::set_ready(true);
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
     print!("{}", summary(&outcome, wall.as_secs_f64()));

@@ -187,22 +187,12 @@ impl Driver {
         }
         let late = self.core.late();
         let last = std::mem::replace(&mut self.published, (cents, orders, late));
-        m.revenue.inc_by((cents - last.0) as f64 / 100.0);
+        m.revenue_cents.inc_by((cents - last.0).max(0) as u64);
         m.orders.inc_by(orders - last.1);
-        m.lines_rejected
-            .with_label_values(&[RejectReason::LateEvent.as_str()])
-            .inc_by(late - last.2);
+        m.late_events.inc_by(late - last.2);
         m.days.set(days);
         m.customers.set(self.core.customers().len() as i64);
-        let seconds = |us: i64| us as f64 / 1e6;
-        if let Some(w) = self.core.watermark_us().filter(|&w| w != i64::MAX) {
-            m.watermark.set(seconds(w));
-        }
-        if let Some(t) = self.core.max_event_us() {
-            m.max_event_time.set(seconds(t));
-            let now = chrono::Utc::now().timestamp_micros();
-            m.event_time_lag.set(seconds(now - t));
-        }
+        m.event_time(self.core.watermark_us(), self.core.max_event_us());
     }
 
     fn counts(&self) -> Counts {
@@ -239,19 +229,12 @@ impl Driver {
         let started = Instant::now();
         let manifest = self.store.write(&self.core, meta)?;
         let m = crate::metrics::get();
-        m.snapshot_duration.observe(started.elapsed().as_secs_f64());
-        m.snapshots.inc();
-        m.snapshot_size
-            .set(manifest.tables.values().map(|t| t.bytes).sum::<u64>() as i64);
-        m.snapshot_last_success
-            .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
-        for (segment, n) in &manifest.segments {
-            m.segment_customers
-                .with_label_values(&[segment])
-                .set(*n as f64);
-        }
+        let bytes = manifest.tables.values().map(|t| t.bytes).sum();
+        m.snapshot_published(started.elapsed(), bytes);
+        m.segments(manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)));
         m.customer_orders
-            .set(self.core.customer_orders().count() as i64);
+            .set(self.core.customer_order_count() as i64);
+        m.state_bytes.set(self.core.memory_bytes() as i64);
         self.publish_progress(0);
         Ok(manifest)
     }

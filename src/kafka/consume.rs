@@ -23,6 +23,7 @@ use rdkafka::producer::{BaseRecord, Producer as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use super::observe::{self, Progress};
 use super::partition::{PartitionState, Verdict};
 use super::{
     dead_letter_topic, send, Connection, DeadLetter, KafkaError, Producer, CONTROL_HEADER,
@@ -90,6 +91,7 @@ struct Part {
     at_end: bool,
     /// The consumer reached the partition's end after its last message.
     eof: bool,
+    progress: Progress,
 }
 
 #[derive(Default)]
@@ -104,9 +106,32 @@ struct Ctx {
     owned: Mutex<Owned>,
     dead_letters: Producer,
     dead_letter_topic: String,
+    /// (log start, log end) offset of each partition of the topic, from the client's
+    /// statistics (`statistics.interval.ms`), for the lag metric.
+    offsets: Mutex<BTreeMap<i32, (i64, i64)>>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(parts) = stats["topics"][&self.config.topic]["partitions"].as_object() else {
+            return;
+        };
+        let mut offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        for part in parts.values() {
+            let field = |k: &str| part[k].as_i64();
+            if let (Some(p), Some(lo), Some(hi)) =
+                (field("partition"), field("lo_offset"), field("hi_offset"))
+            {
+                if p >= 0 && hi >= 0 {
+                    offsets.insert(p as i32, (lo.max(0), hi));
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
@@ -159,6 +184,8 @@ impl Ctx {
             tpl.set_partition_offset(&self.config.topic, p, offset)?;
             owned.parts.insert(p, part);
         }
+        crate::metrics::set_ready(true);
+        self.publish_metrics(owned);
         let names: Vec<String> = owned.parts.keys().map(|p| p.to_string()).collect();
         eprintln!(
             "storepulse process: assigned partitions [{}] of {}",
@@ -214,6 +241,7 @@ impl Ctx {
         };
         Ok(Part {
             store,
+            progress: Progress::new(&state),
             state,
             dirty: false,
             last_message: Instant::now(),
@@ -230,8 +258,24 @@ impl Ctx {
         consumer: &BaseConsumer<Self>,
     ) -> Result<(), ProcessError> {
         let result = self.snapshot_all(owned, consumer, CommitMode::Sync);
+        self.publish_metrics(owned);
+        for &p in owned.parts.keys() {
+            observe::released(p);
+        }
         owned.parts.clear();
         result
+    }
+
+    /// Brings the metrics up to the owned partitions' state.
+    fn publish_metrics(&self, owned: &mut Owned) {
+        let offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
+        observe::publish(owned.parts.iter_mut().map(|(&p, part)| observe::Owned {
+            partition: p,
+            state: &part.state,
+            progress: &mut part.progress,
+            idle: part.idle,
+            offsets: offsets.get(&p).copied(),
+        }));
     }
 
     /// Publishes a snapshot of every partition that changed, after the dead letters of the
@@ -254,6 +298,7 @@ impl Ctx {
         let started = Instant::now();
         self.flush_dead_letters()?;
         let mut offsets = TopicPartitionList::new();
+        let mut bytes = 0;
         for p in dirty {
             let part = owned.parts.get_mut(&p).expect("listed above");
             let next_offset = part.state.next_offset.unwrap_or(0);
@@ -272,12 +317,15 @@ impl Ctx {
                 .store
                 .write_with(&part.state.core, Some(&part.state.seen), meta)?;
             part.dirty = false;
+            bytes += manifest.tables.values().map(|t| t.bytes).sum::<u64>();
             owned.outcome.snapshots += 1;
             owned.outcome.last.insert(p, manifest);
             offsets.add_partition_offset(&self.config.topic, p, Offset::Offset(next_offset))?;
         }
         let took = started.elapsed();
         owned.outcome.longest_snapshot = owned.outcome.longest_snapshot.max(took);
+        crate::metrics::get().snapshot_published(took, bytes);
+        observe::score_segments(owned.parts.values().map(|p| &p.state));
         // Progress only: a failed commit loses nothing, the snapshot holds the offsets.
         if let Err(e) = consumer.commit(&offsets, mode) {
             eprintln!("storepulse process: committing offsets to the group failed: {e}");
@@ -356,7 +404,11 @@ pub fn process(
         .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("enable.partition.eof", "true");
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "1000")
+        // A topic the replayer creates after the processor started is found in seconds,
+        // not at the default five-minute metadata refresh.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     if let Some(id) = &config.instance_id {
         cc.set("group.instance.id", id);
     }
@@ -372,11 +424,13 @@ pub fn process(
         owned: Mutex::new(Owned::default()),
         dead_letters,
         dead_letter_topic: dlq,
+        offsets: Mutex::new(BTreeMap::new()),
     };
     let consumer: BaseConsumer<Ctx> = cc.create_with_context(ctx)?;
     consumer.subscribe(&[&topic])?;
 
     let mut last_snapshot = Instant::now();
+    let mut last_metrics = Instant::now();
     let mut last_error: Option<(String, Instant)> = None;
     while !shutdown.load(Ordering::SeqCst) {
         let polled = consumer.poll(Duration::from_millis(100));
@@ -408,6 +462,7 @@ pub fn process(
                     part.idle = false;
                     part.at_end = control.is_some() && verdict == Verdict::Control;
                     part.eof = false;
+                    part.progress.consumed += 1;
                     let o = &mut owned.outcome;
                     o.messages += 1;
                     let now = part.last_message;
@@ -434,6 +489,10 @@ pub fn process(
             }
             None => {}
         }
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            ctx.publish_metrics(owned);
+            last_metrics = Instant::now();
+        }
         let at_end = stop_at_end
             && !owned.parts.is_empty()
             && owned.parts.values().all(|p| p.at_end && p.eof);
@@ -453,6 +512,7 @@ pub fn process(
     let ctx = consumer.context();
     let mut owned = ctx.lock();
     ctx.snapshot_all(&mut owned, &consumer, CommitMode::Sync)?;
+    ctx.publish_metrics(&mut owned);
     let outcome = std::mem::take(&mut owned.outcome);
     drop(owned);
     consumer.unsubscribe();

@@ -8,6 +8,7 @@
 //! `aggregate::CoreState::merge`).
 
 pub mod consume;
+mod observe;
 pub mod partition;
 pub mod publish;
 

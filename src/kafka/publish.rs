@@ -97,8 +97,11 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         error: None,
         value: Vec::with_capacity(512),
         key: String::with_capacity(24),
+        reported: (0, 0),
+        max_event_us: None,
     };
     let fed = feed::replay(&config.feed, &mut sink, shutdown);
+    let mut reported = sink.reported;
     let (read, events_sent, dead_letters_sent, send_error) = (
         sink.read,
         sink.events_sent,
@@ -134,6 +137,7 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         }
     }
     let d = producer.context();
+    report_deliveries(d, &mut reported);
     Ok(ReplayOutcome {
         feed: fed,
         read,
@@ -160,6 +164,22 @@ struct KafkaSink<'a> {
     error: Option<rdkafka::error::KafkaError>,
     value: Vec<u8>,
     key: String,
+    /// Deliveries and failures already counted in the metrics.
+    reported: (u64, u64),
+    max_event_us: Option<i64>,
+}
+
+/// Brings the delivery counters up to date (per batch, not per message).
+fn report_deliveries(d: &super::Deliveries, reported: &mut (u64, u64)) {
+    let m = crate::metrics::get();
+    let now = (
+        d.delivered.load(Ordering::Relaxed),
+        d.failed.load(Ordering::Relaxed),
+    );
+    m.messages_delivered
+        .inc_by(now.0.saturating_sub(reported.0));
+    m.delivery_failures.inc_by(now.1.saturating_sub(reported.1));
+    *reported = now;
 }
 
 impl KafkaSink<'_> {
@@ -207,11 +227,15 @@ impl KafkaSink<'_> {
 impl Sink for KafkaSink<'_> {
     fn read(&mut self, rejects: Vec<Rejected>, stats: ReadStats, _lines_read: u64) -> bool {
         self.read.merge(&stats);
-        for r in &rejects {
-            if let Err(e) = self.dead_letter(r) {
-                self.error = Some(e);
-                return false;
-            }
+        let m = crate::metrics::get();
+        m.read(&stats);
+        let before = self.dead_letters_sent;
+        let sent = rejects.iter().try_for_each(|r| self.dead_letter(r));
+        m.dead_letters_published
+            .inc_by(self.dead_letters_sent - before);
+        if let Err(e) = sent {
+            self.error = Some(e);
+            return false;
         }
         true
     }
@@ -220,11 +244,18 @@ impl Sink for KafkaSink<'_> {
         for n in &names {
             self.dict.intern(n);
         }
-        for e in &events {
-            if let Err(err) = self.event(pass, e) {
-                self.error = Some(err);
-                return false;
-            }
+        let before = self.events_sent;
+        let sent = events.iter().try_for_each(|e| self.event(pass, e));
+        let m = crate::metrics::get();
+        m.events_published.inc_by(self.events_sent - before);
+        self.max_event_us = self
+            .max_event_us
+            .max(events.iter().map(|e| e.event_time_us).max());
+        m.event_time(None, self.max_event_us);
+        report_deliveries(self.producer.context(), &mut self.reported);
+        if let Err(err) = sent {
+            self.error = Some(err);
+            return false;
         }
         true
     }

@@ -8,12 +8,12 @@ mod serve;
 use std::sync::OnceLock;
 
 use prometheus::{
-    Counter, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 use storepulse_replay::{ReadStats, RejectReason};
 
-pub use serve::{serve, Server};
+pub use serve::{serve, set_ready, Server};
 
 pub struct Metrics {
     registry: Registry,
@@ -22,7 +22,8 @@ pub struct Metrics {
     pub lines_repaired: IntCounter,
     pub lines_rejected: IntCounterVec,
     pub events_applied: IntCounter,
-    pub revenue: Counter,
+    pub late_events: IntCounter,
+    pub revenue_cents: IntCounter,
     pub orders: IntCounter,
     pub watermark: Gauge,
     pub max_event_time: Gauge,
@@ -39,7 +40,22 @@ pub struct Metrics {
     pub target_rate: Gauge,
     pub achieved_speed: Gauge,
     pub achieved_rate: Gauge,
+    pub state_bytes: IntGauge,
+    // replay
+    pub events_published: IntCounter,
+    pub dead_letters_published: IntCounter,
+    pub messages_delivered: IntCounter,
+    pub delivery_failures: IntCounter,
+    // process
+    pub messages_consumed: IntCounterVec,
+    pub messages_rejected: IntCounterVec,
+    pub duplicate_messages: IntCounter,
+    pub consumer_lag: IntGaugeVec,
+    pub partitions_assigned: IntGauge,
 }
+
+/// Reasons a processor rejects a message (dead-lettered), besides late events.
+pub const MESSAGE_REJECT_REASONS: [&str; 2] = ["invalid_message", "unsupported_version"];
 
 /// The metrics of this process.
 pub fn get() -> &'static Metrics {
@@ -77,29 +93,33 @@ impl Metrics {
                 let c = IntCounterVec::new(
                     Opts::new(
                         "lines_rejected_total",
-                        "Rejected input lines and events by reason (late_event included).",
+                        "Input lines rejected by the reader, by reason.",
                     ),
                     &["reason"],
                 )?;
                 r.register(Box::new(c.clone()))?;
                 for reason in RejectReason::ALL {
-                    c.with_label_values(&[reason.as_str()]);
+                    if reason != RejectReason::LateEvent {
+                        c.with_label_values(&[reason.as_str()]);
+                    }
                 }
                 c
             },
+            late_events: counter(
+                r,
+                "late_events_total",
+                "Events whose day was already final (rejected as late_event, kept apart).",
+            )?,
             events_applied: counter(
                 r,
                 "events_applied_total",
                 "Events handed to the aggregate core.",
             )?,
-            revenue: {
-                let c = Counter::new(
-                    "revenue_total",
-                    "Revenue counted in the daily tables, in the input's currency units.",
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
+            revenue_cents: counter(
+                r,
+                "revenue_cents_total",
+                "Revenue counted in the daily tables, in cents of the input's currency (exact).",
+            )?,
             orders: counter(
                 r,
                 "orders_total",
@@ -185,6 +205,77 @@ impl Metrics {
                 "replay_rate_events_per_second",
                 "Events replayed per wall second since the replay started.",
             )?,
+            state_bytes: int_gauge(
+                r,
+                "state_bytes",
+                "Estimated heap bytes of the aggregate state (hash tables at their capacity).",
+            )?,
+            events_published: counter(
+                r,
+                "events_published_total",
+                "Purchase events handed to the Kafka producer.",
+            )?,
+            dead_letters_published: counter(
+                r,
+                "dead_letters_published_total",
+                "Dead letters (rejected lines or messages) handed to the Kafka producer.",
+            )?,
+            messages_delivered: counter(
+                r,
+                "messages_delivered_total",
+                "Messages the brokers acknowledged.",
+            )?,
+            delivery_failures: counter(
+                r,
+                "delivery_failures_total",
+                "Messages that could not be delivered (after the producer's retries).",
+            )?,
+            messages_consumed: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "messages_consumed_total",
+                        "Messages applied by this processor, by partition.",
+                    ),
+                    &["partition"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            messages_rejected: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "messages_rejected_total",
+                        "Messages a processor dead-lettered, by reason.",
+                    ),
+                    &["reason"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                for reason in MESSAGE_REJECT_REASONS {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
+            duplicate_messages: counter(
+                r,
+                "duplicate_messages_total",
+                "Messages whose event id was already applied (skipped, counted).",
+            )?,
+            consumer_lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "consumer_lag_messages",
+                        "Log end offset minus this processor's position, by owned partition.",
+                    ),
+                    &["partition"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            partitions_assigned: int_gauge(
+                r,
+                "partitions_assigned",
+                "Partitions this processor owns.",
+            )?,
             registry,
         };
         Ok(m)
@@ -208,6 +299,47 @@ impl Metrics {
             self.lines_rejected
                 .with_label_values(&[reason.as_str()])
                 .inc_by(n);
+        }
+    }
+}
+
+/// Seconds since the epoch, from microseconds.
+fn seconds(us: i64) -> f64 {
+    us as f64 / 1e6
+}
+
+impl Metrics {
+    /// Event-time progress: the watermark, the highest event time and how far it is
+    /// behind the wall clock.
+    pub fn event_time(&self, watermark_us: Option<i64>, max_event_us: Option<i64>) {
+        if let Some(w) = watermark_us.filter(|&w| w != i64::MAX && w != i64::MIN) {
+            self.watermark.set(seconds(w));
+        }
+        if let Some(t) = max_event_us {
+            self.max_event_time.set(seconds(t));
+            let now = chrono::Utc::now().timestamp_micros();
+            self.event_time_lag.set(seconds(now - t));
+        }
+    }
+
+    /// A snapshot was published.
+    pub fn snapshot_published(&self, took: std::time::Duration, bytes: u64) {
+        self.snapshot_duration.observe(took.as_secs_f64());
+        self.snapshots.inc();
+        self.snapshot_size.set(bytes as i64);
+        self.snapshot_last_success
+            .set(seconds(chrono::Utc::now().timestamp_micros()));
+    }
+
+    /// Customers per segment (every segment is set: those without customers to 0).
+    pub fn segments<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+        for s in crate::aggregate::rfm::segment_names() {
+            self.segment_customers.with_label_values(&[s]).set(0.0);
+        }
+        for (segment, n) in counts {
+            self.segment_customers
+                .with_label_values(&[segment])
+                .set(n as f64);
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::routing::get;
@@ -13,14 +12,14 @@ use axum::Router;
 /// A running endpoint; it stops with the process.
 pub struct Server {
     pub addr: SocketAddr,
-    ready: Arc<AtomicBool>,
 }
 
-impl Server {
-    /// Marks the pipeline as started: `/readyz` answers 200 from now on.
-    pub fn ready(&self) {
-        self.ready.store(true, Ordering::SeqCst);
-    }
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Whether the pipeline is working: `/readyz` answers 200 while it is (`run` and
+/// `replay` once they start; `process` while it owns partitions).
+pub fn set_ready(ready: bool) {
+    READY.store(ready, Ordering::SeqCst);
 }
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,8 +29,6 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<Server> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
-    let ready = Arc::new(AtomicBool::new(false));
-    let flag = ready.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
@@ -49,8 +46,8 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<Server> {
                     .route("/healthz", get(|| async { "ok\n" }))
                     .route(
                         "/readyz",
-                        get(move || {
-                            let ready = flag.load(Ordering::SeqCst);
+                        get(|| {
+                            let ready = READY.load(Ordering::SeqCst);
                             async move {
                                 if ready {
                                     (StatusCode::OK, "ready\n")
@@ -70,5 +67,5 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<Server> {
                 }
             })
         })?;
-    Ok(Server { addr: bound, ready })
+    Ok(Server { addr: bound })
 }

@@ -89,6 +89,7 @@ pub fn feed(
 }
 
 pub mod kafka;
+pub mod prometheus;
 
 /// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
 pub fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {

@@ -1,0 +1,231 @@
+//! The observability stack end to end: `run`, `replay` and `process` (against a real
+//! broker) scraped by a real Prometheus with the project's own scrape config
+//! (`deploy/prometheus/prometheus.yml`, targets moved to loopback ports). Every PromQL
+//! expression of every panel of the Grafana dashboard must return data through the HTTP
+//! API, and the counters Prometheus holds must equal what the commands report themselves.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::kafka::{serial, Broker, Proc};
+use common::ok;
+use common::prometheus::{dashboard_exprs, free_port, promtool, Prometheus};
+
+fn project(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The compose stack's scrape config with its targets moved to loopback ports.
+fn scrape_config(run: u16, replay: u16, process: u16) -> String {
+    let mut text = std::fs::read_to_string(project("deploy/prometheus/prometheus.yml")).unwrap();
+    for (target, port) in [
+        ("host.docker.internal:9464", run),
+        ("replay:9465", replay),
+        ("process:9466", process),
+    ] {
+        assert!(text.contains(target), "{target} is not scraped");
+        text = text.replace(target, &format!("127.0.0.1:{port}"));
+    }
+    text
+}
+
+/// `name   N` on a line of a summary (the first number after the label).
+fn summary_count(summary: &str, label: &str) -> f64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map_or(0.0, |n| n.parse().unwrap())
+}
+
+const READER_REASONS: [&str; 8] = [
+    "malformed_row",
+    "invalid_event_time",
+    "event_time_out_of_range",
+    "invalid_order_id",
+    "invalid_product_id",
+    "missing_price",
+    "invalid_price",
+    "invalid_user_id",
+];
+
+/// Waits (boundedly) until `done` holds.
+fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_scrape_config_passes_promtool() {
+    let path = project("deploy/prometheus/prometheus.yml");
+    let (ok, said) = promtool(&["check", "config", path.to_str().unwrap()], "");
+    assert!(ok, "{said}");
+    let substituted = scrape_config(1, 2, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prometheus.yml");
+    std::fs::write(&file, substituted).unwrap();
+    let (ok, said) = promtool(&["check", "config", file.to_str().unwrap()], "");
+    assert!(ok, "{said}");
+}
+
+#[test]
+fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    let input_s = input.to_str().unwrap();
+    ok(&[
+        "generate", "--rows", "20000", "--seed", "7", "--out", input_s,
+    ]);
+    let broker = Broker::start();
+    broker.create_topic("purchases", 4);
+    let (p_run, p_replay, p_process) = (free_port(), free_port(), free_port());
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let snaps = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+
+    let prometheus = Prometheus::start(&scrape_config(p_run, p_replay, p_process));
+    let (process_dir, run_dir) = (snaps("process"), snaps("run"));
+    let process = Proc::spawn(
+        "process",
+        &[
+            "process",
+            "--brokers",
+            &broker.addr,
+            "--snapshot-dir",
+            &process_dir,
+            "--snapshot-interval",
+            "1s",
+            "--metrics-addr",
+            &addr(p_process),
+        ],
+    );
+    // Paced so that both outlive several scrapes (5 s apart): about 50 s each.
+    let replay = Proc::spawn(
+        "replay",
+        &[
+            "replay",
+            "--brokers",
+            &broker.addr,
+            "--input",
+            input_s,
+            "--rate",
+            "400",
+            "--compression",
+            "none",
+            "--no-progress",
+            "--metrics-addr",
+            &addr(p_replay),
+        ],
+    );
+    let run = Proc::spawn(
+        "run",
+        &[
+            "run",
+            "--input",
+            input_s,
+            "--rate",
+            "400",
+            "--snapshot-interval",
+            "1s",
+            "--snapshot-dir",
+            &run_dir,
+            "--no-progress",
+            "--metrics-addr",
+            &addr(p_run),
+        ],
+    );
+
+    wait(Duration::from_secs(120), "four scrapes of each job", || {
+        let scrapes = prometheus.query("count_over_time(up{job=~\"storepulse-.*\"}[5m]) >= 4");
+        let up = prometheus.query("up{job=~\"storepulse-.*\"} == 1");
+        scrapes.len() == 3 && up.len() == 3
+    });
+
+    let exprs = dashboard_exprs(&project("deploy/grafana/dashboards/storepulse.json"));
+    assert!(exprs.len() >= 30, "{} expressions", exprs.len());
+    let empty: Vec<String> = exprs
+        .iter()
+        .filter(|(_, e)| prometheus.query(e).is_empty())
+        .map(|(title, e)| format!("{title}: {e}"))
+        .collect();
+    assert!(empty.is_empty(), "no data for:\n{}", empty.join("\n"));
+
+    // The data is the right data: each command's own series move.
+    let rate = |metric: &str, job: &str| {
+        prometheus
+            .value(&format!(
+                "sum(rate({metric}{{job=\"storepulse-{job}\"}}[1m]))"
+            ))
+            .unwrap_or(0.0)
+    };
+    assert!(rate("storepulse_events_applied_total", "run") > 0.0);
+    assert!(rate("storepulse_events_published_total", "replay") > 0.0);
+    assert!(rate("storepulse_events_applied_total", "process") > 0.0);
+    let partitions =
+        prometheus.query("storepulse_messages_consumed_total{job=\"storepulse-process\"}");
+    assert_eq!(partitions.len(), 4, "{partitions:?}");
+    let lag = prometheus.query("storepulse_consumer_lag_messages{job=\"storepulse-process\"}");
+    assert_eq!(lag.len(), 4, "{lag:?}");
+    assert_eq!(
+        prometheus.value("storepulse_replay_target_rate_events_per_second{job=\"storepulse-run\"}"),
+        Some(400.0)
+    );
+    let segments = prometheus.query("storepulse_segment_customers{job=\"storepulse-process\"} > 0");
+    assert!(segments.len() >= 5, "{segments:?}");
+
+    // Counters against the commands' own summaries. Event-time order reads the whole
+    // file before the first event is due, so the line counters are final from then on.
+    let run_summary = run.wait_ok(Duration::from_secs(180));
+    let replay_summary = replay.wait_ok(Duration::from_secs(180));
+    let last = |metric: &str, job: &str, labels: &str| {
+        prometheus
+            .value(&format!(
+                "sum(last_over_time({metric}{{job=\"storepulse-{job}\"{labels}}}[10m]))"
+            ))
+            .unwrap_or_else(|| panic!("no {metric} for {job}"))
+    };
+    for (job, summary) in [("run", &run_summary), ("replay", &replay_summary)] {
+        assert_eq!(
+            last("storepulse_lines_read_total", job, ""),
+            summary_count(summary, "lines"),
+            "{job}"
+        );
+        assert_eq!(
+            last("storepulse_lines_accepted_total", job, ""),
+            summary_count(summary, "accepted"),
+            "{job}"
+        );
+        let mut rejected = 0.0;
+        for reason in READER_REASONS {
+            let n = last(
+                "storepulse_lines_rejected_total",
+                job,
+                &format!(",reason=\"{reason}\""),
+            );
+            assert_eq!(n, summary_count(summary, reason), "{job} {reason}");
+            rejected += n;
+        }
+        assert_eq!(rejected, summary_count(summary, "rejected"), "{job}");
+        assert!(rejected > 0.0, "the generated file has rejects");
+    }
+    // What the replayer sent, the processor applied: every event, plus one end-of-input
+    // marker per partition among the messages.
+    let sent = summary_count(&replay_summary, "events sent");
+    assert!(sent > 19_000.0, "{replay_summary}");
+    wait(Duration::from_secs(60), "the processor's counters", || {
+        let q = |e: &str| prometheus.value(e).unwrap_or(0.0);
+        q("sum(storepulse_events_applied_total{job=\"storepulse-process\"})") == sent
+            && q("sum(storepulse_messages_consumed_total{job=\"storepulse-process\"})")
+                == sent + 4.0
+    });
+    assert_eq!(
+        prometheus.value("sum(storepulse_duplicate_messages_total{job=\"storepulse-process\"})"),
+        Some(0.0)
+    );
+    process.terminate(Duration::from_secs(60));
+}
