@@ -104,7 +104,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             &addr(p_process),
         ],
     );
-    // Paced so that both outlive several scrapes (5 s apart): about 50 s each.
+    // Paced so that both outlive several scrapes (5 s apart), one by rate and one by
+    // speed: about 50 s each (the file spans about 320 days of event time).
     let replay = Proc::spawn(
         "replay",
         &[
@@ -128,8 +129,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             "run",
             "--input",
             input_s,
-            "--rate",
-            "400",
+            "--speed",
+            "550000",
             "--snapshot-interval",
             "1s",
             "--snapshot-dir",
@@ -171,10 +172,13 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     assert_eq!(partitions.len(), 4, "{partitions:?}");
     let lag = prometheus.query("storepulse_consumer_lag_messages{job=\"storepulse-process\"}");
     assert_eq!(lag.len(), 4, "{lag:?}");
-    assert_eq!(
-        prometheus.value("storepulse_replay_target_rate_events_per_second{job=\"storepulse-run\"}"),
-        Some(400.0)
-    );
+    let target = |what: &str, job: &str| {
+        let e = format!("storepulse_replay_target_{what}{{job=\"storepulse-{job}\"}}");
+        prometheus.value(&e)
+    };
+    assert_eq!(target("rate_events_per_second", "replay"), Some(400.0));
+    assert_eq!(target("speed_ratio", "run"), Some(550000.0));
+    assert_eq!(target("speed_ratio", "replay"), Some(0.0));
     let segments = prometheus.query("storepulse_segment_customers{job=\"storepulse-process\"} > 0");
     assert!(segments.len() >= 5, "{segments:?}");
 
