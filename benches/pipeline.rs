@@ -83,33 +83,19 @@ fn main() {
     println!("core alone:     {:>8.3} s  {:>12.0} events/s", c, n / c);
     drop(all);
 
-    let bin = env!("CARGO_BIN_EXE_storepulse");
+    // End to end, alternating a plain run with one whose /metrics endpoint is scraped
+    // every 100 ms (fifty times Prometheus's 5 s): the cost of metrics being watched.
     let mut walls = Vec::new();
+    let mut scraped_walls = Vec::new();
     let mut peak_mib = 0.0f64;
+    let mut scrapes = 0;
     for _ in 0..REPEAT {
-        let snaps = tempfile::tempdir().unwrap();
-        let t = Instant::now();
-        let out = std::process::Command::new(bin)
-            .args(["run", "--max", "--no-progress", "--input"])
-            .arg(&path)
-            .arg("--snapshot-dir")
-            .arg(snaps.path())
-            .output()
-            .unwrap();
-        walls.push(t.elapsed().as_secs_f64());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The run reports its own VmHWM; a fork-based rusage would count this process.
-        let summary = String::from_utf8_lossy(&out.stdout);
-        let mib = summary
-            .lines()
-            .find_map(|l| l.strip_prefix("peak memory"))
-            .and_then(|v| v.trim().trim_end_matches("MiB").trim().parse::<f64>().ok())
-            .expect("summary reports peak memory");
+        let (wall, mib, _) = end_to_end(&path, false);
+        walls.push(wall);
         peak_mib = peak_mib.max(mib);
+        let (wall, _, n) = end_to_end(&path, true);
+        scraped_walls.push(wall);
+        scrapes += n;
     }
     let w = median(walls);
     println!(
@@ -118,4 +104,82 @@ fn main() {
         rows as f64 / w,
         peak_mib
     );
+    let ws = median(scraped_walls);
+    println!(
+        "  scraped:      {:>8.3} s  ({:+.1}% with /metrics read every 100 ms, {} scrapes)",
+        ws,
+        (ws / w - 1.0) * 100.0,
+        scrapes
+    );
+}
+
+/// One `run --max`: (wall seconds, peak MiB, scrapes made).
+fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64) {
+    use std::io::{BufRead, Read, Write};
+    let bin = env!("CARGO_BIN_EXE_storepulse");
+    let snaps = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--max",
+            "--no-progress",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--input")
+        .arg(path)
+        .arg("--snapshot-dir")
+        .arg(snaps.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("storepulse run: metrics on http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .map(String::from);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = (scrape && addr.is_some()).then(|| {
+        let (addr, done) = (addr.unwrap(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                    let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+                    let mut body = Vec::new();
+                    if s.read_to_end(&mut body).is_ok() && !body.is_empty() {
+                        n += 1;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            n
+        })
+    });
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let scrapes = scraper.map_or(0, |s| s.join().unwrap());
+    let mut err = String::new();
+    let _ = stderr.read_to_string(&mut err);
+    assert!(status.success(), "{err}");
+    // The run reports its own VmHWM; a fork-based rusage would count this process.
+    let mib = out
+        .lines()
+        .find_map(|l| l.strip_prefix("peak memory"))
+        .and_then(|v| v.trim().trim_end_matches("MiB").trim().parse::<f64>().ok())
+        .expect("summary reports peak memory");
+    (wall, mib, scrapes)
 }

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod metrics;
 pub mod query;
+pub mod serve;
 pub mod shutdown;
 pub mod snapshot;
 

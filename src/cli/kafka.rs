@@ -117,6 +117,8 @@ pub struct ProcessArgs {
         default_value = "127.0.0.1:9466"
     )]
     pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub page: super::PageArgs,
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
@@ -236,6 +238,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         stop_at_end: args.stop_at_end,
     };
     let _metrics = super::run::serve_metrics("process", args.metrics_addr);
+    let _page = args.page.start("process", &args.snapshots.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = std::time::Instant::now();
     eprintln!(

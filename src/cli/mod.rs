@@ -34,6 +34,9 @@ pub enum Command {
     Process(kafka::ProcessArgs),
     /// Run SQL over the latest snapshot (merged over partitions for `process`).
     Query(QueryArgs),
+    /// Serve the store page (sales, top categories and brands, customers, RFM segments)
+    /// and its JSON API from the latest snapshot, following new ones as they land.
+    Serve(ServeArgs),
     /// Write a synthetic purchase log in the kz.csv format, calibrated to the real one.
     Generate(GenerateArgs),
 }
@@ -59,6 +62,8 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9464"
     )]
     pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub page: PageArgs,
     /// Continue an interrupted run from its latest complete snapshot in --snapshot-dir
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
     #[arg(long)]
@@ -145,6 +150,32 @@ pub struct QueryArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder the snapshots are in (of `run` or of `process`).
+    #[arg(long, env = "STOREPULSE_SNAPSHOT_DIR", default_value = "snapshots")]
+    pub snapshot_dir: PathBuf,
+    /// Address of the page (port 0: any free port).
+    #[arg(long, env = "STOREPULSE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: std::net::SocketAddr,
+}
+
+/// `--http-addr` of `run` and `process`: the store page beside the pipeline.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Also serve the store page on this address (e.g. 127.0.0.1:8080; port 0: any free
+    /// port), from this command's snapshots.
+    #[arg(long, env = "STOREPULSE_HTTP_ADDR")]
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+impl PageArgs {
+    pub fn start(&self, command: &str, dir: &std::path::Path) -> Option<crate::serve::Server> {
+        let addr = self.http_addr?;
+        crate::serve::start_logged(command, dir, addr)
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Number of data lines to write (the real file has 2,633,521).
     #[arg(long, env = "STOREPULSE_ROWS", default_value_t = 50_000)]
@@ -164,6 +195,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => kafka::replay(args),
         Command::Process(args) => kafka::process(args),
         Command::Query(args) => query(args),
+        Command::Serve(args) => serve(args),
         Command::Generate(args) => {
             let stats = crate::generate::write_file(&args.out, args.rows, args.seed)?;
             eprintln!(
@@ -175,6 +207,21 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = crate::serve::start(args.snapshot_dir.clone(), args.http_addr)
+        .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.http_addr))?;
+    eprintln!(
+        "storepulse serve: store page on http://{}/ (snapshots in {}); Ctrl-C stops",
+        server.addr,
+        args.snapshot_dir.display()
+    );
+    let shutdown = crate::shutdown::install();
+    while !shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn query(args: QueryArgs) -> anyhow::Result<()> {

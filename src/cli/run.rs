@@ -67,6 +67,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
     let _metrics = serve_metrics("run", args.metrics_addr);
+    let _page = args.page.start("run", &args.snapshots.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = Instant::now();
     crate::metrics::set_ready(true);

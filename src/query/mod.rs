@@ -85,16 +85,28 @@ impl Session {
 
     /// Runs one read-only statement.
     pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        self.sql_limited(sql, None).await
+    }
+
+    /// Runs one read-only statement, keeping at most `limit` rows of its result.
+    pub async fn sql_limited(
+        &self,
+        sql: &str,
+        limit: Option<usize>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self
+        let mut df = self
             .ctx
             .sql_with_options(sql, options)
             .await
             .map_err(read_only_message)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if limit.is_some() {
+            df = df.limit(0, limit)?;
+        }
         let batches = df.collect().await?;
         Ok((schema, batches))
     }

@@ -88,6 +88,7 @@ pub fn feed(
     }
 }
 
+pub mod browser;
 pub mod kafka;
 pub mod prometheus;
 

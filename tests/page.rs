@@ -1,0 +1,414 @@
+//! The store page in a real browser (headless Chromium through ChromeDriver) against a
+//! running pipeline (`run --http-addr`): it follows new snapshots without a reload, each
+//! chart shows what `storepulse query` returns on the same snapshot, the period picker,
+//! the customer look-up and the SQL box work, the console stays clean, and it fits a
+//! phone's width. Screenshots land in the test's target directory.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::browser::Browser;
+use common::kafka::Proc;
+use common::prometheus::{free_port, get};
+use common::{ok, query_csv};
+
+/// CSV rows of a query (header dropped), each split on commas (the values compared here
+/// hold none).
+fn rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    query_csv(dir, sql)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+fn post(addr: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, reply) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(reply).unwrap())
+}
+
+/// The bars of a chart as (name, value) pairs.
+fn bars(b: &Browser, chart: &str) -> Vec<(String, String)> {
+    let v = b.eval(
+        "return [...document.querySelectorAll('[data-chart=\"' + arguments[0] + '\"] .bar')]\
+         .map(g => [g.dataset.name, g.dataset.value]);",
+        json!([chart]),
+    );
+    serde_json::from_value(v).unwrap()
+}
+
+fn pairs(rows: Vec<Vec<String>>) -> Vec<(String, String)> {
+    rows.into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect()
+}
+
+#[test]
+fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        "20000",
+        "--seed",
+        "7",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let dir = tmp.path().join("snaps");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // About 25 s of replay with a snapshot every second.
+    let run = Proc::spawn(
+        "run",
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--speed",
+            "1100000",
+            "--snapshot-interval",
+            "1s",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+            "--no-progress",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            &addr,
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(&addr).is_err() || get(&addr, "/api/snapshot").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "no snapshot served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let b = Browser::start(1280, 2400);
+    b.goto(&format!("http://{addr}/"));
+    b.wait_for(
+        "return document.body.dataset.version",
+        Duration::from_secs(30),
+    );
+    b.eval("window.loadedOnce = true; return 1;", json!([]));
+    // While the run goes on, the page moves to each new snapshot by itself.
+    let mut versions = std::collections::BTreeSet::new();
+    let mut run = Some(run);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while run.as_mut().is_some_and(|r| r.running()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish"
+        );
+        let v = b.eval("return document.body.dataset.version;", json!([]));
+        versions.insert(v.as_str().unwrap_or_default().to_string());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    run.take().unwrap().wait_ok(Duration::from_secs(30));
+    assert!(versions.len() >= 3, "the page showed only {versions:?}");
+    assert_eq!(
+        b.eval("return window.loadedOnce === true;", json!([])),
+        json!(true),
+        "reloaded"
+    );
+
+    // The run is over (its page with it): `serve` shows its final snapshot, which stays
+    // put while the page is compared with `query`.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _serve = Proc::spawn(
+        "serve",
+        &[
+            "serve",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+            "--http-addr",
+            &addr,
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(&addr).is_err() || get(&addr, "/api/snapshot").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "serve did not answer");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.goto(&format!("http://{addr}/"));
+    let latest = std::fs::read_to_string(dir.join("LATEST"))
+        .unwrap()
+        .trim()
+        .to_string();
+    b.wait_for(
+        &format!("return document.body.dataset.version === '{latest}';"),
+        Duration::from_secs(30),
+    );
+
+    // Each chart against `query` on the same (final) snapshot.
+    let manifest = common::manifest(&dir);
+    assert_eq!(
+        b.eval(
+            "return document.querySelector('#as-of').textContent;",
+            json!([])
+        ),
+        manifest["as_of"]
+    );
+    let daily = rows(
+        &dir,
+        "SELECT CAST(day AS VARCHAR) AS day, revenue, orders FROM daily_sales ORDER BY day",
+    );
+    assert!(daily.len() > 300);
+    let points = |chart: &str| -> Vec<(String, String)> {
+        let v = b.eval(
+            "return [...document.querySelectorAll('[data-chart=\"' + arguments[0] + '\"] circle')]\
+             .map(c => [c.dataset.day, c.dataset.value]);",
+            json!([chart]),
+        );
+        serde_json::from_value(v).unwrap()
+    };
+    let want: Vec<(String, String)> = daily.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    assert_eq!(points("daily-revenue"), want);
+    let want: Vec<(String, String)> = daily.iter().map(|r| (r[0].clone(), r[2].clone())).collect();
+    assert_eq!(points("daily-orders"), want);
+
+    let top = |table: &str, column: &str, measure: &str, period: &str| {
+        pairs(rows(
+            &dir,
+            &format!(
+                "SELECT COALESCE({column}, '(unknown)') AS name, SUM({measure}) AS v FROM {table} \
+                 {period} GROUP BY 1 ORDER BY v DESC, name LIMIT 10"
+            ),
+        ))
+    };
+    assert_eq!(
+        bars(&b, "categories-revenue"),
+        top("daily_category_sales", "category_code", "revenue", "")
+    );
+    assert_eq!(
+        bars(&b, "categories-units"),
+        top("daily_category_sales", "category_code", "items", "")
+    );
+    assert_eq!(
+        bars(&b, "brands-revenue"),
+        top("daily_brand_sales", "brand", "revenue", "")
+    );
+    assert_eq!(
+        bars(&b, "brands-units"),
+        top("daily_brand_sales", "brand", "items", "")
+    );
+
+    let orders: Vec<(String, String)> = rows(
+        &dir,
+        "SELECT LEAST(frequency, 10) AS o, COUNT(*) FROM rfm GROUP BY 1 ORDER BY 1",
+    )
+    .into_iter()
+    .map(|r| {
+        (
+            if r[0] == "10" {
+                "10+".into()
+            } else {
+                r[0].clone()
+            },
+            r[1].clone(),
+        )
+    })
+    .collect();
+    assert_eq!(bars(&b, "orders-per-customer"), orders);
+
+    let bounds = [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+    let mut spend = vec![0u64; bounds.len() + 1];
+    for r in rows(&dir, "SELECT monetary FROM rfm") {
+        let m: f64 = r[0].parse().unwrap();
+        spend[bounds.iter().filter(|&&b| m >= b).count()] += 1;
+    }
+    let shown: Vec<u64> = bars(&b, "spend-per-customer")
+        .iter()
+        .map(|(_, v)| v.parse().unwrap())
+        .collect();
+    assert_eq!(shown, spend);
+
+    let segments: BTreeMap<String, String> = pairs(rows(
+        &dir,
+        "SELECT segment, COUNT(*) FROM rfm GROUP BY segment",
+    ))
+    .into_iter()
+    .collect();
+    let shown: BTreeMap<String, String> = bars(&b, "segments")
+        .into_iter()
+        .filter(|(_, v)| v != "0")
+        .collect();
+    assert_eq!(shown, segments);
+    assert_eq!(bars(&b, "segments").len(), 11, "every segment is shown");
+
+    let cells: BTreeMap<(String, String), String> = rows(
+        &dir,
+        "SELECT r_score, f_score, COUNT(*) FROM rfm GROUP BY 1, 2",
+    )
+    .into_iter()
+    .map(|r| ((r[0].clone(), r[1].clone()), r[2].clone()))
+    .collect();
+    let shown: Vec<(String, String, String)> = serde_json::from_value(b.eval(
+        "return [...document.querySelectorAll('[data-chart=\"rf-grid\"] .cell')]\
+         .map(g => [g.dataset.r, g.dataset.f, g.dataset.value]);",
+        json!([]),
+    ))
+    .unwrap();
+    assert_eq!(shown.len(), 25);
+    let shown: BTreeMap<(String, String), String> = shown
+        .into_iter()
+        .filter(|c| c.2 != "0")
+        .map(|(r, f, n)| ((r, f), n))
+        .collect();
+    assert_eq!(shown, cells);
+
+    let rejected: Vec<(String, String)> = serde_json::from_value(b.eval(
+        "return [...document.querySelectorAll('#rejected tr')].slice(1)\
+         .map(tr => [tr.cells[0].textContent, tr.cells[1].textContent]);",
+        json!([]),
+    ))
+    .unwrap();
+    let want: BTreeMap<String, String> = manifest["counts"]["rejected"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    assert_eq!(rejected.into_iter().collect::<BTreeMap<_, _>>(), want);
+
+    // The period picker: the last 7 days.
+    let last = chrono::NaiveDate::parse_from_str(&daily.last().unwrap()[0], "%Y-%m-%d").unwrap();
+    let first = last - chrono::Days::new(6);
+    b.eval(
+        "document.querySelector('[data-days=\"7\"]').click(); return 1;",
+        json!([]),
+    );
+    b.wait_for(
+        &format!(
+            "return document.querySelector('#period-note').textContent === '{first} to {last}';"
+        ),
+        Duration::from_secs(30),
+    );
+    let period = format!("WHERE day BETWEEN DATE '{first}' AND DATE '{last}'");
+    assert_eq!(
+        bars(&b, "brands-revenue"),
+        top("daily_brand_sales", "brand", "revenue", &period)
+    );
+    assert_eq!(
+        bars(&b, "categories-units"),
+        top("daily_category_sales", "category_code", "items", &period)
+    );
+
+    // The customer look-up.
+    let best = &rows(
+        &dir,
+        "SELECT CAST(user_id AS VARCHAR) AS id, segment, rfm_cell FROM rfm ORDER BY monetary DESC, user_id LIMIT 1",
+    )[0];
+    b.eval(
+        "document.querySelector('#customer-id').value = arguments[0];\
+         document.querySelector('#lookup').requestSubmit(); return 1;",
+        json!([best[0]]),
+    );
+    let segment = b.wait_for(
+        "const e = document.querySelector('[data-field=\"segment\"]'); return e && e.textContent;",
+        Duration::from_secs(30),
+    );
+    assert_eq!(segment, json!(best[1]));
+    let scores = b.eval(
+        "return document.querySelector('[data-field=\"R, F, M scores\"]').textContent;",
+        json!([]),
+    );
+    assert!(
+        scores
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("(cell {})", best[2])),
+        "{scores}"
+    );
+
+    // The SQL box.
+    b.eval(
+        "document.querySelector('#sql-form').requestSubmit(); return 1;",
+        json!([]),
+    );
+    let note = b.wait_for(
+        "return document.querySelector('#sql-note').textContent;",
+        Duration::from_secs(30),
+    );
+    assert_eq!(note, json!(format!("{} rows", segments.len())));
+
+    // Bad requests get a 400 and a message.
+    for path in [
+        "/api/overview?from=2020-13-01",
+        "/api/overview?top=0",
+        "/api/customer/12x",
+    ] {
+        let (status, _, body) = get(&addr, path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
+    assert_eq!(get(&addr, "/api/customer/1").0, 404);
+    let (status, reply) = post(&addr, "/api/sql", r#"{"sql": "DROP TABLE rfm"}"#);
+    assert_eq!(status, 400);
+    assert!(
+        reply["error"].as_str().unwrap().contains("read-only"),
+        "{reply}"
+    );
+    assert_eq!(post(&addr, "/api/sql", "SELECT 1").0, 400);
+    let (status, reply) = post(
+        &addr,
+        "/api/sql",
+        r#"{"sql": "SELECT user_id FROM rfm", "limit": 5}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(reply["rows"].as_array().unwrap().len(), 5);
+    assert_eq!(reply["truncated"], json!(true));
+    assert_eq!(reply["columns"], json!(["user_id"]));
+
+    let errors: Vec<(String, String)> = b
+        .console()
+        .into_iter()
+        .filter(|(level, _)| level == "SEVERE" || level == "WARNING")
+        .collect();
+    assert!(errors.is_empty(), "console: {errors:?}");
+    let png = b.screenshot();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("store-page.png"),
+        png,
+    )
+    .unwrap();
+
+    // A phone: nothing wider than the screen.
+    let phone = Browser::start(390, 844);
+    phone.goto(&format!("http://{addr}/"));
+    phone.wait_for(
+        "return document.body.dataset.version",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        phone.eval(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            json!([])
+        ),
+        json!(true)
+    );
+    std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("store-page-phone.png"),
+        phone.screenshot(),
+    )
+    .unwrap();
+}
