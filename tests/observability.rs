@@ -6,12 +6,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::kafka::{serial, Broker, Proc};
 use common::ok;
-use common::prometheus::{dashboard_exprs, free_port, promtool, Prometheus};
+use common::prometheus::{dashboard_exprs, free_port, get, promtool, Prometheus};
 
 fn project(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -85,6 +86,7 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     let broker = Broker::start();
     broker.create_topic("purchases", 4);
     let (p_run, p_replay, p_process) = (free_port(), free_port(), free_port());
+    let p_page = free_port();
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let snaps = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
 
@@ -102,6 +104,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             "1s",
             "--metrics-addr",
             &addr(p_process),
+            "--http-addr",
+            &addr(p_page),
         ],
     );
     // Paced so that both outlive several scrapes (5 s apart), one by rate and one by
@@ -230,6 +234,54 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     assert_eq!(
         prometheus.value("sum(storepulse_duplicate_messages_total{job=\"storepulse-process\"})"),
         Some(0.0)
+    );
+    // The processor's store page answers from its partitions merged: the same customers
+    // per segment as `query` over the same snapshots.
+    let page = addr(p_page);
+    let segments = |dir: &str| -> BTreeMap<String, u64> {
+        let csv = common::query_csv(
+            Path::new(dir),
+            "SELECT segment, COUNT(*) AS n FROM rfm GROUP BY segment",
+        );
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                let (s, n) = l.rsplit_once(',').unwrap();
+                (s.to_string(), n.parse().unwrap())
+            })
+            .collect()
+    };
+    let mut body = String::new();
+    wait(
+        Duration::from_secs(60),
+        "the page on the final snapshots",
+        || {
+            let (status, _, text) = get(&page, "/api/overview");
+            body = text;
+            status == 200
+                && serde_json::from_str::<serde_json::Value>(&body).unwrap()["snapshot"]["accepted"]
+                    == sent as u64
+        },
+    );
+    let overview: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(overview["snapshot"]["parts"], 4, "{}", overview["snapshot"]);
+    let shown: BTreeMap<String, u64> = overview["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["customers"].as_u64() != Some(0))
+        .map(|s| {
+            (
+                s["segment"].as_str().unwrap().to_string(),
+                s["customers"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, segments(&process_dir));
+    assert_eq!(
+        shown,
+        segments(&run_dir),
+        "the merged partitions equal the run"
     );
     process.terminate(Duration::from_secs(60));
 }
