@@ -234,3 +234,68 @@ async fn run_then_query_equals_an_independent_sql_computation() {
     assert!(want.lines().count() > 3000, "thousands of customers");
     assert_eq!(got, want);
 }
+
+/// An event-time replay larger than `--memory-limit` is sorted in runs spilled to disk and
+/// merged: the tables, the counts and the dead letters are those of the in-memory sort,
+/// and the temporary runs are gone afterwards.
+#[test]
+fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        "200000",
+        "--seed",
+        "12",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let (memory, spilled) = (tmp.path().join("memory"), tmp.path().join("spilled"));
+    run(&input, &memory, &[]);
+    // 1 MiB holds about 10,900 events, less than one 8 MiB read block: each block
+    // (about 23 MB of input in all) becomes a run of its own.
+    let out = common::storepulse(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--snapshot-dir",
+        spilled.to_str().unwrap(),
+        "--no-progress",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--memory-limit",
+        "1MiB",
+    ]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let runs: u32 = said
+        .split(" runs on disk")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no spill reported: {said}"));
+    assert!(runs >= 3, "{said}");
+    assert_eq!(
+        common::query_tables(&memory),
+        common::query_tables(&spilled)
+    );
+    assert_eq!(manifest(&memory)["counts"], manifest(&spilled)["counts"]);
+    assert_eq!(
+        std::fs::read(memory.join("rejected.csv")).unwrap(),
+        std::fs::read(spilled.join("rejected.csv")).unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("storepulse-sort-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let out = common::storepulse(&["run", "--memory-limit", "12x", "--input", "x.csv"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown size unit"));
+}

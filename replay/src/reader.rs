@@ -120,6 +120,11 @@ impl<R: Read> CsvReader<R> {
     }
 
     /// Category codes and brands seen so far; event [`Sym`]s index into it.
+    /// Bytes read and parsed at a time (a block grows only for a line longer than it).
+    pub fn block_bytes(&self) -> usize {
+        self.block_bytes
+    }
+
     pub fn dictionary(&self) -> &Dictionary {
         &self.dict
     }

@@ -136,6 +136,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             limit: args.limit,
             progress: !args.no_progress && std::io::stderr().is_terminal(),
             skip: Default::default(),
+            memory_limit: args.pace.memory_limit,
         },
     };
     let _metrics = super::run::serve_metrics("replay", args.metrics_addr);

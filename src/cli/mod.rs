@@ -97,6 +97,35 @@ pub struct PaceArgs {
         default_value = "2000-01-01T00:00:00Z"
     )]
     pub min_event_time: String,
+    /// Memory for the events of an event-time replay (e.g. 256MiB, 1GiB); a larger file
+    /// is sorted in runs spilled to temporary files and merged, in the same order.
+    #[arg(long, env = "STOREPULSE_MEMORY_LIMIT", default_value = "256MiB", value_parser = parse_size)]
+    pub memory_limit: usize,
+}
+
+/// A size in bytes: a whole number with an optional unit (K, KiB, M, MiB, G, GiB, all
+/// powers of 1024), at least 1 MiB.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 256MiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        u => return Err(format!("unknown size unit `{u}` (use KiB, MiB or GiB)")),
+    };
+    let bytes = n
+        .checked_mul(1usize << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!("`{text}` is less than 1MiB"));
+    }
+    Ok(bytes)
 }
 
 /// Event-time windows and snapshot timing (`run` and `process`).

@@ -61,6 +61,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         core: core(&args.window),
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         resume: args.resume,
+        memory_limit: args.pace.memory_limit,
     })
 }
 

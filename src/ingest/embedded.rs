@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// Continue from the latest complete snapshot in `snapshot_dir` (`--resume`).
     pub resume: bool,
+    /// Bytes of events held for the event-time sort (`--memory-limit`).
+    pub memory_limit: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,7 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         limit: None,
         progress: config.progress,
         skip,
+        memory_limit: config.memory_limit,
     };
     let read_result = feed::replay(&feed_config, &mut ChannelSink(&tx), &shutdown);
     let last = match (&read_result, shutdown.load(Ordering::SeqCst)) {

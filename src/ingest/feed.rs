@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::spill::Sorter;
 use indicatif::{ProgressBar, ProgressStyle};
 use storepulse_replay::{
-    sort_by_event_time, CsvReader, Dictionary, Pace, Pacer, PurchaseEvent, ReadError, ReadStats,
-    ReaderConfig, Rejected,
+    CsvReader, Dictionary, Pace, Pacer, PurchaseEvent, ReadError, ReadStats, ReaderConfig, Rejected,
 };
 
 use crate::aggregate::MICROS_PER_DAY;
@@ -67,7 +67,14 @@ pub struct FeedConfig {
     pub progress: bool,
     /// What an earlier run already delivered (`run --resume`).
     pub skip: Skip,
+    /// Bytes of events an event-time replay holds in memory; beyond it, sorted runs are
+    /// spilled to temporary files and merged (`--memory-limit`).
+    pub memory_limit: usize,
 }
+
+/// The default `--memory-limit`: the real log's 2.6 M events (about 240 MiB) stay in
+/// memory; a file ten times larger is sorted in runs.
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
 
 /// The part of the replay a resumed run skips: the read reports of the first `lines`
 /// lines and the first `events` events in replay order. Both sequences are deterministic
@@ -128,6 +135,7 @@ pub fn replay(
         limit: config.limit.unwrap_or(u64::MAX),
         limit_reached: false,
         skip: config.skip,
+        memory_limit: config.memory_limit,
     };
     let read_err = |source| FeedError::Read {
         path: config.input.clone(),
@@ -186,6 +194,7 @@ struct Feed<'a> {
     limit: u64,
     limit_reached: bool,
     skip: Skip,
+    memory_limit: usize,
 }
 
 impl Feed<'_> {
@@ -200,10 +209,9 @@ impl Feed<'_> {
         size_hint: usize,
         passes: u32,
     ) -> Result<bool, ReadError> {
-        // Reserved from the file size (no line is shorter than ~60 bytes): pages never
-        // touched stay virtual, and the buffer never doubles while full.
-        let mut held: Vec<PurchaseEvent> = Vec::with_capacity(size_hint / 60);
-        while let Some(block) = reader.next_block_into(&mut held)? {
+        let block_events = reader.block_bytes() / 60 + 1;
+        let mut sorter = Sorter::new(self.memory_limit, size_hint, block_events);
+        while let Some(block) = reader.next_block_into(&mut sorter.held)? {
             self.bar.set_position(block.bytes_through);
             if self.stopped() {
                 return Ok(false);
@@ -216,23 +224,39 @@ impl Feed<'_> {
             {
                 return Ok(false);
             }
+            sorter.block_added()?;
         }
         self.bar.set_message("ordering by event time");
-        sort_by_event_time(&mut held);
-        let span = match (held.first(), held.last()) {
-            (Some(a), Some(b)) => (a.event_time_us, b.event_time_us),
-            _ => (i64::MAX, i64::MIN),
-        };
+        sorter.finish()?;
+        if sorter.runs() > 0 {
+            eprintln!(
+                "storepulse: {} events sorted by event time in {} runs on disk (--memory-limit)",
+                sorter.len(),
+                sorter.runs()
+            );
+        }
+        let span = sorter.span();
         let mut names = new_names(reader.dictionary(), &mut 0);
-        self.bar
-            .set_length(held.len() as u64 * u64::from(passes.max(1)));
+        self.bar.set_length(sorter.len() * u64::from(passes.max(1)));
         self.bar.set_position(0);
         self.bar.set_message("replaying by event time");
         // The schedule starts with the first event, not with the reading before it.
         self.start = Instant::now();
         for pass in 0..passes.max(1) {
             let names = std::mem::take(&mut names);
-            if !self.emit(pass, pass_shift(span, pass), names, &held) {
+            let mut failed = None;
+            let events = sorter.events()?.map_while(|e| match e {
+                Ok(e) => Some(e),
+                Err(err) => {
+                    failed = Some(err);
+                    None
+                }
+            });
+            let go_on = self.emit(pass, pass_shift(span, pass), names, events);
+            if let Some(err) = failed {
+                return Err(err.into());
+            }
+            if !go_on {
                 return Ok(false);
             }
         }
@@ -272,7 +296,7 @@ impl Feed<'_> {
             } else {
                 Vec::new()
             };
-            if !self.emit(pass, shift, names, &block.events) {
+            if !self.emit(pass, shift, names, block.events.iter().copied()) {
                 return Ok(false);
             }
         }
@@ -285,9 +309,10 @@ impl Feed<'_> {
         pass: u32,
         shift: i64,
         mut names: Vec<Box<str>>,
-        events: &[PurchaseEvent],
+        events: impl Iterator<Item = PurchaseEvent>,
     ) -> bool {
-        let mut batch: Vec<PurchaseEvent> = Vec::with_capacity(BATCH.min(events.len()));
+        let mut batch: Vec<PurchaseEvent> =
+            Vec::with_capacity(BATCH.min(events.size_hint().1.unwrap_or(BATCH).max(1)));
         for e in events {
             if self.skip.events > 0 {
                 self.skip.events -= 1;
@@ -299,7 +324,7 @@ impl Feed<'_> {
             }
             let e = PurchaseEvent {
                 event_time_us: e.event_time_us + shift,
-                ..*e
+                ..e
             };
             let due = self.pacer.due(e.event_time_us);
             // The clock is read only when pacing (not in --max mode).

@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod feed;
+pub mod spill;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};

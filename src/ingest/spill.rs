@@ -1,0 +1,312 @@
+//! The event-time order of a file larger than memory: events are held up to a byte limit,
+//! then sorted and spilled as a run to a temporary file (fixed 73-byte records), and the
+//! runs are merged back by (event time, line), the same key as the in-memory sort, so the
+//! order (ties in file order) is exactly the same. Below the limit nothing touches disk.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+
+use storepulse_replay::{sort_by_event_time, PurchaseEvent, Sym};
+
+/// Bytes one held event takes in memory.
+pub const EVENT_BYTES: usize = std::mem::size_of::<PurchaseEvent>();
+const RECORD: usize = 73;
+
+/// Events of one file in event-time order, in memory or in sorted runs on disk.
+pub struct Sorter {
+    pub held: Vec<PurchaseEvent>,
+    limit_events: usize,
+    runs: Vec<PathBuf>,
+    dir: Option<PathBuf>,
+    count: u64,
+    span: (i64, i64),
+}
+
+impl Sorter {
+    /// Holds at most `memory_limit` bytes of events; `size_hint` (the file's bytes) and
+    /// `block_events` (most events one read block adds) size the buffer once.
+    pub fn new(memory_limit: usize, size_hint: usize, block_events: usize) -> Self {
+        let limit_events = (memory_limit / EVENT_BYTES).max(1);
+        // No line is shorter than ~60 bytes; pages never touched stay virtual.
+        let capacity = (size_hint / 60).min(limit_events + block_events);
+        Sorter {
+            held: Vec::with_capacity(capacity),
+            limit_events,
+            runs: Vec::new(),
+            dir: None,
+            count: 0,
+            span: (i64::MAX, i64::MIN),
+        }
+    }
+
+    /// Called after each block is appended to `held`: spills when over the limit.
+    pub fn block_added(&mut self) -> io::Result<()> {
+        if self.held.len() >= self.limit_events {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        sort_by_event_time(&mut self.held);
+        self.note(self.held.len());
+        let dir = match &self.dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = std::env::temp_dir().join(format!(
+                    "storepulse-sort-{}-{:x}",
+                    std::process::id(),
+                    self as *const Self as usize
+                ));
+                std::fs::create_dir_all(&d)?;
+                self.dir = Some(d.clone());
+                d
+            }
+        };
+        let path = dir.join(format!("run-{}", self.runs.len()));
+        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+        let mut rec = [0u8; RECORD];
+        for e in &self.held {
+            encode(e, &mut rec);
+            w.write_all(&rec)?;
+        }
+        w.flush()?;
+        self.runs.push(path);
+        self.held.clear();
+        Ok(())
+    }
+
+    fn note(&mut self, n: usize) {
+        self.count += n as u64;
+        if let (Some(a), Some(b)) = (self.held.first(), self.held.last()) {
+            self.span = (
+                self.span.0.min(a.event_time_us),
+                self.span.1.max(b.event_time_us),
+            );
+        }
+    }
+
+    /// All events are in: sorts what is held (and spills it too when runs exist).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.runs.is_empty() {
+            sort_by_event_time(&mut self.held);
+            self.note(self.held.len());
+            Ok(())
+        } else {
+            if !self.held.is_empty() {
+                self.spill()?;
+            }
+            self.held = Vec::new();
+            Ok(())
+        }
+    }
+
+    /// Events held in all, and the (first, last) event time.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn span(&self) -> (i64, i64) {
+        self.span
+    }
+
+    /// How many runs went to disk.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// The events in order (after [`finish`](Self::finish)); may be called once per pass.
+    pub fn events(&self) -> io::Result<Events<'_>> {
+        if self.runs.is_empty() {
+            return Ok(Events(Source::Memory(self.held.iter())));
+        }
+        let mut readers = Vec::with_capacity(self.runs.len());
+        let mut heap = BinaryHeap::new();
+        for (i, path) in self.runs.iter().enumerate() {
+            let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
+            if let Some(e) = read_one(&mut r)? {
+                heap.push(Reverse(((e.event_time_us, e.line), i, Slot(e))));
+            }
+            readers.push(r);
+        }
+        Ok(Events(Source::Merge { readers, heap }))
+    }
+}
+
+impl Drop for Sorter {
+    fn drop(&mut self) {
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// An event in the merge heap, compared only through its key.
+struct Slot(PurchaseEvent);
+
+impl PartialEq for Slot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Slot {}
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Slot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+type Key = ((i64, u64), usize, Slot);
+
+/// The events in event-time order: from memory, or merged from the runs.
+pub struct Events<'a>(Source<'a>);
+
+enum Source<'a> {
+    Memory(std::slice::Iter<'a, PurchaseEvent>),
+    Merge {
+        readers: Vec<BufReader<File>>,
+        heap: BinaryHeap<Reverse<Key>>,
+    },
+}
+
+impl Iterator for Events<'_> {
+    type Item = io::Result<PurchaseEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.0 {
+            Source::Memory(it) => it.next().map(|e| Ok(*e)),
+            Source::Merge { readers, heap } => {
+                let Reverse((_, i, Slot(e))) = heap.pop()?;
+                match read_one(&mut readers[i]) {
+                    Ok(Some(n)) => heap.push(Reverse(((n.event_time_us, n.line), i, Slot(n)))),
+                    Ok(None) => {}
+                    Err(err) => return Some(Err(err)),
+                }
+                Some(Ok(e))
+            }
+        }
+    }
+}
+
+fn encode(e: &PurchaseEvent, out: &mut [u8; RECORD]) {
+    let flags = u8::from(e.category_id.is_some())
+        | u8::from(e.user_id.is_some()) << 1
+        | u8::from(e.category.is_some()) << 2
+        | u8::from(e.brand.is_some()) << 3;
+    out[0] = flags;
+    let mut at = 1;
+    let mut put = |bytes: &[u8]| {
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(&e.event_time_us.to_le_bytes());
+    put(&e.order_id.to_le_bytes());
+    put(&e.product_id.to_le_bytes());
+    put(&e.category_id.unwrap_or(0).to_le_bytes());
+    put(&e.user_id.unwrap_or(0).to_le_bytes());
+    put(&e.price_cents.to_le_bytes());
+    put(&e.category.map_or(0, |s| s.0).to_le_bytes());
+    put(&e.brand.map_or(0, |s| s.0).to_le_bytes());
+    put(&e.line.to_le_bytes());
+    put(&e.offset.to_le_bytes());
+}
+
+fn decode(b: &[u8; RECORD]) -> PurchaseEvent {
+    let flags = b[0];
+    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let some = |bit: u8| flags & (1 << bit) != 0;
+    PurchaseEvent {
+        event_time_us: u64_at(1) as i64,
+        order_id: u64_at(9),
+        product_id: u64_at(17),
+        category_id: some(0).then(|| u64_at(25)),
+        user_id: some(1).then(|| u64_at(33)),
+        price_cents: u64_at(41) as i64,
+        category: some(2).then(|| Sym(u32_at(49))),
+        brand: some(3).then(|| Sym(u32_at(53))),
+        line: u64_at(57),
+        offset: u64_at(65),
+    }
+}
+
+fn read_one(r: &mut impl Read) -> io::Result<Option<PurchaseEvent>> {
+    let mut rec = [0u8; RECORD];
+    match r.read_exact(&mut rec) {
+        Ok(()) => Ok(Some(decode(&rec))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(t: i64, line: u64) -> PurchaseEvent {
+        PurchaseEvent {
+            event_time_us: t,
+            order_id: line * 7,
+            product_id: u64::MAX - line,
+            category_id: (line % 2 == 0).then_some(line),
+            user_id: (line % 3 == 0).then_some(line << 40),
+            price_cents: -(line as i64),
+            category: (line % 5 != 0).then_some(Sym(line as u32)),
+            brand: (line % 4 == 0).then_some(Sym(3)),
+            line,
+            offset: line * 100,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for line in 0..40 {
+            let e = event(i64::MIN + line as i64, line);
+            let mut rec = [0u8; RECORD];
+            encode(&e, &mut rec);
+            assert_eq!(decode(&rec), e);
+        }
+    }
+
+    /// Spilled runs merge into exactly the in-memory order, ties in file order.
+    #[test]
+    fn spilled_runs_merge_into_the_in_memory_order() {
+        let events: Vec<PurchaseEvent> = (0..10_000u64)
+            .map(|line| event(((line * 7919) % 613) as i64, line))
+            .collect();
+        let mut want = events.clone();
+        sort_by_event_time(&mut want);
+        for limit in [
+            EVENT_BYTES,
+            100 * EVENT_BYTES,
+            3_333 * EVENT_BYTES,
+            usize::MAX / 2,
+        ] {
+            let mut s = Sorter::new(limit, 1 << 20, 64);
+            for chunk in events.chunks(64) {
+                s.held.extend_from_slice(chunk);
+                s.block_added().unwrap();
+            }
+            s.finish().unwrap();
+            assert_eq!(s.len(), 10_000);
+            assert_eq!(s.span(), (0, 612));
+            for _pass in 0..2 {
+                let got: Vec<PurchaseEvent> = s.events().unwrap().map(Result::unwrap).collect();
+                assert!(got == want, "limit {limit}");
+            }
+            assert_eq!(s.runs() > 0, limit < 10_000 * EVENT_BYTES, "limit {limit}");
+        }
+    }
+}
