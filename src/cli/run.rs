@@ -176,6 +176,13 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         "wall time      {wall_secs:>11.2}s  ({:.0} events/s)",
         applied as f64 / wall_secs.max(1e-9)
     );
+    if !outcome.longest_pause.is_zero() {
+        let _ = writeln!(
+            s,
+            "snapshot pause {:>11.3}s  (longest stop of the core to copy its state)",
+            outcome.longest_pause.as_secs_f64()
+        );
+    }
     if let Some(kib) = peak_memory_kib() {
         let _ = writeln!(s, "peak memory    {:>10.0} MiB", kib as f64 / 1024.0);
     }

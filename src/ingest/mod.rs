@@ -55,7 +55,13 @@ pub struct DriverOutcome {
     pub core: Core,
     pub manifest: Manifest,
     pub complete: bool,
+    /// The longest the core stopped for a periodic snapshot (copying its state; the
+    /// scoring and writing happen on another thread).
+    pub longest_pause: Duration,
 }
+
+/// A periodic snapshot being written on its own thread: the store comes back with it.
+type Writing = std::thread::JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -67,7 +73,10 @@ pub enum DriverError {
 
 pub struct Driver {
     core: Core,
-    store: SnapshotStore,
+    /// `None` while a periodic snapshot is being written (`writing`).
+    store: Option<SnapshotStore>,
+    writing: Option<Writing>,
+    longest_pause: Duration,
     sink: RejectedSink,
     lookup: LineLookup,
     config: DriverConfig,
@@ -90,7 +99,9 @@ impl Driver {
     ) -> Self {
         Self {
             core,
-            store,
+            store: Some(store),
+            writing: None,
+            longest_pause: Duration::ZERO,
             sink,
             lookup,
             config,
@@ -140,7 +151,7 @@ impl Driver {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if last.elapsed() >= self.config.snapshot_interval {
-                self.snapshot(false)?;
+                self.snapshot_in_background()?;
                 last = Instant::now();
             }
         };
@@ -149,6 +160,7 @@ impl Driver {
             core: self.core,
             manifest,
             complete,
+            longest_pause: self.longest_pause,
         })
     }
 
@@ -213,9 +225,9 @@ impl Driver {
         }
     }
 
-    fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
-        self.sink.sync().map_err(DriverError::Rejected)?;
-        let meta = SnapshotMeta {
+    /// What a snapshot taken now records besides the core.
+    fn meta(&self, complete: bool) -> SnapshotMeta {
+        SnapshotMeta {
             input: InputPosition::File {
                 path: self.config.source.clone(),
                 order: self.config.order.clone(),
@@ -226,17 +238,68 @@ impl Driver {
             },
             counts: self.counts(),
             config: self.config.window.clone(),
-        };
+        }
+    }
+
+    /// Waits for the periodic snapshot being written, if any, and takes the store back.
+    fn finish_writing(&mut self) -> Result<(), DriverError> {
+        if let Some(writing) = self.writing.take() {
+            let (store, result, took) = writing.join().expect("the snapshot writer panicked");
+            self.store = Some(store);
+            self.published(&result?, took);
+        }
+        Ok(())
+    }
+
+    /// A periodic snapshot: the core stops only to copy its state; scoring, encoding and
+    /// writing run on another thread. One at a time: the next waits for the last.
+    fn snapshot_in_background(&mut self) -> Result<(), DriverError> {
+        self.finish_writing()?;
+        self.sink.sync().map_err(DriverError::Rejected)?;
+        let meta = self.meta(false);
         let started = Instant::now();
-        let manifest = self.store.write(&self.core, meta)?;
+        let copy = self.core.clone();
+        self.longest_pause = self.longest_pause.max(started.elapsed());
+        let mut store = self.store.take().expect("the store is back");
+        let spawned = std::thread::Builder::new()
+            .name("storepulse-snapshot".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let result = store.write(&copy, meta);
+                (store, result, t.elapsed())
+            })
+            .map_err(|e| {
+                DriverError::Snapshot(SnapshotError::Io {
+                    what: "starting the snapshot writer for",
+                    path: std::path::PathBuf::new(),
+                    source: e,
+                })
+            })?;
+        self.writing = Some(spawned);
+        Ok(())
+    }
+
+    /// The last snapshot of a run, written before returning.
+    fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
+        self.finish_writing()?;
+        self.sink.sync().map_err(DriverError::Rejected)?;
+        let meta = self.meta(complete);
+        let started = Instant::now();
+        let store = self.store.as_mut().expect("the store is back");
+        let manifest = store.write(&self.core, meta)?;
+        self.published(&manifest, started.elapsed());
+        Ok(manifest)
+    }
+
+    /// Metrics of a published snapshot.
+    fn published(&mut self, manifest: &Manifest, took: Duration) {
         let m = crate::metrics::get();
         let bytes = manifest.tables.values().map(|t| t.bytes).sum();
-        m.snapshot_published(started.elapsed(), bytes);
+        m.snapshot_published(took, bytes);
         m.segments(manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)));
         m.customer_orders
             .set(self.core.customer_order_count() as i64);
         m.state_bytes.set(self.core.memory_bytes() as i64);
         self.publish_progress(0);
-        Ok(manifest)
     }
 }
