@@ -3,7 +3,8 @@
 //! end-to-end wall time and peak memory of `storepulse run --max` (release binary).
 //!
 //! `cargo bench` runs it; `STOREPULSE_BENCH_ROWS` sets another size. Targets: end to end
-//! under 2 s, peak memory under 600 MiB.
+//! under 2 s, peak memory under 600 MiB; the 10x file (`STOREPULSE_BENCH_SCALE`) in at most
+//! 11x the time, under 1.5 GiB.
 
 mod common;
 
@@ -111,6 +112,25 @@ fn main() {
         (ws / w - 1.0) * 100.0,
         scrapes
     );
+
+    // The same run on a file `STOREPULSE_BENCH_SCALE` times larger (default 10; 1 skips):
+    // cost should grow linearly and memory stay bounded (issue targets: at most 11x the
+    // time, under 1.5 GiB). Generated once under target/bench-data (3.1 GB at 10x).
+    let scale: u64 = std::env::var("STOREPULSE_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    if scale > 1 {
+        let big = data_file(rows * scale);
+        let (wall, mib, _) = end_to_end(&big, false);
+        println!(
+            "{scale}x input:      {:>8.3} s  ({:.1}x the time of 1x)  peak RSS {:.0} MiB  ({} lines)",
+            wall,
+            wall / w,
+            mib,
+            rows * scale
+        );
+    }
 }
 
 /// One `run --max`: (wall seconds, peak MiB, scrapes made).
