@@ -75,7 +75,13 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
-        let addr = format!("127.0.0.1:{port}");
+        // Owned from here on, so that a failure below still stops the driver.
+        let mut browser = Browser {
+            driver,
+            addr: format!("127.0.0.1:{port}"),
+            session: String::new(),
+        };
+        let addr = browser.addr.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&addr).is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not listen");
@@ -91,15 +97,11 @@ impl Browser {
             "goog:loggingPrefs": {"browser": "ALL"}
         }}});
         let reply = request(&addr, "POST", "/session", Some(&caps));
-        let session = reply["value"]["sessionId"]
+        browser.session = reply["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {reply}"))
             .to_string();
-        Browser {
-            driver,
-            addr,
-            session,
-        }
+        browser
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
@@ -162,8 +164,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let path = format!("/session/{}", self.session);
-        let _ = std::panic::catch_unwind(|| request(&self.addr, "DELETE", &path, None));
+        if !self.session.is_empty() {
+            let path = format!("/session/{}", self.session);
+            let _ = std::panic::catch_unwind(|| request(&self.addr, "DELETE", &path, None));
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
