@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod generate;
+pub mod http;
 pub mod ingest;
 pub mod kafka;
 pub mod metrics;

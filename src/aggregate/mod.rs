@@ -179,6 +179,15 @@ impl Core {
         self.days.iter().map(|(&d, day)| (d, day, self.is_final(d)))
     }
 
+    /// Revenue, items and orders over every day held.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for day in self.days.values() {
+            t.add(&day.totals);
+        }
+        t
+    }
+
     pub fn customers(&self) -> &FxHashMap<u64, Customer> {
         &self.customers
     }

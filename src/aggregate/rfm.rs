@@ -59,8 +59,13 @@ pub fn segment_counts(
     customers: &FxHashMap<u64, Customer>,
     as_of_day: i32,
 ) -> std::collections::BTreeMap<&'static str, u64> {
+    count_segments(&score(customers, as_of_day))
+}
+
+/// How many of `rows` fall in each segment.
+pub fn count_segments(rows: &[RfmRow]) -> std::collections::BTreeMap<&'static str, u64> {
     let mut counts = std::collections::BTreeMap::new();
-    for row in score(customers, as_of_day) {
+    for row in rows {
         *counts.entry(row.segment).or_default() += 1;
     }
     counts

@@ -198,7 +198,7 @@ pub struct PageArgs {
 }
 
 impl PageArgs {
-    pub fn start(&self, command: &str, dir: &std::path::Path) -> Option<crate::serve::Server> {
+    pub fn start(&self, command: &str, dir: &std::path::Path) -> Option<std::net::SocketAddr> {
         let addr = self.http_addr?;
         crate::serve::start_logged(command, dir, addr)
     }
@@ -239,11 +239,11 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let server = crate::serve::start(args.snapshot_dir.clone(), args.http_addr)
+    let bound = crate::serve::start(args.snapshot_dir.clone(), args.http_addr)
         .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.http_addr))?;
     eprintln!(
         "storepulse serve: store page on http://{}/ (snapshots in {}); Ctrl-C stops",
-        server.addr,
+        bound,
         args.snapshot_dir.display()
     );
     let shutdown = crate::shutdown::install();

@@ -115,7 +115,7 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         ..
     } = &m.counts;
     let core = &outcome.core;
-    let revenue: i64 = core.days().map(|(_, d, _)| d.totals.revenue_cents).sum();
+    let revenue = core.totals().revenue_cents;
     let mut s = String::new();
     let state = if outcome.complete {
         "complete"
@@ -204,18 +204,7 @@ pub fn day_string(day: i32) -> String {
 }
 
 /// Starts the metrics endpoint; a busy address is a warning, not a failure.
-pub fn serve_metrics(command: &str, addr: std::net::SocketAddr) -> Option<crate::metrics::Server> {
-    match crate::metrics::serve(addr) {
-        Ok(server) => {
-            eprintln!(
-                "storepulse {command}: metrics on http://{}/metrics",
-                server.addr
-            );
-            Some(server)
-        }
-        Err(e) => {
-            eprintln!("storepulse {command}: no metrics endpoint on {addr}: {e}");
-            None
-        }
-    }
+pub fn serve_metrics(command: &str, addr: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    let what = ("metrics", "/metrics", "metrics endpoint");
+    crate::http::start_logged(command, what, addr, crate::metrics::serve)
 }

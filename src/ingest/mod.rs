@@ -192,18 +192,14 @@ impl Driver {
     fn publish_progress(&mut self, applied: u64) {
         let m = crate::metrics::get();
         m.events_applied.inc_by(applied);
-        let (mut cents, mut orders, mut days) = (0i64, 0u64, 0i64);
-        for (_, day, _) in self.core.days() {
-            cents += day.totals.revenue_cents;
-            orders += day.totals.orders;
-            days += 1;
-        }
+        let totals = self.core.totals();
+        let (cents, orders) = (totals.revenue_cents, totals.orders);
         let late = self.core.late();
         let last = std::mem::replace(&mut self.published, (cents, orders, late));
         m.revenue_cents.inc_by((cents - last.0).max(0) as u64);
         m.orders.inc_by(orders - last.1);
         m.late_events.inc_by(late - last.2);
-        m.days.set(days);
+        m.days.set(self.core.days().count() as i64);
         m.customers.set(self.core.customers().len() as i64);
         m.event_time(self.core.watermark_us(), self.core.max_event_us());
     }
@@ -294,8 +290,7 @@ impl Driver {
     /// Metrics of a published snapshot.
     fn published(&mut self, manifest: &Manifest, took: Duration) {
         let m = crate::metrics::get();
-        let bytes = manifest.tables.values().map(|t| t.bytes).sum();
-        m.snapshot_published(took, bytes);
+        m.snapshot_published(took, manifest.bytes());
         m.segments(manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)));
         m.customer_orders
             .set(self.core.customer_order_count() as i64);

@@ -317,7 +317,7 @@ impl Ctx {
                 .store
                 .write_with(&part.state.core, Some(&part.state.seen), meta)?;
             part.dirty = false;
-            bytes += manifest.tables.values().map(|t| t.bytes).sum::<u64>();
+            bytes += manifest.bytes();
             owned.outcome.snapshots += 1;
             owned.outcome.last.insert(p, manifest);
             offsets.add_partition_offset(&self.config.topic, p, Offset::Offset(next_offset))?;

@@ -35,16 +35,12 @@ struct Totals {
 
 impl Totals {
     fn of(state: &PartitionState) -> Self {
-        let (mut cents, mut orders) = (0, 0);
-        for (_, day, _) in state.core.days() {
-            cents += day.totals.revenue_cents;
-            orders += day.totals.orders;
-        }
+        let sales = state.core.totals();
         let counts = state.counts();
         let rejected = MESSAGE_REJECT_REASONS.map(|r| counts.rejected.get(r).copied().unwrap_or(0));
         Totals {
-            cents,
-            orders,
+            cents: sales.revenue_cents,
+            orders: sales.orders,
             accepted: state.core.accepted(),
             late: state.core.late(),
             duplicates: counts.duplicates,

@@ -13,7 +13,7 @@ use prometheus::{
 };
 use storepulse_replay::{ReadStats, RejectReason};
 
-pub use serve::{serve, set_ready, Server};
+pub use serve::{serve, set_ready};
 
 pub struct Metrics {
     registry: Registry,

@@ -189,11 +189,9 @@ fn snapshot_info(l: &Loaded) -> Value {
     })
 }
 
-pub async fn snapshot(State(state): Shared) -> Response {
-    match loaded(&state) {
-        Ok(l) => ok_json(snapshot_info(&l)).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn snapshot(State(state): Shared) -> Result<Response, ApiError> {
+    let l = loaded(&state)?;
+    Ok(ok_json(snapshot_info(&l)))
 }
 
 /// A day parameter: `YYYY-MM-DD`.
@@ -232,12 +230,8 @@ fn short(n: u32) -> String {
 
 /// Everything the page's charts show, from one snapshot: `?from=&to=` (days, inclusive)
 /// limit the top categories and brands; `top` is how many (1 to 50, default 10).
-pub async fn overview(State(state): Shared, RawQuery(raw): RawQuery) -> Response {
-    let params = query_params(raw);
-    match overview_json(&state, &params).await {
-        Ok(v) => ok_json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn overview(State(state): Shared, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    Ok(ok_json(overview_json(&state, &query_params(raw)).await?))
 }
 
 async fn overview_json(
@@ -364,37 +358,32 @@ async fn overview_json(
 }
 
 /// One customer: R, F, M, scores and segment (404 when the snapshot has no such id).
-pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Response {
+pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let Ok(id) = id.trim().parse::<u64>() else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("a customer id is a whole number, not `{id}`"),
-        )
-        .into_response();
+        ));
     };
-    let l = match loaded(&state) {
-        Ok(l) => l,
-        Err(e) => return e.into_response(),
-    };
+    let l = loaded(&state)?;
     let sql = format!(
         "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(first_purchase AS VARCHAR) AS first_purchase, \
          CAST(last_purchase AS VARCHAR) AS last_purchase, recency_days, frequency, \
          CAST(monetary AS VARCHAR) AS monetary, items, r_score, f_score, m_score, rfm_cell, segment \
          FROM rfm WHERE user_id = {id}"
     );
-    match rows(&l.session, &sql, None).await {
-        Ok(r) if r.is_empty() => error(
-            StatusCode::NOT_FOUND,
-            format!("no customer {id} in this snapshot"),
-        )
-        .into_response(),
-        Ok(mut r) => {
-            let mut c = r.remove(0);
-            c["snapshot"] = json!(l.version);
-            ok_json(c).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+    let mut c = rows(&l.session, &sql, None)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no customer {id} in this snapshot"),
+            )
+        })?;
+    c["snapshot"] = json!(l.version);
+    Ok(ok_json(c))
 }
 
 #[derive(serde::Deserialize)]
@@ -405,38 +394,31 @@ pub struct SqlRequest {
 
 /// Read-only SQL over the loaded snapshot, at most `limit` rows (default 1,000, at most
 /// 10,000), at most 10 s; DDL, DML, COPY and SET are refused (the `query` module's rules).
-pub async fn sql(State(state): Shared, body: String) -> Response {
-    let Ok(req) = serde_json::from_str::<SqlRequest>(&body) else {
-        return error(
+pub async fn sql(State(state): Shared, body: String) -> Result<Response, ApiError> {
+    let req = serde_json::from_str::<SqlRequest>(&body).map_err(|_| {
+        error(
             StatusCode::BAD_REQUEST,
             "send JSON: {\"sql\": \"SELECT ...\", \"limit\": 100}",
         )
-        .into_response();
-    };
+    })?;
     let limit = req.limit.unwrap_or(SQL_ROWS);
     if limit == 0 || limit > SQL_ROWS_MAX {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("`limit` must be 1 to {SQL_ROWS_MAX}"),
-        )
-        .into_response();
+        ));
     }
-    let l = match loaded(&state) {
-        Ok(l) => l,
-        Err(e) => return e.into_response(),
-    };
+    let l = loaded(&state)?;
     let run = table(&l.session, &req.sql, Some(limit + 1));
-    match tokio::time::timeout(SQL_TIMEOUT, run).await {
-        Err(_) => error(
+    let (columns, mut r) = tokio::time::timeout(SQL_TIMEOUT, run).await.map_err(|_| {
+        error(
             StatusCode::REQUEST_TIMEOUT,
             format!("the query ran longer than {SQL_TIMEOUT:?}"),
         )
-        .into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Ok(Ok((columns, mut r))) => {
-            let truncated = r.len() > limit;
-            r.truncate(limit);
-            ok_json(json!({"snapshot": l.version, "columns": columns, "rows": r, "truncated": truncated})).into_response()
-        }
-    }
+    })??;
+    let truncated = r.len() > limit;
+    r.truncate(limit);
+    Ok(ok_json(
+        json!({"snapshot": l.version, "columns": columns, "rows": r, "truncated": truncated}),
+    ))
 }

@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::query::Session;
-use crate::snapshot::{LATEST_FILE, PARTITIONS_DIR};
 
 /// A loaded snapshot and what was computed from it.
 pub(crate) struct Loaded {
@@ -44,59 +43,29 @@ impl State {
     }
 }
 
-/// A running page server; it stops with the process.
-pub struct Server {
-    pub addr: SocketAddr,
-}
-
-/// Serves the page for `dir` on `addr` (port 0: any free one) from a thread of its own.
-pub fn start(dir: PathBuf, addr: SocketAddr) -> std::io::Result<Server> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
+/// Serves the page for `dir` on `addr` (port 0: any free one) from a thread of its own;
+/// returns the bound address.
+pub fn start(dir: PathBuf, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("storepulse-http")
         .enable_all()
         .build()?;
-    std::thread::Builder::new()
-        .name("storepulse-serve".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let state = Arc::new(State {
-                    dir,
-                    current: RwLock::new(None),
-                    problem: RwLock::new(None),
-                });
-                tokio::spawn(reload(state.clone()));
-                match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => {
-                        if let Err(e) = axum::serve(l, router(state)).await {
-                            eprintln!("storepulse: page server stopped: {e}");
-                        }
-                    }
-                    Err(e) => eprintln!("storepulse: page server failed: {e}"),
-                }
-            })
-        })?;
-    Ok(Server { addr: bound })
+    crate::http::spawn(addr, "storepulse-serve", runtime, move || {
+        let state = Arc::new(State {
+            dir,
+            current: RwLock::new(None),
+            problem: RwLock::new(None),
+        });
+        tokio::spawn(reload(state.clone()));
+        router(state)
+    })
 }
 
 /// Starts the page server, saying where; a busy address is a warning, not a failure.
-pub fn start_logged(command: &str, dir: &Path, addr: SocketAddr) -> Option<Server> {
-    match start(dir.to_path_buf(), addr) {
-        Ok(server) => {
-            eprintln!(
-                "storepulse {command}: store page on http://{}/",
-                server.addr
-            );
-            Some(server)
-        }
-        Err(e) => {
-            eprintln!("storepulse {command}: no store page on {addr}: {e}");
-            None
-        }
-    }
+pub fn start_logged(command: &str, dir: &Path, addr: SocketAddr) -> Option<SocketAddr> {
+    let what = ("store page", "/", "store page");
+    crate::http::start_logged(command, what, addr, |a| start(dir.to_path_buf(), a))
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -115,30 +84,13 @@ fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-/// The `LATEST` pointers of `dir` (the run's, or every partition's), as one string.
-fn version(dir: &Path) -> String {
-    let mut v = std::fs::read_to_string(dir.join(LATEST_FILE))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    if let Ok(entries) = std::fs::read_dir(dir.join(PARTITIONS_DIR)) {
-        let mut parts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        parts.sort();
-        for p in parts {
-            if let Ok(s) = std::fs::read_to_string(p.join(LATEST_FILE)) {
-                v.push_str(&format!("|{}:{}", p.display(), s.trim()));
-            }
-        }
-    }
-    v
-}
-
 /// Opens the newest snapshot whenever a pointer changes; keeps the last good one
 /// meanwhile.
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
         let dir = state.dir.clone();
-        let v = tokio::task::spawn_blocking(move || version(&dir))
+        let v = tokio::task::spawn_blocking(move || crate::snapshot::pointers(&dir))
             .await
             .unwrap_or_default();
         if !v.is_empty() && v != seen {

@@ -172,3 +172,21 @@ pub fn latest_parts(dir: &Path) -> Result<Vec<Published>, SnapshotError> {
     }
     Ok(parts)
 }
+
+/// The `LATEST` pointers of `dir` (the run's, or every partition's) as one string: it
+/// changes whenever a snapshot is published, and reading it costs a few small files.
+pub fn pointers(dir: &Path) -> String {
+    let mut v = fs::read_to_string(dir.join(LATEST_FILE))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if let Ok(entries) = fs::read_dir(dir.join(PARTITIONS_DIR)) {
+        let mut parts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        parts.sort();
+        for p in parts {
+            if let Ok(s) = fs::read_to_string(p.join(LATEST_FILE)) {
+                v.push_str(&format!("|{}:{}", p.display(), s.trim()));
+            }
+        }
+    }
+    v
+}

@@ -31,6 +31,13 @@ pub struct Manifest {
     pub config: WindowConfig,
 }
 
+impl Manifest {
+    /// Bytes of the snapshot's files.
+    pub fn bytes(&self) -> u64 {
+        self.tables.values().map(|t| t.bytes).sum()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum InputPosition {

@@ -22,7 +22,7 @@ use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::aggregate::{Core, Seen};
-pub use find::{latest, latest_complete, latest_parts, newest_good};
+pub use find::{latest, latest_complete, latest_parts, newest_good, pointers};
 pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
@@ -205,10 +205,10 @@ impl SnapshotStore {
             input: meta.input,
             counts: meta.counts,
             customers: rfm_rows.len() as u64,
-            segments: rfm_rows.iter().fold(Default::default(), |mut m, r| {
-                *m.entry(r.segment.to_string()).or_default() += 1;
-                m
-            }),
+            segments: crate::aggregate::rfm::count_segments(&rfm_rows)
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect(),
             tables: files,
             config: meta.config,
         };

@@ -17,14 +17,7 @@ pub fn ensure_installed() {
     if found("/usr/bin/chromium") && found("/usr/bin/chromedriver") {
         return;
     }
-    let status = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver"])
-        .status()
-        .expect("apt-get");
-    assert!(
-        status.success(),
-        "could not install chromium and chromium-driver"
-    );
+    super::apt_install("chromium chromium-driver");
 }
 
 /// One HTTP/1.1 request (ChromeDriver refuses 1.0; it replies with a length, not chunks)

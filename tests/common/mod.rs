@@ -88,6 +88,18 @@ pub fn feed(
     }
 }
 
+/// Installs Debian packages (as `.ci/run` does), for a test whose tool is missing.
+pub fn apt_install(packages: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {packages}"
+        ))
+        .status()
+        .expect("apt-get");
+    assert!(status.success(), "could not install {packages}");
+}
+
 pub mod browser;
 pub mod kafka;
 pub mod prometheus;

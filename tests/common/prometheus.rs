@@ -19,11 +19,7 @@ pub fn ensure_installed() {
     if found("promtool") && found("prometheus") {
         return;
     }
-    let status = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus"])
-        .status()
-        .expect("apt-get");
-    assert!(status.success(), "could not install prometheus");
+    super::apt_install("prometheus");
 }
 
 /// Runs `promtool` with `args` and `stdin`; returns (success, everything it printed).
