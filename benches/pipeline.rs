@@ -63,12 +63,33 @@ fn main() {
             let sym = storepulse::replay::Sym(i as u32);
             assert_eq!(core.intern_name(all.dict.name(sym)), sym);
         }
+        let half = all.events.len() / 2;
         let t = Instant::now();
-        for e in &all.events {
+        for e in &all.events[..half] {
+            core.record(e);
+        }
+        // What the state holds halfway (open days exist only before the end).
+        let mid = core_secs.is_empty().then(|| core.memory());
+        let t_mid = t.elapsed();
+        for e in &all.events[half..] {
             core.record(e);
         }
         core.finish();
         core_secs.push(t.elapsed().as_secs_f64());
+        if let Some(mid) = mid {
+            println!(
+                "state halfway:  {:>8.1} MiB  ({}; read in {:.3} s)",
+                mid.total() as f64 / 1048576.0,
+                mid.describe(),
+                t_mid.as_secs_f64()
+            );
+            let end = core.memory();
+            println!(
+                "state at end:   {:>8.1} MiB  ({})",
+                end.total() as f64 / 1048576.0,
+                end.describe()
+            );
+        }
         let t = Instant::now();
         let rows = core.rfm();
         if core_secs.len() == 1 {
@@ -91,10 +112,10 @@ fn main() {
     let mut peak_mib = 0.0f64;
     let mut scrapes = 0;
     for _ in 0..REPEAT {
-        let (wall, mib, _) = end_to_end(&path, false);
+        let (wall, mib, ..) = end_to_end(&path, false);
         walls.push(wall);
         peak_mib = peak_mib.max(mib);
-        let (wall, _, n) = end_to_end(&path, true);
+        let (wall, _, n, _) = end_to_end(&path, true);
         scraped_walls.push(wall);
         scrapes += n;
     }
@@ -122,19 +143,37 @@ fn main() {
         .unwrap_or(10);
     if scale > 1 {
         let big = data_file(rows * scale);
-        let (wall, mib, _) = end_to_end(&big, false);
+        // Alternate with 1x runs so both sizes see the same machine.
+        let (mut big_walls, mut small_walls, mut big_mib) = (Vec::new(), Vec::new(), 0.0f64);
+        for _ in 0..REPEAT {
+            let (wall, mib, _, summary) = end_to_end(&big, false);
+            big_walls.push(wall);
+            big_mib = big_mib.max(mib);
+            // Snapshot pauses and times, and the state at the end, as the run saw them.
+            for line in summary.lines().filter(|l| {
+                ["snapshot pause", "last snapshot", "state "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            }) {
+                println!("  {scale}x {line}");
+            }
+            small_walls.push(end_to_end(&path, false).0);
+        }
+        println!("{scale}x runs:        {big_walls:.3?} s; 1x beside them {small_walls:.3?} s");
+        let (b, s) = (median(big_walls), median(small_walls));
         println!(
-            "{scale}x input:      {:>8.3} s  ({:.1}x the time of 1x)  peak RSS {:.0} MiB  ({} lines)",
-            wall,
-            wall / w,
-            mib,
+            "{scale}x input:      {:>8.3} s  ({:.1}x the time of 1x at {:.3} s)  peak RSS {:.0} MiB  ({} lines)",
+            b,
+            b / s,
+            s,
+            big_mib,
             rows * scale
         );
     }
 }
 
-/// One `run --max`: (wall seconds, peak MiB, scrapes made).
-fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64) {
+/// One `run --max`: (wall seconds, peak MiB, scrapes made, the summary).
+fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64, String) {
     use std::io::{BufRead, Read, Write};
     let bin = env!("CARGO_BIN_EXE_storepulse");
     let snaps = tempfile::tempdir().unwrap();
@@ -201,5 +240,5 @@ fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64) {
         .find_map(|l| l.strip_prefix("peak memory"))
         .and_then(|v| v.trim().trim_end_matches("MiB").trim().parse::<f64>().ok())
         .expect("summary reports peak memory");
-    (wall, mib, scrapes)
+    (wall, mib, scrapes, out)
 }

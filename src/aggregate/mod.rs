@@ -98,58 +98,88 @@ impl Core {
 
     /// Whether events of `day` are late now.
     pub fn is_final(&self, day: i32) -> bool {
-        let end = (i64::from(day) + 1) * MICROS_PER_DAY;
-        self.watermark_us
-            .is_some_and(|w| w >= end.saturating_add(self.config.allowed_lateness_us))
+        final_at(self.watermark_us, day, self.config.allowed_lateness_us)
     }
 
     /// Adds one event to every aggregate, or reports it late.
     pub fn record(&mut self, e: &PurchaseEvent) -> Outcome {
-        let day = day_of(e.event_time_us);
-        if self.is_final(day) {
-            self.late += 1;
-            return Outcome::Late;
+        let outcome = self.windows().record(e);
+        if outcome == Outcome::Accepted {
+            record_customer(&mut self.customers, &mut self.customer_orders, e);
         }
-        self.accepted += 1;
-        self.days.entry(day).or_default().record(e);
-        if let Some(user) = e.user_id {
-            let c = self
-                .customers
-                .entry(user)
-                .or_insert_with(|| Customer::new(e.event_time_us));
-            let new_order =
-                c.last_order != Some(e.order_id) && self.customer_orders.insert((user, e.order_id));
-            c.record(e, new_order);
+        outcome
+    }
+
+    /// [`Core::record`] for a batch in order, with the daily windows and the customers
+    /// updated on two threads; returns the positions of the late events. The state after
+    /// it is exactly the state after recording the events one by one.
+    pub fn record_batch(&mut self, events: &[PurchaseEvent]) -> Vec<usize> {
+        // Which events are late follows from the watermark alone: work it out first, so
+        // the customers need not wait for the windows.
+        let lateness = self.config.allowed_lateness_us;
+        let (mut max, mut watermark) = (self.max_event_us, self.watermark_us);
+        let accepted: Vec<bool> = events
+            .iter()
+            .map(|e| {
+                if final_at(watermark, day_of(e.event_time_us), lateness) {
+                    return false;
+                }
+                if max.is_none_or(|m| e.event_time_us > m) {
+                    max = Some(e.event_time_us);
+                    let to = e
+                        .event_time_us
+                        .saturating_sub(self.config.max_out_of_orderness_us);
+                    watermark = Some(watermark.map_or(to, |w| w.max(to)));
+                }
+                true
+            })
+            .collect();
+        let (customers, orders) = (&mut self.customers, &mut self.customer_orders);
+        let mut windows = Windows {
+            config: &self.config,
+            days: &mut self.days,
+            first_open_day: &mut self.first_open_day,
+            max_event_us: &mut self.max_event_us,
+            watermark_us: &mut self.watermark_us,
+            accepted: &mut self.accepted,
+            late: &mut self.late,
+        };
+        let (late, ()) = rayon::join(
+            || {
+                let mut late = Vec::new();
+                for (i, e) in events.iter().enumerate() {
+                    if windows.record(e) == Outcome::Late {
+                        late.push(i);
+                    }
+                }
+                late
+            },
+            || {
+                for (e, _) in events.iter().zip(&accepted).filter(|(_, &ok)| ok) {
+                    record_customer(customers, orders, e);
+                }
+            },
+        );
+        debug_assert!(late.iter().all(|&i| !accepted[i]));
+        late
+    }
+
+    /// The daily windows and event-time progress, borrowed apart from the customers.
+    fn windows(&mut self) -> Windows<'_> {
+        Windows {
+            config: &self.config,
+            days: &mut self.days,
+            first_open_day: &mut self.first_open_day,
+            max_event_us: &mut self.max_event_us,
+            watermark_us: &mut self.watermark_us,
+            accepted: &mut self.accepted,
+            late: &mut self.late,
         }
-        if self.first_open_day.is_none_or(|d| day < d) {
-            self.first_open_day = Some(day);
-        }
-        if self.max_event_us.is_none_or(|m| e.event_time_us > m) {
-            self.max_event_us = Some(e.event_time_us);
-            self.advance_watermark(
-                e.event_time_us
-                    .saturating_sub(self.config.max_out_of_orderness_us),
-            );
-        }
-        Outcome::Accepted
     }
 
     /// Moves the watermark forward (never back) and finalizes the days it passed.
     pub fn advance_watermark(&mut self, to_us: i64) {
-        if self.watermark_us.is_some_and(|w| w >= to_us) {
-            return;
-        }
-        self.watermark_us = Some(to_us);
-        while let Some(day) = self.first_open_day {
-            if !self.is_final(day) {
-                break;
-            }
-            let mut open = self.days.range_mut(day..);
-            if let Some((_, d)) = open.next() {
-                d.finalize(self.config.keep_day_customers);
-            }
-            self.first_open_day = open.next().map(|(&d, _)| d);
-        }
+        self.windows().advance_watermark(to_us);
     }
 
     /// End of input: every day becomes final.
@@ -201,6 +231,86 @@ impl Core {
     }
 }
 
+/// Whether a day is final under `watermark`: the watermark passed its end plus the
+/// allowed lateness.
+fn final_at(watermark_us: Option<i64>, day: i32, allowed_lateness_us: i64) -> bool {
+    let end = (i64::from(day) + 1) * MICROS_PER_DAY;
+    watermark_us.is_some_and(|w| w >= end.saturating_add(allowed_lateness_us))
+}
+
+/// A customer's part of an accepted event: their RFM state and the counted orders.
+fn record_customer(
+    customers: &mut FxHashMap<u64, Customer>,
+    customer_orders: &mut FxHashSet<(u64, u64)>,
+    e: &PurchaseEvent,
+) {
+    if let Some(user) = e.user_id {
+        let c = customers
+            .entry(user)
+            .or_insert_with(|| Customer::new(e.event_time_us));
+        let new_order =
+            c.last_order != Some(e.order_id) && customer_orders.insert((user, e.order_id));
+        c.record(e, new_order);
+    }
+}
+
+/// The core's daily windows and event-time progress, borrowed on their own so that the
+/// customers can be updated beside them.
+struct Windows<'a> {
+    config: &'a CoreConfig,
+    days: &'a mut BTreeMap<i32, Day>,
+    first_open_day: &'a mut Option<i32>,
+    max_event_us: &'a mut Option<i64>,
+    watermark_us: &'a mut Option<i64>,
+    accepted: &'a mut u64,
+    late: &'a mut u64,
+}
+
+impl Windows<'_> {
+    fn is_final(&self, day: i32) -> bool {
+        final_at(*self.watermark_us, day, self.config.allowed_lateness_us)
+    }
+
+    /// The windows' part of [`Core::record`].
+    fn record(&mut self, e: &PurchaseEvent) -> Outcome {
+        let day = day_of(e.event_time_us);
+        if self.is_final(day) {
+            *self.late += 1;
+            return Outcome::Late;
+        }
+        *self.accepted += 1;
+        self.days.entry(day).or_default().record(e);
+        if self.first_open_day.is_none_or(|d| day < d) {
+            *self.first_open_day = Some(day);
+        }
+        if self.max_event_us.is_none_or(|m| e.event_time_us > m) {
+            *self.max_event_us = Some(e.event_time_us);
+            self.advance_watermark(
+                e.event_time_us
+                    .saturating_sub(self.config.max_out_of_orderness_us),
+            );
+        }
+        Outcome::Accepted
+    }
+
+    fn advance_watermark(&mut self, to_us: i64) {
+        if self.watermark_us.is_some_and(|w| w >= to_us) {
+            return;
+        }
+        *self.watermark_us = Some(to_us);
+        while let Some(day) = *self.first_open_day {
+            if !self.is_final(day) {
+                break;
+            }
+            let mut open = self.days.range_mut(day..);
+            if let Some((_, d)) = open.next() {
+                d.finalize(self.config.keep_day_customers);
+            }
+            *self.first_open_day = open.next().map(|(&d, _)| d);
+        }
+    }
+}
+
 impl Core {
     /// How many (customer, order) pairs are kept for the frequency count.
     pub fn customer_order_count(&self) -> usize {
@@ -210,10 +320,67 @@ impl Core {
     /// Estimated heap bytes of the state: every hash table at its capacity (a hashbrown
     /// table holds one control byte per slot and 8 slots per 7 of capacity).
     pub fn memory_bytes(&self) -> usize {
-        let customers = table_bytes::<(u64, Customer)>(self.customers.capacity());
-        let pairs = table_bytes::<(u64, u64)>(self.customer_orders.capacity());
-        let days: usize = self.days.values().map(Day::memory_bytes).sum();
-        customers + pairs + days
+        self.memory().total()
+    }
+
+    /// The state's estimated heap bytes by what they grow with.
+    pub fn memory(&self) -> MemoryReport {
+        let mut report = MemoryReport {
+            customers: (
+                self.customers.len(),
+                table_bytes::<(u64, Customer)>(self.customers.capacity()),
+            ),
+            customer_orders: (
+                self.customer_orders.len(),
+                table_bytes::<(u64, u64)>(self.customer_orders.capacity()),
+            ),
+            ..MemoryReport::default()
+        };
+        for (_, day, is_final) in self.days() {
+            let part = if is_final {
+                &mut report.final_days
+            } else {
+                &mut report.open_days
+            };
+            part.0 += 1;
+            part.1 += day.memory_bytes();
+        }
+        report
+    }
+}
+
+/// Estimated heap bytes of a core's state, as (how many, bytes) per kind of entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub customers: (usize, usize),
+    /// The (customer, order) pairs counted in frequencies.
+    pub customer_orders: (usize, usize),
+    /// Days not final yet: their distinct order and customer sets.
+    pub open_days: (usize, usize),
+    /// Final days: totals only (and their customer sets in a partition's core).
+    pub final_days: (usize, usize),
+}
+
+impl MemoryReport {
+    pub fn total(&self) -> usize {
+        self.customers.1 + self.customer_orders.1 + self.open_days.1 + self.final_days.1
+    }
+
+    /// "N kinds at B bytes each" for each kind present.
+    pub fn describe(&self) -> String {
+        let each = |(n, bytes): (usize, usize), what: &str| {
+            (n > 0).then(|| format!("{n} {what} at {:.0} B", bytes as f64 / n as f64))
+        };
+        [
+            each(self.customers, "customers"),
+            each(self.customer_orders, "counted orders"),
+            each(self.open_days, "open days"),
+            each(self.final_days, "final days"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
     }
 }
 

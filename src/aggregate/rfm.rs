@@ -85,17 +85,22 @@ pub struct RfmRow {
 
 impl RfmRow {
     /// The cell, e.g. "545".
-    pub fn cell(&self) -> String {
-        format!("{}{}{}", self.r, self.f, self.m)
+    pub fn cell(&self) -> &'static str {
+        static CELLS: OnceLock<Vec<String>> = OnceLock::new();
+        let all = CELLS.get_or_init(|| cells().map(|(r, f, m)| format!("{r}{f}{m}")).collect());
+        &all[cell_index(self.r, self.f, self.m)]
     }
 }
 
 /// Scores every customer against `as_of_day` (days since the epoch, UTC). Rows come
 /// sorted by user id.
 pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow> {
-    let mut rows: Vec<RfmRow> = customers
-        .iter()
-        .map(|(&user_id, c)| RfmRow {
+    // Sorting 16-byte (id, reference) pairs moves far less memory than sorting rows.
+    let mut ids: Vec<(u64, &Customer)> = customers.iter().map(|(&id, c)| (id, c)).collect();
+    ids.sort_unstable_by_key(|&(id, _)| id);
+    let mut rows: Vec<RfmRow> = ids
+        .into_iter()
+        .map(|(user_id, c)| RfmRow {
             user_id,
             customer: *c,
             recency_days: i64::from(as_of_day) - i64::from(day_of(c.last_us)),
@@ -105,7 +110,6 @@ pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow
             segment: "",
         })
         .collect();
-    rows.sort_unstable_by_key(|r| r.user_id);
     // Recency ranks by recency_days descending: negate to rank ascending.
     let r = Quintiles::new(rows.iter().map(|r| -r.recency_days).collect());
     let f = Quintiles::new(rows.iter().map(|r| r.customer.frequency as i64).collect());
@@ -133,11 +137,29 @@ impl Quintiles {
         if v.len() <= 1 {
             return Self { cuts: None };
         }
-        v.sort_unstable();
         let span = (v.len() - 1) as u64;
-        let cut = |k: u64| v[((k * span).div_ceil(5) - 1) as usize];
+        let at = |k: u64| ((k * span).div_ceil(5) - 1) as usize;
+        // Four order statistics by selection (linear), not a full sort. Positions are
+        // nondecreasing; each selection leaves the larger values to its right.
+        let (a, b, c, d) = (at(1), at(2), at(3), at(4));
+        let cut2 = *v.select_nth_unstable(b).1;
+        let cut1 = if a == b {
+            cut2
+        } else {
+            *v[..b].select_nth_unstable(a).1
+        };
+        let cut3 = if c == b {
+            cut2
+        } else {
+            *v[b + 1..].select_nth_unstable(c - b - 1).1
+        };
+        let cut4 = if d == c {
+            cut3
+        } else {
+            *v[c + 1..].select_nth_unstable(d - c - 1).1
+        };
         Self {
-            cuts: Some([cut(1), cut(2), cut(3), cut(4)]),
+            cuts: Some([cut1, cut2, cut3, cut4]),
         }
     }
 
@@ -316,7 +338,7 @@ mod tests {
         let rows = score(&map, 100);
         let got: Vec<(u64, i64, String)> = rows
             .iter()
-            .map(|r| (r.user_id, r.recency_days, r.cell()))
+            .map(|r| (r.user_id, r.recency_days, r.cell().to_string()))
             .collect();
         // recency_days [0,10,20,30,40,0] descending ranks: 40->0, 30->.2, 20->.4, 10->.6, 0->.8
         assert_eq!(

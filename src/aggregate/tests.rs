@@ -242,3 +242,43 @@ proptest! {
         prop_assert_eq!(observe(&in_order), observe(&disordered));
     }
 }
+
+proptest! {
+    /// Recording in batches (windows and customers on two threads) gives exactly what
+    /// recording one by one gives, late events included: arrival order here is arbitrary,
+    /// so many events arrive after their day is final.
+    #[test]
+    fn batches_record_exactly_as_single_events(
+        events in events(),
+        keys in prop::collection::vec(0i64..(3 * D), 300),
+        batch in 1usize..50,
+    ) {
+        let mut shuffled: Vec<(i64, PurchaseEvent)> = events
+            .iter()
+            .zip(keys.iter().cycle())
+            .map(|(e, k)| (e.event_time_us + k, *e))
+            .collect();
+        shuffled.sort_by_key(|x| x.0);
+        let shuffled: Vec<PurchaseEvent> = shuffled.into_iter().map(|x| x.1).collect();
+        let mut one = core();
+        let late_one: Vec<usize> = shuffled
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| one.record(e) == Outcome::Late)
+            .map(|(i, _)| i)
+            .collect();
+        let mut batched = core();
+        let mut late_batched = Vec::new();
+        for (n, chunk) in shuffled.chunks(batch).enumerate() {
+            late_batched.extend(batched.record_batch(chunk).into_iter().map(|i| n * batch + i));
+        }
+        prop_assert_eq!(&late_one, &late_batched);
+        prop_assert_eq!(one.late(), batched.late());
+        prop_assert_eq!(one.accepted(), batched.accepted());
+        prop_assert_eq!(one.watermark_us(), batched.watermark_us());
+        prop_assert_eq!(one.customer_order_count(), batched.customer_order_count());
+        one.finish();
+        batched.finish();
+        prop_assert_eq!(observe(&one), observe(&batched));
+    }
+}

@@ -179,10 +179,24 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
     if !outcome.longest_pause.is_zero() {
         let _ = writeln!(
             s,
-            "snapshot pause {:>11.3}s  (longest stop of the core to copy its state)",
-            outcome.longest_pause.as_secs_f64()
+            "snapshot pause {:>11.3}s  (longest stop of the core to copy its state; written beside the stream in up to {:.3}s)",
+            outcome.longest_pause.as_secs_f64(),
+            outcome.longest_write.as_secs_f64()
         );
     }
+    let _ = writeln!(
+        s,
+        "last snapshot  {:>11.3}s  ({:.1} MiB)",
+        outcome.last_write.as_secs_f64(),
+        m.bytes() as f64 / 1048576.0
+    );
+    let state = core.memory();
+    let _ = writeln!(
+        s,
+        "state          {:>8.0} MiB  ({})",
+        state.total() as f64 / 1048576.0,
+        state.describe()
+    );
     if let Some(kib) = peak_memory_kib() {
         let _ = writeln!(s, "peak memory    {:>10.0} MiB", kib as f64 / 1024.0);
     }

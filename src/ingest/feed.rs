@@ -209,6 +209,7 @@ impl Feed<'_> {
         size_hint: usize,
         passes: u32,
     ) -> Result<bool, ReadError> {
+        let started = Instant::now();
         let block_events = reader.block_bytes() / 60 + 1;
         let mut sorter = Sorter::new(self.memory_limit, size_hint, block_events);
         while let Some(block) = reader.next_block_into(&mut sorter.held)? {
@@ -230,9 +231,11 @@ impl Feed<'_> {
         sorter.finish()?;
         if sorter.runs() > 0 {
             eprintln!(
-                "storepulse: {} events sorted by event time in {} runs on disk (--memory-limit)",
+                "storepulse: {} events read and sorted by event time in {} runs on disk \
+                 (--memory-limit) in {:.1}s",
                 sorter.len(),
-                sorter.runs()
+                sorter.runs(),
+                started.elapsed().as_secs_f64()
             );
         }
         let span = sorter.span();

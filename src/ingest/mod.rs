@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
 
-use crate::aggregate::{Core, Outcome};
+use crate::aggregate::Core;
 use crate::snapshot::{
     Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta, SnapshotStore,
     WindowConfig,
@@ -58,6 +58,10 @@ pub struct DriverOutcome {
     /// The longest the core stopped for a periodic snapshot (copying its state; the
     /// scoring and writing happen on another thread).
     pub longest_pause: Duration,
+    /// The longest a periodic snapshot took to score and write beside the stream, and
+    /// the time the last snapshot took (the stream had ended: it is on the critical path).
+    pub longest_write: Duration,
+    pub last_write: Duration,
 }
 
 /// A periodic snapshot being written on its own thread: the store comes back with it.
@@ -77,12 +81,16 @@ pub struct Driver {
     store: Option<SnapshotStore>,
     writing: Option<Writing>,
     longest_pause: Duration,
+    longest_write: Duration,
+    last_write: Duration,
     sink: RejectedSink,
     lookup: LineLookup,
     config: DriverConfig,
     read: ReadStats,
     /// The producer's symbols (in the order their names arrived) to the core's.
     remap: Vec<Sym>,
+    /// The last batch in the core's symbols (reused).
+    batch: Vec<PurchaseEvent>,
     lines_read: u64,
     events_applied: u64,
     /// Revenue (cents), orders and late events already reported to the metrics.
@@ -102,11 +110,14 @@ impl Driver {
             store: Some(store),
             writing: None,
             longest_pause: Duration::ZERO,
+            longest_write: Duration::ZERO,
+            last_write: Duration::ZERO,
             sink,
             lookup,
             config,
             read: ReadStats::default(),
             remap: Vec::new(),
+            batch: Vec::new(),
             lines_read: 0,
             events_applied: 0,
             published: (0, 0, 0),
@@ -161,30 +172,44 @@ impl Driver {
             manifest,
             complete,
             longest_pause: self.longest_pause,
+            longest_write: self.longest_write,
+            last_write: self.last_write,
         })
     }
 
     fn apply(&mut self, names: Vec<Box<str>>, events: &[PurchaseEvent]) -> Result<(), DriverError> {
         self.remap
             .extend(names.iter().map(|n| self.core.intern_name(n)));
-        for e in events {
-            let e = &PurchaseEvent {
+        // The core usually interns the names in the order they came, so symbols match
+        // and the events go in as they are.
+        let identity = self
+            .remap
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s.0 as usize == i);
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        if !identity {
+            batch.extend(events.iter().map(|e| PurchaseEvent {
                 category: e.category.map(|s| self.remap[s.0 as usize]),
                 brand: e.brand.map(|s| self.remap[s.0 as usize]),
                 ..*e
-            };
-            if self.core.record(e) == Outcome::Late {
-                let text = (self.lookup)(e);
-                let r = Rejected {
-                    line: e.line,
-                    reason: RejectReason::LateEvent,
-                    text,
-                };
-                self.sink.write(&r).map_err(DriverError::Rejected)?;
-            }
+            }));
         }
-        self.events_applied += events.len() as u64;
-        self.publish_progress(events.len() as u64);
+        let n = events.len() as u64;
+        let events = if identity { events } else { &batch[..] };
+        for i in self.core.record_batch(events) {
+            let e = &events[i];
+            let r = Rejected {
+                line: e.line,
+                reason: RejectReason::LateEvent,
+                text: (self.lookup)(e),
+            };
+            self.sink.write(&r).map_err(DriverError::Rejected)?;
+        }
+        self.batch = batch;
+        self.events_applied += n;
+        self.publish_progress(n);
         Ok(())
     }
 
@@ -242,6 +267,7 @@ impl Driver {
         if let Some(writing) = self.writing.take() {
             let (store, result, took) = writing.join().expect("the snapshot writer panicked");
             self.store = Some(store);
+            self.longest_write = self.longest_write.max(took);
             self.published(&result?, took);
         }
         Ok(())
@@ -283,7 +309,8 @@ impl Driver {
         let started = Instant::now();
         let store = self.store.as_mut().expect("the store is back");
         let manifest = store.write(&self.core, meta)?;
-        self.published(&manifest, started.elapsed());
+        self.last_write = started.elapsed();
+        self.published(&manifest, self.last_write);
         Ok(manifest)
     }
 

@@ -4,10 +4,13 @@
 //! order (ties in file order) is exactly the same. Below the limit nothing touches disk.
 
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
+
+use rayon::slice::ParallelSliceMut;
 
 use storepulse_replay::{sort_by_event_time, PurchaseEvent, Sym};
 
@@ -16,11 +19,28 @@ pub const EVENT_BYTES: usize = std::mem::size_of::<PurchaseEvent>();
 const RECORD: usize = 73;
 
 /// Events of one file in event-time order, in memory or in sorted runs on disk.
+///
+/// Up to `memory_limit` bytes of events are held. Once that overflows, the events go to
+/// disk in runs of half the limit: one half is sorted and written on a thread of its own
+/// while the reader fills the other, so reading does not wait for the disk.
 pub struct Sorter {
     pub held: Vec<PurchaseEvent>,
     limit_events: usize,
+    /// Most events one read block adds (a buffer holds the limit plus one block).
+    block_events: usize,
+    /// The other half while spilling (`None` while its run is being written).
+    spare: Option<Vec<PurchaseEvent>>,
+    writing: Option<std::thread::JoinHandle<io::Result<Written>>>,
     runs: Vec<PathBuf>,
     dir: Option<PathBuf>,
+    count: u64,
+    span: (i64, i64),
+}
+
+/// A run on disk, and the buffer it came from (emptied, for reuse).
+struct Written {
+    buffer: Vec<PurchaseEvent>,
+    path: PathBuf,
     count: u64,
     span: (i64, i64),
 }
@@ -35,6 +55,9 @@ impl Sorter {
         Sorter {
             held: Vec::with_capacity(capacity),
             limit_events,
+            block_events,
+            spare: None,
+            writing: None,
             runs: Vec::new(),
             dir: None,
             count: 0,
@@ -50,9 +73,31 @@ impl Sorter {
         Ok(())
     }
 
+    /// Sends what is held to disk as one sorted run. The first run is written at once and
+    /// splits the limit in two halves; later ones are written while the next fills.
     fn spill(&mut self) -> io::Result<()> {
-        sort_by_event_time(&mut self.held);
-        self.note(self.held.len());
+        self.wait_for_writer()?;
+        let path = self.next_run_path()?;
+        if self.runs.is_empty() {
+            // The first run: write it now, then hold half the limit twice.
+            let events = std::mem::take(&mut self.held);
+            drop(self.runs_done(write_run(events, path)?));
+            self.limit_events = (self.limit_events / 2).max(1);
+            let capacity = self.limit_events + self.block_events;
+            self.held = Vec::with_capacity(capacity);
+            self.spare = Some(Vec::with_capacity(capacity));
+            return Ok(());
+        }
+        let next = self.spare.take().expect("the spare half is back");
+        let events = std::mem::replace(&mut self.held, next);
+        let writer = std::thread::Builder::new()
+            .name("storepulse-spill".into())
+            .spawn(move || write_run(events, path))?;
+        self.writing = Some(writer);
+        Ok(())
+    }
+
+    fn next_run_path(&mut self) -> io::Result<PathBuf> {
         let dir = match &self.dir {
             Some(d) => d.clone(),
             None => {
@@ -66,17 +111,27 @@ impl Sorter {
                 d
             }
         };
-        let path = dir.join(format!("run-{}", self.runs.len()));
-        let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
-        let mut rec = [0u8; RECORD];
-        for e in &self.held {
-            encode(e, &mut rec);
-            w.write_all(&rec)?;
+        let n = self.runs.len() + usize::from(self.writing.is_some());
+        Ok(dir.join(format!("run-{n}")))
+    }
+
+    /// Takes back the run being written, if any, and its buffer as the spare half.
+    fn wait_for_writer(&mut self) -> io::Result<()> {
+        if let Some(writer) = self.writing.take() {
+            let done = writer.join().expect("the spill writer panicked")?;
+            self.spare = Some(self.runs_done(done));
         }
-        w.flush()?;
-        self.runs.push(path);
-        self.held.clear();
         Ok(())
+    }
+
+    /// Records a written run; gives back its buffer, emptied.
+    fn runs_done(&mut self, done: Written) -> Vec<PurchaseEvent> {
+        self.count += done.count;
+        self.span = (self.span.0.min(done.span.0), self.span.1.max(done.span.1));
+        self.runs.push(done.path);
+        let mut buffer = done.buffer;
+        buffer.clear();
+        buffer
     }
 
     fn note(&mut self, n: usize) {
@@ -91,17 +146,18 @@ impl Sorter {
 
     /// All events are in: sorts what is held (and spills it too when runs exist).
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.runs.is_empty() {
+        if self.runs.is_empty() && self.writing.is_none() {
             sort_by_event_time(&mut self.held);
             self.note(self.held.len());
-            Ok(())
-        } else {
-            if !self.held.is_empty() {
-                self.spill()?;
-            }
-            self.held = Vec::new();
-            Ok(())
+            return Ok(());
         }
+        if !self.held.is_empty() {
+            self.spill()?;
+        }
+        self.wait_for_writer()?;
+        self.held = Vec::new();
+        self.spare = None;
+        Ok(())
     }
 
     /// Events held in all, and the (first, last) event time.
@@ -128,56 +184,46 @@ impl Sorter {
             return Ok(Events(Source::Memory(self.held.iter())));
         }
         let mut readers = Vec::with_capacity(self.runs.len());
+        let mut heads = Vec::with_capacity(self.runs.len());
         let mut heap = BinaryHeap::new();
-        for (i, path) in self.runs.iter().enumerate() {
+        for path in &self.runs {
             let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
             if let Some(e) = read_one(&mut r)? {
-                heap.push(Reverse(((e.event_time_us, e.line), i, Slot(e))));
+                heap.push(Reverse((e.event_time_us, e.line, heads.len() as u32)));
+                heads.push(e);
+                readers.push(r);
             }
-            readers.push(r);
         }
-        Ok(Events(Source::Merge { readers, heap }))
+        Ok(Events(Source::Merge {
+            readers,
+            heads,
+            heap,
+        }))
     }
 }
 
 impl Drop for Sorter {
     fn drop(&mut self) {
+        if let Some(writer) = self.writing.take() {
+            let _ = writer.join();
+        }
         if let Some(d) = &self.dir {
             let _ = std::fs::remove_dir_all(d);
         }
     }
 }
 
-/// An event in the merge heap, compared only through its key.
-struct Slot(PurchaseEvent);
-
-impl PartialEq for Slot {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for Slot {}
-impl PartialOrd for Slot {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Slot {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
-}
-
-type Key = ((i64, u64), usize, Slot);
-
 /// The events in event-time order: from memory, or merged from the runs.
 pub struct Events<'a>(Source<'a>);
 
 enum Source<'a> {
     Memory(std::slice::Iter<'a, PurchaseEvent>),
+    /// Each run's next event in `heads`; the heap holds only their keys (event time,
+    /// line, run), so sifting moves 24 bytes, not events.
     Merge {
         readers: Vec<BufReader<File>>,
-        heap: BinaryHeap<Reverse<Key>>,
+        heads: Vec<PurchaseEvent>,
+        heap: BinaryHeap<Reverse<(i64, u64, u32)>>,
     },
 }
 
@@ -187,17 +233,58 @@ impl Iterator for Events<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Source::Memory(it) => it.next().map(|e| Ok(*e)),
-            Source::Merge { readers, heap } => {
-                let Reverse((_, i, Slot(e))) = heap.pop()?;
-                match read_one(&mut readers[i]) {
-                    Ok(Some(n)) => heap.push(Reverse(((n.event_time_us, n.line), i, Slot(n)))),
-                    Ok(None) => {}
+            Source::Merge {
+                readers,
+                heads,
+                heap,
+            } => {
+                let mut top = heap.peek_mut()?;
+                let i = top.0 .2;
+                let e = heads[i as usize];
+                match read_one(&mut readers[i as usize]) {
+                    Ok(Some(n)) => {
+                        heads[i as usize] = n;
+                        // Replacing the top sifts it down once, instead of a pop and a push.
+                        *top = Reverse((n.event_time_us, n.line, i));
+                    }
+                    Ok(None) => {
+                        PeekMut::pop(top);
+                    }
                     Err(err) => return Some(Err(err)),
                 }
                 Some(Ok(e))
             }
         }
     }
+}
+
+/// Sorts `events` by (event time, line) and writes them to `path` as one run.
+fn write_run(events: Vec<PurchaseEvent>, path: PathBuf) -> io::Result<Written> {
+    // Sorting 24-byte keys moves a quarter of the bytes that sorting the events would;
+    // the events are then written in key order.
+    let mut keys: Vec<(i64, u64, u32)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.event_time_us, e.line, i as u32))
+        .collect();
+    keys.par_sort_unstable();
+    let span = match (keys.first(), keys.last()) {
+        (Some(a), Some(b)) => (a.0, b.0),
+        _ => (i64::MAX, i64::MIN),
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    let mut rec = [0u8; RECORD];
+    for &(_, _, i) in &keys {
+        encode(&events[i as usize], &mut rec);
+        w.write_all(&rec)?;
+    }
+    w.flush()?;
+    Ok(Written {
+        buffer: events,
+        path,
+        count: keys.len() as u64,
+        span,
+    })
 }
 
 fn encode(e: &PurchaseEvent, out: &mut [u8; RECORD]) {
@@ -298,6 +385,11 @@ mod tests {
             for chunk in events.chunks(64) {
                 s.held.extend_from_slice(chunk);
                 s.block_added().unwrap();
+                // Two halves while spilling: each half the limit (at least one event) and
+                // a block, so together no more than the limit and two blocks.
+                let held = s.held.capacity() + s.spare.as_ref().map_or(0, Vec::capacity);
+                let half = (limit / EVENT_BYTES / 2).max(1);
+                assert!(held <= 2 * (half + 64), "limit {limit}: {held}");
             }
             s.finish().unwrap();
             assert_eq!(s.len(), 10_000);

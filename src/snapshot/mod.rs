@@ -157,40 +157,38 @@ impl SnapshotStore {
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
         fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
 
-        let rfm_rows = core.rfm();
-        let batches = [
-            (tables::DAILY_SALES, tables::daily_sales(core)?),
-            (
+        // The two large tables, the counted (customer, order) pairs and the scored
+        // customers, are built and written on two threads.
+        let (rfm_rows, files) = std::thread::scope(|s| {
+            let pairs = s.spawn(|| {
+                let batch = tables::state_customer_orders(core)?;
+                write_table(&tmp, tables::STATE_CUSTOMER_ORDERS, &batch)
+            });
+            let rfm_rows = core.rfm();
+            let mut files = std::collections::BTreeMap::new();
+            let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {
+                let (name, file) = write_table(&tmp, table, &batch?)?;
+                files.insert(name, file);
+                Ok::<_, SnapshotError>(())
+            };
+            add(tables::RFM, tables::rfm(&rfm_rows))?;
+            add(tables::DAILY_SALES, tables::daily_sales(core))?;
+            add(
                 tables::DAILY_CATEGORY_SALES,
-                tables::daily_group_sales(core, false)?,
-            ),
-            (
+                tables::daily_group_sales(core, false),
+            )?;
+            add(
                 tables::DAILY_BRAND_SALES,
-                tables::daily_group_sales(core, true)?,
-            ),
-            (tables::RFM, tables::rfm(&rfm_rows)?),
-            (tables::STATE_OPEN_SETS, tables::state_open_sets(core)?),
-            (
-                tables::STATE_CUSTOMER_ORDERS,
-                tables::state_customer_orders(core)?,
-            ),
-        ];
-        let seen =
-            seen.map(|s| Ok::<_, SnapshotError>((tables::STATE_SEEN, tables::state_seen(s)?)));
-        let seen = seen.transpose()?;
-        let mut files = std::collections::BTreeMap::new();
-        for (table, batch) in batches.iter().chain(seen.as_ref()) {
-            let file = format!("{table}.parquet");
-            let bytes = write_parquet(&tmp.join(&file), batch)?;
-            files.insert(
-                table.to_string(),
-                TableFile {
-                    file,
-                    rows: batch.num_rows() as u64,
-                    bytes,
-                },
-            );
-        }
+                tables::daily_group_sales(core, true),
+            )?;
+            add(tables::STATE_OPEN_SETS, tables::state_open_sets(core))?;
+            if let Some(seen) = seen {
+                add(tables::STATE_SEEN, tables::state_seen(seen))?;
+            }
+            let (name, file) = pairs.join().expect("the snapshot table writer panicked")?;
+            files.insert(name, file);
+            Ok::<_, SnapshotError>((rfm_rows, files))
+        })?;
         let manifest = Manifest {
             format: manifest::FORMAT_VERSION,
             id,
@@ -250,6 +248,18 @@ impl SnapshotStore {
 
 fn parse_id(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.parse().ok()
+}
+
+/// Writes `table` into the folder `dir`; returns its name and manifest entry.
+fn write_table(
+    dir: &Path,
+    table: &str,
+    batch: &RecordBatch,
+) -> Result<(String, TableFile), SnapshotError> {
+    let file = format!("{table}.parquet");
+    let bytes = write_parquet(&dir.join(&file), batch)?;
+    let rows = batch.num_rows() as u64;
+    Ok((table.to_string(), TableFile { file, rows, bytes }))
 }
 
 /// Writes one table and makes it durable; returns the file's size.
