@@ -103,9 +103,10 @@ impl Core {
 
     /// Adds one event to every aggregate, or reports it late.
     pub fn record(&mut self, e: &PurchaseEvent) -> Outcome {
-        let outcome = self.windows().record(e);
+        let (mut windows, customers, orders) = self.parts();
+        let outcome = windows.record(e);
         if outcome == Outcome::Accepted {
-            record_customer(&mut self.customers, &mut self.customer_orders, e);
+            record_customer(customers, orders, e);
         }
         outcome
     }
@@ -134,16 +135,7 @@ impl Core {
                 true
             })
             .collect();
-        let (customers, orders) = (&mut self.customers, &mut self.customer_orders);
-        let mut windows = Windows {
-            config: &self.config,
-            days: &mut self.days,
-            first_open_day: &mut self.first_open_day,
-            max_event_us: &mut self.max_event_us,
-            watermark_us: &mut self.watermark_us,
-            accepted: &mut self.accepted,
-            late: &mut self.late,
-        };
+        let (mut windows, customers, orders) = self.parts();
         let (late, ()) = rayon::join(
             || {
                 let mut late = Vec::new();
@@ -164,9 +156,16 @@ impl Core {
         late
     }
 
-    /// The daily windows and event-time progress, borrowed apart from the customers.
-    fn windows(&mut self) -> Windows<'_> {
-        Windows {
+    /// The daily windows and event-time progress, and apart from them the customers and
+    /// their counted orders: the two halves of an event's update.
+    fn parts(
+        &mut self,
+    ) -> (
+        Windows<'_>,
+        &mut FxHashMap<u64, Customer>,
+        &mut FxHashSet<(u64, u64)>,
+    ) {
+        let windows = Windows {
             config: &self.config,
             days: &mut self.days,
             first_open_day: &mut self.first_open_day,
@@ -174,12 +173,13 @@ impl Core {
             watermark_us: &mut self.watermark_us,
             accepted: &mut self.accepted,
             late: &mut self.late,
-        }
+        };
+        (windows, &mut self.customers, &mut self.customer_orders)
     }
 
     /// Moves the watermark forward (never back) and finalizes the days it passed.
     pub fn advance_watermark(&mut self, to_us: i64) {
-        self.windows().advance_watermark(to_us);
+        self.parts().0.advance_watermark(to_us);
     }
 
     /// End of input: every day becomes final.

@@ -213,6 +213,17 @@ prop_compose! {
     }
 }
 
+/// `events` in the order they arrive when each is delayed by the next of `delays`.
+fn delayed(events: &[PurchaseEvent], delays: &[i64]) -> Vec<PurchaseEvent> {
+    let mut arrivals: Vec<(i64, PurchaseEvent)> = events
+        .iter()
+        .zip(delays.iter().cycle())
+        .map(|(e, d)| (e.event_time_us + d, *e))
+        .collect();
+    arrivals.sort_by_key(|x| x.0);
+    arrivals.into_iter().map(|x| x.1).collect()
+}
+
 proptest! {
     /// Results do not depend on arrival order as long as disorder stays within the
     /// out-of-orderness bound (each event arrives before the stream has moved more than
@@ -223,18 +234,13 @@ proptest! {
         keys in prop::collection::vec(0i64..H, 300),
     ) {
         // Shuffle by sorting on event time plus a random delay below the bound.
-        let mut shuffled: Vec<(i64, PurchaseEvent)> = sorted
-            .iter()
-            .zip(keys.iter().cycle())
-            .map(|(e, k)| (e.event_time_us + k, *e))
-            .collect();
-        shuffled.sort_by_key(|x| x.0);
+        let shuffled = delayed(&sorted, &keys);
         let mut in_order = core();
         let mut disordered = core();
         for e in &sorted {
             prop_assert_eq!(in_order.record(e), Outcome::Accepted);
         }
-        for (_, e) in &shuffled {
+        for e in &shuffled {
             prop_assert_eq!(disordered.record(e), Outcome::Accepted);
         }
         in_order.finish();
@@ -253,13 +259,7 @@ proptest! {
         keys in prop::collection::vec(0i64..(3 * D), 300),
         batch in 1usize..50,
     ) {
-        let mut shuffled: Vec<(i64, PurchaseEvent)> = events
-            .iter()
-            .zip(keys.iter().cycle())
-            .map(|(e, k)| (e.event_time_us + k, *e))
-            .collect();
-        shuffled.sort_by_key(|x| x.0);
-        let shuffled: Vec<PurchaseEvent> = shuffled.into_iter().map(|x| x.1).collect();
+        let shuffled = delayed(&events, &keys);
         let mut one = core();
         let late_one: Vec<usize> = shuffled
             .iter()
