@@ -223,7 +223,7 @@ impl Core {
     }
 
     /// RFM rows for every customer, scored against the current as-of date.
-    pub fn rfm(&self) -> Vec<RfmRow> {
+    pub fn rfm(&self) -> Vec<RfmRow<'_>> {
         match self.max_event_us {
             Some(t) => rfm::score(&self.customers, day_of(t)),
             None => Vec::new(),

@@ -63,7 +63,7 @@ pub fn segment_counts(
 }
 
 /// How many of `rows` fall in each segment.
-pub fn count_segments(rows: &[RfmRow]) -> std::collections::BTreeMap<&'static str, u64> {
+pub fn count_segments(rows: &[RfmRow<'_>]) -> std::collections::BTreeMap<&'static str, u64> {
     let mut counts = std::collections::BTreeMap::new();
     for row in rows {
         *counts.entry(row.segment).or_default() += 1;
@@ -71,11 +71,12 @@ pub fn count_segments(rows: &[RfmRow]) -> std::collections::BTreeMap<&'static st
     counts
 }
 
-/// One row of the `rfm` table.
+/// One row of the `rfm` table (borrowing the customer's state: rows for millions of
+/// customers are built at every snapshot).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RfmRow {
+pub struct RfmRow<'a> {
     pub user_id: u64,
-    pub customer: Customer,
+    pub customer: &'a Customer,
     pub recency_days: i64,
     pub r: u8,
     pub f: u8,
@@ -83,7 +84,7 @@ pub struct RfmRow {
     pub segment: &'static str,
 }
 
-impl RfmRow {
+impl RfmRow<'_> {
     /// The cell, e.g. "545".
     pub fn cell(&self) -> &'static str {
         static CELLS: OnceLock<Vec<String>> = OnceLock::new();
@@ -94,7 +95,7 @@ impl RfmRow {
 
 /// Scores every customer against `as_of_day` (days since the epoch, UTC). Rows come
 /// sorted by user id.
-pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow> {
+pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow<'_>> {
     // Sorting 16-byte (id, reference) pairs moves far less memory than sorting rows.
     let mut ids: Vec<(u64, &Customer)> = customers.iter().map(|(&id, c)| (id, c)).collect();
     ids.sort_unstable_by_key(|&(id, _)| id);
@@ -102,7 +103,7 @@ pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow
         .into_iter()
         .map(|(user_id, c)| RfmRow {
             user_id,
-            customer: *c,
+            customer: c,
             recency_days: i64::from(as_of_day) - i64::from(day_of(c.last_us)),
             r: 0,
             f: 0,

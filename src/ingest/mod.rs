@@ -287,7 +287,7 @@ impl Driver {
             .name("storepulse-snapshot".into())
             .spawn(move || {
                 let t = Instant::now();
-                let result = store.write(&copy, meta);
+                let result = store.write_beside(&copy, meta);
                 (store, result, t.elapsed())
             })
             .map_err(|e| {

@@ -145,6 +145,16 @@ impl SnapshotStore {
         self.write_with(core, None, meta)
     }
 
+    /// Like [`SnapshotStore::write`], for a snapshot written beside a running stream: one
+    /// table at a time, so it holds less memory and takes one core, not two.
+    pub fn write_beside(
+        &mut self,
+        core: &Core,
+        meta: SnapshotMeta,
+    ) -> Result<Manifest, SnapshotError> {
+        self.write_tables(core, None, meta, false)
+    }
+
     /// Like [`SnapshotStore::write`], with the event ids a Kafka partition has counted.
     pub fn write_with(
         &mut self,
@@ -152,18 +162,35 @@ impl SnapshotStore {
         seen: Option<&Seen>,
         meta: SnapshotMeta,
     ) -> Result<Manifest, SnapshotError> {
+        self.write_tables(core, seen, meta, true)
+    }
+
+    /// Writes and publishes one snapshot; with `parallel`, the two large tables are built
+    /// and written on two threads.
+    fn write_tables(
+        &mut self,
+        core: &Core,
+        seen: Option<&Seen>,
+        meta: SnapshotMeta,
+        parallel: bool,
+    ) -> Result<Manifest, SnapshotError> {
         let id = self.next_id;
         let name = format!("{PREFIX}{id:06}");
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
         fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
 
-        // The two large tables, the counted (customer, order) pairs and the scored
-        // customers, are built and written on two threads.
-        let (rfm_rows, files) = std::thread::scope(|s| {
-            let pairs = s.spawn(|| {
+        // The two large tables are the counted (customer, order) pairs and the scored
+        // customers.
+        let (customers, segments, files) = std::thread::scope(|s| {
+            let pairs = || {
                 let batch = tables::state_customer_orders(core)?;
                 write_table(&tmp, tables::STATE_CUSTOMER_ORDERS, &batch)
-            });
+            };
+            let pairs = if parallel {
+                Err(s.spawn(pairs))
+            } else {
+                Ok(pairs())
+            };
             let rfm_rows = core.rfm();
             let mut files = std::collections::BTreeMap::new();
             let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {
@@ -171,7 +198,16 @@ impl SnapshotStore {
                 files.insert(name, file);
                 Ok::<_, SnapshotError>(())
             };
-            add(tables::RFM, tables::rfm(&rfm_rows))?;
+            let customers = rfm_rows.len() as u64;
+            let segments: std::collections::BTreeMap<String, u64> =
+                crate::aggregate::rfm::count_segments(&rfm_rows)
+                    .into_iter()
+                    .map(|(s, n)| (s.to_string(), n))
+                    .collect();
+            // The rows (about 100 bytes a customer) go before the table is encoded.
+            let rfm_batch = tables::rfm(&rfm_rows);
+            drop(rfm_rows);
+            add(tables::RFM, rfm_batch)?;
             add(tables::DAILY_SALES, tables::daily_sales(core))?;
             add(
                 tables::DAILY_CATEGORY_SALES,
@@ -185,9 +221,12 @@ impl SnapshotStore {
             if let Some(seen) = seen {
                 add(tables::STATE_SEEN, tables::state_seen(seen))?;
             }
-            let (name, file) = pairs.join().expect("the snapshot table writer panicked")?;
+            let pairs = pairs.unwrap_or_else(|writer| {
+                writer.join().expect("the snapshot table writer panicked")
+            });
+            let (name, file) = pairs?;
             files.insert(name, file);
-            Ok::<_, SnapshotError>((rfm_rows, files))
+            Ok::<_, SnapshotError>((customers, segments, files))
         })?;
         let manifest = Manifest {
             format: manifest::FORMAT_VERSION,
@@ -202,11 +241,8 @@ impl SnapshotStore {
             watermark_us: core.watermark_us(),
             input: meta.input,
             counts: meta.counts,
-            customers: rfm_rows.len() as u64,
-            segments: crate::aggregate::rfm::count_segments(&rfm_rows)
-                .into_iter()
-                .map(|(s, n)| (s.to_string(), n))
-                .collect(),
+            customers,
+            segments,
             tables: files,
             config: meta.config,
         };

@@ -168,11 +168,11 @@ pub fn daily_group_sales(core: &Core, brands: bool) -> Result<RecordBatch, Arrow
     )
 }
 
-pub fn rfm(rows: &[RfmRow]) -> Result<RecordBatch, ArrowError> {
-    let score = |f: fn(&RfmRow) -> u8| -> ArrayRef {
+pub fn rfm(rows: &[RfmRow<'_>]) -> Result<RecordBatch, ArrowError> {
+    let score = |f: fn(&RfmRow<'_>) -> u8| -> ArrayRef {
         Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| f(r) as i8)))
     };
-    let stamp = |f: fn(&RfmRow) -> i64| -> ArrayRef {
+    let stamp = |f: fn(&RfmRow<'_>) -> i64| -> ArrayRef {
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
         )
