@@ -8,6 +8,7 @@ mod seen;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+mod windows;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow};
 pub use seen::Seen;
 pub use state::{merge_watermarks, CoreState, CustomerState, DayState, PartWatermark};
+use windows::{final_at, record_customer, Windows};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -227,86 +229,6 @@ impl Core {
         match self.max_event_us {
             Some(t) => rfm::score(&self.customers, day_of(t)),
             None => Vec::new(),
-        }
-    }
-}
-
-/// Whether a day is final under `watermark`: the watermark passed its end plus the
-/// allowed lateness.
-fn final_at(watermark_us: Option<i64>, day: i32, allowed_lateness_us: i64) -> bool {
-    let end = (i64::from(day) + 1) * MICROS_PER_DAY;
-    watermark_us.is_some_and(|w| w >= end.saturating_add(allowed_lateness_us))
-}
-
-/// A customer's part of an accepted event: their RFM state and the counted orders.
-fn record_customer(
-    customers: &mut FxHashMap<u64, Customer>,
-    customer_orders: &mut FxHashSet<(u64, u64)>,
-    e: &PurchaseEvent,
-) {
-    if let Some(user) = e.user_id {
-        let c = customers
-            .entry(user)
-            .or_insert_with(|| Customer::new(e.event_time_us));
-        let new_order =
-            c.last_order != Some(e.order_id) && customer_orders.insert((user, e.order_id));
-        c.record(e, new_order);
-    }
-}
-
-/// The core's daily windows and event-time progress, borrowed on their own so that the
-/// customers can be updated beside them.
-struct Windows<'a> {
-    config: &'a CoreConfig,
-    days: &'a mut BTreeMap<i32, Day>,
-    first_open_day: &'a mut Option<i32>,
-    max_event_us: &'a mut Option<i64>,
-    watermark_us: &'a mut Option<i64>,
-    accepted: &'a mut u64,
-    late: &'a mut u64,
-}
-
-impl Windows<'_> {
-    fn is_final(&self, day: i32) -> bool {
-        final_at(*self.watermark_us, day, self.config.allowed_lateness_us)
-    }
-
-    /// The windows' part of [`Core::record`].
-    fn record(&mut self, e: &PurchaseEvent) -> Outcome {
-        let day = day_of(e.event_time_us);
-        if self.is_final(day) {
-            *self.late += 1;
-            return Outcome::Late;
-        }
-        *self.accepted += 1;
-        self.days.entry(day).or_default().record(e);
-        if self.first_open_day.is_none_or(|d| day < d) {
-            *self.first_open_day = Some(day);
-        }
-        if self.max_event_us.is_none_or(|m| e.event_time_us > m) {
-            *self.max_event_us = Some(e.event_time_us);
-            self.advance_watermark(
-                e.event_time_us
-                    .saturating_sub(self.config.max_out_of_orderness_us),
-            );
-        }
-        Outcome::Accepted
-    }
-
-    fn advance_watermark(&mut self, to_us: i64) {
-        if self.watermark_us.is_some_and(|w| w >= to_us) {
-            return;
-        }
-        *self.watermark_us = Some(to_us);
-        while let Some(day) = *self.first_open_day {
-            if !self.is_final(day) {
-                break;
-            }
-            let mut open = self.days.range_mut(day..);
-            if let Some((_, d)) = open.next() {
-                d.finalize(self.config.keep_day_customers);
-            }
-            *self.first_open_day = open.next().map(|(&d, _)| d);
         }
     }
 }
