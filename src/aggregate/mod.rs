@@ -19,7 +19,7 @@ pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow};
 pub use seen::Seen;
 pub use state::{merge_watermarks, CoreState, CustomerState, DayState, PartWatermark};
-use windows::{final_at, record_customer, Windows};
+use windows::{final_at, raise_max, record_customer, Windows};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -127,11 +127,7 @@ impl Core {
                 if final_at(watermark, day_of(e.event_time_us), lateness) {
                     return false;
                 }
-                if max.is_none_or(|m| e.event_time_us > m) {
-                    max = Some(e.event_time_us);
-                    let to = e
-                        .event_time_us
-                        .saturating_sub(self.config.max_out_of_orderness_us);
+                if let Some(to) = raise_max(&mut max, e, &self.config) {
                     watermark = Some(watermark.map_or(to, |w| w.max(to)));
                 }
                 true

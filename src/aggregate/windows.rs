@@ -16,6 +16,23 @@ pub(super) fn final_at(watermark_us: Option<i64>, day: i32, allowed_lateness_us:
     watermark_us.is_some_and(|w| w >= end.saturating_add(allowed_lateness_us))
 }
 
+/// An accepted event that raises the highest event time `max` moves the watermark
+/// towards it less the out-of-orderness: returns where to.
+pub(super) fn raise_max(
+    max: &mut Option<i64>,
+    e: &PurchaseEvent,
+    config: &CoreConfig,
+) -> Option<i64> {
+    if max.is_some_and(|m| e.event_time_us <= m) {
+        return None;
+    }
+    *max = Some(e.event_time_us);
+    Some(
+        e.event_time_us
+            .saturating_sub(config.max_out_of_orderness_us),
+    )
+}
+
 /// A customer's part of an accepted event: their RFM state and the counted orders.
 pub(super) fn record_customer(
     customers: &mut FxHashMap<u64, Customer>,
@@ -61,12 +78,8 @@ impl Windows<'_> {
         if self.first_open_day.is_none_or(|d| day < d) {
             *self.first_open_day = Some(day);
         }
-        if self.max_event_us.is_none_or(|m| e.event_time_us > m) {
-            *self.max_event_us = Some(e.event_time_us);
-            self.advance_watermark(
-                e.event_time_us
-                    .saturating_sub(self.config.max_out_of_orderness_us),
-            );
+        if let Some(to) = raise_max(self.max_event_us, e, self.config) {
+            self.advance_watermark(to);
         }
         Outcome::Accepted
     }

@@ -97,6 +97,7 @@ impl Sorter {
         Ok(())
     }
 
+    /// Where the next run goes (called with no run being written).
     fn next_run_path(&mut self) -> io::Result<PathBuf> {
         let dir = match &self.dir {
             Some(d) => d.clone(),
@@ -111,8 +112,7 @@ impl Sorter {
                 d
             }
         };
-        let n = self.runs.len() + usize::from(self.writing.is_some());
-        Ok(dir.join(format!("run-{n}")))
+        Ok(dir.join(format!("run-{}", self.runs.len())))
     }
 
     /// Takes back the run being written, if any, and its buffer as the spare half.
@@ -146,7 +146,8 @@ impl Sorter {
 
     /// All events are in: sorts what is held (and spills it too when runs exist).
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.runs.is_empty() && self.writing.is_none() {
+        // A run is only written in the background after the first is on disk.
+        if self.runs.is_empty() {
             sort_by_event_time(&mut self.held);
             self.note(self.held.len());
             return Ok(());

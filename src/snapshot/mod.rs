@@ -179,18 +179,14 @@ impl SnapshotStore {
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
         fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
 
-        // The two large tables are the counted (customer, order) pairs and the scored
-        // customers.
+        // The two large tables are the scored customers and the counted (customer, order)
+        // pairs; the pairs go on a thread of their own when `parallel`, else last.
+        let pairs = || {
+            let batch = tables::state_customer_orders(core)?;
+            write_table(&tmp, tables::STATE_CUSTOMER_ORDERS, &batch)
+        };
         let (customers, segments, files) = std::thread::scope(|s| {
-            let pairs = || {
-                let batch = tables::state_customer_orders(core)?;
-                write_table(&tmp, tables::STATE_CUSTOMER_ORDERS, &batch)
-            };
-            let pairs = if parallel {
-                Err(s.spawn(pairs))
-            } else {
-                Ok(pairs())
-            };
+            let writer = parallel.then(|| s.spawn(pairs));
             let rfm_rows = core.rfm();
             let mut files = std::collections::BTreeMap::new();
             let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {
@@ -221,10 +217,10 @@ impl SnapshotStore {
             if let Some(seen) = seen {
                 add(tables::STATE_SEEN, tables::state_seen(seen))?;
             }
-            let pairs = pairs.unwrap_or_else(|writer| {
-                writer.join().expect("the snapshot table writer panicked")
-            });
-            let (name, file) = pairs?;
+            let (name, file) = match writer {
+                Some(writer) => writer.join().expect("the snapshot table writer panicked"),
+                None => pairs(),
+            }?;
             files.insert(name, file);
             Ok::<_, SnapshotError>((customers, segments, files))
         })?;
