@@ -30,6 +30,13 @@ pub struct Group {
 }
 
 impl Group {
+    fn with_capacity(orders: usize) -> Self {
+        Group {
+            orders: FxHashSet::with_capacity_and_hasher(orders, Default::default()),
+            ..Group::default()
+        }
+    }
+
     fn record(&mut self, e: &PurchaseEvent) {
         self.totals.revenue_cents += e.price_cents;
         self.totals.items += 1;
@@ -70,9 +77,43 @@ pub struct Day {
     last: Option<(u64, Option<u64>)>,
     pub categories: FxHashMap<Option<Sym>, Group>,
     pub brands: FxHashMap<Option<Sym>, Group>,
+    /// While open, the distinct orders each category and brand had the day before: a
+    /// new group's set starts at that size (see [`Day::sized_like`]).
+    group_sizes: Option<Box<GroupSizes>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct GroupSizes {
+    categories: FxHashMap<Option<Sym>, usize>,
+    brands: FxHashMap<Option<Sym>, usize>,
 }
 
 impl Day {
+    /// A new day whose sets start at the sizes `prev` reached: days are alike, and a set
+    /// grown from empty to a day's orders is rebuilt a dozen times on the way.
+    pub(super) fn sized_like(prev: &Day) -> Day {
+        let set = |n: u64| FxHashSet::with_capacity_and_hasher(n as usize, Default::default());
+        let sizes = |g: &FxHashMap<Option<Sym>, Group>| {
+            g.iter()
+                .map(|(k, g)| (*k, g.totals.orders as usize))
+                .collect()
+        };
+        Day {
+            orders: set(prev.totals.orders),
+            customer_set: set(prev.customers),
+            categories: FxHashMap::with_capacity_and_hasher(
+                prev.categories.len(),
+                Default::default(),
+            ),
+            brands: FxHashMap::with_capacity_and_hasher(prev.brands.len(), Default::default()),
+            group_sizes: Some(Box::new(GroupSizes {
+                categories: sizes(&prev.categories),
+                brands: sizes(&prev.brands),
+            })),
+            ..Day::default()
+        }
+    }
+
     pub(super) fn record(&mut self, e: &PurchaseEvent) {
         self.totals.revenue_cents += e.price_cents;
         self.totals.items += 1;
@@ -83,8 +124,20 @@ impl Day {
                 self.customers += u64::from(self.customer_set.insert(u));
             }
         }
-        self.categories.entry(e.category).or_default().record(e);
-        self.brands.entry(e.brand).or_default().record(e);
+        let sizes = self.group_sizes.as_deref();
+        let new_group =
+            |key: &Option<Sym>, of: fn(&GroupSizes) -> &FxHashMap<Option<Sym>, usize>| {
+                let n = sizes.and_then(|s| of(s).get(key)).copied().unwrap_or(0);
+                Group::with_capacity(n)
+            };
+        self.categories
+            .entry(e.category)
+            .or_insert_with_key(|k| new_group(k, |s| &s.categories))
+            .record(e);
+        self.brands
+            .entry(e.brand)
+            .or_insert_with_key(|k| new_group(k, |s| &s.brands))
+            .record(e);
     }
 
     pub(super) fn finalize(&mut self, keep_customers: bool) {
@@ -93,6 +146,7 @@ impl Day {
             self.customer_set = FxHashSet::default();
         }
         self.last = None;
+        self.group_sizes = None;
         self.categories.values_mut().for_each(Group::finalize);
         self.brands.values_mut().for_each(Group::finalize);
     }

@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 
 pub use daily::{Day, Group, Totals};
-pub use rfm::{Customer, RfmRow};
+pub use rfm::{Customer, RfmRow, Scored};
 pub use seen::Seen;
 pub use state::{merge_watermarks, CoreState, CustomerState, DayState, PartWatermark};
 use windows::{final_at, raise_max, record_customer, Windows};
@@ -221,10 +221,10 @@ impl Core {
     }
 
     /// RFM rows for every customer, scored against the current as-of date.
-    pub fn rfm(&self) -> Vec<RfmRow<'_>> {
+    pub fn rfm(&self) -> Scored {
         match self.max_event_us {
             Some(t) => rfm::score(&self.customers, day_of(t)),
-            None => Vec::new(),
+            None => Scored::default(),
         }
     }
 }

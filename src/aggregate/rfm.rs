@@ -59,24 +59,14 @@ pub fn segment_counts(
     customers: &FxHashMap<u64, Customer>,
     as_of_day: i32,
 ) -> std::collections::BTreeMap<&'static str, u64> {
-    count_segments(&score(customers, as_of_day))
+    score(customers, as_of_day).segment_counts()
 }
 
-/// How many of `rows` fall in each segment.
-pub fn count_segments(rows: &[RfmRow<'_>]) -> std::collections::BTreeMap<&'static str, u64> {
-    let mut counts = std::collections::BTreeMap::new();
-    for row in rows {
-        *counts.entry(row.segment).or_default() += 1;
-    }
-    counts
-}
-
-/// One row of the `rfm` table (borrowing the customer's state: rows for millions of
-/// customers are built at every snapshot).
+/// One customer's row of the `rfm` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RfmRow<'a> {
+pub struct RfmRow {
     pub user_id: u64,
-    pub customer: &'a Customer,
+    pub customer: Customer,
     pub recency_days: i64,
     pub r: u8,
     pub f: u8,
@@ -84,44 +74,146 @@ pub struct RfmRow<'a> {
     pub segment: &'static str,
 }
 
-impl RfmRow<'_> {
+impl RfmRow {
     /// The cell, e.g. "545".
     pub fn cell(&self) -> &'static str {
-        static CELLS: OnceLock<Vec<String>> = OnceLock::new();
-        let all = CELLS.get_or_init(|| cells().map(|(r, f, m)| format!("{r}{f}{m}")).collect());
-        &all[cell_index(self.r, self.f, self.m)]
+        cell(self.r, self.f, self.m)
+    }
+}
+
+/// The text of a cell, e.g. "545".
+pub fn cell(r: u8, f: u8, m: u8) -> &'static str {
+    static CELLS: OnceLock<Vec<String>> = OnceLock::new();
+    let all = CELLS.get_or_init(|| cells().map(|(r, f, m)| format!("{r}{f}{m}")).collect());
+    &all[cell_index(r, f, m)]
+}
+
+/// Every customer scored, as the columns of the `rfm` table, sorted by user id.
+///
+/// Columns, not rows: a snapshot of millions of customers reads each customer's state
+/// once (one cache miss, in id order), and the columns become the table's arrays without
+/// a copy.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scored {
+    pub user_id: Vec<u64>,
+    pub first_us: Vec<i64>,
+    pub last_us: Vec<i64>,
+    pub frequency: Vec<i64>,
+    pub monetary_cents: Vec<i64>,
+    pub items: Vec<i64>,
+    pub recency_days: Vec<i64>,
+    pub r: Vec<i8>,
+    pub f: Vec<i8>,
+    pub m: Vec<i8>,
+}
+
+impl Scored {
+    pub fn len(&self) -> usize {
+        self.user_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.user_id.is_empty()
+    }
+
+    /// The (r, f, m) scores of row `i`.
+    pub fn scores(&self, i: usize) -> (u8, u8, u8) {
+        (self.r[i] as u8, self.f[i] as u8, self.m[i] as u8)
+    }
+
+    /// The named segment of row `i`.
+    pub fn segment(&self, i: usize) -> &'static str {
+        let (r, f, m) = self.scores(i);
+        segment(r, f, m)
+    }
+
+    /// The cell text of row `i`, e.g. "545".
+    pub fn cell(&self, i: usize) -> &'static str {
+        let (r, f, m) = self.scores(i);
+        cell(r, f, m)
+    }
+
+    /// Row `i` on its own.
+    pub fn row(&self, i: usize) -> RfmRow {
+        let (r, f, m) = self.scores(i);
+        RfmRow {
+            user_id: self.user_id[i],
+            customer: Customer {
+                first_us: self.first_us[i],
+                last_us: self.last_us[i],
+                frequency: self.frequency[i] as u64,
+                monetary_cents: self.monetary_cents[i],
+                items: self.items[i] as u64,
+                last_order: None,
+            },
+            recency_days: self.recency_days[i],
+            r,
+            f,
+            m,
+            segment: segment(r, f, m),
+        }
+    }
+
+    /// The rows, one by one.
+    pub fn rows(&self) -> impl Iterator<Item = RfmRow> + '_ {
+        (0..self.len()).map(|i| self.row(i))
+    }
+
+    /// How many customers fall in each segment.
+    pub fn segment_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut per_cell = [0u64; 125];
+        for i in 0..self.len() {
+            let (r, f, m) = self.scores(i);
+            per_cell[cell_index(r, f, m)] += 1;
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for ((r, f, m), n) in cells().zip(per_cell) {
+            if n > 0 {
+                *counts.entry(segment(r, f, m)).or_default() += n;
+            }
+        }
+        counts
     }
 }
 
 /// Scores every customer against `as_of_day` (days since the epoch, UTC). Rows come
 /// sorted by user id.
-pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Vec<RfmRow<'_>> {
+pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Scored {
     // Sorting 16-byte (id, reference) pairs moves far less memory than sorting rows.
     let mut ids: Vec<(u64, &Customer)> = customers.iter().map(|(&id, c)| (id, c)).collect();
     ids.sort_unstable_by_key(|&(id, _)| id);
-    let mut rows: Vec<RfmRow> = ids
-        .into_iter()
-        .map(|(user_id, c)| RfmRow {
-            user_id,
-            customer: c,
-            recency_days: i64::from(as_of_day) - i64::from(day_of(c.last_us)),
-            r: 0,
-            f: 0,
-            m: 0,
-            segment: "",
-        })
-        .collect();
-    // Recency ranks by recency_days descending: negate to rank ascending.
-    let r = Quintiles::new(rows.iter().map(|r| -r.recency_days).collect());
-    let f = Quintiles::new(rows.iter().map(|r| r.customer.frequency as i64).collect());
-    let m = Quintiles::new(rows.iter().map(|r| r.customer.monetary_cents).collect());
-    for row in &mut rows {
-        row.r = r.score(-row.recency_days);
-        row.f = f.score(row.customer.frequency as i64);
-        row.m = m.score(row.customer.monetary_cents);
-        row.segment = segment(row.r, row.f, row.m);
+    let n = ids.len();
+    let mut s = Scored {
+        user_id: Vec::with_capacity(n),
+        first_us: Vec::with_capacity(n),
+        last_us: Vec::with_capacity(n),
+        frequency: Vec::with_capacity(n),
+        monetary_cents: Vec::with_capacity(n),
+        items: Vec::with_capacity(n),
+        recency_days: Vec::with_capacity(n),
+        r: Vec::new(),
+        f: Vec::new(),
+        m: Vec::new(),
+    };
+    // The one pass that reads the customers (in id order, so each is a cache miss).
+    for (user_id, c) in ids {
+        s.user_id.push(user_id);
+        s.first_us.push(c.first_us);
+        s.last_us.push(c.last_us);
+        s.frequency.push(c.frequency as i64);
+        s.monetary_cents.push(c.monetary_cents);
+        s.items.push(c.items as i64);
+        s.recency_days
+            .push(i64::from(as_of_day) - i64::from(day_of(c.last_us)));
     }
-    rows
+    // Recency ranks by recency_days descending: negate to rank ascending.
+    let r = Quintiles::new(s.recency_days.iter().map(|d| -d).collect());
+    s.r = s.recency_days.iter().map(|&d| r.score(-d) as i8).collect();
+    let f = Quintiles::new(s.frequency.clone());
+    s.f = s.frequency.iter().map(|&v| f.score(v) as i8).collect();
+    let m = Quintiles::new(s.monetary_cents.clone());
+    s.m = s.monetary_cents.iter().map(|&v| m.score(v) as i8).collect();
+    s
 }
 
 /// The four cut values of one dimension: a value's score is 1 plus the number of cuts it
@@ -336,7 +428,8 @@ mod tests {
         map.insert(4, c(70, 4, 400));
         map.insert(5, c(60, 5, 500));
         map.insert(6, c(100, 1, 100));
-        let rows = score(&map, 100);
+        let scored = score(&map, 100);
+        let rows: Vec<RfmRow> = scored.rows().collect();
         let got: Vec<(u64, i64, String)> = rows
             .iter()
             .map(|r| (r.user_id, r.recency_days, r.cell().to_string()))
@@ -355,5 +448,11 @@ mod tests {
         );
         assert_eq!(rows[0].segment, "New Customers");
         assert_eq!(rows[4].segment, "Cannot Lose Them");
+        assert_eq!(rows[2].customer, map[&3]);
+        assert_eq!(scored.segment(4), "Cannot Lose Them");
+        assert_eq!(scored.cell(3), "255");
+        let counts = scored.segment_counts();
+        assert_eq!(counts.values().sum::<u64>(), 6);
+        assert_eq!(counts["New Customers"], 2);
     }
 }

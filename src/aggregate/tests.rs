@@ -144,7 +144,7 @@ fn recency_is_measured_from_the_highest_event_time() {
     c.finish();
     let rows = c.rfm();
     assert_eq!(
-        rows.iter().map(|r| r.recency_days).collect::<Vec<_>>(),
+        rows.rows().map(|r| r.recency_days).collect::<Vec<_>>(),
         vec![10, 0]
     );
 }
@@ -175,7 +175,7 @@ fn observe(c: &Core) -> (Vec<DayRow>, Vec<String>) {
         .collect();
     let rfm = c
         .rfm()
-        .iter()
+        .rows()
         .map(|r| {
             let c = &r.customer;
             format!(

@@ -74,7 +74,14 @@ impl Windows<'_> {
             return Outcome::Late;
         }
         *self.accepted += 1;
-        self.days.entry(day).or_default().record(e);
+        if !self.days.contains_key(&day) {
+            let new = match self.days.last_key_value() {
+                Some((_, last)) => Day::sized_like(last),
+                None => Day::default(),
+            };
+            self.days.insert(day, new);
+        }
+        self.days.get_mut(&day).expect("just added").record(e);
         if self.first_open_day.is_none_or(|d| day < d) {
             *self.first_open_day = Some(day);
         }

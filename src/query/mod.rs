@@ -72,7 +72,7 @@ impl Session {
                 tables::daily_sales(&core)?,
                 tables::daily_group_sales(&core, false)?,
                 tables::daily_group_sales(&core, true)?,
-                tables::rfm(&rfm)?,
+                tables::rfm(rfm)?,
             ];
             for (table, batch) in QUERY_TABLES.iter().zip(batches) {
                 let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::errors::ParquetError;
 use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::aggregate::{Core, Seen};
 pub use find::{latest, latest_complete, latest_parts, newest_good, pointers};
@@ -187,22 +188,21 @@ impl SnapshotStore {
         };
         let (customers, segments, files) = std::thread::scope(|s| {
             let writer = parallel.then(|| s.spawn(pairs));
-            let rfm_rows = core.rfm();
+            let scored = core.rfm();
             let mut files = std::collections::BTreeMap::new();
             let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {
                 let (name, file) = write_table(&tmp, table, &batch?)?;
                 files.insert(name, file);
                 Ok::<_, SnapshotError>(())
             };
-            let customers = rfm_rows.len() as u64;
-            let segments: std::collections::BTreeMap<String, u64> =
-                crate::aggregate::rfm::count_segments(&rfm_rows)
-                    .into_iter()
-                    .map(|(s, n)| (s.to_string(), n))
-                    .collect();
-            // The rows (about 100 bytes a customer) go before the table is encoded.
-            let rfm_batch = tables::rfm(&rfm_rows);
-            drop(rfm_rows);
+            let customers = scored.len() as u64;
+            let segments: std::collections::BTreeMap<String, u64> = scored
+                .segment_counts()
+                .into_iter()
+                .map(|(s, n)| (s.to_string(), n))
+                .collect();
+            // The scored columns become the table's arrays.
+            let rfm_batch = tables::rfm(scored);
             add(tables::RFM, rfm_batch)?;
             add(tables::DAILY_SALES, tables::daily_sales(core))?;
             add(
@@ -289,17 +289,44 @@ fn write_table(
     batch: &RecordBatch,
 ) -> Result<(String, TableFile), SnapshotError> {
     let file = format!("{table}.parquet");
-    let bytes = write_parquet(&dir.join(&file), batch)?;
+    let bytes = write_parquet(&dir.join(&file), table, batch)?;
     let rows = batch.num_rows() as u64;
     Ok((table.to_string(), TableFile { file, rows, bytes }))
 }
 
+/// Columns of `table` with a value for nearly every row: a dictionary would only be
+/// built to be dropped, and ids sorted ascending are stored as deltas.
+fn unique_columns(table: &str) -> &'static [(&'static str, bool)] {
+    match table {
+        tables::RFM => &[
+            ("user_id", true),
+            ("first_purchase", false),
+            ("last_purchase", false),
+            ("monetary", false),
+        ],
+        tables::STATE_CUSTOMER_ORDERS => &[("user_id", false), ("order_id", false)],
+        _ => &[],
+    }
+}
+
 /// Writes one table and makes it durable; returns the file's size.
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, SnapshotError> {
+fn write_parquet(path: &Path, table: &str, batch: &RecordBatch) -> Result<u64, SnapshotError> {
     let file = File::create(path).map_err(io_err("creating", path))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .build();
+    let mut props =
+        WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
+    let schema = batch.schema();
+    for &(name, sorted) in unique_columns(table) {
+        let column = ColumnPath::from(name);
+        props = props.set_column_dictionary_enabled(column.clone(), false);
+        // Deltas are for integers only (a file of another schema is written as it is).
+        let integer = schema
+            .field_with_name(name)
+            .is_ok_and(|f| f.data_type().is_integer());
+        if sorted && integer {
+            props = props.set_column_encoding(column, Encoding::DELTA_BINARY_PACKED);
+        }
+    }
+    let props = props.build();
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     writer.write(batch)?;
     let file = writer.into_inner()?;

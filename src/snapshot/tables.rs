@@ -11,7 +11,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
-use crate::aggregate::{Core, Group, RfmRow, Seen};
+use crate::aggregate::{Core, Group, Scored, Seen};
 
 pub const DAILY_SALES: &str = "daily_sales";
 pub const DAILY_CATEGORY_SALES: &str = "daily_category_sales";
@@ -168,36 +168,29 @@ pub fn daily_group_sales(core: &Core, brands: bool) -> Result<RecordBatch, Arrow
     )
 }
 
-pub fn rfm(rows: &[RfmRow<'_>]) -> Result<RecordBatch, ArrowError> {
-    let score = |f: fn(&RfmRow<'_>) -> u8| -> ArrayRef {
-        Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| f(r) as i8)))
+/// The `rfm` table from the scored columns (moved into the arrays, not copied).
+pub fn rfm(s: Scored) -> Result<RecordBatch, ArrowError> {
+    let stamp = |v: Vec<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
     };
-    let stamp = |f: fn(&RfmRow<'_>) -> i64| -> ArrayRef {
-        Arc::new(
-            TimestampMicrosecondArray::from_iter_values(rows.iter().map(f)).with_timezone("UTC"),
-        )
-    };
+    let cells = StringArray::from_iter_values((0..s.len()).map(|i| s.cell(i)));
+    let segments = StringArray::from_iter_values((0..s.len()).map(|i| s.segment(i)));
+    let monetary = decimal(s.monetary_cents.iter().copied())?;
     batch(
         RFM,
         vec![
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.user_id),
-            )),
-            stamp(|r| r.customer.first_us),
-            stamp(|r| r.customer.last_us),
-            i64s(rows.iter().map(|r| r.customer.frequency)),
-            decimal(rows.iter().map(|r| r.customer.monetary_cents))?,
-            i64s(rows.iter().map(|r| r.customer.items)),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.recency_days),
-            )),
-            score(|r| r.r),
-            score(|r| r.f),
-            score(|r| r.m),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(RfmRow::cell))),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.segment),
-            )),
+            Arc::new(UInt64Array::from(s.user_id)),
+            stamp(s.first_us),
+            stamp(s.last_us),
+            Arc::new(Int64Array::from(s.frequency)),
+            monetary,
+            Arc::new(Int64Array::from(s.items)),
+            Arc::new(Int64Array::from(s.recency_days)),
+            Arc::new(Int8Array::from(s.r)),
+            Arc::new(Int8Array::from(s.f)),
+            Arc::new(Int8Array::from(s.m)),
+            Arc::new(cells),
+            Arc::new(segments),
         ],
     )
 }

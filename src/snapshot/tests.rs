@@ -185,7 +185,12 @@ fn a_table_with_a_changed_schema_is_an_error_not_a_panic() {
     )])
     .unwrap();
     for id in [1, 2] {
-        write_parquet(&snap_file(dir.path(), id, "rfm.parquet"), &foreign).unwrap();
+        write_parquet(
+            &snap_file(dir.path(), id, "rfm.parquet"),
+            tables::RFM,
+            &foreign,
+        )
+        .unwrap();
     }
     let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
     let text = err.to_string();
@@ -224,7 +229,12 @@ fn an_unknown_open_set_scope_is_damage_not_a_brand_order() {
         ],
     )
     .unwrap();
-    write_parquet(&snap_file(dir.path(), 2, "state_open_sets.parquet"), &rows).unwrap();
+    write_parquet(
+        &snap_file(dir.path(), 2, "state_open_sets.parquet"),
+        tables::STATE_OPEN_SETS,
+        &rows,
+    )
+    .unwrap();
     let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
     assert!(err.to_string().contains("unknown scope `mystery`"), "{err}");
 }
