@@ -135,15 +135,7 @@ impl Core {
             .collect();
         let (mut windows, customers, orders) = self.parts();
         let (late, ()) = rayon::join(
-            || {
-                let mut late = Vec::new();
-                for (i, e) in events.iter().enumerate() {
-                    if windows.record(e) == Outcome::Late {
-                        late.push(i);
-                    }
-                }
-                late
-            },
+            || windows.record_batch(events, &accepted, max, watermark),
             || {
                 for (e, _) in events.iter().zip(&accepted).filter(|(_, &ok)| ok) {
                     record_customer(customers, orders, e);

@@ -158,6 +158,35 @@ fn empty_core_has_no_rows() {
     assert_eq!(c.max_event_us(), None);
 }
 
+type OpenSets = Vec<(i32, bool, Vec<u64>, Vec<u64>, Vec<(Option<Sym>, Vec<u64>)>)>;
+
+/// Each day's finality and the distinct sets it still keeps, sorted.
+fn open_sets(c: &Core) -> OpenSets {
+    let sorted = |it: &mut dyn Iterator<Item = u64>| {
+        let mut v: Vec<u64> = it.collect();
+        v.sort_unstable();
+        v
+    };
+    c.days()
+        .map(|(d, day, is_final)| {
+            let mut groups: Vec<(Option<Sym>, Vec<u64>)> = day
+                .categories
+                .iter()
+                .chain(&day.brands)
+                .map(|(k, g)| (*k, sorted(&mut g.open_orders())))
+                .collect();
+            groups.sort();
+            (
+                d,
+                is_final,
+                sorted(&mut day.open_orders()),
+                sorted(&mut day.open_customers()),
+                groups,
+            )
+        })
+        .collect()
+}
+
 type GroupRows = Vec<(Option<Sym>, Totals)>;
 type DayRow = (i32, Totals, u64, GroupRows, GroupRows);
 
@@ -277,6 +306,10 @@ proptest! {
         prop_assert_eq!(one.accepted(), batched.accepted());
         prop_assert_eq!(one.watermark_us(), batched.watermark_us());
         prop_assert_eq!(one.customer_order_count(), batched.customer_order_count());
+        prop_assert_eq!(one.max_event_us(), batched.max_event_us());
+        // Before the end, open days keep the same distinct sets and final days none.
+        prop_assert_eq!(open_sets(&one), open_sets(&batched));
+        prop_assert_eq!(observe(&one), observe(&batched));
         one.finish();
         batched.finish();
         prop_assert_eq!(observe(&one), observe(&batched));

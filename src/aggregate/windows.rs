@@ -74,6 +74,59 @@ impl Windows<'_> {
             return Outcome::Late;
         }
         *self.accepted += 1;
+        self.open_day(day).record(e);
+        if let Some(to) = raise_max(self.max_event_us, e, self.config) {
+            self.advance_watermark(to);
+        }
+        Outcome::Accepted
+    }
+
+    /// The windows' part of [`super::Core::record_batch`]: `accepted` tells which events
+    /// are not late, and `max_event_us` and `watermark_us` are where the batch takes event
+    /// time (both worked out before from the watermark alone). Returns the late events'
+    /// positions.
+    ///
+    /// The same state as [`Windows::record`] one by one: a day's sums and sets do not
+    /// depend on the order of its events, an event is never added to a day that is final
+    /// by then, and the days the watermark passes are finalized at the end instead of
+    /// along the way. Runs of events of one day are added with one look-up of the day.
+    pub(super) fn record_batch(
+        &mut self,
+        events: &[PurchaseEvent],
+        accepted: &[bool],
+        max_event_us: Option<i64>,
+        watermark_us: Option<i64>,
+    ) -> Vec<usize> {
+        let mut late = Vec::new();
+        let mut i = 0;
+        while i < events.len() {
+            if !accepted[i] {
+                late.push(i);
+                i += 1;
+                continue;
+            }
+            let d = day_of(events[i].event_time_us);
+            let day = self.open_day(d);
+            let start = i;
+            while i < events.len() && accepted[i] && day_of(events[i].event_time_us) == d {
+                day.record(&events[i]);
+                i += 1;
+            }
+            *self.accepted += (i - start) as u64;
+        }
+        *self.late += late.len() as u64;
+        *self.max_event_us = max_event_us;
+        if let Some(to) = watermark_us {
+            self.advance_watermark(to);
+        }
+        late
+    }
+
+    /// The open day `day`, made if it is new (its sets sized like the latest day's).
+    fn open_day(&mut self, day: i32) -> &mut Day {
+        if self.first_open_day.is_none_or(|d| day < d) {
+            *self.first_open_day = Some(day);
+        }
         if !self.days.contains_key(&day) {
             let new = match self.days.last_key_value() {
                 Some((_, last)) => Day::sized_like(last),
@@ -81,14 +134,7 @@ impl Windows<'_> {
             };
             self.days.insert(day, new);
         }
-        self.days.get_mut(&day).expect("just added").record(e);
-        if self.first_open_day.is_none_or(|d| day < d) {
-            *self.first_open_day = Some(day);
-        }
-        if let Some(to) = raise_max(self.max_event_us, e, self.config) {
-            self.advance_watermark(to);
-        }
-        Outcome::Accepted
+        self.days.get_mut(&day).expect("just added")
     }
 
     pub(super) fn advance_watermark(&mut self, to_us: i64) {
