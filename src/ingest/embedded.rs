@@ -91,7 +91,7 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     if let Some(read) = done {
         driver = driver.resumed(read, skip.lines, skip.events);
     }
-    let (tx, rx) = sync_channel(4);
+    let (tx, rx) = sync_channel(2);
     let core_thread = std::thread::Builder::new()
         .name("storepulse-core".into())
         .spawn(move || driver.run(rx))

@@ -99,7 +99,7 @@ pub struct FeedOutcome {
 }
 
 /// Events per batch handed to the sink.
-const BATCH: usize = 64 * 1024;
+const BATCH: usize = 16 * 1024;
 
 /// Replays `config.input` into `sink` until the end, the limit, a stop request or the
 /// sink refusing more.
@@ -228,6 +228,7 @@ impl Feed<'_> {
             sorter.block_added()?;
         }
         self.bar.set_message("ordering by event time");
+        sorter.one_pass = passes <= 1;
         sorter.finish()?;
         if sorter.runs() > 0 {
             eprintln!(

@@ -17,6 +17,8 @@ use storepulse_replay::{sort_by_event_time, PurchaseEvent, Sym};
 /// Bytes one held event takes in memory.
 pub const EVENT_BYTES: usize = std::mem::size_of::<PurchaseEvent>();
 const RECORD: usize = 73;
+/// Taken events whose memory is given back at once (8 MiB of them).
+const GIVE_BACK_EVENTS: usize = (8 << 20) / EVENT_BYTES;
 
 /// Events of one file in event-time order, in memory or in sorted runs on disk.
 ///
@@ -25,6 +27,9 @@ const RECORD: usize = 73;
 /// while the reader fills the other, so reading does not wait for the disk.
 pub struct Sorter {
     pub held: Vec<PurchaseEvent>,
+    /// Set before [`Sorter::finish`] when the events are replayed once: events held in
+    /// memory are then handed out by taking them, and their memory goes back as they go.
+    pub one_pass: bool,
     limit_events: usize,
     /// Most events one read block adds (a buffer holds the limit plus one block).
     block_events: usize,
@@ -54,6 +59,7 @@ impl Sorter {
         let capacity = (size_hint / 60).min(limit_events + block_events);
         Sorter {
             held: Vec::with_capacity(capacity),
+            one_pass: false,
             limit_events,
             block_events,
             spare: None,
@@ -137,10 +143,8 @@ impl Sorter {
     fn note(&mut self, n: usize) {
         self.count += n as u64;
         if let (Some(a), Some(b)) = (self.held.first(), self.held.last()) {
-            self.span = (
-                self.span.0.min(a.event_time_us),
-                self.span.1.max(b.event_time_us),
-            );
+            let (a, b) = (a.event_time_us, b.event_time_us);
+            self.span = (self.span.0.min(a.min(b)), self.span.1.max(a.max(b)));
         }
     }
 
@@ -148,7 +152,13 @@ impl Sorter {
     pub fn finish(&mut self) -> io::Result<()> {
         // A run is only written in the background after the first is on disk.
         if self.runs.is_empty() {
-            sort_by_event_time(&mut self.held);
+            if self.one_pass {
+                // Last first: the replay takes events from the end.
+                self.held
+                    .par_sort_unstable_by_key(|e| Reverse((e.event_time_us, e.line)));
+            } else {
+                sort_by_event_time(&mut self.held);
+            }
             self.note(self.held.len());
             return Ok(());
         }
@@ -179,9 +189,13 @@ impl Sorter {
         self.runs.len()
     }
 
-    /// The events in order (after [`finish`](Self::finish)); may be called once per pass.
-    pub fn events(&self) -> io::Result<Events<'_>> {
+    /// The events in order (after [`finish`](Self::finish)); may be called once per pass
+    /// (once in all with [`Sorter::one_pass`]).
+    pub fn events(&mut self) -> io::Result<Events<'_>> {
         if self.runs.is_empty() {
+            if self.one_pass {
+                return Ok(Events(Source::Take(&mut self.held)));
+            }
             return Ok(Events(Source::Memory(self.held.iter())));
         }
         let mut readers = Vec::with_capacity(self.runs.len());
@@ -213,6 +227,9 @@ pub struct Events<'a>(Source<'a>);
 
 enum Source<'a> {
     Memory(std::slice::Iter<'a, PurchaseEvent>),
+    /// Events sorted last first, taken from the end; every few MiB taken the buffer is
+    /// shrunk, which hands the pages back to the system.
+    Take(&'a mut Vec<PurchaseEvent>),
     /// The heap holds the key (event time, line, run) of each run's next record, so
     /// sifting moves 24 bytes, not events; a record is decoded only when it is taken.
     Merge {
@@ -227,6 +244,13 @@ impl Iterator for Events<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Source::Memory(it) => it.next().map(|e| Ok(*e)),
+            Source::Take(held) => {
+                let e = held.pop()?;
+                if held.capacity() - held.len() >= GIVE_BACK_EVENTS {
+                    held.shrink_to_fit();
+                }
+                Some(Ok(e))
+            }
             Source::Merge { readers, heap } => {
                 let mut top = heap.peek_mut()?;
                 let i = top.0 .2;
@@ -501,6 +525,19 @@ mod tests {
                 assert!(got == want, "limit {limit}");
             }
             assert_eq!(s.runs() > 0, limit < 10_000 * EVENT_BYTES, "limit {limit}");
+
+            // Replayed once: the same order, the events taken (and their memory freed).
+            let mut s = Sorter::new(limit, 1 << 20, 64);
+            s.one_pass = true;
+            for chunk in events.chunks(64) {
+                s.held.extend_from_slice(chunk);
+                s.block_added().unwrap();
+            }
+            s.finish().unwrap();
+            assert_eq!(s.span(), (0, 612));
+            let got: Vec<PurchaseEvent> = s.events().unwrap().map(Result::unwrap).collect();
+            assert!(got == want, "one pass, limit {limit}");
+            assert!(s.held.is_empty(), "limit {limit}");
         }
     }
 }
