@@ -112,10 +112,10 @@ fn main() {
     let mut peak_mib = 0.0f64;
     let mut scrapes = 0;
     for _ in 0..REPEAT {
-        let (wall, mib, ..) = end_to_end(&path, false);
+        let (wall, mib, ..) = end_to_end(&path, false, &[]);
         walls.push(wall);
         peak_mib = peak_mib.max(mib);
-        let (wall, _, n, _) = end_to_end(&path, true);
+        let (wall, _, n, _) = end_to_end(&path, true, &[]);
         scraped_walls.push(wall);
         scrapes += n;
     }
@@ -146,7 +146,7 @@ fn main() {
         // Alternate with 1x runs so both sizes see the same machine.
         let (mut big_walls, mut small_walls, mut big_mib) = (Vec::new(), Vec::new(), 0.0f64);
         for _ in 0..REPEAT {
-            let (wall, mib, _, summary) = end_to_end(&big, false);
+            let (wall, mib, _, summary) = end_to_end(&big, false, &[]);
             big_walls.push(wall);
             big_mib = big_mib.max(mib);
             // Snapshot pauses and times, and the state at the end, as the run saw them.
@@ -157,7 +157,7 @@ fn main() {
             }) {
                 println!("  {scale}x {line}");
             }
-            small_walls.push(end_to_end(&path, false).0);
+            small_walls.push(end_to_end(&path, false, &[]).0);
         }
         println!("{scale}x runs:        {big_walls:.3?} s; 1x beside them {small_walls:.3?} s");
         let (b, s) = (median(big_walls), median(small_walls));
@@ -169,11 +169,32 @@ fn main() {
             big_mib,
             rows * scale
         );
+        // A run that ends soon after 10 s may take no snapshot beside the stream: one
+        // more with a snapshot every 2 s shows what they cost and how long they stop it.
+        let (wall, mib, _, summary) = end_to_end(&big, false, &["--snapshot-interval", "2s"]);
+        // "storepulse run: complete; snapshot N written": N counts every snapshot.
+        let written = summary
+            .split("; snapshot ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?");
+        for line in summary
+            .lines()
+            .filter(|l| l.starts_with("snapshot pause") || l.starts_with("last snapshot"))
+        {
+            println!("  {scale}x every 2s {line}");
+        }
+        println!(
+            "{scale}x, snapshot every 2s: {:>6.3} s  ({:.1}x the time of 1x)  peak RSS {:.0} MiB  ({written} snapshots)",
+            wall,
+            wall / s,
+            mib
+        );
     }
 }
 
 /// One `run --max`: (wall seconds, peak MiB, scrapes made, the summary).
-fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64, String) {
+fn end_to_end(path: &std::path::Path, scrape: bool, args: &[&str]) -> (f64, f64, u64, String) {
     use std::io::{BufRead, Read, Write};
     let bin = env!("CARGO_BIN_EXE_storepulse");
     let snaps = tempfile::tempdir().unwrap();
@@ -190,6 +211,7 @@ fn end_to_end(path: &std::path::Path, scrape: bool) -> (f64, f64, u64, String) {
         .arg(path)
         .arg("--snapshot-dir")
         .arg(snaps.path())
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
