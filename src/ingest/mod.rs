@@ -8,7 +8,9 @@ pub mod embedded;
 pub mod feed;
 pub mod spill;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
@@ -64,8 +66,12 @@ pub struct DriverOutcome {
     pub last_write: Duration,
 }
 
-/// A periodic snapshot being written on its own thread: the store comes back with it.
-type Writing = std::thread::JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>;
+/// A periodic snapshot being written on its own thread (the store comes back with it),
+/// and the flag that tells it to give up.
+type Writing = (
+    std::thread::JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>,
+    Arc<AtomicBool>,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -264,11 +270,16 @@ impl Driver {
 
     /// Waits for the periodic snapshot being written, if any, and takes the store back.
     fn finish_writing(&mut self) -> Result<(), DriverError> {
-        if let Some(writing) = self.writing.take() {
+        if let Some((writing, _)) = self.writing.take() {
             let (store, result, took) = writing.join().expect("the snapshot writer panicked");
             self.store = Some(store);
-            self.longest_write = self.longest_write.max(took);
-            self.published(&result?, took);
+            match result {
+                Err(SnapshotError::Superseded) => {}
+                result => {
+                    self.longest_write = self.longest_write.max(took);
+                    self.published(&result?, took);
+                }
+            }
         }
         Ok(())
     }
@@ -283,11 +294,13 @@ impl Driver {
         let copy = self.core.clone();
         self.longest_pause = self.longest_pause.max(started.elapsed());
         let mut store = self.store.take().expect("the store is back");
+        let give_up = Arc::new(AtomicBool::new(false));
+        let flag = give_up.clone();
         let spawned = std::thread::Builder::new()
             .name("storepulse-snapshot".into())
             .spawn(move || {
                 let t = Instant::now();
-                let result = store.write_beside(&copy, meta);
+                let result = store.write_beside(&copy, meta, &flag);
                 (store, result, t.elapsed())
             })
             .map_err(|e| {
@@ -297,12 +310,16 @@ impl Driver {
                     source: e,
                 })
             })?;
-        self.writing = Some(spawned);
+        self.writing = Some((spawned, give_up));
         Ok(())
     }
 
-    /// The last snapshot of a run, written before returning.
+    /// The last snapshot of a run, written before returning. A periodic one still being
+    /// written is given up: this one replaces it, and waiting for it would only delay it.
     fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
+        if let Some((_, give_up)) = &self.writing {
+            give_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.finish_writing()?;
         self.sink.sync().map_err(DriverError::Rejected)?;
         let meta = self.meta(complete);

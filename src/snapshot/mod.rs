@@ -13,6 +13,7 @@ pub mod tables;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::error::ArrowError;
@@ -57,6 +58,9 @@ pub enum SnapshotError {
     Damaged { path: PathBuf, what: String },
     #[error("another process holds {0} (a snapshot folder has one writer at a time)")]
     Locked(PathBuf),
+    /// A snapshot beside the stream was given up unpublished: a newer one replaces it.
+    #[error("the snapshot was given up for a newer one")]
+    Superseded,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
@@ -147,13 +151,21 @@ impl SnapshotStore {
     }
 
     /// Like [`SnapshotStore::write`], for a snapshot written beside a running stream: one
-    /// table at a time, so it holds less memory and takes one core, not two.
+    /// table at a time, so it holds less memory and takes one core, not two. Once
+    /// `give_up` is set it stops between tables, publishes nothing and returns
+    /// [`SnapshotError::Superseded`].
     pub fn write_beside(
         &mut self,
         core: &Core,
         meta: SnapshotMeta,
+        give_up: &AtomicBool,
     ) -> Result<Manifest, SnapshotError> {
-        self.write_tables(core, None, meta, false)
+        let written = self.write_tables(core, None, meta, Some(give_up));
+        if matches!(written, Err(SnapshotError::Superseded)) {
+            let tmp = self.dir.join(format!("{TMP_PREFIX}{:06}", self.next_id));
+            let _ = fs::remove_dir_all(tmp);
+        }
+        written
     }
 
     /// Like [`SnapshotStore::write`], with the event ids a Kafka partition has counted.
@@ -163,18 +175,24 @@ impl SnapshotStore {
         seen: Option<&Seen>,
         meta: SnapshotMeta,
     ) -> Result<Manifest, SnapshotError> {
-        self.write_tables(core, seen, meta, true)
+        self.write_tables(core, seen, meta, None)
     }
 
-    /// Writes and publishes one snapshot; with `parallel`, the two large tables are built
-    /// and written on two threads.
+    /// Writes and publishes one snapshot. Beside a stream (`give_up` given) the tables are
+    /// written one after the other, checking `give_up` between them; else the two large
+    /// ones are built and written on two threads.
     fn write_tables(
         &mut self,
         core: &Core,
         seen: Option<&Seen>,
         meta: SnapshotMeta,
-        parallel: bool,
+        give_up: Option<&AtomicBool>,
     ) -> Result<Manifest, SnapshotError> {
+        let parallel = give_up.is_none();
+        let go_on = || match give_up {
+            Some(g) if g.load(Ordering::Relaxed) => Err(SnapshotError::Superseded),
+            _ => Ok(()),
+        };
         let id = self.next_id;
         let name = format!("{PREFIX}{id:06}");
         let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
@@ -189,11 +207,12 @@ impl SnapshotStore {
         let (customers, segments, files) = std::thread::scope(|s| {
             let writer = parallel.then(|| s.spawn(pairs));
             let scored = core.rfm();
+            go_on()?;
             let mut files = std::collections::BTreeMap::new();
             let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {
                 let (name, file) = write_table(&tmp, table, &batch?)?;
                 files.insert(name, file);
-                Ok::<_, SnapshotError>(())
+                go_on()
             };
             let customers = scored.len() as u64;
             let segments: std::collections::BTreeMap<String, u64> = scored

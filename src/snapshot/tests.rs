@@ -238,3 +238,26 @@ fn an_unknown_open_set_scope_is_damage_not_a_brand_order() {
     let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
     assert!(err.to_string().contains("unknown scope `mystery`"), "{err}");
 }
+
+/// A snapshot beside the stream that is told to give up publishes nothing and leaves no
+/// folder behind; the next snapshot takes its id and the pointer still names the last one.
+#[test]
+fn a_snapshot_given_up_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    let core = sample_core();
+    let go_on = AtomicBool::new(false);
+    assert_eq!(store.write_beside(&core, meta(), &go_on).unwrap().id, 1);
+    let give_up = AtomicBool::new(true);
+    let err = store.write_beside(&core, meta(), &give_up).unwrap_err();
+    assert!(matches!(err, SnapshotError::Superseded), "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".lock", "LATEST", "snap-000001"]);
+    assert_eq!(latest(dir.path()).unwrap().manifest.id, 1);
+    assert_eq!(store.write(&core, meta()).unwrap().id, 2);
+    assert_eq!(latest(dir.path()).unwrap().manifest.id, 2);
+}
