@@ -315,3 +315,41 @@ proptest! {
         prop_assert_eq!(observe(&one), observe(&batched));
     }
 }
+
+/// A batch of thousands of events in long runs of one day, out of order within their
+/// days and some late, ends in the same state as one-by-one recording.
+#[test]
+fn long_day_runs_record_exactly_as_single_events() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let events: Vec<PurchaseEvent> = (0..20_000u64)
+        .map(|i| {
+            // Three days in order, each event up to two hours early or late.
+            let t = JUNE1 + (i as i64) * 12_960_000 + next(4 * H as u64) as i64 - 2 * H;
+            let order = i / 3 + next(2);
+            let user = (next(10) > 0).then(|| next(2_000));
+            let cat = (next(8) > 0).then(|| next(2) as u32);
+            let brand = (next(8) > 0).then(|| next(2) as u32);
+            ev(t, order, user, next(100_000) as i64, cat, brand)
+        })
+        .collect();
+    let mut one = core();
+    let late_one: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| one.record(e) == Outcome::Late)
+        .map(|(i, _)| i)
+        .collect();
+    let mut batched = core();
+    let late_batched = batched.record_batch(&events);
+    assert!(!late_one.is_empty());
+    assert_eq!(late_one, late_batched);
+    assert_eq!(one.accepted(), batched.accepted());
+    assert_eq!(open_sets(&one), open_sets(&batched));
+    assert_eq!(observe(&one), observe(&batched));
+}
