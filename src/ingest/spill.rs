@@ -35,6 +35,8 @@ pub struct Sorter {
     block_events: usize,
     /// The other half while spilling (`None` while its run is being written).
     spare: Option<Vec<PurchaseEvent>>,
+    /// The sort keys of the last run written, for the next.
+    keys: Vec<(i64, u64, u32)>,
     writing: Option<std::thread::JoinHandle<io::Result<Written>>>,
     runs: Vec<PathBuf>,
     dir: Option<PathBuf>,
@@ -42,9 +44,11 @@ pub struct Sorter {
     span: (i64, i64),
 }
 
-/// A run on disk, and the buffer it came from (emptied, for reuse).
+/// A run on disk, and the buffer it came from and its sort keys (emptied, for reuse: a
+/// buffer this large would otherwise come fresh from the system, page by page, each run).
 struct Written {
     buffer: Vec<PurchaseEvent>,
+    keys: Vec<(i64, u64, u32)>,
     path: PathBuf,
     count: u64,
     span: (i64, i64),
@@ -63,6 +67,7 @@ impl Sorter {
             limit_events,
             block_events,
             spare: None,
+            keys: Vec::new(),
             writing: None,
             runs: Vec::new(),
             dir: None,
@@ -87,7 +92,7 @@ impl Sorter {
         if self.runs.is_empty() {
             // The first run: write it now, then hold half the limit twice.
             let events = std::mem::take(&mut self.held);
-            drop(self.runs_done(write_run(events, path)?));
+            drop(self.runs_done(write_run(events, Vec::new(), path)?));
             self.limit_events = (self.limit_events / 2).max(1);
             let capacity = self.limit_events + self.block_events;
             self.held = Vec::with_capacity(capacity);
@@ -96,9 +101,10 @@ impl Sorter {
         }
         let next = self.spare.take().expect("the spare half is back");
         let events = std::mem::replace(&mut self.held, next);
+        let keys = std::mem::take(&mut self.keys);
         let writer = std::thread::Builder::new()
             .name("storepulse-spill".into())
-            .spawn(move || write_run(events, path))?;
+            .spawn(move || write_run(events, keys, path))?;
         self.writing = Some(writer);
         Ok(())
     }
@@ -135,6 +141,7 @@ impl Sorter {
         self.count += done.count;
         self.span = (self.span.0.min(done.span.0), self.span.1.max(done.span.1));
         self.runs.push(done.path);
+        self.keys = done.keys;
         let mut buffer = done.buffer;
         buffer.clear();
         buffer
@@ -273,14 +280,20 @@ impl Iterator for Events<'_> {
 }
 
 /// Sorts `events` by (event time, line) and writes them to `path` as one run.
-fn write_run(events: Vec<PurchaseEvent>, path: PathBuf) -> io::Result<Written> {
+fn write_run(
+    events: Vec<PurchaseEvent>,
+    mut keys: Vec<(i64, u64, u32)>,
+    path: PathBuf,
+) -> io::Result<Written> {
     // Sorting 24-byte keys moves a quarter of the bytes that sorting the events would;
     // the events are then written in key order.
-    let mut keys: Vec<(i64, u64, u32)> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.event_time_us, e.line, i as u32))
-        .collect();
+    keys.clear();
+    keys.extend(
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.event_time_us, e.line, i as u32)),
+    );
     keys.par_sort_unstable();
     let span = match (keys.first(), keys.last()) {
         (Some(a), Some(b)) => (a.0, b.0),
@@ -302,6 +315,7 @@ fn write_run(events: Vec<PurchaseEvent>, path: PathBuf) -> io::Result<Written> {
         path,
         count: keys.len() as u64,
         span,
+        keys,
     })
 }
 
