@@ -158,6 +158,18 @@ fn empty_core_has_no_rows() {
     assert_eq!(c.max_event_us(), None);
 }
 
+/// A core fed `events` one at a time, and the positions of the late ones.
+fn one_by_one(events: &[PurchaseEvent]) -> (Core, Vec<usize>) {
+    let mut one = core();
+    let late = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| one.record(e) == Outcome::Late)
+        .map(|(i, _)| i)
+        .collect();
+    (one, late)
+}
+
 type OpenSets = Vec<(i32, bool, Vec<u64>, Vec<u64>, Vec<(Option<Sym>, Vec<u64>)>)>;
 
 /// Each day's finality and the distinct sets it still keeps, sorted.
@@ -289,13 +301,7 @@ proptest! {
         batch in 1usize..50,
     ) {
         let shuffled = delayed(&events, &keys);
-        let mut one = core();
-        let late_one: Vec<usize> = shuffled
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| one.record(e) == Outcome::Late)
-            .map(|(i, _)| i)
-            .collect();
+        let (mut one, late_one) = one_by_one(&shuffled);
         let mut batched = core();
         let mut late_batched = Vec::new();
         for (n, chunk) in shuffled.chunks(batch).enumerate() {
@@ -338,13 +344,7 @@ fn long_day_runs_record_exactly_as_single_events() {
             ev(t, order, user, next(100_000) as i64, cat, brand)
         })
         .collect();
-    let mut one = core();
-    let late_one: Vec<usize> = events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| one.record(e) == Outcome::Late)
-        .map(|(i, _)| i)
-        .collect();
+    let (one, late_one) = one_by_one(&events);
     let mut batched = core();
     let late_batched = batched.record_batch(&events);
     assert!(!late_one.is_empty());
