@@ -177,11 +177,19 @@ pub fn summary(outcome: &DriverOutcome, wall_secs: f64) -> String {
         applied as f64 / wall_secs.max(1e-9)
     );
     if !outcome.longest_pause.is_zero() {
+        // No write time: the one snapshot beside the stream gave way to the last.
+        let written = if outcome.longest_write.is_zero() {
+            "given up for the last snapshot when the input ended".to_string()
+        } else {
+            format!(
+                "written beside the stream in up to {:.3}s",
+                outcome.longest_write.as_secs_f64()
+            )
+        };
         let _ = writeln!(
             s,
-            "snapshot pause {:>11.3}s  (longest stop of the core to copy its state; written beside the stream in up to {:.3}s)",
+            "snapshot pause {:>11.3}s  (longest stop of the core to copy its state; {written})",
             outcome.longest_pause.as_secs_f64(),
-            outcome.longest_write.as_secs_f64()
         );
     }
     let _ = writeln!(
