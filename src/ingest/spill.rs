@@ -357,13 +357,21 @@ fn encode(e: &PurchaseEvent, out: &mut [u8; RECORD]) {
     put(&e.offset.to_le_bytes());
 }
 
+/// Where a record keeps the merge key: the event time and the line.
+const TIME_AT: usize = 1;
+const LINE_AT: usize = 57;
+
+fn u64_at(b: &[u8; RECORD], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
 fn decode(b: &[u8; RECORD]) -> PurchaseEvent {
     let flags = b[0];
-    let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let u64_at = |at: usize| u64_at(b, at);
     let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let some = |bit: u8| flags & (1 << bit) != 0;
     PurchaseEvent {
-        event_time_us: u64_at(1) as i64,
+        event_time_us: u64_at(TIME_AT) as i64,
         order_id: u64_at(9),
         product_id: u64_at(17),
         category_id: some(0).then(|| u64_at(25)),
@@ -371,7 +379,7 @@ fn decode(b: &[u8; RECORD]) -> PurchaseEvent {
         price_cents: u64_at(41) as i64,
         category: some(2).then(|| Sym(u32_at(49))),
         brand: some(3).then(|| Sym(u32_at(53))),
-        line: u64_at(57),
+        line: u64_at(LINE_AT),
         offset: u64_at(65),
     }
 }
@@ -403,18 +411,17 @@ impl RunReader {
 
     /// The next record, if any.
     fn head(&self) -> Option<&[u8; RECORD]> {
-        self.buf
-            .get(self.pos..self.pos + RECORD)
-            .filter(|_| self.pos + RECORD <= self.end)
-            .map(|b| b.try_into().expect("one record"))
+        (self.pos + RECORD <= self.end).then(|| {
+            self.buf[self.pos..self.pos + RECORD]
+                .try_into()
+                .expect("one record")
+        })
     }
 
     /// The merge key (event time, line) of the next record.
     fn key(&self) -> Option<(i64, u64)> {
-        self.head().map(|b| {
-            let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
-            (u64_at(1) as i64, u64_at(57))
-        })
+        self.head()
+            .map(|b| (u64_at(b, TIME_AT) as i64, u64_at(b, LINE_AT)))
     }
 
     /// Moves past the next record, reading on when the buffer runs out.

@@ -162,10 +162,14 @@ impl SnapshotStore {
     ) -> Result<Manifest, SnapshotError> {
         let written = self.write_tables(core, None, meta, Some(give_up));
         if matches!(written, Err(SnapshotError::Superseded)) {
-            let tmp = self.dir.join(format!("{TMP_PREFIX}{:06}", self.next_id));
-            let _ = fs::remove_dir_all(tmp);
+            let _ = fs::remove_dir_all(self.tmp_dir(self.next_id));
         }
         written
+    }
+
+    /// Where snapshot `id` is written before it is published.
+    fn tmp_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{TMP_PREFIX}{id:06}"))
     }
 
     /// Like [`SnapshotStore::write`], with the event ids a Kafka partition has counted.
@@ -195,7 +199,7 @@ impl SnapshotStore {
         };
         let id = self.next_id;
         let name = format!("{PREFIX}{id:06}");
-        let tmp = self.dir.join(format!("{TMP_PREFIX}{id:06}"));
+        let tmp = self.tmp_dir(id);
         fs::create_dir_all(&tmp).map_err(io_err("creating", &tmp))?;
 
         // The two large tables are the scored customers and the counted (customer, order)
