@@ -133,7 +133,7 @@ impl Scored {
         cell(r, f, m)
     }
 
-    /// Row `i` on its own.
+    /// Row `i` on its own. Its customer has no `last_order`: the table keeps no order ids.
     pub fn row(&self, i: usize) -> RfmRow {
         let (r, f, m) = self.scores(i);
         RfmRow {
