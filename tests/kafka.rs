@@ -7,131 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::kafka::{serial, total, wait_for, Broker, Proc};
-use common::{ok, query_csv, query_tables, run};
-
-const LIMIT: Duration = Duration::from_secs(180);
-
-fn assert_same_tables(want: &Path, got: &Path) {
-    let (a, b) = (query_tables(want), query_tables(got));
-    for (i, name) in [
-        "daily_sales",
-        "daily_category_sales",
-        "daily_brand_sales",
-        "rfm",
-    ]
-    .iter()
-    .enumerate()
-    {
-        assert!(a[i].lines().count() > 1, "{name} is empty");
-        assert_eq!(a[i], b[i], "{name} differs from run");
-    }
-}
-
-fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
-    let input = dir.join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        &rows.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
-    input
-}
-
-/// `replay` flags for `input` into `broker`, uncompressed (see the harness).
-fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "replay",
-        "--input",
-        input.to_str().unwrap(),
-        "--brokers",
-        &broker.addr,
-        "--compression",
-        "none",
-        "--no-progress",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
-    ok(&replay_args(broker, input, extra))
-}
-
-/// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
-fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "process",
-        "--brokers",
-        &broker.addr,
-        "--snapshot-dir",
-        dir.to_str().unwrap(),
-        "--kafka-option",
-        "compression.type=none",
-    ];
-    args.extend_from_slice(extra);
-    if !extra.contains(&"--snapshot-interval") {
-        args.extend(["--snapshot-interval", "200ms"]);
-    }
-    args
-}
-
-/// One test's files and broker: the input, the embedded `run`'s snapshots (`want`), the
-/// folder for `process` (`got`), and a broker with `purchases` created.
-struct Case {
-    _tmp: tempfile::TempDir,
-    input: PathBuf,
-    want: PathBuf,
-    got: PathBuf,
-    broker: Broker,
-}
-
-impl Case {
-    /// A generated file of `rows` lines.
-    fn generated(rows: u64, seed: u64, partitions: i32) -> Case {
-        let tmp = tempfile::tempdir().unwrap();
-        let input = generate(tmp.path(), rows, seed);
-        Case::with(tmp, input, partitions)
-    }
-
-    /// `tests/fixtures/split_orders.csv`: orders split across days and customers.
-    fn split_orders(partitions: i32) -> Case {
-        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/split_orders.csv");
-        Case::with(tempfile::tempdir().unwrap(), input, partitions)
-    }
-
-    fn with(tmp: tempfile::TempDir, input: PathBuf, partitions: i32) -> Case {
-        let want = tmp.path().join("run");
-        run(&input, &want, &[]);
-        let broker = Broker::start();
-        broker.create_topic("purchases", partitions);
-        Case {
-            input,
-            want,
-            got: tmp.path().join("process"),
-            broker,
-            _tmp: tmp,
-        }
-    }
-}
-
-/// The number after `label` on a summary line, e.g. `accepted   123`.
-fn number_after(summary: &str, label: &str) -> u64 {
-    summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
-}
-
-fn accepted_in(summary: &str) -> u64 {
-    number_after(summary, "accepted")
-}
+use common::kafka::{
+    accepted_in, accepted_total, assert_same_tables, number_after, paced_replay, process_args,
+    replay, serial, total, wait_for, Case, Proc, LIMIT,
+};
+use common::query_csv;
 
 #[test]
 fn replay_through_kafka_into_one_processor_equals_run() {
@@ -202,14 +82,6 @@ fn published_messages_follow_the_schema_and_are_keyed_by_order() {
     assert!(!validator.is_valid(&bad));
 }
 
-/// A replay paced at `rate` events/s, in the background, so that kills land while events
-/// flow. tansu 0.6 serves nothing from an offset inside a record batch: one message per
-/// batch keeps every resume offset on a batch boundary.
-fn paced_replay(broker: &Broker, input: &Path, rate: &str) -> Proc {
-    let extra = ["--rate", rate, "--kafka-option", "batch.num.messages=1"];
-    Proc::spawn("replay", &replay_args(broker, input, &extra))
-}
-
 /// SIGKILLs `victim` once the processors have applied more than `after` events, and
 /// checks that events were still to come.
 fn kill_mid_stream(victim: Proc, dir: &Path, after: u64) {
@@ -232,6 +104,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
         &["--snapshot-interval", "100ms", "--instance-id", "p1"],
     );
     let first = Proc::spawn("first processor", &args);
+    first.wait_stderr("assigned partitions [0, 1, 2]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "1500");
     kill_mid_stream(first, &c.got, 2_000);
     let summary = replayer.wait_ok(LIMIT);
@@ -331,12 +204,6 @@ fn malformed_messages_are_dead_lettered_and_change_nothing_else() {
     assert!(dead
         .iter()
         .any(|d| d["original"] == "not json at all" && d["reason"] == "invalid_message"));
-}
-
-fn accepted_total(run_dir: &Path) -> u64 {
-    common::manifest(run_dir)["counts"]["accepted"]
-        .as_u64()
-        .unwrap()
 }
 
 /// Waits until the latest assignments of `a` and `b` are both non-empty.
@@ -528,6 +395,8 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         "first processor",
         &process_args(&c.broker, &c.got, &with(&[])),
     );
+    // Snapshots while the events flow in: the processor holds the partition first.
+    first.wait_stderr("assigned partitions [0]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "2000");
     wait_for(&c.got, LIMIT, "a few snapshots", |m| {
         m.len() == 1 && m[0]["id"].as_u64().unwrap_or(0) >= 3 && total(m, "accepted") > 1_000

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{feed, query_tables};
+use std::path::Path;
+
+use common::{feed, query_csv, query_tables, storepulse};
 use storepulse::aggregate::{Core, CoreConfig};
 use storepulse::replay::{read_all, sort_by_event_time, ReaderConfig};
 use storepulse::snapshot::{
@@ -24,6 +26,41 @@ fn meta(core: &Core, input: InputPosition) -> SnapshotMeta {
             min_event_time: "2000-01-01T00:00:00Z".into(),
         },
     }
+}
+
+/// Publishes `core` as the snapshot of partition `p` of `topic` (of `partitions`).
+fn write_partition(dir: &Path, topic: &str, p: i32, partitions: i32, core: &Core) {
+    let position = InputPosition::Kafka {
+        topic: topic.into(),
+        partition: p,
+        partitions,
+        next_offset: core.accepted() as i64,
+        end_of_input: true,
+    };
+    SnapshotStore::open(&partition_dir(dir, topic, p), 1)
+        .unwrap()
+        .write(core, meta(core, position))
+        .unwrap();
+}
+
+/// A finished core of a generated file's events whose order id is `p` modulo `n`.
+fn finished_part(p: u64, n: u64) -> Core {
+    let mut data = Vec::new();
+    storepulse::generate::generate(&mut data, 3_000, 5).unwrap();
+    let all = read_all(data.as_slice(), &ReaderConfig::default()).unwrap();
+    let mut events = all.events;
+    sort_by_event_time(&mut events);
+    let mut core = Core::new(CoreConfig {
+        keep_day_customers: true,
+        ..CoreConfig::default()
+    });
+    feed(
+        &mut core,
+        &all.dict,
+        events.into_iter().filter(|e| e.order_id % n == p),
+    );
+    core.finish();
+    core
 }
 
 /// Splits by order id over `n` partitions; `finish` decides whether the days end final.
@@ -70,18 +107,7 @@ fn split_equals_whole(n: u64, finish: bool) {
         if finish {
             core.finish();
         }
-        let position = InputPosition::Kafka {
-            topic: "purchases".into(),
-            partition: p as i32,
-            next_offset: core.accepted() as i64,
-            idle: false,
-            end_of_input: finish,
-        };
-        let dir = partition_dir(parts_dir.path(), "purchases", p as i32);
-        SnapshotStore::open(&dir, 1)
-            .unwrap()
-            .write(core, meta(core, position))
-            .unwrap();
+        write_partition(parts_dir.path(), "purchases", p as i32, n as i32, core);
     }
     let (a, b) = (
         query_tables(whole_dir.path()),
@@ -103,4 +129,105 @@ fn merged_days_are_final_only_where_every_partition_passed_them() {
     // Without the end of input the last day stays open in the whole and in the merge
     // (the slowest partition's watermark decides).
     split_equals_whole(3, false);
+}
+
+#[test]
+fn a_partition_without_a_snapshot_keeps_every_day_of_the_merge_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for p in 0..2 {
+        write_partition(dir.path(), "purchases", p, 3, &finished_part(p as u64, 3));
+    }
+    let sql = "SELECT COUNT(*) AS days, SUM(CASE WHEN is_final THEN 1 ELSE 0 END) AS final \
+               FROM daily_sales";
+    let out = storepulse(&[
+        "query",
+        "--snapshot-dir",
+        dir.path().to_str().unwrap(),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert!(out.status.success());
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let row: Vec<u64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(row[0] > 10, "{csv}");
+    assert_eq!(
+        row[1], 0,
+        "no day is final while partition 2 has no snapshot: {csv}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("partitions [2] of purchases (3 in all) have no snapshot"),
+        "{err}"
+    );
+    // Once it has one, the days are final.
+    write_partition(dir.path(), "purchases", 2, 3, &finished_part(2, 3));
+    let csv = query_csv(dir.path(), sql);
+    let row: Vec<u64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(row[0], row[1], "{csv}");
+}
+
+#[test]
+fn snapshots_that_are_not_one_set_are_refused_with_the_difference_named() {
+    let refused = |dir: &Path, want: &[&str]| {
+        let out = storepulse(&["query", "--snapshot-dir", dir.to_str().unwrap(), "SELECT 1"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in want {
+            assert!(err.contains(w), "`{w}` not in: {err}");
+        }
+    };
+    // Two partition counts.
+    let counts = tempfile::tempdir().unwrap();
+    write_partition(counts.path(), "purchases", 0, 2, &finished_part(0, 2));
+    write_partition(counts.path(), "purchases", 1, 3, &finished_part(1, 3));
+    refused(
+        counts.path(),
+        &[
+            "different partition counts",
+            "purchases-0: 2",
+            "purchases-1: 3",
+        ],
+    );
+    // Two topics.
+    let topics = tempfile::tempdir().unwrap();
+    write_partition(topics.path(), "purchases", 0, 1, &finished_part(0, 1));
+    write_partition(topics.path(), "orders", 0, 1, &finished_part(0, 1));
+    refused(
+        topics.path(),
+        &[
+            "different topics",
+            "orders-0: orders",
+            "purchases-0: purchases",
+        ],
+    );
+    // A run's snapshot beside a topic's partitions.
+    let mixed = tempfile::tempdir().unwrap();
+    write_partition(mixed.path(), "purchases", 0, 1, &finished_part(0, 1));
+    let core = finished_part(0, 1);
+    let file = InputPosition::File {
+        path: "generated".into(),
+        order: "event_time".into(),
+        lines_read: 0,
+        events_applied: 0,
+        complete: true,
+        rejected_bytes: 0,
+    };
+    SnapshotStore::open(mixed.path(), 1)
+        .unwrap()
+        .write(&core, meta(&core, file))
+        .unwrap();
+    refused(mixed.path(), &["both a `run` snapshot", "partitions/"]);
 }

@@ -6,7 +6,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use storepulse_replay::{PurchaseEvent, Sym};
 
 /// Exact sums of a day or a group. Money in cents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Totals {
     pub revenue_cents: i64,
     pub items: u64,

@@ -18,7 +18,7 @@ use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow, Scored};
 pub use seen::Seen;
-pub use state::{merge_watermarks, CoreState, CustomerState, DayState, PartWatermark};
+pub use state::{merge_watermarks, CoreState, CustomerState, DayState};
 use windows::{final_at, raise_max, record_customer, Windows};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -38,6 +38,11 @@ pub struct CoreConfig {
     /// consumer group needs them: another partition may have seen the same customer on the
     /// same day, and only the union of the sets counts that customer once.
     pub keep_day_customers: bool,
+    /// Whether a new highest event time moves the watermark (to it less the
+    /// out-of-orderness). A partition of a consumer group sets this off: its watermark only
+    /// moves with the replayer's in-band watermarks, which hold for the whole input, never
+    /// with its own share of the events, which another partition's late share cannot stop.
+    pub watermark_from_events: bool,
 }
 
 impl Default for CoreConfig {
@@ -46,6 +51,7 @@ impl Default for CoreConfig {
             max_out_of_orderness_us: 3_600_000_000,
             allowed_lateness_us: 0,
             keep_day_customers: false,
+            watermark_from_events: true,
         }
     }
 }

@@ -82,6 +82,73 @@ impl Core {
     }
 }
 
+impl Core {
+    /// The plain-data form of the state: what [`Core::restore`] takes back (sorted, so two
+    /// equal states compare equal).
+    pub fn state(&self) -> CoreState {
+        let name = |k: &Option<storepulse_replay::Sym>| k.map(|s| self.name(s).to_string());
+        let groups = |g: &FxHashMap<Option<storepulse_replay::Sym>, Group>| {
+            let mut totals: Vec<(Option<String>, Totals)> =
+                g.iter().map(|(k, g)| (name(k), g.totals)).collect();
+            let mut open: Vec<(Option<String>, u64)> = g
+                .iter()
+                .flat_map(|(k, g)| g.open_orders().map(move |o| (name(k), o)))
+                .collect();
+            totals.sort();
+            open.sort();
+            (totals, open)
+        };
+        let sorted = |it: &mut dyn Iterator<Item = u64>| {
+            let mut v: Vec<u64> = it.collect();
+            v.sort_unstable();
+            v
+        };
+        let days = self
+            .days
+            .iter()
+            .map(|(&day, d)| {
+                let (categories, open_category_orders) = groups(&d.categories);
+                let (brands, open_brand_orders) = groups(&d.brands);
+                DayState {
+                    day,
+                    totals: d.totals,
+                    customers: d.customers,
+                    categories,
+                    brands,
+                    open_orders: sorted(&mut d.open_orders()),
+                    open_customers: sorted(&mut d.open_customers()),
+                    open_category_orders,
+                    open_brand_orders,
+                }
+            })
+            .collect();
+        let mut customers: Vec<CustomerState> = self
+            .customers
+            .iter()
+            .map(|(&user_id, c)| CustomerState {
+                user_id,
+                first_us: c.first_us,
+                last_us: c.last_us,
+                frequency: c.frequency,
+                monetary_cents: c.monetary_cents,
+                items: c.items,
+            })
+            .collect();
+        customers.sort_unstable_by_key(|c| c.user_id);
+        let mut customer_orders: Vec<(u64, u64)> = self.customer_orders.iter().copied().collect();
+        customer_orders.sort_unstable();
+        CoreState {
+            max_event_us: self.max_event_us,
+            watermark_us: self.watermark_us,
+            accepted: self.accepted,
+            late: self.late,
+            days,
+            customers,
+            customer_orders,
+        }
+    }
+}
+
 fn restore_groups(
     core: &mut Core,
     groups: &mut FxHashMap<Option<storepulse_replay::Sym>, Group>,
@@ -98,28 +165,17 @@ fn restore_groups(
     }
 }
 
-/// What the merge needs to know of one part's event-time progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartWatermark {
-    pub watermark_us: Option<i64>,
-    /// The part has accepted at least one event.
-    pub has_data: bool,
-    /// The part received nothing for the idle timeout when it was snapshotted.
-    pub idle: bool,
-}
-
-/// The watermark of merged parts: a day is final for the merged tables once every part that
-/// has data has passed it. Parts without data do not count, and neither do idle ones while
-/// another part is active; when every part with data is idle, the stream has stopped and
-/// the most advanced part decides.
-pub fn merge_watermarks(parts: &[PartWatermark]) -> Option<i64> {
-    let with_data = || parts.iter().filter(|p| p.has_data);
-    let active = with_data().filter(|p| !p.idle);
-    if active.clone().next().is_some() {
-        active.map(|p| p.watermark_us.unwrap_or(i64::MIN)).min()
-    } else {
-        with_data().filter_map(|p| p.watermark_us).max()
-    }
+/// The watermark of a topic's partitions merged: the lowest of them, and none while any
+/// partition has none (one without a snapshot counts as none). A day is final in the merged
+/// tables only once every partition has passed it; a partition rejects events of its final
+/// days, so such a day stays final with the same numbers, whatever arrives later.
+pub fn merge_watermarks(per_partition: &[Option<i64>]) -> Option<i64> {
+    per_partition
+        .iter()
+        .copied()
+        .collect::<Option<Vec<i64>>>()?
+        .into_iter()
+        .min()
 }
 
 impl CoreState {

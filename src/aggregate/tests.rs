@@ -120,7 +120,7 @@ fn allowed_lateness_keeps_a_day_open_longer() {
     let mut c = Core::new(CoreConfig {
         max_out_of_orderness_us: H,
         allowed_lateness_us: 2 * H,
-        keep_day_customers: false,
+        ..CoreConfig::default()
     });
     c.record(&ev(JUNE1 + D + 2 * H, 1, None, 100, None, None)); // wm = June 2 01:00
     assert!(!c.is_final(day_of(JUNE1)));
@@ -353,3 +353,5 @@ fn long_day_runs_record_exactly_as_single_events() {
     assert_eq!(open_sets(&one), open_sets(&batched));
     assert_eq!(observe(&one), observe(&batched));
 }
+
+mod merge;

@@ -17,7 +17,8 @@ pub(super) fn final_at(watermark_us: Option<i64>, day: i32, allowed_lateness_us:
 }
 
 /// An accepted event that raises the highest event time `max` moves the watermark
-/// towards it less the out-of-orderness: returns where to.
+/// towards it less the out-of-orderness (when the watermark follows the events): returns
+/// where to.
 pub(super) fn raise_max(
     max: &mut Option<i64>,
     e: &PurchaseEvent,
@@ -27,6 +28,9 @@ pub(super) fn raise_max(
         return None;
     }
     *max = Some(e.event_time_us);
+    if !config.watermark_from_events {
+        return None;
+    }
     Some(
         e.event_time_us
             .saturating_sub(config.max_out_of_orderness_us),

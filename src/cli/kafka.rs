@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::run::{core, day_string, order, pace, reader};
-use super::{PaceArgs, SnapshotArgs, WindowArgs};
+use super::{PaceArgs, WindowArgs};
 use crate::aggregate::day_of;
 use crate::ingest::feed::FeedConfig;
 use crate::kafka::consume::{self, ProcessConfig, ProcessOutcome};
@@ -70,6 +70,10 @@ pub struct ReplayArgs {
     /// Replay the file N times, each pass shifted forward by the file's span (whole days).
     #[arg(long = "loop", env = "STOREPULSE_LOOP", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub passes: u32,
+    /// Wall time between two watermarks of an event-time replay (every partition gets one:
+    /// the days before it become final, in partitions without events too).
+    #[arg(long, env = "STOREPULSE_WATERMARK_INTERVAL", default_value = "1s", value_parser = super::parse_duration)]
+    pub watermark_interval: std::time::Duration,
     /// Partitions of the topic when it has to be created.
     #[arg(long, env = "STOREPULSE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
@@ -99,14 +103,25 @@ pub struct ProcessArgs {
     /// id gets its partitions back at once instead of after the session timeout.
     #[arg(long, env = "STOREPULSE_INSTANCE_ID")]
     pub instance_id: Option<String>,
-    #[command(flatten)]
-    pub snapshots: SnapshotArgs,
+    /// Folder for the partitions' snapshots (one topic per folder; not the folder of
+    /// `run`'s snapshots: the two cannot be merged).
+    #[arg(
+        long,
+        env = "STOREPULSE_SNAPSHOT_DIR",
+        default_value = "snapshots-kafka"
+    )]
+    pub snapshot_dir: PathBuf,
+    /// How many snapshots to keep per partition.
+    #[arg(long, env = "STOREPULSE_KEEP_SNAPSHOTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_snapshots: u64,
     #[command(flatten)]
     pub window: WindowArgs,
-    /// A partition that received nothing for this long stops holding back the merged
-    /// tables' final days.
-    #[arg(long, env = "STOREPULSE_IDLE_TIMEOUT", default_value = "30s", value_parser = super::parse_duration)]
-    pub idle_timeout: std::time::Duration,
+    /// Take these partitions of the topic without the group's rebalancing: `all`, or a
+    /// list such as `0,2,5` (a static assignment, as Flink and Arroyo use: no rebalance
+    /// pauses, and a broker outage is only a pause). Processes must not overlap; the group
+    /// still receives the committed offsets, for lag monitoring.
+    #[arg(long, env = "STOREPULSE_ASSIGN", value_name = "all|P,P,...", value_parser = parse_assignment)]
+    pub assign: Option<Assignment>,
     /// Exit once every partition this process owns has reached the replayer's end of input.
     #[arg(long, env = "STOREPULSE_STOP_AT_END")]
     pub stop_at_end: bool,
@@ -119,6 +134,29 @@ pub struct ProcessArgs {
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub page: super::PageArgs,
+}
+
+/// `--assign`: the partitions, none meaning all.
+#[derive(Debug, Clone)]
+pub struct Assignment(pub Vec<i32>);
+
+/// `--assign`: `all` (an empty list) or partition numbers.
+fn parse_assignment(text: &str) -> Result<Assignment, String> {
+    if text.trim() == "all" {
+        return Ok(Assignment(Vec::new()));
+    }
+    let mut v: Vec<i32> = text
+        .split(',')
+        .map(|p| match p.trim().parse::<i32>() {
+            Ok(n) if n >= 0 => Ok(n),
+            _ => Err(format!(
+                "`{p}` is not a partition number (use `all` or e.g. `0,2,5`)"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    v.sort_unstable();
+    v.dedup();
+    Ok(Assignment(v))
 }
 
 pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
@@ -138,6 +176,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             skip: Default::default(),
             memory_limit: args.pace.memory_limit,
         },
+        watermark_interval: args.watermark_interval,
     };
     let _metrics = super::run::serve_metrics("replay", args.metrics_addr);
     let shutdown = crate::shutdown::install();
@@ -162,10 +201,11 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 pub fn replay_summary(config: &ReplayConfig, o: &ReplayOutcome) -> String {
     let mut s = String::new();
-    let state = if o.feed.stopped {
-        "stopped early"
-    } else {
-        "complete"
+    let state = match o.end {
+        publish::End::Sent | publish::End::NoEvents => "complete",
+        publish::End::Limited => "partial (--limit)",
+        publish::End::Stopped => "stopped early",
+        publish::End::Failed => "incomplete (deliveries failed)",
     };
     let wall = o.wall.as_secs_f64().max(1e-9);
     let _ = writeln!(
@@ -219,27 +259,35 @@ pub fn replay_summary(config: &ReplayConfig, o: &ReplayOutcome) -> String {
         "delivered      {:>12}  messages ({} failed)",
         o.delivered, o.failed
     );
+    if let Some(w) = o.last_watermark_us {
+        let _ = writeln!(
+            s,
+            "watermarks     {:>12}  (the last at {})",
+            o.watermarks,
+            rfc3339(w)
+        );
+    }
+    let _ = writeln!(s, "end of input   {}", o.end.describe());
     s
 }
 
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
-    let mut core = core(&args.window);
-    core.keep_day_customers = true;
+    let core = core(&args.window);
     let config = ProcessConfig {
         connection: args.kafka.connection()?,
         topic: args.kafka.topic.clone(),
         group: args.group.clone(),
         instance_id: args.instance_id.clone(),
-        snapshot_dir: args.snapshots.snapshot_dir.clone(),
+        snapshot_dir: args.snapshot_dir.clone(),
         snapshot_interval: args.window.snapshot_interval(),
-        keep_snapshots: args.snapshots.keep_snapshots as usize,
+        keep_snapshots: args.keep_snapshots as usize,
         core,
         window: WindowConfig::of(&core, "set by the replayer".into()),
-        idle_timeout: args.idle_timeout,
         stop_at_end: args.stop_at_end,
+        assignment: args.assign.clone().map(|a| a.0),
     };
     let _metrics = super::run::serve_metrics("process", args.metrics_addr);
-    let _page = args.page.start("process", &args.snapshots.snapshot_dir);
+    let _page = args.page.start("process", &args.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = std::time::Instant::now();
     eprintln!(
@@ -292,6 +340,13 @@ fn process_summary(
             s,
             "  partition {p:>3}: next offset {offset:>9}, accepted {:>9}, duplicates {:>7}, rejected {:>6}, up to {last_day}",
             c.accepted, c.duplicates, rejected
+        );
+    }
+    if !o.not_final.is_empty() {
+        let _ = writeln!(
+            s,
+            "  partitions {:?}: no final snapshot (dead letters not delivered); the previous one stands",
+            o.not_final
         );
     }
     let dir = config.snapshot_dir.display();

@@ -45,7 +45,7 @@ pub fn core(args: &WindowArgs) -> CoreConfig {
     CoreConfig {
         max_out_of_orderness_us: us(args.max_out_of_orderness),
         allowed_lateness_us: us(args.allowed_lateness),
-        keep_day_customers: false,
+        ..CoreConfig::default()
     }
 }
 

@@ -96,6 +96,8 @@ pub struct FeedOutcome {
     /// (reading and sorting before an event-time replay are not included).
     pub emit_wall: Duration,
     pub stopped: bool,
+    /// The replay ended at `--limit`, before the end of the input.
+    pub limited: bool,
 }
 
 /// Events per batch handed to the sink.
@@ -171,6 +173,7 @@ pub fn replay(
     let go_on = result.map_err(read_err)?;
     // Reaching `--limit` is a normal end; anything else that ended early is a stop.
     feed.outcome.stopped = (!go_on && !feed.limit_reached) || feed.stopped();
+    feed.outcome.limited = feed.limit_reached;
     Ok(feed.outcome)
 }
 

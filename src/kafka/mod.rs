@@ -7,10 +7,13 @@
 //! that is what makes the partitions' distinct order counts add up (see
 //! `aggregate::CoreState::merge`).
 
+mod acks;
 pub mod consume;
+mod dead_letters;
 mod observe;
 pub mod partition;
 pub mod publish;
+mod rebalance;
 
 use std::time::Duration;
 
@@ -22,8 +25,10 @@ use serde::{Deserialize, Serialize};
 
 /// Header that marks a control message (its value names the control).
 pub const CONTROL_HEADER: &str = "storepulse-control";
-/// Control value: the replayer published everything it had for this partition.
+/// Control value: the replayer published every event of every pass, all delivered.
 pub const END_OF_INPUT: &str = "end_of_input";
+/// Control value: no event earlier than the message's time follows on this partition.
+pub const WATERMARK: &str = "watermark";
 
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
@@ -76,7 +81,9 @@ impl Connection {
                 NewTopic::new(t, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1")
             })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .request_timeout(Some(Duration::from_secs(10)));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -136,6 +143,16 @@ pub struct EndOfInput {
     pub last_event_time_us: i64,
 }
 
+/// The value of a `watermark` control message: every event of the replay earlier than
+/// `watermark_us` has been delivered, to whichever partition it belongs, so none can
+/// follow. The replayer sends it to every partition, so a partition without events moves
+/// too, and only for an event-time replay (a file-order replay knows nothing of the
+/// times to come).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watermark {
+    pub watermark_us: i64,
+}
+
 /// Counts a producer's deliveries: what the brokers acknowledged and what failed for good
 /// (after librdkafka's own retries).
 #[derive(Debug, Default)]
@@ -145,12 +162,9 @@ pub struct Deliveries {
     pub last_error: std::sync::Mutex<Option<String>>,
 }
 
-impl rdkafka::ClientContext for Deliveries {}
-
-impl rdkafka::producer::ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+impl Deliveries {
+    /// Counts one delivery report.
+    pub fn note(&self, result: &rdkafka::message::DeliveryResult<'_>) {
         use std::sync::atomic::Ordering::Relaxed;
         match result {
             Ok(_) => self.delivered.fetch_add(1, Relaxed),
@@ -162,15 +176,29 @@ impl rdkafka::producer::ProducerContext for Deliveries {
             }
         };
     }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        self.note(result);
+    }
 }
 
 pub type Producer = rdkafka::producer::ThreadedProducer<Deliveries>;
 
 /// Enqueues a record, waiting while librdkafka's queue is full (back-pressure from a slow
 /// or absent broker); fails only on errors that waiting cannot cure.
-pub fn send(
-    producer: &Producer,
-    mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8]>,
+pub fn send<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::ThreadedProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, [u8], [u8], C::DeliveryOpaque>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     use rdkafka::error::KafkaError as E;
     loop {

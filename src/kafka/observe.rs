@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 
 use super::partition::PartitionState;
 use crate::aggregate::rfm::{self, Customer};
-use crate::aggregate::{day_of, merge_watermarks, PartWatermark};
+use crate::aggregate::{day_of, merge_watermarks};
 use crate::metrics::{self, MESSAGE_REJECT_REASONS};
 
 /// What of one partition the metrics already count.
@@ -64,7 +64,6 @@ pub(super) struct Owned<'a> {
     pub partition: i32,
     pub state: &'a PartitionState,
     pub progress: &'a mut Progress,
-    pub idle: bool,
     /// (log start, log end) offsets last reported by the client's statistics.
     pub offsets: Option<(i64, i64)>,
 }
@@ -110,11 +109,7 @@ pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
         bytes += core.memory_bytes() + o.state.seen.memory_bytes();
         days.extend(core.days().map(|(d, _, _)| d));
         max_event = max_event.max(core.max_event_us());
-        marks.push(PartWatermark {
-            watermark_us: core.watermark_us(),
-            has_data: core.accepted() > 0,
-            idle: o.idle,
-        });
+        marks.push(core.watermark_us());
     }
     m.partitions_assigned.set(owned);
     m.customer_orders.set(pairs as i64);

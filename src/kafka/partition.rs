@@ -10,7 +10,7 @@ use serde::Deserialize;
 use storepulse_replay::wire::{WireEvent, SCHEMA_VERSION};
 use storepulse_replay::RejectReason;
 
-use super::{EndOfInput, END_OF_INPUT};
+use super::{EndOfInput, Watermark, END_OF_INPUT, WATERMARK};
 use crate::aggregate::{day_of, Core, CoreConfig, CoreState, Outcome, Seen, MICROS_PER_DAY};
 use crate::snapshot::Counts;
 
@@ -78,6 +78,15 @@ impl PartitionState {
         next_offset: Option<i64>,
     ) -> Self {
         let reason = |r: &str| counts.rejected.get(r).copied().unwrap_or(0);
+        // A partition's days are merged with the other partitions' (their customers too),
+        // and its watermark moves only with the replayer's: a day is final for the merged
+        // tables once every partition passed it, and no partition can then take an event
+        // of it, whatever share of the events it holds.
+        let config = CoreConfig {
+            keep_day_customers: true,
+            watermark_from_events: false,
+            ..config
+        };
         Self {
             core: Core::restore(config, state),
             seen,
@@ -133,23 +142,30 @@ impl PartitionState {
     }
 
     fn control(&mut self, kind: &[u8], payload: &[u8]) -> Verdict {
-        let end: Option<EndOfInput> = (kind == END_OF_INPUT.as_bytes())
-            .then(|| serde_json::from_slice(payload).ok())
-            .flatten();
-        match end {
-            Some(end) => {
-                // Every day up to the replay's last one is complete: make them final here.
-                let day_end = (i64::from(day_of(end.last_event_time_us)) + 1) * MICROS_PER_DAY;
-                let lateness = self.core.allowed_lateness_us();
-                self.core
-                    .advance_watermark(day_end.saturating_add(lateness));
+        let to = match kind {
+            k if k == END_OF_INPUT.as_bytes() => {
+                serde_json::from_slice(payload).ok().map(|end: EndOfInput| {
+                    // Every day up to the replay's last one is complete: make them final.
+                    let day_end = (i64::from(day_of(end.last_event_time_us)) + 1) * MICROS_PER_DAY;
+                    day_end.saturating_add(self.core.allowed_lateness_us())
+                })
+            }
+            k if k == WATERMARK.as_bytes() => serde_json::from_slice(payload)
+                .ok()
+                .map(|w: Watermark| w.watermark_us),
+            _ => None,
+        };
+        match to {
+            Some(to) => {
+                self.core.advance_watermark(to);
                 Verdict::Control
             }
             None => {
                 self.records += 1;
                 self.invalid(format!(
-                    "unknown control message {:?}",
-                    String::from_utf8_lossy(kind)
+                    "unknown or malformed control message {:?}: {}",
+                    String::from_utf8_lossy(kind),
+                    String::from_utf8_lossy(payload)
                 ))
             }
         }

@@ -1,7 +1,13 @@
 //! `storepulse replay`: the shared replay loop ([`crate::ingest::feed`]) with a Kafka
 //! producer as its sink. Each accepted line becomes one JSON purchase event keyed by order
-//! id, timestamped with its event time; each rejected line becomes a dead letter. At the
-//! end every partition gets an `end_of_input` control message.
+//! id, timestamped with its event time; each rejected line becomes a dead letter.
+//!
+//! Progress travels in the data, and is only ever claimed for what the brokers
+//! acknowledged ([`super::acks`]): an event-time replay sends every partition a `watermark`
+//! (no earlier event follows) about once a second, and a replay that published every event
+//! of every pass, all delivered, ends with an `end_of_input` on every partition. A partial
+//! replay (`--limit`, a signal, a failed delivery) sends no end of input, so the days it
+//! did not finish stay open for the next replay of the same file.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -10,15 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use storepulse_replay::wire::{EventId, WireEvent};
 use storepulse_replay::{Dictionary, PurchaseEvent, ReadStats, Rejected};
 
+use super::acks::Acks;
 use super::{
-    dead_letter_topic, partition_count, send, Connection, DeadLetter, Deliveries, EndOfInput,
-    KafkaError, Producer, CONTROL_HEADER, END_OF_INPUT,
+    dead_letter_topic, partition_count, send, Connection, DeadLetter, EndOfInput, KafkaError,
+    Watermark, CONTROL_HEADER, END_OF_INPUT, WATERMARK,
 };
-use crate::ingest::feed::{self, FeedConfig, FeedError, FeedOutcome, Sink};
+use crate::ingest::feed::{self, FeedConfig, FeedError, FeedOutcome, Order, Sink};
+
+type Producer = ThreadedProducer<Acks>;
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -29,6 +38,8 @@ pub struct ReplayConfig {
     /// `compression.type` of the producer (`lz4`, `zstd`, `none`, ...).
     pub compression: String,
     pub feed: FeedConfig,
+    /// Wall time between two watermarks of an event-time replay.
+    pub watermark_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +52,36 @@ pub enum ReplayError {
     Feed(#[from] FeedError),
     #[error("fingerprinting {0}: {1}")]
     Fingerprint(String, std::io::Error),
+}
+
+/// Whether the replay ended with an `end_of_input` on every partition, and if not, why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum End {
+    /// Every event of every pass delivered; the end of input sent and delivered.
+    Sent,
+    /// `--limit` ended the replay before the end of the input.
+    Limited,
+    /// A signal stopped the replay.
+    Stopped,
+    /// A message could not be delivered (or enqueued).
+    Failed,
+    /// The input had no event.
+    #[default]
+    NoEvents,
+}
+
+impl End {
+    pub fn describe(self) -> &'static str {
+        match self {
+            End::Sent => "sent to every partition: the replayed days are final",
+            End::Limited => "not sent (--limit): the days after the last event sent stay open",
+            End::Stopped => "not sent (stopped): the days after the last event sent stay open",
+            End::Failed => {
+                "not sent (a delivery failed): replay the file again; what was delivered counts once"
+            }
+            End::NoEvents => "not sent (no event)",
+        }
+    }
 }
 
 /// What a replay did, for its summary.
@@ -58,6 +99,10 @@ pub struct ReplayOutcome {
     pub partitions: i32,
     pub source: u64,
     pub wall: Duration,
+    /// Watermark messages sent (one per partition each time), and the last one's time.
+    pub watermarks: u64,
+    pub last_watermark_us: Option<i64>,
+    pub end: End,
 }
 
 /// Publishes the input; returns when every message is delivered or has failed.
@@ -81,63 +126,110 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
     for (k, v) in &config.connection.options {
         cc.set(k, v);
     }
-    let producer: Producer = cc.create_with_context(Deliveries::default())?;
+    let producer: Producer = cc.create_with_context(Acks::default())?;
     let partitions = partition_count(producer.client(), &config.topic)?;
-
-    let start = Instant::now();
-    let mut sink = KafkaSink {
+    let control = Control {
         producer: &producer,
         topic: &config.topic,
-        dlq: &dlq,
-        source,
-        dict: Dictionary::new(),
-        read: ReadStats::default(),
-        events_sent: 0,
-        dead_letters_sent: 0,
-        error: None,
-        value: Vec::with_capacity(512),
-        key: String::with_capacity(24),
-        reported: (0, 0),
-        max_event_us: None,
+        partitions,
     };
-    let fed = feed::replay(&config.feed, &mut sink, shutdown);
+
+    let start = Instant::now();
+    let fed_all = AtomicBool::new(false);
+    let mut watermarks = Watermarks::default();
+    let (fed, sink) = std::thread::scope(|scope| {
+        // An event-time replay's watermarks go out beside the feed, on a steady wall-time
+        // cadence, whatever the pace of the events.
+        let ticker = (config.feed.order == Order::EventTime).then(|| {
+            scope.spawn(|| {
+                let mut w = Watermarks::default();
+                let mut last = Instant::now();
+                while !fed_all.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= config.watermark_interval {
+                        last = Instant::now();
+                        if let Err(e) = w.advance(&control) {
+                            return (w, Some(e));
+                        }
+                    }
+                }
+                (w, None)
+            })
+        });
+        let mut sink = KafkaSink {
+            producer: &producer,
+            topic: &config.topic,
+            dlq: &dlq,
+            source,
+            dict: Dictionary::new(),
+            read: ReadStats::default(),
+            events_sent: 0,
+            dead_letters_sent: 0,
+            error: None,
+            value: Vec::with_capacity(512),
+            key: String::with_capacity(24),
+            reported: (0, 0),
+            max_event_us: None,
+        };
+        let fed = feed::replay(&config.feed, &mut sink, shutdown);
+        fed_all.store(true, Ordering::SeqCst);
+        if let Some((w, error)) = ticker.and_then(|t| t.join().ok()) {
+            watermarks = w;
+            sink.error = sink.error.take().or(error);
+        }
+        (fed, sink)
+    });
     let mut reported = sink.reported;
     let (read, events_sent, dead_letters_sent, send_error) = (
         sink.read,
         sink.events_sent,
         sink.dead_letters_sent,
-        sink.error.take(),
+        sink.error,
     );
     let fed = fed?;
+    // Everything must be delivered before the end of input is claimed: it makes the
+    // partitions' days final.
+    let flush = || producer.flush(Duration::from_secs(330));
+    flush()?;
+    let acks = producer.context();
+    let end = if send_error.is_some() || acks.any_failed() {
+        End::Failed
+    } else if shutdown.load(Ordering::SeqCst) || fed.stopped {
+        End::Stopped
+    } else if fed.limited {
+        End::Limited
+    } else if fed.last_event_us.is_none() {
+        End::NoEvents
+    } else {
+        End::Sent
+    };
+    match (end, fed.last_event_us) {
+        (End::Sent, Some(last)) => {
+            control.send(
+                END_OF_INPUT,
+                &EndOfInput {
+                    last_event_time_us: last,
+                },
+            )?;
+            flush()?;
+        }
+        // What was delivered of a partial event-time replay is final up to its last event.
+        (End::Limited | End::Stopped, _) if config.feed.order == Order::EventTime => {
+            watermarks.advance(&control)?;
+            flush()?;
+        }
+        _ => {}
+    }
+    let end = if end == End::Sent && acks.any_failed() {
+        End::Failed
+    } else {
+        end
+    };
+    let d = &acks.counts;
+    report_deliveries(d, &mut reported);
     if let Some(e) = send_error {
         return Err(e.into());
     }
-    // Everything before the end markers must be in place first: a marker makes the
-    // partition's days final.
-    let flush = || producer.flush(Duration::from_secs(330));
-    flush()?;
-    if !fed.stopped && !shutdown.load(Ordering::SeqCst) {
-        if let Some(last) = fed.last_event_us {
-            let value = serde_json::to_vec(&EndOfInput {
-                last_event_time_us: last,
-            })
-            .expect("serializes");
-            for p in 0..partitions {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: CONTROL_HEADER,
-                    value: Some(END_OF_INPUT),
-                });
-                let r = BaseRecord::to(&config.topic)
-                    .partition(p)
-                    .payload(value.as_slice())
-                    .headers(headers);
-                send(&producer, r)?;
-            }
-            flush()?;
-        }
-    }
-    let d = producer.context();
-    report_deliveries(d, &mut reported);
     Ok(ReplayOutcome {
         feed: fed,
         read,
@@ -145,11 +237,68 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         dead_letters_sent,
         delivered: d.delivered.load(Ordering::Relaxed),
         failed: d.failed.load(Ordering::Relaxed),
-        last_error: d.last_error.lock().ok().and_then(|l| l.clone()),
+        last_error: d.last_error(),
         partitions,
         source,
         wall: start.elapsed(),
+        watermarks: watermarks.sent,
+        last_watermark_us: watermarks.last_us,
+        end,
     })
+}
+
+/// Control messages to every partition of the topic.
+struct Control<'a> {
+    producer: &'a Producer,
+    topic: &'a str,
+    partitions: i32,
+}
+
+impl Control<'_> {
+    fn send(
+        &self,
+        kind: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let value = serde_json::to_vec(value).expect("control values serialize");
+        for p in 0..self.partitions {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: CONTROL_HEADER,
+                value: Some(kind),
+            });
+            let r = BaseRecord::with_opaque_to(self.topic, self.producer.context().next())
+                .partition(p)
+                .payload(value.as_slice())
+                .headers(headers);
+            send(self.producer, r)?;
+        }
+        Ok(())
+    }
+}
+
+/// The watermarks sent so far.
+#[derive(Debug, Default)]
+struct Watermarks {
+    sent: u64,
+    last_us: Option<i64>,
+}
+
+impl Watermarks {
+    /// Sends the time up to which everything is delivered, when it moved (and nothing
+    /// failed: after a failure no progress is claimed).
+    fn advance(&mut self, control: &Control<'_>) -> Result<(), rdkafka::error::KafkaError> {
+        let Some(to) = control.producer.context().delivered_time() else {
+            return Ok(());
+        };
+        if self.last_us.is_some_and(|l| l >= to) {
+            return Ok(());
+        }
+        control.send(WATERMARK, &Watermark { watermark_us: to })?;
+        self.sent += 1;
+        self.last_us = Some(to);
+        crate::metrics::get().event_time(Some(to), None);
+        Ok(())
+    }
 }
 
 struct KafkaSink<'a> {
@@ -195,7 +344,7 @@ impl KafkaSink<'_> {
             .expect("wire events serialize");
         self.key.clear();
         let _ = write!(self.key, "{}", e.order_id);
-        let r = BaseRecord::to(self.topic)
+        let r = BaseRecord::with_opaque_to(self.topic, self.producer.context().next())
             .key(self.key.as_bytes())
             .payload(self.value.as_slice())
             .timestamp(e.event_time_us.div_euclid(1000));
@@ -215,7 +364,7 @@ impl KafkaSink<'_> {
             original: String::from_utf8_lossy(&r.text).into_owned(),
         };
         let value = serde_json::to_vec(&record).expect("dead letter serializes");
-        let rec = BaseRecord::to(self.dlq)
+        let rec = BaseRecord::with_opaque_to(self.dlq, self.producer.context().next())
             .key(r.reason.as_str().as_bytes())
             .payload(value.as_slice());
         send(self.producer, rec)?;
@@ -251,8 +400,11 @@ impl Sink for KafkaSink<'_> {
         self.max_event_us = self
             .max_event_us
             .max(events.iter().map(|e| e.event_time_us).max());
+        if let Some(t) = self.max_event_us {
+            self.producer.context().mark(t);
+        }
         m.event_time(None, self.max_event_us);
-        report_deliveries(self.producer.context(), &mut self.reported);
+        report_deliveries(&self.producer.context().counts, &mut self.reported);
         if let Err(err) = sent {
             self.error = Some(err);
             return false;

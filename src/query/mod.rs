@@ -14,7 +14,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::aggregate::rfm::{self, segment};
-use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
+use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError, SnapshotSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -51,9 +51,10 @@ pub struct Session {
 impl Session {
     /// Opens the latest snapshot(s) in `dir` and registers the tables.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
-        let parts = snapshot::latest_parts(dir)?;
+        let set = snapshot::latest_parts(dir)?;
+        let parts = set.snapshots();
         let ctx = SessionContext::new();
-        if let [snapshot] = parts.as_slice() {
+        if let SnapshotSet::Run(snapshot) = &set {
             for table in QUERY_TABLES {
                 let path = snapshot.table_path(table).ok_or_else(|| {
                     QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
@@ -65,8 +66,16 @@ impl Session {
                 )
                 .await?;
             }
-        } else {
-            let core = snapshot::load_merged(&parts)?;
+        } else if let SnapshotSet::Topic(topic) = &set {
+            let missing = topic.missing();
+            if !missing.is_empty() {
+                eprintln!(
+                    "storepulse: partitions {missing:?} of {} ({} in all) have no snapshot yet: \
+                     their events are missing and no day is final",
+                    topic.topic, topic.partitions
+                );
+            }
+            let core = snapshot::load_merged(topic)?;
             let rfm = core.rfm();
             let batches = [
                 tables::daily_sales(&core)?,

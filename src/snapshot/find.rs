@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::manifest::{self, Manifest};
-use super::{io_err, parse_id, tables, Published, SnapshotError, LATEST_FILE, PARTITIONS_DIR};
+use super::{
+    io_err, parse_id, tables, InputPosition, Published, SnapshotError, LATEST_FILE, PARTITIONS_DIR,
+};
 
 /// Tables every snapshot holds; `state_seen` is only in a Kafka partition's.
 const REQUIRED: [&str; 6] = [
@@ -150,27 +152,174 @@ pub fn latest_complete(dir: &Path) -> Result<Published, SnapshotError> {
     newest_good(dir, Published::verify).map(|(p, ())| p)
 }
 
-/// The latest complete snapshot of every part in `dir`: the embedded `run`'s, or one per
-/// partition below `partitions/` for `process`.
-pub fn latest_parts(dir: &Path) -> Result<Vec<Published>, SnapshotError> {
-    if dir.join(LATEST_FILE).exists() {
-        return Ok(vec![latest_complete(dir)?]);
+/// What a snapshot folder holds: the embedded `run`'s snapshots, or the partitions of one
+/// Kafka topic (`process`), each partition's latest complete snapshot.
+#[derive(Debug, Clone)]
+pub enum SnapshotSet {
+    Run(Published),
+    Topic(TopicSet),
+}
+
+/// The latest complete snapshot of each partition of one topic that has one.
+#[derive(Debug, Clone)]
+pub struct TopicSet {
+    pub topic: String,
+    /// The topic's partition count, which every snapshot of the set records.
+    pub partitions: i32,
+    /// By partition; a partition that has no snapshot yet is missing.
+    pub parts: Vec<(i32, Published)>,
+}
+
+impl TopicSet {
+    /// Partitions without a snapshot: while any is missing no day of the merge is final.
+    pub fn missing(&self) -> Vec<i32> {
+        (0..self.partitions)
+            .filter(|p| !self.parts.iter().any(|(q, _)| q == p))
+            .collect()
     }
-    let parts_dir = dir.join(PARTITIONS_DIR);
-    let mut parts = Vec::new();
-    if let Ok(entries) = fs::read_dir(&parts_dir) {
-        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        dirs.sort();
-        for d in dirs {
-            if d.join(LATEST_FILE).exists() {
-                parts.push(latest_complete(&d)?);
-            }
+
+    /// The merged watermark: the lowest partition's, none while one has none.
+    pub fn watermark(&self) -> Option<i64> {
+        let per_partition: Vec<Option<i64>> = (0..self.partitions)
+            .map(|p| {
+                let part = self.parts.iter().find(|(q, _)| *q == p);
+                part.and_then(|(_, s)| s.manifest.watermark_us)
+            })
+            .collect();
+        crate::aggregate::merge_watermarks(&per_partition)
+    }
+}
+
+impl SnapshotSet {
+    /// Every snapshot of the set.
+    pub fn snapshots(&self) -> Vec<Published> {
+        match self {
+            SnapshotSet::Run(p) => vec![p.clone()],
+            SnapshotSet::Topic(t) => t.parts.iter().map(|(_, p)| p.clone()).collect(),
         }
     }
+}
+
+/// What a set of partition snapshots is of: one topic at one partition count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetShape {
+    pub topic: String,
+    pub partitions: i32,
+}
+
+/// The partition folders below `dir` that have published a snapshot, in name order.
+fn partition_folders(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir.join(PARTITIONS_DIR)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(LATEST_FILE).exists())
+        .collect();
+    v.sort();
+    v
+}
+
+/// One partition's snapshot: (topic, partition, partition count), checked against the
+/// folder it was found in.
+fn partition_of(
+    dir: &Path,
+    folder: &Path,
+    s: &Published,
+) -> Result<(String, i32, i32), SnapshotError> {
+    let InputPosition::Kafka {
+        topic,
+        partition,
+        partitions,
+        ..
+    } = &s.manifest.input
+    else {
+        return Err(SnapshotError::Damaged {
+            path: s.path.clone(),
+            what: "a snapshot below partitions/ that is not a partition's".into(),
+        });
+    };
+    if super::partition_dir(dir, topic, *partition) != folder {
+        return Err(SnapshotError::Damaged {
+            path: s.path.clone(),
+            what: format!("the snapshot of {topic}-{partition} in the folder of another"),
+        });
+    }
+    Ok((topic.clone(), *partition, *partitions))
+}
+
+/// The shape the partitions agree on; an error naming the difference when they do not.
+fn agreed_shape(dir: &Path, parts: &[(String, i32, i32)]) -> Result<SetShape, SnapshotError> {
+    let differ = |what: &str, of: &dyn Fn(&(String, i32, i32)) -> String| {
+        let mut values: Vec<String> = parts.iter().map(of).collect();
+        values.dedup();
+        (values.len() > 1).then(|| SnapshotError::Inconsistent {
+            dir: dir.to_path_buf(),
+            what: what.to_string(),
+            found: parts
+                .iter()
+                .map(|p| format!("{}-{}: {}", p.0, p.1, of(p)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    };
+    if let Some(e) = differ("topics", &|p| p.0.clone()) {
+        return Err(e);
+    }
+    if let Some(e) = differ("partition counts", &|p| p.2.to_string()) {
+        return Err(e);
+    }
+    Ok(SetShape {
+        topic: parts[0].0.clone(),
+        partitions: parts[0].2,
+    })
+}
+
+/// The shape of the partition snapshots in `dir` from their manifests alone (none when
+/// there are none); an error when they are not one set, or when `dir` also holds a `run`
+/// snapshot.
+pub fn set_shape(dir: &Path) -> Result<Option<SetShape>, SnapshotError> {
+    if dir.join(LATEST_FILE).exists() {
+        return Err(SnapshotError::Mixed(dir.to_path_buf()));
+    }
+    let mut parts = Vec::new();
+    for folder in partition_folders(dir) {
+        parts.push(partition_of(dir, &folder, &latest(&folder)?)?);
+    }
     if parts.is_empty() {
+        return Ok(None);
+    }
+    agreed_shape(dir, &parts).map(Some)
+}
+
+/// The latest complete snapshots in `dir`: the embedded `run`'s, or those of every partition
+/// below `partitions/` for `process`. Refuses, naming the difference, a folder that mixes a
+/// `run` snapshot with partitions, partitions of two topics or of two partition counts.
+pub fn latest_parts(dir: &Path) -> Result<SnapshotSet, SnapshotError> {
+    let folders = partition_folders(dir);
+    if dir.join(LATEST_FILE).exists() {
+        if !folders.is_empty() {
+            return Err(SnapshotError::Mixed(dir.to_path_buf()));
+        }
+        return Ok(SnapshotSet::Run(latest_complete(dir)?));
+    }
+    if folders.is_empty() {
         return Err(SnapshotError::None(dir.to_path_buf()));
     }
-    Ok(parts)
+    let mut shapes = Vec::new();
+    let mut parts = Vec::new();
+    for folder in folders {
+        let snapshot = latest_complete(&folder)?;
+        let shape = partition_of(dir, &folder, &snapshot)?;
+        parts.push((shape.1, snapshot));
+        shapes.push(shape);
+    }
+    let SetShape { topic, partitions } = agreed_shape(dir, &shapes)?;
+    Ok(SnapshotSet::Topic(TopicSet {
+        topic,
+        partitions,
+        parts,
+    }))
 }
 
 /// The `LATEST` pointers of `dir` (the run's, or every partition's) as one string: it

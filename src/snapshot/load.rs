@@ -12,12 +12,8 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use storepulse_replay::RejectReason;
 
-use super::InputPosition;
-use super::{io_err, tables, Published, SnapshotError};
-use crate::aggregate::{
-    merge_watermarks, Core, CoreConfig, CoreState, CustomerState, DayState, PartWatermark, Seen,
-    Totals,
-};
+use super::{io_err, tables, Published, SnapshotError, TopicSet};
+use crate::aggregate::{Core, CoreConfig, CoreState, CustomerState, DayState, Seen, Totals};
 
 fn read(snapshot: &Published, table: &str) -> Result<Vec<RecordBatch>, SnapshotError> {
     let path = snapshot
@@ -168,26 +164,21 @@ pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
     Ok(seen)
 }
 
-/// One core holding the merged state of several parts (the partitions of a topic), for
-/// the published tables; see `CoreState::merge` for why the merge is exact.
-pub fn load_merged(parts: &[Published]) -> Result<Core, SnapshotError> {
-    let marks: Vec<PartWatermark> = parts
+/// One core holding the merged state of a topic's partitions, for the published tables;
+/// see `CoreState::merge` for why the merge is exact. Its watermark is the set's: no day is
+/// final while a partition has no snapshot or has not passed it.
+pub fn load_merged(set: &TopicSet) -> Result<Core, SnapshotError> {
+    let states = set
+        .parts
         .iter()
-        .map(|p| PartWatermark {
-            watermark_us: p.manifest.watermark_us,
-            has_data: p.manifest.as_of_us.is_some(),
-            idle: matches!(p.manifest.input, InputPosition::Kafka { idle: true, .. }),
-        })
-        .collect();
-    let states = parts
-        .iter()
-        .map(load_state)
+        .map(|(_, p)| load_state(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let config = parts
+    let config = set
+        .parts
         .first()
-        .map_or_else(CoreConfig::default, |p| p.manifest.config.core());
+        .map_or_else(CoreConfig::default, |(_, p)| p.manifest.config.core());
     Ok(Core::restore(
         config,
-        CoreState::merge(states, merge_watermarks(&marks)),
+        CoreState::merge(states, set.watermark()),
     ))
 }

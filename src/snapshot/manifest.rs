@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -61,12 +61,12 @@ pub enum InputPosition {
     Kafka {
         topic: String,
         partition: i32,
+        /// The topic's partition count when the snapshot was taken: the partitions of one
+        /// count make a set (keys map to partitions by it); the merge needs all of them.
+        partitions: i32,
         /// The offset of the first message this snapshot does not cover: a processor that
         /// takes the partition over starts reading there.
         next_offset: i64,
-        /// Nothing arrived on the partition for the idle timeout: its watermark does not
-        /// hold back the merged tables' final days.
-        idle: bool,
         /// The last message applied was the replayer's `end_of_input`.
         end_of_input: bool,
     },

@@ -24,7 +24,10 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::aggregate::{Core, Seen};
-pub use find::{latest, latest_complete, latest_parts, newest_good, pointers};
+pub use find::{
+    latest, latest_complete, latest_parts, newest_good, pointers, set_shape, SetShape, SnapshotSet,
+    TopicSet,
+};
 pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
@@ -58,6 +61,20 @@ pub enum SnapshotError {
     Damaged { path: PathBuf, what: String },
     #[error("another process holds {0} (a snapshot folder has one writer at a time)")]
     Locked(PathBuf),
+    #[error(
+        "{0} holds both a `run` snapshot (LATEST) and a Kafka topic's partitions (partitions/): \
+         they cannot be merged; give `process` a --snapshot-dir of its own"
+    )]
+    Mixed(PathBuf),
+    #[error(
+        "the partition snapshots in {dir} have different {what} ({found}): they are not one \
+         set and cannot be merged; keep one topic (and partition count) per --snapshot-dir"
+    )]
+    Inconsistent {
+        dir: PathBuf,
+        what: String,
+        found: String,
+    },
     /// A snapshot beside the stream was given up unpublished: a newer one replaces it.
     #[error("the snapshot was given up for a newer one")]
     Superseded,

@@ -208,7 +208,9 @@ fn a_snapshot_of_another_format_is_refused() {
     let dir = two_snapshots();
     let path = snap_file(dir.path(), 2, manifest::MANIFEST_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replacen("\"format\": 1", "\"format\": 99", 1)).unwrap();
+    let current = format!("\"format\": {}", manifest::FORMAT_VERSION);
+    assert!(text.contains(&current), "{text}");
+    std::fs::write(&path, text.replacen(&current, "\"format\": 99", 1)).unwrap();
     let err = latest(dir.path()).unwrap().verify().unwrap_err();
     assert!(err.to_string().contains("format 99"), "{err}");
     assert_eq!(latest_complete(dir.path()).unwrap().manifest.id, 1);

@@ -14,6 +14,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::{ok, query_tables, run};
+
 /// Kafka tests run one at a time: each starts a broker and several processes, and two
 /// cores do not carry more without timing out.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -38,6 +40,16 @@ fn tansu_binary() -> PathBuf {
     installed
 }
 
+/// A free loopback address for a broker to listen on later.
+pub fn free_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 pub struct Broker {
     child: Child,
     pub addr: String,
@@ -47,13 +59,13 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Broker {
+        Broker::start_on(&free_addr())
+    }
+
+    /// Starts a broker on `addr` (see [`free_addr`]) and waits until it accepts connections.
+    pub fn start_on(addr: &str) -> Broker {
         let bin = tansu_binary();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = addr.to_string();
         let url = format!("tcp://{addr}");
         // tansu reads a `.env` in its working directory: give it an empty one.
         let dir = tempfile::tempdir().unwrap();
@@ -97,6 +109,52 @@ impl Broker {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the broker keeps its connections and data but answers nothing.
+    pub fn pause(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGSTOP);
+        }
+    }
+
+    /// SIGCONT after [`Broker::pause`].
+    pub fn resume(&self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGCONT);
+        }
+    }
+
+    /// Produces one message with a header (a control message, or an event with a key)
+    /// to one partition.
+    pub fn produce_to(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        header: Option<(&str, &str)>,
+        payload: &[u8],
+    ) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .set("compression.type", "none")
+            .create()
+            .unwrap();
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .payload(payload);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some((key, value)) = header {
+            r = r.headers(OwnedHeaders::new().insert(Header {
+                key,
+                value: Some(value),
+            }));
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         storepulse::kafka::Connection {
             brokers: self.addr.clone(),
@@ -123,6 +181,44 @@ impl Broker {
             .unwrap();
         }
         p.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    pub fn delete_topic(&self, topic: &str) {
+        use rdkafka::admin::{AdminClient, AdminOptions};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results = rt
+            .block_on(admin.delete_topics(&[topic], &AdminOptions::new()))
+            .unwrap();
+        for r in results {
+            r.map_err(|(t, e)| format!("deleting {t}: {e}")).unwrap();
+        }
+    }
+
+    /// Messages in `topic` so far, over all partitions, from the brokers' log ends (exact
+    /// when every batch holds one message: see `paced_replay`).
+    pub fn messages_in(&self, topic: &str) -> i64 {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.addr)
+            .create()
+            .unwrap();
+        let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+            return 0;
+        };
+        let partitions = md
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        (0..partitions)
+            .filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).ok())
+            .map(|(lo, hi)| hi - lo)
+            .sum()
     }
 
     /// Every message of `topic` (all partitions), read with a plain consumer: the
@@ -242,6 +338,41 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit by itself, boundedly; returns its status, stdout and
+    /// stderr, whatever the status.
+    pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let out = read(self.child.stdout.take());
+                // The reader thread collects stderr until the pipe closes.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, out, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish in {limit:?}:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (boundedly) until the stderr collected so far contains `text`.
+    pub fn wait_stderr(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never said `{text}`:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no final snapshot, no goodbye to the group.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -318,4 +449,143 @@ pub fn total(manifests: &[serde_json::Value], field: &str) -> u64 {
         .iter()
         .map(|m| m["counts"][field].as_u64().unwrap_or(0))
         .sum()
+}
+
+// What the Kafka tests share: the embedded run to compare with, replay and process flags.
+
+pub const LIMIT: Duration = Duration::from_secs(180);
+
+pub fn assert_same_tables(want: &Path, got: &Path) {
+    let (a, b) = (query_tables(want), query_tables(got));
+    for (i, name) in [
+        "daily_sales",
+        "daily_category_sales",
+        "daily_brand_sales",
+        "rfm",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(a[i].lines().count() > 1, "{name} is empty");
+        assert_eq!(a[i], b[i], "{name} differs from run");
+    }
+}
+
+pub fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
+    let input = dir.join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    input
+}
+
+/// `replay` flags for `input` into `broker`, uncompressed (see the harness).
+pub fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "replay",
+        "--input",
+        input.to_str().unwrap(),
+        "--brokers",
+        &broker.addr,
+        "--compression",
+        "none",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+pub fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
+    ok(&replay_args(broker, input, extra))
+}
+
+/// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
+pub fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "process",
+        "--brokers",
+        &broker.addr,
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--kafka-option",
+        "compression.type=none",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--snapshot-interval") {
+        args.extend(["--snapshot-interval", "200ms"]);
+    }
+    args
+}
+
+/// One test's files and broker: the input, the embedded `run`'s snapshots (`want`), the
+/// folder for `process` (`got`), and a broker with `purchases` created.
+pub struct Case {
+    pub _tmp: tempfile::TempDir,
+    pub input: PathBuf,
+    pub want: PathBuf,
+    pub got: PathBuf,
+    pub broker: Broker,
+}
+
+impl Case {
+    /// A generated file of `rows` lines.
+    pub fn generated(rows: u64, seed: u64, partitions: i32) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = generate(tmp.path(), rows, seed);
+        Case::with(tmp, input, partitions)
+    }
+
+    /// `tests/fixtures/split_orders.csv`: orders split across days and customers.
+    pub fn split_orders(partitions: i32) -> Case {
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/split_orders.csv");
+        Case::with(tempfile::tempdir().unwrap(), input, partitions)
+    }
+
+    pub fn with(tmp: tempfile::TempDir, input: PathBuf, partitions: i32) -> Case {
+        let want = tmp.path().join("run");
+        run(&input, &want, &[]);
+        let broker = Broker::start();
+        broker.create_topic("purchases", partitions);
+        Case {
+            input,
+            want,
+            got: tmp.path().join("process"),
+            broker,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// The number after `label` on a summary line, e.g. `accepted   123`.
+pub fn number_after(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
+}
+
+pub fn accepted_in(summary: &str) -> u64 {
+    number_after(summary, "accepted")
+}
+
+/// A replay paced at `rate` events/s, in the background, so that kills land while events
+/// flow. tansu 0.6 serves nothing from an offset inside a record batch: one message per
+/// batch keeps every resume offset on a batch boundary.
+pub fn paced_replay(broker: &Broker, input: &Path, rate: &str) -> Proc {
+    let extra = ["--rate", rate, "--kafka-option", "batch.num.messages=1"];
+    Proc::spawn("replay", &replay_args(broker, input, &extra))
+}
+
+pub fn accepted_total(run_dir: &Path) -> u64 {
+    super::manifest(run_dir)["counts"]["accepted"]
+        .as_u64()
+        .unwrap()
 }

@@ -151,3 +151,47 @@ fn restored_counts_continue() {
     );
     assert_eq!(q.counts().duplicates, 2);
 }
+
+#[test]
+fn only_watermarks_make_days_final_and_a_partition_without_events_moves_too() {
+    let mut p = PartitionState::new(CoreConfig::default());
+    // Its own events never move the watermark: another partition may still be behind.
+    let e = event("00000000000000aa-0-5", T0 + 3 * DAY, 1, Some(9), "1.00");
+    assert_eq!(p.apply(0, None, &e), Verdict::Counted);
+    assert_eq!(p.core.watermark_us(), None);
+    let early = event("00000000000000aa-0-6", T0, 2, Some(9), "2.00");
+    assert_eq!(p.apply(1, None, &early), Verdict::Counted);
+    // The replayer's watermark does, in this partition as in one without events.
+    let mut empty = PartitionState::new(CoreConfig::default());
+    let w = format!(r#"{{"watermark_us":{}}}"#, T0 + DAY);
+    for (q, offset) in [(&mut p, 2), (&mut empty, 0)] {
+        assert_eq!(
+            q.apply(offset, Some(WATERMARK.as_bytes()), w.as_bytes()),
+            Verdict::Control
+        );
+        assert!(q.core.is_final(18_376) && !q.core.is_final(18_377));
+    }
+    // An event of the final day is late wherever it arrives.
+    let late = event("00000000000000aa-0-7", T0 + 60_000_000, 3, Some(8), "3.00");
+    assert!(matches!(
+        empty.apply(1, None, &late),
+        Verdict::Rejected {
+            reason: "late_event",
+            ..
+        }
+    ));
+    // A watermark never goes back, and a malformed one is an invalid message.
+    let back = format!(r#"{{"watermark_us":{}}}"#, T0);
+    assert_eq!(
+        p.apply(3, Some(WATERMARK.as_bytes()), back.as_bytes()),
+        Verdict::Control
+    );
+    assert_eq!(p.core.watermark_us(), Some(T0 + DAY));
+    assert!(matches!(
+        p.apply(4, Some(WATERMARK.as_bytes()), b"{}"),
+        Verdict::Rejected {
+            reason: INVALID_MESSAGE,
+            ..
+        }
+    ));
+}

@@ -1,0 +1,174 @@
+//! A processor's dead letters: the messages it rejects (`late_event`, `invalid_message`,
+//! `unsupported_version`) go to `<topic>.rejected`, and a partition's snapshot may only be
+//! published once every dead letter of the messages it covers is delivered. So each
+//! partition counts its dead letters not yet delivered; one that fails (the broker away,
+//! the queue full) is kept and sent again, never dropped, and never waited for on the poll
+//! thread: the partition's snapshot simply waits.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use super::{Connection, DeadLetter, Deliveries};
+
+/// What is not delivered yet.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Dead letters enqueued or waiting for a retry, not yet delivered, per partition.
+    outstanding: BTreeMap<i32, u64>,
+    /// Failed or never enqueued: (partition, key, value), oldest first.
+    retry: Vec<(i32, Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Context {
+    pub counts: Deliveries,
+    pending: Mutex<Pending>,
+}
+
+impl Context {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    /// The partition of the message the dead letter is about.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, partition: usize) {
+        self.counts.note(result);
+        let p = partition as i32;
+        let mut pending = self.lock();
+        match result {
+            Ok(_) => {
+                if let Some(n) = pending.outstanding.get_mut(&p) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Err((_, m)) => {
+                let (key, value) = (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                pending.retry.push((p, key.to_vec(), value.to_vec()));
+            }
+        }
+    }
+}
+
+pub struct DeadLetters {
+    producer: ThreadedProducer<Context>,
+    topic: String,
+    /// When the last "not delivered" warning was printed.
+    warned: Mutex<Option<Instant>>,
+}
+
+impl DeadLetters {
+    pub fn new(connection: &Connection, topic: String) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut config = connection.client_config();
+        // Dead letters may be sent twice after a restart, never lost: retries that
+        // duplicate are fine, and idempotence's fatal errors would stop the producer.
+        config
+            .set("enable.idempotence", "false")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &connection.options {
+            config.set(k, v);
+        }
+        let producer = config.create_with_context(Context::default())?;
+        Ok(Self {
+            producer,
+            topic,
+            warned: Mutex::new(None),
+        })
+    }
+
+    /// Hands the dead letter of a message of `partition` over; never blocks.
+    pub fn send(&self, partition: i32, record: &DeadLetter) {
+        let value = serde_json::to_vec(record).expect("dead letter serializes");
+        *self
+            .producer
+            .context()
+            .lock()
+            .outstanding
+            .entry(partition)
+            .or_default() += 1;
+        self.enqueue(partition, record.reason.as_bytes(), value);
+    }
+
+    fn enqueue(&self, partition: i32, key: &[u8], value: Vec<u8>) {
+        let r = BaseRecord::with_opaque_to(&self.topic, partition as usize)
+            .key(key)
+            .payload(value.as_slice());
+        if let Err((e, _)) = self.producer.send(r) {
+            let ctx = self.producer.context();
+            ctx.counts.failed.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut last) = ctx.counts.last_error.lock() {
+                *last = Some(e.to_string());
+            }
+            ctx.lock().retry.push((partition, key.to_vec(), value));
+        }
+    }
+
+    /// Sends the failed ones again (call it often: it only takes what failed since).
+    pub fn retry(&self) {
+        let failed = std::mem::take(&mut self.producer.context().lock().retry);
+        for (p, key, value) in failed {
+            self.enqueue(p, &key, value);
+        }
+    }
+
+    /// Dead letters of `partition` not delivered yet.
+    pub fn outstanding(&self, partition: i32) -> u64 {
+        let pending = self.producer.context().lock();
+        pending.outstanding.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// Forgets a partition given up: its new owner reads its messages again from the last
+    /// snapshot and sends their dead letters itself.
+    pub fn forget(&self, partition: i32) {
+        let mut pending = self.producer.context().lock();
+        pending.outstanding.remove(&partition);
+    }
+
+    /// Waits, retrying, until `partitions` have no dead letter outstanding or `limit`
+    /// passed; returns those that still have some.
+    pub fn wait(&self, partitions: &[i32], limit: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.retry();
+            let left: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|&p| self.outstanding(p) > 0)
+                .collect();
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Says (at most every 10 s) which partitions wait for their dead letters.
+    pub fn warn_waiting(&self, partitions: &[i32]) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if partitions.is_empty() || warned.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        *warned = Some(Instant::now());
+        let last = self.producer.context().counts.last_error();
+        eprintln!(
+            "storepulse process: dead letters of partitions {partitions:?} not delivered yet \
+             (last error: {}); their snapshots wait, retrying",
+            last.as_deref().unwrap_or("none yet")
+        );
+    }
+
+    pub fn counts(&self) -> &Deliveries {
+        &self.producer.context().counts
+    }
+}

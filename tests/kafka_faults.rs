@@ -1,0 +1,524 @@
+//! The Kafka path off the happy path, against a real broker (tansu on loopback): partial
+//! and failed replays, finality that is never undone, a topic that changed under its
+//! snapshots, a dead-letter topic that cannot be written, brokers that are late or paused,
+//! a live hand-over between processors and a restart from an older snapshot. In every case
+//! the tables must equal the embedded `run` on the same file.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::kafka::{
+    accepted_in, accepted_total, assert_same_tables, free_addr, paced_replay, partition_manifests,
+    process_args, replay, replay_args, serial, total, wait_for, Broker, Case, Proc, LIMIT,
+};
+use common::{query_csv, storepulse};
+
+/// The replay's exit status and summary when it may fail.
+fn replay_status(broker: &Broker, input: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = storepulse(&replay_args(broker, input, extra));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until at least `n` messages are in `topic` (paced replays write one per batch).
+fn wait_for_messages(broker: &Broker, topic: &str, n: i64) {
+    let deadline = Instant::now() + LIMIT;
+    while broker.messages_in(topic) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} messages in {topic}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_processor_to_end(c: &Case, extra: &[&str]) -> String {
+    let mut flags = vec!["--stop-at-end"];
+    flags.extend_from_slice(extra);
+    Proc::spawn("process", &process_args(&c.broker, &c.got, &flags)).wait_ok(LIMIT)
+}
+
+#[test]
+fn partial_and_failed_replays_then_the_whole_file_equal_run() {
+    let _serial = serial();
+    let c = Case::generated(8_000, 31, 3);
+    let want = accepted_total(&c.want);
+
+    // 1. Stopped by --limit: no end of input, the days after its last event stay open.
+    let (ok1, out, err) = replay_status(&c.broker, &c.input, &["--limit", "2500"]);
+    assert!(ok1, "{out}{err}");
+    assert!(out.contains("partial (--limit)"), "{out}");
+    assert!(out.contains("not sent (--limit)"), "{out}");
+
+    // 2. Stopped by SIGTERM halfway.
+    let stopped = paced_replay(&c.broker, &c.input, "3000");
+    wait_for_messages(&c.broker, "purchases", 2_500 + 1_500);
+    let out = stopped.terminate(LIMIT);
+    assert!(out.contains("stopped early"), "{out}");
+    assert!(out.contains("not sent (stopped)"), "{out}");
+
+    // 3. Deliveries that fail: the broker stops answering for longer than the messages
+    //    may wait.
+    let failing = Proc::spawn(
+        "failing replay",
+        &replay_args(
+            &c.broker,
+            &c.input,
+            &[
+                "--rate",
+                "3000",
+                "--kafka-option",
+                "batch.num.messages=1",
+                "--kafka-option",
+                "message.timeout.ms=1500",
+            ],
+        ),
+    );
+    let before = c.broker.messages_in("purchases");
+    wait_for_messages(&c.broker, "purchases", before + 1_000);
+    c.broker.pause();
+    std::thread::sleep(Duration::from_secs(4));
+    c.broker.resume();
+    let (status, out, err) = failing.wait_exit(LIMIT);
+    assert!(
+        !status.success(),
+        "a replay with failed deliveries exits non-zero:\n{out}{err}"
+    );
+    assert!(
+        err.contains("could not be delivered") || err.contains("Kafka"),
+        "{out}{err}"
+    );
+
+    // 4. The whole file: every day final, the tables those of the file.
+    let summary = replay(&c.broker, &c.input, &[]);
+    assert!(summary.contains("end of input   sent"), "{summary}");
+    run_processor_to_end(&c, &[]);
+    let m = partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), want);
+    assert_eq!(total(&m, "rejected"), 0, "no event was late");
+    assert_same_tables(&c.want, &c.got);
+    let finals = query_csv(
+        &c.got,
+        "SELECT COUNT(*) AS open FROM daily_sales WHERE NOT is_final",
+    );
+    assert_eq!(finals.trim(), "open\n0");
+
+    // 5. The whole file once more changes nothing.
+    replay(&c.broker, &c.input, &[]);
+    run_processor_to_end(&c, &[]);
+    let m = partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), want);
+    assert!(total(&m, "duplicates") >= want);
+    assert_same_tables(&c.want, &c.got);
+}
+
+/// A purchase event as the replayer writes it.
+fn event(line: u64, time: &str, order: u64, price: &str) -> Vec<u8> {
+    format!(
+        r#"{{"schema_version":1,"event_id":"00000000000000ab-0-{line}","event_time":"{time}","order_id":"{order}","product_id":"7","price":"{price}","user_id":"{}","source_line":{line}}}"#,
+        100 + order
+    )
+    .into_bytes()
+}
+
+fn daily(dir: &Path) -> String {
+    query_csv(
+        dir,
+        "SELECT day, revenue, is_final FROM daily_sales ORDER BY day",
+    )
+}
+
+#[test]
+fn a_day_seen_final_stays_final_with_the_same_numbers() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let got = tmp.path().join("process");
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    let proc = Proc::spawn(
+        "process",
+        &process_args(&broker, &got, &["--snapshot-interval", "100ms"]),
+    );
+    let records = |p: i64| {
+        move |m: &[serde_json::Value]| {
+            m.iter()
+                .any(|x| x["input"]["partition"] == p && x["counts"]["records"] == 2 - p)
+        }
+    };
+
+    // Partition 0 has events on May 1 and May 3; partition 1 has none.
+    let key = |o: u64| Some(o.to_string().into_bytes());
+    broker.produce_to(
+        "purchases",
+        0,
+        key(1).as_deref(),
+        None,
+        &event(2, "2020-05-01T10:00:00Z", 1, "10.00"),
+    );
+    broker.produce_to(
+        "purchases",
+        0,
+        key(2).as_deref(),
+        None,
+        &event(3, "2020-05-03T10:00:00Z", 2, "5.00"),
+    );
+    wait_for(&got, LIMIT, "partition 0's events", records(0));
+    // Partition 1 has no snapshot, and no watermark came: nothing is final.
+    let before = daily(&got);
+    assert!(!before.contains("true"), "{before}");
+
+    // The replayer's watermark reaches both partitions: May 1 and 2 are final.
+    let w = r#"{"watermark_us":1588464000000000}"#; // 2020-05-03T00:00:00Z
+    for p in 0..2 {
+        broker.produce_to(
+            "purchases",
+            p,
+            None,
+            Some(("storepulse-control", "watermark")),
+            w.as_bytes(),
+        );
+    }
+    wait_for(&got, LIMIT, "both watermarks", |m| {
+        m.len() == 2
+            && m.iter()
+                .all(|x| x["watermark_us"] == 1_588_464_000_000_000_i64)
+    });
+    let final_day = daily(&got);
+    assert!(final_day.contains("2020-05-01,10.00,true"), "{final_day}");
+    assert!(final_day.contains("2020-05-03,5.00,false"), "{final_day}");
+
+    // An event of May 1 now reaches partition 1: late there too, and May 1 stays as it was.
+    broker.produce_to(
+        "purchases",
+        1,
+        key(3).as_deref(),
+        None,
+        &event(4, "2020-05-01T12:00:00Z", 3, "7.00"),
+    );
+    wait_for(&got, LIMIT, "partition 1's late event", records(1));
+    assert_eq!(daily(&got), final_day);
+    let m = partition_manifests(&got);
+    let p1 = m.iter().find(|x| x["input"]["partition"] == 1).unwrap();
+    assert_eq!(p1["counts"]["rejected"]["late_event"], 1);
+    proc.terminate(LIMIT);
+    let dead: Vec<serde_json::Value> = broker
+        .read_all("purchases.rejected")
+        .iter()
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .collect();
+    assert!(
+        dead.iter()
+            .any(|d| d["reason"] == "late_event" && d["line"] == 4 && d["partition"] == 1),
+        "{dead:?}"
+    );
+}
+
+#[test]
+fn a_topic_changed_under_its_snapshots_is_refused() {
+    let _serial = serial();
+    let mut c = Case::generated(3_000, 41, 2);
+    replay(&c.broker, &c.input, &[]);
+    run_processor_to_end(&c, &[]);
+    assert_same_tables(&c.want, &c.got);
+
+    // Another partition count: the keying that makes the merge exact is gone.
+    c.broker.stop();
+    let broker = Broker::start();
+    broker.create_topic("purchases", 3);
+    let (status, _, err) =
+        Proc::spawn("process", &process_args(&broker, &c.got, &[])).wait_exit(LIMIT);
+    assert!(!status.success());
+    assert!(
+        err.contains("has 3 partitions") && err.contains("had 2") && err.contains("new topic"),
+        "{err}"
+    );
+    drop(broker);
+
+    // The topic created again with fewer messages: its offsets name other messages.
+    let broker = Broker::start();
+    broker.create_topic("purchases", 2);
+    replay(&broker, &c.input, &["--limit", "100"]);
+    let (status, _, err) =
+        Proc::spawn("process", &process_args(&broker, &c.got, &[])).wait_exit(LIMIT);
+    assert!(!status.success());
+    assert!(
+        err.contains("covers offsets up to") && err.contains("created again"),
+        "{err}"
+    );
+    // The snapshots were left as they were.
+    assert_same_tables(&c.want, &c.got);
+}
+
+#[test]
+fn a_dead_letter_that_cannot_be_written_holds_its_partition_snapshot_back() {
+    let _serial = serial();
+    let c = Case::generated(2_000, 42, 2);
+    let accepted = accepted_in(&replay(&c.broker, &c.input, &[]));
+    // The processor's producer refuses messages over 2,000 bytes: a dead letter of a
+    // bigger message cannot be written.
+    let small = [
+        "--snapshot-interval",
+        "100ms",
+        "--kafka-option",
+        "message.max.bytes=2000",
+    ];
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &small));
+    wait_for(&c.got, LIMIT, "every event applied", |m| {
+        m.len() == 2 && total(m, "accepted") == accepted
+    });
+    let records = |p: i64| {
+        let m = partition_manifests(&c.got);
+        let part = m.iter().find(|x| x["input"]["partition"] == p).cloned();
+        part.map_or(0, |x| x["counts"]["records"].as_u64().unwrap())
+    };
+    let (before0, before1) = (records(0), records(1));
+    let big = vec![b'x'; 3_000];
+    c.broker.produce("purchases", 0, &[&big]);
+    c.broker.produce("purchases", 1, &[b"small junk"]);
+    proc.wait_stderr("dead letters of partitions [0] not delivered yet", LIMIT);
+    // Partition 1's dead letter went out and its snapshot followed; partition 0 applied
+    // its message but publishes no snapshot that covers it, and the process goes on.
+    wait_for(&c.got, LIMIT, "partition 1's snapshot", |_| {
+        records(1) == before1 + 1
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(records(0), before0);
+    let (status, out, err) = {
+        let pid = proc.child.id() as i32;
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        proc.wait_exit(LIMIT)
+    };
+    assert!(status.success(), "{out}{err}");
+    assert!(
+        err.contains("partitions [0] keep their previous snapshot"),
+        "{err}"
+    );
+    assert_eq!(records(0), before0);
+
+    // Without the limit, a new run reads the message again and its dead letter goes out.
+    let args = process_args(&c.broker, &c.got, &["--snapshot-interval", "100ms"]);
+    let proc = Proc::spawn("process", &args);
+    wait_for(&c.got, LIMIT, "partition 0's snapshot", |_| {
+        records(0) == before0 + 1
+    });
+    proc.terminate(LIMIT);
+    let dead: Vec<serde_json::Value> = c
+        .broker
+        .read_all("purchases.rejected")
+        .iter()
+        .map(|v| serde_json::from_slice(v).unwrap())
+        .filter(|d: &serde_json::Value| d["stage"] == "process")
+        .collect();
+    assert!(
+        dead.iter()
+            .any(|d| d["partition"] == 0 && d["reason"] == "invalid_message"),
+        "{dead:?}"
+    );
+    assert!(dead.iter().any(|d| d["partition"] == 1), "{dead:?}");
+    assert_same_tables(&c.want, &c.got);
+}
+
+#[test]
+fn a_processor_started_before_its_broker_waits_for_it() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::kafka::generate(tmp.path(), 3_000, 43);
+    let want = tmp.path().join("run");
+    common::run(&input, &want, &[]);
+    let got = tmp.path().join("process");
+    let addr = free_addr();
+    let args = [
+        "process",
+        "--brokers",
+        addr.as_str(),
+        "--snapshot-dir",
+        got.to_str().unwrap(),
+        "--snapshot-interval",
+        "200ms",
+        "--stop-at-end",
+    ];
+    let proc = Proc::spawn("process", &args);
+    proc.wait_stderr("waiting for the brokers", LIMIT);
+    let broker = Broker::start_on(&addr);
+    broker.create_topic("purchases", 2);
+    replay(&broker, &input, &[]);
+    proc.wait_ok(LIMIT);
+    assert_same_tables(&want, &got);
+}
+
+#[test]
+fn a_broker_paused_beyond_the_session_timeout_mid_stream_loses_nothing() {
+    let _serial = serial();
+    let c = Case::generated(9_000, 44, 2);
+    // A static assignment: tansu's group coordinator never lets a member whose session
+    // expired join again (see the README), so this runs without the group's rebalancing.
+    let flags = [
+        "--stop-at-end",
+        "--snapshot-interval",
+        "100ms",
+        "--assign",
+        "all",
+    ];
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &flags));
+    let replayer = paced_replay(&c.broker, &c.input, "2000");
+    wait_for(&c.got, LIMIT, "events applied", |m| {
+        total(m, "accepted") > 1_500
+    });
+    c.broker.pause();
+    // Longer than the processor's session timeout (10 s).
+    std::thread::sleep(Duration::from_secs(13));
+    c.broker.resume();
+    let summary = replayer.wait_ok(LIMIT);
+    proc.wait_ok(LIMIT);
+    let m = partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), accepted_in(&summary));
+    assert_same_tables(&c.want, &c.got);
+}
+
+#[test]
+fn sigterm_while_the_broker_is_away_exits_cleanly_with_what_is_durable() {
+    let _serial = serial();
+    let c = Case::generated(3_000, 45, 2);
+    let accepted = accepted_in(&replay(&c.broker, &c.input, &[]));
+    let proc = Proc::spawn(
+        "process",
+        &process_args(&c.broker, &c.got, &["--snapshot-interval", "100ms"]),
+    );
+    wait_for(&c.got, LIMIT, "every event applied", |m| {
+        total(m, "accepted") == accepted
+    });
+    c.broker.pause();
+    let start = Instant::now();
+    let out = proc.terminate(LIMIT);
+    c.broker.resume();
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "slow stop: {out}"
+    );
+    assert_eq!(total(&partition_manifests(&c.got), "accepted"), accepted);
+    assert_same_tables(&c.want, &c.got);
+}
+
+#[test]
+fn a_second_processor_joins_mid_stream_and_leaves_again() {
+    let _serial = serial();
+    let c = Case::generated(12_000, 46, 4);
+    // Dynamic membership: no --instance-id.
+    let a = Proc::spawn(
+        "processor a",
+        &process_args(
+            &c.broker,
+            &c.got,
+            &["--stop-at-end", "--snapshot-interval", "100ms"],
+        ),
+    );
+    a.wait_stderr("assigned partitions [0, 1, 2, 3]", LIMIT);
+    let replayer = paced_replay(&c.broker, &c.input, "1000");
+    wait_for(&c.got, LIMIT, "events applied", |m| {
+        total(m, "accepted") > 1_000
+    });
+    let b = Proc::spawn(
+        "processor b",
+        &process_args(&c.broker, &c.got, &["--snapshot-interval", "100ms"]),
+    );
+    // b takes some partitions over, applies events of them, then leaves while events
+    // still flow.
+    let deadline = Instant::now() + LIMIT;
+    let taken: Vec<i64> = loop {
+        let line = b
+            .stderr()
+            .lines()
+            .rfind(|l| l.contains("assigned partitions ["))
+            .map(String::from);
+        if let Some(l) = line.filter(|l| !l.contains("[]")) {
+            let list = &l[l.find('[').unwrap() + 1..l.find(']').unwrap()];
+            break list.split(", ").map(|p| p.parse().unwrap()).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never got a partition:\n{}",
+            b.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let snapshot_ids = |m: &[serde_json::Value]| -> Vec<u64> {
+        taken
+            .iter()
+            .map(|p| {
+                let part = m.iter().find(|x| x["input"]["partition"] == *p);
+                part.map_or(0, |x| x["id"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    // Snapshots of b's partitions written after it took them are b's own.
+    let at_take = snapshot_ids(&partition_manifests(&c.got));
+    wait_for(&c.got, LIMIT, "b's own snapshots", |m| {
+        snapshot_ids(m)
+            .iter()
+            .zip(&at_take)
+            .all(|(now, then)| now > then)
+    });
+    let log_b = b.stderr_log();
+    let out_b = b.terminate(LIMIT);
+    assert!(
+        out_b.contains("  partition "),
+        "{out_b}\n{}\n{}",
+        log_b.lock().unwrap(),
+        a.stderr()
+    );
+    let summary = replayer.wait_ok(LIMIT);
+    assert!(
+        total(&partition_manifests(&c.got), "accepted") < accepted_in(&summary),
+        "b left before the end of the stream"
+    );
+    a.wait_ok(LIMIT);
+    let m = partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), accepted_in(&summary));
+    assert_eq!(total(&m, "duplicates"), 0);
+    assert_same_tables(&c.want, &c.got);
+}
+
+#[test]
+fn a_processor_restored_from_an_older_snapshot_counts_redelivered_events_once() {
+    let _serial = serial();
+    let c = Case::generated(4_000, 47, 1);
+    // Many snapshots, all kept, while a paced replay flows.
+    let flags = ["--snapshot-interval", "20ms", "--keep-snapshots", "1000"];
+    let mut with_end = vec!["--stop-at-end"];
+    with_end.extend_from_slice(&flags);
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &with_end));
+    let accepted = accepted_in(&paced_replay(&c.broker, &c.input, "4000").wait_ok(LIMIT));
+    proc.wait_ok(LIMIT);
+    // The same file again: every event is a duplicate.
+    replay(&c.broker, &c.input, &[]);
+    // Back to a snapshot from the middle of the first replay.
+    let part = c.got.join("partitions/purchases-0");
+    let mut snaps: Vec<(u64, String)> = std::fs::read_dir(&part)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(part.join(&name).join("manifest.json")).ok()?;
+            let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((m["counts"]["accepted"].as_u64()?, name))
+        })
+        .collect();
+    snaps.sort();
+    let older = snaps
+        .iter()
+        .find(|(n, _)| *n > accepted / 4 && *n < accepted / 2)
+        .unwrap_or_else(|| panic!("no snapshot from the middle: {snaps:?}"));
+    std::fs::write(part.join("LATEST"), &older.1).unwrap();
+    for (_, name) in snaps.iter().filter(|(n, _)| *n > older.0) {
+        std::fs::remove_dir_all(part.join(name)).unwrap();
+    }
+    run_processor_to_end(&c, &[]);
+    let m = partition_manifests(&c.got);
+    assert_eq!(total(&m, "accepted"), accepted);
+    assert_eq!(total(&m, "duplicates"), accepted, "the second replay, once");
+    assert_same_tables(&c.want, &c.got);
+}
