@@ -166,7 +166,9 @@ fn compose_commands_use_flags_the_binary_has_and_ports_prometheus_scrapes() {
         );
         assert_eq!(env["STOREPULSE_BROKERS"].as_str(), Some("kafka:29092"));
         assert!(prometheus.contains(&format!("\"{service}:{port}\"")));
-        assert!(strings(&s["ports"]).contains(&format!("{port}:{port}")));
+        assert!(
+            strings(&s["ports"]).contains(&format!("${{BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"))
+        );
         // The default --metrics-addr port is the one documented and scraped.
         let help = common::ok(&[service, "--help"]);
         assert!(help.contains(&format!("127.0.0.1:{port}")), "{help}");
@@ -191,6 +193,70 @@ fn compose_commands_use_flags_the_binary_has_and_ports_prometheus_scrapes() {
         .as_str()
         .unwrap()
         .contains("controller"));
+}
+
+/// The value compose gives `${NAME:-default}` / `${NAME:?error}` when `NAME` is unset:
+/// `Ok(default)`, or `Err(message)` when compose refuses to start.
+fn unset(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').unwrap() + i;
+        let inner = &rest[i + 2..end];
+        if let Some((_, default)) = inner.split_once(":-") {
+            out.push_str(default);
+        } else if let Some((_, message)) = inner.split_once(":?") {
+            return Err(message.to_string());
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[test]
+fn compose_publishes_on_loopback_and_grafana_has_no_default_password() {
+    let c = compose();
+    let mut published = 0;
+    for (name, s) in c["services"].as_mapping().unwrap() {
+        for port in strings(&s["ports"]) {
+            let bound = unset(&port).unwrap();
+            assert!(
+                bound.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port} beyond this machine by default"
+            );
+            assert!(port.starts_with("${BIND_ADDRESS:-127.0.0.1}:"), "{port}");
+            published += 1;
+        }
+    }
+    assert!(published >= 6, "{published} ports");
+    let grafana = &c["services"]["grafana"]["environment"];
+    let password = grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap();
+    assert!(
+        unset(password).is_err(),
+        "Grafana's admin password must come from the environment: {password}"
+    );
+    assert!(
+        password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
+        "{password}"
+    );
+    let page = &c["services"]["process"];
+    assert!(page["environment"]["STOREPULSE_ALLOW_HOST"]
+        .as_str()
+        .is_some());
+    let readme = std::fs::read_to_string(project("README.md")).unwrap();
+    for word in [
+        "BIND_ADDRESS",
+        "GRAFANA_ADMIN_PASSWORD",
+        "ALLOW_HOST",
+        "--allow-host",
+    ] {
+        assert!(
+            readme.contains(word),
+            "the README does not say how to use {word}"
+        );
+    }
 }
 
 #[test]
@@ -270,11 +336,21 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
         assert!(!targets.is_empty(), "{title} has no query");
         for t in targets {
             assert_eq!(t["datasource"]["uid"], uid, "{title}");
+            let expr = t["expr"].as_str().unwrap();
             assert!(
-                t["expr"].as_str().unwrap().contains("storepulse_")
-                    || t["expr"].as_str().unwrap().contains("up{"),
+                expr.contains("storepulse_")
+                    || expr.contains("up{")
+                    || expr.contains("{job=~\"storepulse.*\"}"),
                 "{title}"
             );
+            // A fixed window is too short at a long scrape interval and too coarse at
+            // a short one: rates follow Grafana's.
+            for f in ["rate(", "deriv("] {
+                for (i, _) in expr.match_indices(f) {
+                    let window = expr[i..].split('[').nth(1).unwrap_or_default();
+                    assert!(window.starts_with("$__rate_interval]"), "{title}: {expr}");
+                }
+            }
         }
         let pos = &p["gridPos"];
         assert!(

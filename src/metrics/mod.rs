@@ -1,10 +1,18 @@
 //! Every Prometheus metric storepulse exports, defined here and nowhere else. One
-//! registry with the `storepulse_` prefix (process metrics included); base units
+//! registry with the `storepulse_` prefix, and the process metrics under their standard
+//! names (`process_resident_memory_bytes`, ...) so stock dashboards work; base units
 //! (seconds, bytes), `_total` on counters, bounded labels only (a reject reason, an RFM
 //! segment, a partition number; never a customer or a day). Hot paths update per batch.
+//!
+//! Counters count what this process did: a resumed `run` reports the totals it restored
+//! from its snapshot as `storepulse_resumed_*` gauges, never as a counter jump (see
+//! [`Metrics::expect_restored`]). The updates the pipeline makes from its own loop are also
+//! its heartbeat for `/healthz` (`health.rs`).
 
+pub mod health;
 mod serve;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -13,18 +21,24 @@ use prometheus::{
 };
 use storepulse_replay::{ReadStats, RejectReason};
 
-pub use serve::{serve, set_ready};
+pub use serve::{answer as health_answer, serve, set_ready};
 
 pub struct Metrics {
     registry: Registry,
+    /// The process collector's metrics, without the prefix.
+    process: Registry,
+    /// The next reader report is the one a resumed run restored (see `expect_restored`).
+    restoring_read: AtomicBool,
+    resumed_lines_read: IntGauge,
+    resumed_lines_accepted: IntGauge,
     pub lines_read: IntCounter,
     pub lines_accepted: IntCounter,
     pub lines_repaired: IntCounter,
     pub lines_rejected: IntCounterVec,
     pub events_applied: IntCounter,
-    pub late_events: IntCounter,
-    pub revenue_cents: IntCounter,
-    pub orders: IntCounter,
+    pub late_events: Counter,
+    pub revenue_cents: Counter,
+    pub orders: Counter,
     pub watermark: Gauge,
     pub max_event_time: Gauge,
     pub event_time_lag: Gauge,
@@ -50,8 +64,88 @@ pub struct Metrics {
     pub messages_consumed: IntCounterVec,
     pub messages_rejected: IntCounterVec,
     pub duplicate_messages: IntCounter,
-    pub consumer_lag: IntGaugeVec,
+    pub consumer_lag: LagGauge,
     pub partitions_assigned: IntGauge,
+}
+
+/// A counter whose next report after [`Counter::expect_restored`] is a total restored from
+/// a snapshot: it goes to a `storepulse_resumed_*` gauge, and the counter starts at 0.
+pub struct Counter {
+    counter: IntCounter,
+    resumed: IntGauge,
+    restoring: AtomicBool,
+}
+
+impl Counter {
+    pub fn inc_by(&self, n: u64) {
+        if self.restoring.swap(false, Ordering::SeqCst) {
+            self.resumed.set(i64::try_from(n).unwrap_or(i64::MAX));
+        } else {
+            self.counter.inc_by(n);
+        }
+    }
+
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.counter.get()
+    }
+
+    fn expect_restored(&self) {
+        self.restoring.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Consumer lag by partition, with the wall time it was last brought up to date
+/// (`storepulse_consumer_lag_updated_timestamp_seconds`), so a panel can say how old it is
+/// when the loop that updates it stops.
+pub struct LagGauge {
+    lag: IntGaugeVec,
+    updated: Gauge,
+}
+
+/// One partition's lag (see [`LagGauge::with_label_values`]).
+pub struct Lag<'a> {
+    gauge: IntGauge,
+    updated: &'a Gauge,
+}
+
+impl Lag<'_> {
+    pub fn set(&self, lag: i64) {
+        self.gauge.set(lag);
+        self.updated
+            .set(seconds(chrono::Utc::now().timestamp_micros()));
+    }
+
+    pub fn get(&self) -> i64 {
+        self.gauge.get()
+    }
+}
+
+impl LagGauge {
+    pub fn with_label_values(&self, labels: &[&str]) -> Lag<'_> {
+        Lag {
+            gauge: self.lag.with_label_values(labels),
+            updated: &self.updated,
+        }
+    }
+
+    pub fn remove_label_values(&self, labels: &[&str]) -> prometheus::Result<()> {
+        self.lag.remove_label_values(labels)
+    }
+
+    /// The lag summed over the partitions reported.
+    pub fn total(&self) -> i64 {
+        use prometheus::core::Collector;
+        self.lag
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum()
+    }
 }
 
 /// Reasons a processor rejects a message (dead-lettered), besides late events.
@@ -73,11 +167,37 @@ impl Metrics {
         )?;
         r.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let process = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
+        process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let restorable = |name: &str, help: &str, resumed: &str| -> prometheus::Result<Counter> {
+            Ok(Counter {
+                counter: counter(r, name, help)?,
+                resumed: int_gauge(
+                    r,
+                    resumed,
+                    &format!(
+                        "{help} Restored by `run --resume` from its snapshot (0 when not resumed)."
+                    ),
+                )?,
+                restoring: AtomicBool::new(false),
+            })
+        };
         let m = Metrics {
+            process,
+            restoring_read: AtomicBool::new(false),
+            resumed_lines_read: int_gauge(
+                r,
+                "resumed_lines_read",
+                "Non-blank input lines read before a resumed run's snapshot (0 when not resumed).",
+            )?,
+            resumed_lines_accepted: int_gauge(
+                r,
+                "resumed_lines_accepted",
+                "Input lines accepted before a resumed run's snapshot (0 when not resumed).",
+            )?,
             lines_read: counter(r, "lines_read_total", "Non-blank input lines read.")?,
             lines_accepted: counter(
                 r,
@@ -105,25 +225,25 @@ impl Metrics {
                 }
                 c
             },
-            late_events: counter(
-                r,
+            late_events: restorable(
                 "late_events_total",
                 "Events whose day was already final (rejected as late_event, kept apart).",
+                "resumed_late_events",
             )?,
             events_applied: counter(
                 r,
                 "events_applied_total",
                 "Events handed to the aggregate core.",
             )?,
-            revenue_cents: counter(
-                r,
+            revenue_cents: restorable(
                 "revenue_cents_total",
                 "Revenue counted in the daily tables, in cents of the input's currency (exact).",
+                "resumed_revenue_cents",
             )?,
-            orders: counter(
-                r,
+            orders: restorable(
                 "orders_total",
                 "Orders counted in the daily tables (distinct per day).",
+                "resumed_orders",
             )?,
             watermark: gauge(
                 r,
@@ -151,7 +271,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "segment_customers",
-                        "Customers per RFM segment at the last snapshot.",
+                        "Customers per RFM segment at the last snapshot, scored over this process's customers only (a processor: its own partitions'); the store page has the merged numbers.",
                     ),
                     &["segment"],
                 )?;
@@ -269,7 +389,14 @@ impl Metrics {
                     &["partition"],
                 )?;
                 r.register(Box::new(g.clone()))?;
-                g
+                LagGauge {
+                    lag: g,
+                    updated: gauge(
+                        r,
+                        "consumer_lag_updated_timestamp_seconds",
+                        "Wall time the consumer lag was last brought up to date, seconds since the epoch.",
+                    )?,
+                }
             },
             partitions_assigned: int_gauge(
                 r,
@@ -283,15 +410,35 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = String::new();
         prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut out)
+            .encode_utf8(&families, &mut out)
             .expect("text encoding of gathered metrics");
         out
     }
 
+    /// The next reader report and the next report of revenue, orders and late events are
+    /// the totals a resumed run restored from its snapshot, not work done here: they go to
+    /// the `storepulse_resumed_*` gauges and the counters start at 0. `run --resume` calls
+    /// this before the pipeline starts; the driver reports what it restored first.
+    pub fn expect_restored(&self) {
+        self.restoring_read.store(true, Ordering::SeqCst);
+        self.revenue_cents.expect_restored();
+        self.orders.expect_restored();
+        self.late_events.expect_restored();
+    }
+
     /// Counts one report of the reader.
     pub fn read(&self, stats: &ReadStats) {
+        health::get().progressed();
+        if self.restoring_read.swap(false, Ordering::SeqCst) {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.resumed_lines_read.set(n(stats.records));
+            self.resumed_lines_accepted.set(n(stats.accepted));
+            return;
+        }
         self.lines_read.inc_by(stats.records);
         self.lines_accepted.inc_by(stats.accepted);
         self.lines_repaired.inc_by(stats.repaired);
@@ -312,6 +459,8 @@ impl Metrics {
     /// Event-time progress: the watermark, the highest event time and how far it is
     /// behind the wall clock.
     pub fn event_time(&self, watermark_us: Option<i64>, max_event_us: Option<i64>) {
+        // Called from the pipeline's loop after every batch and every second or snapshot.
+        health::get().progressed();
         if let Some(w) = watermark_us.filter(|&w| w != i64::MAX && w != i64::MIN) {
             self.watermark.set(seconds(w));
         }
@@ -324,6 +473,7 @@ impl Metrics {
 
     /// A snapshot was published.
     pub fn snapshot_published(&self, took: std::time::Duration, bytes: u64) {
+        health::get().progressed();
         self.snapshot_duration.observe(took.as_secs_f64());
         self.snapshots.inc();
         self.snapshot_size.set(bytes as i64);
