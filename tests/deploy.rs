@@ -293,7 +293,11 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
     );
     let dashboards = target("./deploy/grafana/dashboards");
     let env = &g["environment"];
-    assert_eq!(env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    // Anonymous viewers by default (the ports are on loopback), off when exposing.
+    assert_eq!(
+        env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(),
+        Some("${GRAFANA_ANONYMOUS:-true}")
+    );
     assert_eq!(env["GF_AUTH_ANONYMOUS_ORG_ROLE"].as_str(), Some("Viewer"));
     assert_eq!(
         env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].as_str(),
