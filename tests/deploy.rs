@@ -380,3 +380,75 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
         assert!(titles.contains(want), "no panel {want}");
     }
 }
+
+/// The first query of the dashboard panel titled `title`, with Grafana's rate window as
+/// `tests/observability.rs` evaluates it.
+fn panel_expr(title: &str) -> String {
+    common::prometheus::dashboard_exprs(&project("deploy/grafana/dashboards/storepulse.json"))
+        .into_iter()
+        .find(|(t, _)| t == title)
+        .unwrap_or_else(|| panic!("no panel {title}"))
+        .1
+}
+
+#[test]
+fn since_last_snapshot_alarms_only_when_input_waits_and_segments_stay_per_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules.yml");
+    let expr = panel_expr("Since last snapshot");
+    std::fs::write(
+        &rules,
+        format!(
+            "groups:\n  - name: panel\n    rules:\n      - record: since_last_snapshot\n        expr: '{}'\n",
+            expr.replace('\'', "''")
+        ),
+    )
+    .unwrap();
+    // Twenty minutes of three pipelines: one idle with nothing to read (its last snapshot
+    // long ago), one stalled with input waiting, one busy that snapshots as it goes.
+    let tests = tmp.path().join("tests.yml");
+    std::fs::write(
+        &tests,
+        r#"rule_files: [rules.yml]
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="idle"}'
+        values: '60x80'
+      - series: 'storepulse_events_applied_total{job="idle"}'
+        values: '500x80'
+      - series: 'storepulse_consumer_lag_messages{job="idle",partition="0"}'
+        values: '0x80'
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="stalled"}'
+        values: '60x80'
+      - series: 'storepulse_events_applied_total{job="stalled"}'
+        values: '500x80'
+      - series: 'storepulse_consumer_lag_messages{job="stalled",partition="0"}'
+        values: '7x80'
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="busy"}'
+        values: '0+15x80'
+      - series: 'storepulse_events_applied_total{job="busy"}'
+        values: '0+100x80'
+    promql_expr_test:
+      - expr: since_last_snapshot
+        eval_time: 20m
+        exp_samples:
+          - labels: 'since_last_snapshot{job="idle"}'
+            value: 0
+          - labels: 'since_last_snapshot{job="stalled"}'
+            value: 1140
+          - labels: 'since_last_snapshot{job="busy"}'
+            value: 0
+"#,
+    )
+    .unwrap();
+    let (ok, said) = common::prometheus::promtool(&["test", "rules", tests.to_str().unwrap()], "");
+    assert!(ok, "{expr}\n{said}");
+    // One customer can be in several processors' partitions: never summed across them.
+    let segments = panel_expr("Customers per RFM segment");
+    assert!(
+        segments.contains("by (job, instance, segment)"),
+        "{segments}"
+    );
+}

@@ -497,6 +497,18 @@ fn hostile_requests_leave_the_pipeline_alone() {
         );
     }
     assert_eq!(get(&metrics, "/readyz").0, 200);
+    // What an operator sees of all this.
+    let (_, _, text) = get(&metrics, "/metrics");
+    let outcome = |o: &str| -> f64 {
+        let name = format!("storepulse_page_sql_queries_total{{outcome=\"{o}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    assert!(outcome("too_many") >= 40.0, "{text}");
+    assert!(outcome("timed_out") >= 3.0, "{text}");
+    assert!(outcome("out_of_memory") >= 2.0, "{text}");
+    assert!(outcome("answered") >= 3.0, "{text}");
 
     // The pipeline never noticed: stopped and resumed, its tables are exact.
     let mut run = run;
@@ -508,4 +520,121 @@ fn hostile_requests_leave_the_pipeline_alone() {
     run.terminate(Duration::from_secs(60));
     common::run(&input, &dir, &["--resume"]);
     assert_eq!(query_tables(&dir), query_tables(&reference));
+}
+
+/// The page workers of `pid` of one role.
+fn workers(pid: u32, role: &str) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|c| {
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(&format!("--role\0{role}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_page_is_ready_only_with_a_snapshot_caches_overviews_and_never_serves_pruned_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        "3000",
+        "--seed",
+        "5",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let dir = tmp.path().join("snaps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = format!("127.0.0.1:{}", free_port());
+    let serve = Proc::spawn(
+        "serve",
+        &[
+            "serve",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+            "--http-addr",
+            &page,
+        ],
+    );
+    let pid = serve.child.id();
+    wait_until(Duration::from_secs(30), "serve to listen", || {
+        TcpStream::connect(&page).is_ok()
+    });
+    // Up, but with nothing to answer from: not ready.
+    assert_eq!(get(&page, "/healthz").0, 200);
+    let (status, _, why) = get(&page, "/readyz");
+    assert_eq!(status, 503, "{why}");
+    let (status, _, body) = get(&page, "/api/snapshot");
+    assert_eq!(status, 503);
+    assert!(!body.contains(tmp.path().to_str().unwrap()), "{body}");
+
+    // Several snapshots, the newest three kept.
+    common::run(
+        &input,
+        &dir,
+        &["--rate", "3000", "--snapshot-interval", "100ms"],
+    );
+    let latest = std::fs::read_to_string(dir.join("LATEST"))
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_until(
+        Duration::from_secs(60),
+        "the page on the last snapshot",
+        || {
+            let (status, _, body) = get(&page, "/api/snapshot");
+            status == 200 && body.contains(&format!("\"version\":\"{latest}\""))
+        },
+    );
+    assert_eq!(get(&page, "/readyz").0, 200);
+    let (status, _, first) = get(&page, "/api/overview");
+    assert_eq!(status, 200, "{first}");
+    let version = serde_json::from_str::<Value>(&first).unwrap()["snapshot"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(version, latest);
+
+    // Computed once: with the page's worker stopped, viewers still get it.
+    let page_worker = workers(pid, "page");
+    assert_eq!(page_worker.len(), 1);
+    // SAFETY: signalling a process this test started (a child of `serve`), by its id.
+    unsafe { libc::kill(page_worker[0] as i32, libc::SIGSTOP) };
+    for _ in 0..10 {
+        let (status, _, again) = get(&page, "/api/overview");
+        assert_eq!((status, again.as_str()), (200, first.as_str()));
+    }
+    unsafe { libc::kill(page_worker[0] as i32, libc::SIGCONT) };
+
+    let (status, reply) = sql(&page, "SELECT COUNT(*) AS n FROM rfm");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["snapshot"], latest.as_str());
+
+    // The newest snapshot's files go while the page has it loaded (`LATEST` unchanged):
+    // answers come from the newest that is still whole, never from files that are gone.
+    let mut kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    std::fs::remove_dir_all(dir.join(&latest)).unwrap();
+    let previous = &kept[1];
+    let (status, _, body) = get(&page, "/api/snapshot");
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["version"], previous.as_str(), "{info}");
+    let (status, reply) = sql(&page, "SELECT COUNT(*) AS n FROM rfm");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["snapshot"], previous.as_str());
+    let (status, _, body) = get(&page, "/api/overview");
+    assert_eq!(status, 200, "{body}");
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(overview["snapshot"]["version"], previous.as_str());
+    drop(serve);
 }

@@ -66,7 +66,23 @@ pub struct Metrics {
     pub duplicate_messages: IntCounter,
     pub consumer_lag: LagGauge,
     pub partitions_assigned: IntGauge,
+    // the store page
+    pub page_overviews: IntCounterVec,
+    pub page_sql_queries: IntCounterVec,
+    pub page_workers_started: IntCounter,
 }
+
+/// Where an overview of the store page came from.
+pub const OVERVIEW_SOURCES: [&str; 2] = ["cache", "worker"];
+/// What became of a `POST /api/sql` query.
+pub const SQL_OUTCOMES: [&str; 6] = [
+    "answered",
+    "refused_by_sql",
+    "too_many",
+    "timed_out",
+    "out_of_memory",
+    "failed",
+];
 
 /// A counter whose next report after [`Counter::expect_restored`] is a total restored from
 /// a snapshot: it goes to a `storepulse_resumed_*` gauge, and the counter starts at 0.
@@ -402,6 +418,39 @@ impl Metrics {
                 r,
                 "partitions_assigned",
                 "Partitions this processor owns.",
+            )?,
+            page_overviews: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "page_overviews_total",
+                        "Overviews the store page sent, by where they came from (computed by the page's worker once per snapshot and parameters, then the cache).",
+                    ),
+                    &["source"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                for source in OVERVIEW_SOURCES {
+                    c.with_label_values(&[source]);
+                }
+                c
+            },
+            page_sql_queries: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "page_sql_queries_total",
+                        "POST /api/sql queries, by outcome (too_many: refused with 429; timed_out and out_of_memory: their worker was killed).",
+                    ),
+                    &["outcome"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                for outcome in SQL_OUTCOMES {
+                    c.with_label_values(&[outcome]);
+                }
+                c
+            },
+            page_workers_started: counter(
+                r,
+                "page_query_workers_started_total",
+                "Query worker processes the store page started (each replaces one that was killed, died or was let go).",
             )?,
             registry,
         };

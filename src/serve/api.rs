@@ -165,11 +165,7 @@ async fn known(state: &Arc<super::State>) -> Result<Arc<super::Known>, ApiError>
         if k.parts.iter().all(|p| p.path.is_dir()) {
             return Ok(k);
         }
-        let dir = state.dir.clone();
-        let v = tokio::task::spawn_blocking(move || crate::snapshot::pointers(&dir))
-            .await
-            .unwrap_or_default();
-        super::refresh(state, &v).await;
+        super::refresh(state).await;
         if let Some(k) = state
             .known()
             .filter(|k| k.parts.iter().all(|p| p.path.is_dir()))
@@ -272,8 +268,10 @@ pub async fn overview_cached(
         }
         cache.entry(key.clone()).or_default().clone()
     };
+    let computed = std::sync::atomic::AtomicBool::new(false);
     let body = cell
         .get_or_try_init(|| async {
+            computed.store(true, std::sync::atomic::Ordering::SeqCst);
             let work = Work::Overview { query: q };
             let a = state
                 .page
@@ -292,6 +290,16 @@ pub async fn overview_cached(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+    }
+    let source = match computed.load(std::sync::atomic::Ordering::SeqCst) {
+        true => "worker",
+        false => "cache",
+    };
+    if body.is_ok() {
+        crate::metrics::get()
+            .page_overviews
+            .with_label_values(&[source])
+            .inc();
     }
     body.map(|(b, _)| b.clone())
 }
@@ -371,7 +379,7 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
         limit,
         max_bytes,
     };
-    let a = state
+    let called = state
         .sql
         .call(
             &work,
@@ -379,7 +387,19 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
             state.config.sql_timeout,
             max_bytes + (64 << 10),
         )
-        .await
-        .map_err(|f| failure(&state, f, "the query"))?;
+        .await;
+    let outcome = match &called {
+        Ok(a) if a.status == 200 => "answered",
+        Ok(a) if a.status < 500 => "refused_by_sql",
+        Err(Failure::Busy) => "too_many",
+        Err(Failure::Timeout(_)) => "timed_out",
+        Err(Failure::Memory(_)) => "out_of_memory",
+        _ => "failed",
+    };
+    crate::metrics::get()
+        .page_sql_queries
+        .with_label_values(&[outcome])
+        .inc();
+    let a = called.map_err(|f| failure(&state, f, "the query"))?;
     Ok(json_bytes(StatusCode::OK, answered(a)?.body))
 }

@@ -182,11 +182,21 @@ fn router(state: Arc<State>, guard: guard::Guard) -> Router {
         ))
 }
 
-/// The version of a set of `LATEST` pointers (see [`crate::snapshot::pointers`]), without
-/// the folder they are in.
-pub(crate) fn version_of(dir: &Path, pointers: &str) -> String {
-    let parts = dir.join(crate::snapshot::PARTITIONS_DIR);
-    pointers.replace(&format!("{}/", parts.display()), "")
+/// The version of the snapshot `parts` make up: their folders relative to `dir`
+/// (`snap-000012`, or `partitions/purchases-0/snap-000003|...`), so it names no absolute
+/// path and changes whenever one of them does.
+pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            p.path
+                .strip_prefix(dir)
+                .unwrap_or(&p.path)
+                .display()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// Follows the pointers: reads the newest snapshot's manifests whenever a pointer changes
@@ -201,7 +211,7 @@ async fn reload(state: Arc<State>) {
             .unwrap_or_default();
         if !v.is_empty() && v != seen {
             seen = v.clone();
-            if refresh(&state, &v).await {
+            if refresh(&state).await {
                 let warm = state.clone();
                 tokio::spawn(async move {
                     let _ = api::overview_cached(&warm, api::OverviewQuery::default()).await;
@@ -212,14 +222,14 @@ async fn reload(state: Arc<State>) {
     }
 }
 
-/// Reads the manifests of the snapshot the pointers `v` name and makes it current;
-/// whether it could.
-pub(crate) async fn refresh(state: &Arc<State>, v: &str) -> bool {
+/// Reads the manifests of the newest complete snapshot and makes it current; whether it
+/// could.
+pub(crate) async fn refresh(state: &Arc<State>) -> bool {
     let dir = state.dir.clone();
     let found = tokio::task::spawn_blocking(move || crate::snapshot::latest_parts(&dir)).await;
     match found {
         Ok(Ok(parts)) => {
-            let version = version_of(&state.dir, v);
+            let version = version_of(&state.dir, &parts);
             *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Known {
                 version: version.clone(),
                 parts,
@@ -347,9 +357,30 @@ mod tests {
             "reading snap-3/manifest.json: gone; Object Store error: snap-3/rfm.parquet not found; \
              spill to spill-1.arrow failed (x / 2)"
         );
+        let part = |path: &str| Published {
+            path: PathBuf::from(path),
+            manifest: serde_json::from_value(serde_json::json!({
+                "format": 1, "id": 2, "created_at": "", "as_of": null, "watermark": null,
+                "as_of_us": null, "watermark_us": null,
+                "input": {"kind": "kafka", "topic": "t", "partition": 0, "next_offset": 0,
+                          "idle": false, "end_of_input": false},
+                "counts": {"records": 0, "accepted": 0, "pending": 0, "repaired": 0,
+                           "blank": 0, "rejected": {}},
+                "customers": 0, "segments": {}, "tables": {},
+                "config": {"max_out_of_orderness_us": 0, "allowed_lateness_us": 0,
+                           "min_event_time": ""}
+            }))
+            .unwrap(),
+        };
         assert_eq!(
-            version_of(dir, "|/srv/data/snaps/partitions/purchases-0:snap-2"),
-            "|purchases-0:snap-2"
+            version_of(
+                dir,
+                &[
+                    part("/srv/data/snaps/partitions/purchases-0/snap-000002"),
+                    part("/srv/data/snaps/partitions/purchases-1/snap-000007"),
+                ]
+            ),
+            "partitions/purchases-0/snap-000002|partitions/purchases-1/snap-000007"
         );
     }
 }

@@ -118,6 +118,7 @@ impl Pool {
 
     fn spawn(&self) -> std::io::Result<Worker> {
         let n = self.started.fetch_add(1, Ordering::SeqCst);
+        crate::metrics::get().page_workers_started.inc();
         let tmp = std::env::temp_dir().join(format!(
             "storepulse-worker-{}-{:?}-{n}",
             std::process::id(),

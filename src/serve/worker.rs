@@ -65,6 +65,8 @@ pub fn executable() -> std::io::Result<PathBuf> {
 }
 
 struct Loaded {
+    /// The `LATEST` pointers when it was opened: a change means a new snapshot.
+    pointers: String,
     version: String,
     session: Session,
 }
@@ -128,8 +130,10 @@ async fn ensure<'a>(
     if pointers.is_empty() {
         return Err((503, "no snapshot yet".into()));
     }
-    let version = super::version_of(dir, &pointers);
-    let current = loaded.as_ref().is_some_and(|l| l.version == version);
+    // Still the newest, and its folders still there (not pruned or removed under it).
+    let current = loaded
+        .as_ref()
+        .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.path.is_dir()));
     if force || !current {
         *loaded = None;
         let session = Session::open(dir)
@@ -138,7 +142,12 @@ async fn ensure<'a>(
             .limited(limits)
             .await
             .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?;
-        *loaded = Some(Loaded { version, session });
+        let version = super::version_of(dir, &session.parts);
+        *loaded = Some(Loaded {
+            pointers,
+            version,
+            session,
+        });
     }
     Ok(loaded.as_ref().expect("loaded above"))
 }
