@@ -235,3 +235,52 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
         "the revenue counter ({revenue}) started above 0 (restored {restored_revenue}, total {total_revenue})"
     );
 }
+
+#[test]
+fn out_of_file_descriptors_the_metrics_endpoint_waits_and_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    let input = input.to_str().unwrap();
+    ok(&["generate", "--rows", "6000", "--seed", "47", "--out", input]);
+    let snaps = tmp.path().join("snaps");
+    // A few descriptors beyond what the run itself needs: connections use up the rest.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 40 && exec {} run --no-progress --rate 1000 --metrics-addr 127.0.0.1:0 \
+             --input {input} --snapshot-dir {}",
+            env!("CARGO_BIN_EXE_storepulse"),
+            snaps.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (addr, _stderr) = metrics_address(&mut child);
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            held.push(s);
+        }
+    }
+    // The server accepts until it has no descriptor left, then waits; it must still be
+    // there once they are given back.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = std::net::TcpStream::connect(&addr).is_ok() && get(&addr, "/metrics").0 == 200;
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics endpoint did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling the child we started, by its id.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
