@@ -10,6 +10,7 @@
 //! its heartbeat for `/healthz` (`health.rs`).
 
 pub mod health;
+mod kinds;
 mod serve;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use prometheus::{
 };
 use storepulse_replay::{ReadStats, RejectReason};
 
+pub use kinds::{Counter, Lag, LagGauge};
 pub use serve::{answer as health_answer, serve, set_ready};
 
 pub struct Metrics {
@@ -84,86 +86,6 @@ pub const SQL_OUTCOMES: [&str; 6] = [
     "failed",
 ];
 
-/// A counter whose next report after [`Counter::expect_restored`] is a total restored from
-/// a snapshot: it goes to a `storepulse_resumed_*` gauge, and the counter starts at 0.
-pub struct Counter {
-    counter: IntCounter,
-    resumed: IntGauge,
-    restoring: AtomicBool,
-}
-
-impl Counter {
-    pub fn inc_by(&self, n: u64) {
-        if self.restoring.swap(false, Ordering::SeqCst) {
-            self.resumed.set(i64::try_from(n).unwrap_or(i64::MAX));
-        } else {
-            self.counter.inc_by(n);
-        }
-    }
-
-    pub fn inc(&self) {
-        self.inc_by(1);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.counter.get()
-    }
-
-    fn expect_restored(&self) {
-        self.restoring.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Consumer lag by partition, with the wall time it was last brought up to date
-/// (`storepulse_consumer_lag_updated_timestamp_seconds`), so a panel can say how old it is
-/// when the loop that updates it stops.
-pub struct LagGauge {
-    lag: IntGaugeVec,
-    updated: Gauge,
-}
-
-/// One partition's lag (see [`LagGauge::with_label_values`]).
-pub struct Lag<'a> {
-    gauge: IntGauge,
-    updated: &'a Gauge,
-}
-
-impl Lag<'_> {
-    pub fn set(&self, lag: i64) {
-        self.gauge.set(lag);
-        self.updated
-            .set(seconds(chrono::Utc::now().timestamp_micros()));
-    }
-
-    pub fn get(&self) -> i64 {
-        self.gauge.get()
-    }
-}
-
-impl LagGauge {
-    pub fn with_label_values(&self, labels: &[&str]) -> Lag<'_> {
-        Lag {
-            gauge: self.lag.with_label_values(labels),
-            updated: &self.updated,
-        }
-    }
-
-    pub fn remove_label_values(&self, labels: &[&str]) -> prometheus::Result<()> {
-        self.lag.remove_label_values(labels)
-    }
-
-    /// The lag summed over the partitions reported.
-    pub fn total(&self) -> i64 {
-        use prometheus::core::Collector;
-        self.lag
-            .collect()
-            .iter()
-            .flat_map(|family| family.get_metric())
-            .map(|m| m.get_gauge().get_value() as i64)
-            .sum()
-    }
-}
-
 /// Reasons a processor rejects a message (dead-lettered), besides late events.
 pub const MESSAGE_REJECT_REASONS: [&str; 2] = ["invalid_message", "unsupported_version"];
 
@@ -189,17 +111,16 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         let restorable = |name: &str, help: &str, resumed: &str| -> prometheus::Result<Counter> {
-            Ok(Counter {
-                counter: counter(r, name, help)?,
-                resumed: int_gauge(
+            Ok(Counter::new(
+                counter(r, name, help)?,
+                int_gauge(
                     r,
                     resumed,
                     &format!(
                         "{help} Restored by `run --resume` from its snapshot (0 when not resumed)."
                     ),
                 )?,
-                restoring: AtomicBool::new(false),
-            })
+            ))
         };
         let m = Metrics {
             process,
@@ -405,14 +326,14 @@ impl Metrics {
                     &["partition"],
                 )?;
                 r.register(Box::new(g.clone()))?;
-                LagGauge {
-                    lag: g,
-                    updated: gauge(
+                LagGauge::new(
+                    g,
+                    gauge(
                         r,
                         "consumer_lag_updated_timestamp_seconds",
                         "Wall time the consumer lag was last brought up to date, seconds since the epoch.",
                     )?,
-                }
+                )
             },
             partitions_assigned: int_gauge(
                 r,

@@ -39,8 +39,6 @@ pub struct WorkerArgs {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Request {
-    /// Open the newest snapshot now.
-    Load,
     Overview {
         query: OverviewQuery,
     },
@@ -168,7 +166,6 @@ async fn answer(
     loop {
         let l = ensure(dir, limits, loaded, !first).await?;
         let result = match request {
-            Request::Load => Ok(Value::Null),
             Request::Overview { query } => {
                 let info = super::snapshot_info(&l.version, &l.session.parts);
                 answers::overview(&l.session, info, query).await
