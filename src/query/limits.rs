@@ -114,14 +114,13 @@ fn series_rows(exprs: &[Expr]) -> Option<u64> {
         match v {
             ScalarValue::Int64(Some(n)) => Some(i128::from(*n).abs()),
             ScalarValue::IntervalMonthDayNano(Some(i)) => Some(
-                (i128::from(i.months) * 28 + i128::from(i.days)) * 86_400_000_000_000
-                    + i128::from(i.nanoseconds),
-            )
-            .map(i128::abs),
-            ScalarValue::IntervalDayTime(Some(i)) => {
-                Some((i128::from(i.days) * 86_400_000 + i128::from(i.milliseconds)) * 1_000_000)
-                    .map(i128::abs)
-            }
+                ((i128::from(i.months) * 28 + i128::from(i.days)) * 86_400_000_000_000
+                    + i128::from(i.nanoseconds))
+                .abs(),
+            ),
+            ScalarValue::IntervalDayTime(Some(i)) => Some(
+                ((i128::from(i.days) * 86_400_000 + i128::from(i.milliseconds)) * 1_000_000).abs(),
+            ),
             ScalarValue::IntervalYearMonth(Some(m)) => {
                 Some(i128::from(*m).abs() * 28 * 86_400_000_000_000)
             }

@@ -75,6 +75,9 @@ pub(crate) struct Known {
     pub parts: Vec<Published>,
 }
 
+/// One overview, computed by the first request that needs it.
+pub(crate) type Overview = Arc<tokio::sync::OnceCell<api::Cached>>;
+
 pub(crate) struct State {
     pub dir: PathBuf,
     pub config: PageConfig,
@@ -82,7 +85,7 @@ pub(crate) struct State {
     /// Why the newest snapshot could not be opened, when it could not.
     pub problem: RwLock<Option<String>>,
     /// Overviews by (version, query), each computed once.
-    pub overviews: Mutex<HashMap<(String, String), Arc<tokio::sync::OnceCell<api::Cached>>>>,
+    pub overviews: Mutex<HashMap<(String, String), Overview>>,
     pub page: pool::Pool,
     pub sql: pool::Pool,
 }
