@@ -72,3 +72,31 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_processor_without_partitions_is_not_ready() {
+        // The process-wide records, as `process` sets them up.
+        health::get().configure(health::HealthConfig {
+            stall_timeout: std::time::Duration::from_secs(60),
+            broker_timeout: std::time::Duration::from_secs(30),
+            needs_partitions: true,
+        });
+        set_ready(true);
+        let m = super::super::get();
+        m.partitions_assigned.set(0);
+        assert_eq!(
+            answer(true),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owns no partitions\n".into()
+            )
+        );
+        assert_eq!(answer(false).0, StatusCode::OK, "alive all the same");
+        m.partitions_assigned.set(2);
+        assert_eq!(answer(true).0, StatusCode::OK);
+    }
+}

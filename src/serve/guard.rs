@@ -36,6 +36,7 @@ impl Guard {
             hosts: allowed
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
                 .collect(),
             any_host: allowed.iter().any(|h| h.trim() == "*"),
         }
@@ -174,6 +175,8 @@ mod tests {
             assert!(!g.host_allowed(host), "{host}");
         }
         assert!(Guard::new(&["*".into()]).host_allowed("anything.example"));
+        // An empty `ALLOW_HOST` (compose's default) allows nothing more.
+        assert!(!Guard::new(&["".into()]).host_allowed(":8080"));
     }
 
     #[test]
