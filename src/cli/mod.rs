@@ -135,6 +135,16 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// `--query-memory-limit`: a size of at least 512 MiB (a worker's own code, threads and
+/// allocator arenas take about 250 MiB of address space before any query).
+fn parse_query_memory(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 512 << 20 {
+        return Err(format!("`{text}` is less than 512MiB"));
+    }
+    Ok(bytes)
+}
+
 /// Event-time windows and snapshot timing (`run` and `process`).
 #[derive(Debug, Args)]
 pub struct WindowArgs {
@@ -226,8 +236,8 @@ pub struct PageLimitArgs {
     #[arg(long, env = "STOREPULSE_SQL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub sql_timeout: std::time::Duration,
     /// Memory of each query worker process (its address space; DataFusion's pool is half
-    /// of it): a query that needs more fails alone.
-    #[arg(long, env = "STOREPULSE_QUERY_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_size)]
+    /// of it): a query that needs more fails alone. At least 512MiB.
+    #[arg(long, env = "STOREPULSE_QUERY_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_query_memory)]
     pub query_memory_limit: usize,
     /// Bytes of one SQL answer at most (rows beyond are left out, `truncated`).
     #[arg(long, env = "STOREPULSE_SQL_MAX_BYTES", default_value = "4MiB", value_parser = parse_size)]

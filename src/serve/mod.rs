@@ -129,6 +129,7 @@ pub fn start(dir: PathBuf, addr: SocketAddr, config: PageConfig) -> std::io::Res
             problem: RwLock::new(None),
             overviews: Mutex::new(HashMap::new()),
         });
+        tokio::task::spawn_blocking(pool::remove_stale_folders);
         tokio::spawn(reload(state.clone()));
         router(state, guard)
     })

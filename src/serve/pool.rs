@@ -64,6 +64,29 @@ pub(crate) struct Pool {
 /// limit, so that idle workers do not keep a large query's memory.
 const RETIRE_SHARE: u64 = 4;
 
+/// The temporary folder of a worker: `storepulse-worker-<page server pid>-<role>-<n>`.
+const TMP_PREFIX: &str = "storepulse-worker-";
+
+/// Removes the temporary folders of workers whose page server is gone (it was killed, or
+/// ended while they ran: its workers died with it and left them).
+pub(crate) fn remove_stale_folders() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(TMP_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 impl Pool {
     pub fn new(exe: &Path, dir: &Path, config: &PageConfig, role: Role) -> Self {
         let size = match role {
@@ -120,7 +143,7 @@ impl Pool {
         let n = self.started.fetch_add(1, Ordering::SeqCst);
         crate::metrics::get().page_workers_started.inc();
         let tmp = std::env::temp_dir().join(format!(
-            "storepulse-worker-{}-{:?}-{n}",
+            "{TMP_PREFIX}{}-{:?}-{n}",
             std::process::id(),
             self.role
         ));
