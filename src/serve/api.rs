@@ -264,7 +264,9 @@ pub async fn overview_cached(
     let cell = {
         let mut cache = state.overviews.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 256 {
-            cache.clear();
+            // Many periods asked for: start over, but keep what every page opens with.
+            let default = serde_json::to_string(&OverviewQuery::default()).unwrap_or_default();
+            cache.retain(|(_, q), _| *q == default);
         }
         cache.entry(key.clone()).or_default().clone()
     };
