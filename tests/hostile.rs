@@ -522,5 +522,13 @@ fn the_page_is_ready_only_with_a_snapshot_caches_overviews_and_never_serves_prun
     assert_eq!(status, 200, "{body}");
     let overview: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(overview["snapshot"]["version"], previous.as_str());
-    drop(serve);
+    // Stopped, the page server leaves no temporary folder of its workers behind.
+    serve.terminate(Duration::from_secs(30));
+    let left: Vec<String> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("storepulse-worker-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -289,8 +289,20 @@ pub struct GenerateArgs {
     pub out: PathBuf,
 }
 
-/// Runs the parsed command; returns the process exit code.
+/// Runs the parsed command; once it ends, removes the temporary folders of the page's
+/// query workers if it served the page.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let serving = matches!(&cli.command, Command::Serve(_))
+        || matches!(&cli.command, Command::Run(a) if a.page.http_addr.is_some())
+        || matches!(&cli.command, Command::Process(a) if a.page.http_addr.is_some());
+    let result = command(cli);
+    if serving {
+        crate::serve::remove_own_folders();
+    }
+    result
+}
+
+fn command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Replay(args) => kafka::replay(args),

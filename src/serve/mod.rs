@@ -32,6 +32,7 @@ use axum::Router;
 use serde_json::Value;
 
 use crate::snapshot::Published;
+pub use pool::remove_own_folders;
 pub use worker::{Role, WorkerArgs};
 
 /// How the page server bounds its work (`--sql-*`, `--query-memory-limit`, `--allow-host`,

@@ -67,6 +67,19 @@ const RETIRE_SHARE: u64 = 4;
 /// The temporary folder of a worker: `storepulse-worker-<page server pid>-<role>-<n>`.
 const TMP_PREFIX: &str = "storepulse-worker-";
 
+/// Removes the temporary folders of this process's workers (it is ending: they die with
+/// it).
+pub fn remove_own_folders() {
+    let prefix = format!("{TMP_PREFIX}{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Removes the temporary folders of workers whose page server is gone (it was killed, or
 /// ended while they ran: its workers died with it and left them).
 pub(crate) fn remove_stale_folders() {
