@@ -166,7 +166,9 @@ fn compose_commands_use_flags_the_binary_has_and_ports_prometheus_scrapes() {
         );
         assert_eq!(env["STOREPULSE_BROKERS"].as_str(), Some("kafka:29092"));
         assert!(prometheus.contains(&format!("\"{service}:{port}\"")));
-        assert!(strings(&s["ports"]).contains(&format!("{port}:{port}")));
+        assert!(
+            strings(&s["ports"]).contains(&format!("${{BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"))
+        );
         // The default --metrics-addr port is the one documented and scraped.
         let help = common::ok(&[service, "--help"]);
         assert!(help.contains(&format!("127.0.0.1:{port}")), "{help}");
@@ -191,6 +193,70 @@ fn compose_commands_use_flags_the_binary_has_and_ports_prometheus_scrapes() {
         .as_str()
         .unwrap()
         .contains("controller"));
+}
+
+/// The value compose gives `${NAME:-default}` / `${NAME:?error}` when `NAME` is unset:
+/// `Ok(default)`, or `Err(message)` when compose refuses to start.
+fn unset(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}').unwrap() + i;
+        let inner = &rest[i + 2..end];
+        if let Some((_, default)) = inner.split_once(":-") {
+            out.push_str(default);
+        } else if let Some((_, message)) = inner.split_once(":?") {
+            return Err(message.to_string());
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[test]
+fn compose_publishes_on_loopback_and_grafana_has_no_default_password() {
+    let c = compose();
+    let mut published = 0;
+    for (name, s) in c["services"].as_mapping().unwrap() {
+        for port in strings(&s["ports"]) {
+            let bound = unset(&port).unwrap();
+            assert!(
+                bound.starts_with("127.0.0.1:"),
+                "{name:?} publishes {port} beyond this machine by default"
+            );
+            assert!(port.starts_with("${BIND_ADDRESS:-127.0.0.1}:"), "{port}");
+            published += 1;
+        }
+    }
+    assert!(published >= 6, "{published} ports");
+    let grafana = &c["services"]["grafana"]["environment"];
+    let password = grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap();
+    assert!(
+        unset(password).is_err(),
+        "Grafana's admin password must come from the environment: {password}"
+    );
+    assert!(
+        password.starts_with("${GRAFANA_ADMIN_PASSWORD:?"),
+        "{password}"
+    );
+    let page = &c["services"]["process"];
+    assert!(page["environment"]["STOREPULSE_ALLOW_HOST"]
+        .as_str()
+        .is_some());
+    let readme = std::fs::read_to_string(project("README.md")).unwrap();
+    for word in [
+        "BIND_ADDRESS",
+        "GRAFANA_ADMIN_PASSWORD",
+        "ALLOW_HOST",
+        "--allow-host",
+    ] {
+        assert!(
+            readme.contains(word),
+            "the README does not say how to use {word}"
+        );
+    }
 }
 
 #[test]
@@ -227,7 +293,11 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
     );
     let dashboards = target("./deploy/grafana/dashboards");
     let env = &g["environment"];
-    assert_eq!(env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    // Anonymous viewers by default (the ports are on loopback), off when exposing.
+    assert_eq!(
+        env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(),
+        Some("${GRAFANA_ANONYMOUS:-true}")
+    );
     assert_eq!(env["GF_AUTH_ANONYMOUS_ORG_ROLE"].as_str(), Some("Viewer"));
     assert_eq!(
         env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].as_str(),
@@ -270,11 +340,21 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
         assert!(!targets.is_empty(), "{title} has no query");
         for t in targets {
             assert_eq!(t["datasource"]["uid"], uid, "{title}");
+            let expr = t["expr"].as_str().unwrap();
             assert!(
-                t["expr"].as_str().unwrap().contains("storepulse_")
-                    || t["expr"].as_str().unwrap().contains("up{"),
+                expr.contains("storepulse_")
+                    || expr.contains("up{")
+                    || expr.contains("{job=~\"storepulse.*\"}"),
                 "{title}"
             );
+            // A fixed window is too short at a long scrape interval and too coarse at
+            // a short one: rates follow Grafana's.
+            for f in ["rate(", "deriv("] {
+                for (i, _) in expr.match_indices(f) {
+                    let window = expr[i..].split('[').nth(1).unwrap_or_default();
+                    assert!(window.starts_with("$__rate_interval]"), "{title}: {expr}");
+                }
+            }
         }
         let pos = &p["gridPos"];
         assert!(
@@ -299,4 +379,76 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
     ] {
         assert!(titles.contains(want), "no panel {want}");
     }
+}
+
+/// The first query of the dashboard panel titled `title`, with Grafana's rate window as
+/// `tests/observability.rs` evaluates it.
+fn panel_expr(title: &str) -> String {
+    common::prometheus::dashboard_exprs(&project("deploy/grafana/dashboards/storepulse.json"))
+        .into_iter()
+        .find(|(t, _)| t == title)
+        .unwrap_or_else(|| panic!("no panel {title}"))
+        .1
+}
+
+#[test]
+fn since_last_snapshot_alarms_only_when_input_waits_and_segments_stay_per_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules.yml");
+    let expr = panel_expr("Since last snapshot");
+    std::fs::write(
+        &rules,
+        format!(
+            "groups:\n  - name: panel\n    rules:\n      - record: since_last_snapshot\n        expr: '{}'\n",
+            expr.replace('\'', "''")
+        ),
+    )
+    .unwrap();
+    // Twenty minutes of three pipelines: one idle with nothing to read (its last snapshot
+    // long ago), one stalled with input waiting, one busy that snapshots as it goes.
+    let tests = tmp.path().join("tests.yml");
+    std::fs::write(
+        &tests,
+        r#"rule_files: [rules.yml]
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="idle"}'
+        values: '60x80'
+      - series: 'storepulse_events_applied_total{job="idle"}'
+        values: '500x80'
+      - series: 'storepulse_consumer_lag_messages{job="idle",partition="0"}'
+        values: '0x80'
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="stalled"}'
+        values: '60x80'
+      - series: 'storepulse_events_applied_total{job="stalled"}'
+        values: '500x80'
+      - series: 'storepulse_consumer_lag_messages{job="stalled",partition="0"}'
+        values: '7x80'
+      - series: 'storepulse_snapshot_last_success_timestamp_seconds{job="busy"}'
+        values: '0+15x80'
+      - series: 'storepulse_events_applied_total{job="busy"}'
+        values: '0+100x80'
+    promql_expr_test:
+      - expr: since_last_snapshot
+        eval_time: 20m
+        exp_samples:
+          - labels: 'since_last_snapshot{job="idle"}'
+            value: 0
+          - labels: 'since_last_snapshot{job="stalled"}'
+            value: 1140
+          - labels: 'since_last_snapshot{job="busy"}'
+            value: 0
+"#,
+    )
+    .unwrap();
+    let (ok, said) = common::prometheus::promtool(&["test", "rules", tests.to_str().unwrap()], "");
+    assert!(ok, "{expr}\n{said}");
+    // One customer can be in several processors' partitions: never summed across them.
+    let segments = panel_expr("Customers per RFM segment");
+    assert!(
+        segments.contains("by (job, instance, segment)"),
+        "{segments}"
+    );
 }

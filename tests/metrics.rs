@@ -124,5 +124,163 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
         sample(&text, "storepulse_replay_target_rate_events_per_second"),
         Some(2000.0)
     );
-    assert!(sample(&text, "storepulse_process_resident_memory_bytes").unwrap() > 0.0);
+    // Process metrics under their standard names, for stock dashboards.
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 0.0);
+    assert!(!text.contains("storepulse_process_"));
+}
+
+/// The address `run` says its metrics are on (its first line on stderr).
+fn metrics_address(
+    child: &mut std::process::Child,
+) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("storepulse run: metrics on http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .to_string();
+    (addr, stderr)
+}
+
+#[test]
+fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    let input = input.to_str().unwrap();
+    ok(&["generate", "--rows", "6000", "--seed", "43", "--out", input]);
+    let snaps = tmp.path().join("snaps");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_storepulse"))
+            .args([
+                "run",
+                "--no-progress",
+                "--rate",
+                "1500",
+                "--snapshot-interval",
+                "100ms",
+            ])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--input",
+                input,
+                "--snapshot-dir",
+            ])
+            .arg(&snaps)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = run(&[]);
+    common::wait_for_manifest(&snaps, Duration::from_secs(60), |m| {
+        m["counts"]["accepted"].as_u64().unwrap_or(0) >= 2000
+    });
+    // SAFETY: signalling the child we started, by its id.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert!(first.wait_with_output().unwrap().status.success());
+    let stopped = common::manifest(&snaps);
+    let restored_lines = stopped["counts"]["records"].as_f64().unwrap();
+    let cents = |sql: &str| -> f64 {
+        let csv = common::query_csv(&snaps, sql);
+        let v: f64 = csv.lines().nth(1).unwrap().parse().unwrap();
+        (v * 100.0).round()
+    };
+    let restored_revenue = cents("SELECT SUM(revenue) AS r FROM daily_sales");
+    assert!(restored_revenue > 0.0);
+
+    let mut resumed = run(&["--resume"]);
+    let (addr, _stderr) = metrics_address(&mut resumed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (_, _, text) = get(&addr, "/metrics");
+        if sample(&text, "storepulse_events_applied_total").unwrap_or(0.0) > 0.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no events applied: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    promtool_check(&text);
+    assert_eq!(
+        sample(&text, "storepulse_resumed_lines_read"),
+        Some(restored_lines)
+    );
+    assert_eq!(
+        sample(&text, "storepulse_resumed_revenue_cents"),
+        Some(restored_revenue)
+    );
+    let out = resumed.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let total_revenue = cents("SELECT SUM(revenue) AS r FROM daily_sales");
+    let summary = String::from_utf8(out.stdout).unwrap();
+    let lines: f64 = summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lines"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The counters hold only what this process did: the rest of the file.
+    assert_eq!(
+        sample(&text, "storepulse_lines_read_total"),
+        Some(lines - restored_lines)
+    );
+    let revenue = sample(&text, "storepulse_revenue_cents_total").unwrap();
+    assert!(
+        revenue <= total_revenue - restored_revenue,
+        "the revenue counter ({revenue}) started above 0 (restored {restored_revenue}, total {total_revenue})"
+    );
+}
+
+#[test]
+fn out_of_file_descriptors_the_metrics_endpoint_waits_and_comes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input.csv");
+    let input = input.to_str().unwrap();
+    ok(&["generate", "--rows", "6000", "--seed", "47", "--out", input]);
+    let snaps = tmp.path().join("snaps");
+    // A few descriptors beyond what the run itself needs: connections use up the rest.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 40 && exec {} run --no-progress --rate 1000 --metrics-addr 127.0.0.1:0 \
+             --input {input} --snapshot-dir {}",
+            env!("CARGO_BIN_EXE_storepulse"),
+            snaps.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (addr, _stderr) = metrics_address(&mut child);
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            held.push(s);
+        }
+    }
+    // The server accepts until it has no descriptor left, then waits; it must still be
+    // there once they are given back.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = std::net::TcpStream::connect(&addr).is_ok() && get(&addr, "/metrics").0 == 200;
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics endpoint did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: signalling the child we started, by its id.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

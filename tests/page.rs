@@ -399,6 +399,25 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     )
     .unwrap();
 
+    // Large values: the longest bar's label is drawn whole, with thousands grouped and
+    // the cents kept.
+    let labels: Vec<(String, f64, f64)> = serde_json::from_value(b.eval(
+        "const svg = document.querySelector('[data-chart=\"brands-revenue\"]');\
+         barChart(svg, [{name: 'a brand with a long name', revenue: '123456789.10'},\
+                        {name: 'small', revenue: '5.00'}],\
+           (it) => Number(it.revenue), (it) => it.revenue, 'red', (it) => money(it.revenue));\
+         const width = svg.viewBox.baseVal.width;\
+         return [...svg.querySelectorAll('.bar text.value')]\
+           .map((t) => { const b = t.getBBox(); return [t.textContent, b.x + b.width, width]; });",
+        json!([]),
+    ))
+    .unwrap();
+    let shown: Vec<&str> = labels.iter().map(|l| l.0.as_str()).collect();
+    assert_eq!(shown, ["123,456,789.10", "5.00"]);
+    for (text, right, width) in &labels {
+        assert!(right <= width, "{text} ends at {right}, beyond {width}");
+    }
+
     // A phone: nothing wider than the screen.
     let phone = Browser::start(390, 844);
     phone.goto(&format!("http://{addr}/"));

@@ -134,6 +134,13 @@ pub struct ProcessArgs {
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub page: super::PageArgs,
+    /// /healthz fails when the processor has made no progress for this long while its
+    /// consumer lag is above 0 (0s: never).
+    #[arg(long, env = "STOREPULSE_STALL_TIMEOUT", default_value = "60s", value_parser = super::parse_duration)]
+    pub stall_timeout: std::time::Duration,
+    /// /readyz fails once the broker has been unreachable this long.
+    #[arg(long, env = "STOREPULSE_BROKER_TIMEOUT", default_value = "30s", value_parser = super::parse_duration)]
+    pub broker_timeout: std::time::Duration,
 }
 
 /// `--assign`: the partitions, none meaning all.
@@ -286,6 +293,11 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         stop_at_end: args.stop_at_end,
         assignment: args.assign.clone().map(|a| a.0),
     };
+    crate::metrics::health::get().configure(crate::metrics::health::HealthConfig {
+        stall_timeout: super::run::stall(args.stall_timeout),
+        broker_timeout: args.broker_timeout,
+        needs_partitions: true,
+    });
     let _metrics = super::run::serve_metrics("process", args.metrics_addr);
     let _page = args.page.start("process", &args.snapshot_dir);
     let shutdown = crate::shutdown::install();

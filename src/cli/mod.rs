@@ -39,6 +39,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a synthetic purchase log in the kz.csv format, calibrated to the real one.
     Generate(GenerateArgs),
+    /// A query worker of the store page (started by the page server itself).
+    #[command(hide = true)]
+    ServeWorker(crate::serve::WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +71,10 @@ pub struct RunArgs {
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
     #[arg(long)]
     pub resume: bool,
+    /// /healthz fails when the pipeline has made no progress for this long while input is
+    /// waiting (0s: never).
+    #[arg(long, env = "STOREPULSE_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: std::time::Duration,
 }
 
 /// How the input is read and paced (`run` and `replay`).
@@ -124,6 +131,16 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is too large"))?;
     if bytes < 1 << 20 {
         return Err(format!("`{text}` is less than 1MiB"));
+    }
+    Ok(bytes)
+}
+
+/// `--query-memory-limit`: a size of at least 512 MiB (a worker's own code, threads and
+/// allocator arenas take about 250 MiB of address space before any query).
+fn parse_query_memory(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 512 << 20 {
+        return Err(format!("`{text}` is less than 512MiB"));
     }
     Ok(bytes)
 }
@@ -186,6 +203,8 @@ pub struct ServeArgs {
     /// Address of the page (port 0: any free port).
     #[arg(long, env = "STOREPULSE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub limits: PageLimitArgs,
 }
 
 /// `--http-addr` of `run` and `process`: the store page beside the pipeline.
@@ -195,12 +214,65 @@ pub struct PageArgs {
     /// port), from this command's snapshots.
     #[arg(long, env = "STOREPULSE_HTTP_ADDR")]
     pub http_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub limits: PageLimitArgs,
 }
 
 impl PageArgs {
     pub fn start(&self, command: &str, dir: &std::path::Path) -> Option<std::net::SocketAddr> {
         let addr = self.http_addr?;
-        crate::serve::start_logged(command, dir, addr)
+        crate::serve::start_logged(command, dir, addr, self.limits.config())
+    }
+}
+
+/// What the store page may cost and who may use it.
+#[derive(Debug, Args)]
+pub struct PageLimitArgs {
+    /// SQL queries (`POST /api/sql`) running at once, each in a worker process of its own;
+    /// more are refused with 429.
+    #[arg(long, env = "STOREPULSE_SQL_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub sql_concurrency: u32,
+    /// How long one SQL query may run; its worker is then killed and the answer is 504.
+    #[arg(long, env = "STOREPULSE_SQL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub sql_timeout: std::time::Duration,
+    /// Memory of each query worker process (its address space; DataFusion's pool is half
+    /// of it): a query that needs more fails alone. At least 512MiB.
+    #[arg(long, env = "STOREPULSE_QUERY_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_query_memory)]
+    pub query_memory_limit: usize,
+    /// Bytes of one SQL answer at most (rows beyond are left out, `truncated`).
+    #[arg(long, env = "STOREPULSE_SQL_MAX_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub sql_max_bytes: usize,
+    /// Also answer requests that name the server this way (the `Host` header; IP addresses
+    /// and `localhost` always work), e.g. `--allow-host shop.example.com`; `*`: any name
+    /// (only behind a proxy that checks it). Repeatable.
+    #[arg(long, env = "STOREPULSE_ALLOW_HOST", value_delimiter = ',')]
+    pub allow_host: Vec<String>,
+    /// Open connections to the page at most; more are answered 503 and closed.
+    #[arg(long, env = "STOREPULSE_HTTP_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
+    /// A client must send its request headers within this time (a keep-alive connection
+    /// left idle this long is closed).
+    #[arg(long, env = "STOREPULSE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: std::time::Duration,
+}
+
+impl PageLimitArgs {
+    pub fn config(&self) -> crate::serve::PageConfig {
+        let defaults = crate::serve::PageConfig::default();
+        crate::serve::PageConfig {
+            sql_workers: self.sql_concurrency as usize,
+            sql_timeout: self.sql_timeout.max(std::time::Duration::from_millis(100)),
+            memory_limit: self.query_memory_limit as u64,
+            answer_bytes: self.sql_max_bytes,
+            allowed_hosts: self.allow_host.clone(),
+            connections: crate::http::Limits {
+                max_connections: self.http_max_connections as usize,
+                header_timeout: self
+                    .http_header_timeout
+                    .max(std::time::Duration::from_millis(100)),
+                ..defaults.connections
+            },
+        }
     }
 }
 
@@ -217,14 +289,27 @@ pub struct GenerateArgs {
     pub out: PathBuf,
 }
 
-/// Runs the parsed command; returns the process exit code.
+/// Runs the parsed command; once it ends, removes the temporary folders of the page's
+/// query workers if it served the page.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let serving = matches!(&cli.command, Command::Serve(_))
+        || matches!(&cli.command, Command::Run(a) if a.page.http_addr.is_some())
+        || matches!(&cli.command, Command::Process(a) if a.page.http_addr.is_some());
+    let result = command(cli);
+    if serving {
+        crate::serve::remove_own_folders();
+    }
+    result
+}
+
+fn command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Replay(args) => kafka::replay(args),
         Command::Process(args) => kafka::process(args),
         Command::Query(args) => query(args),
         Command::Serve(args) => serve(args),
+        Command::ServeWorker(args) => crate::serve::worker::main(args),
         Command::Generate(args) => {
             let stats = crate::generate::write_file(&args.out, args.rows, args.seed)?;
             eprintln!(
@@ -239,8 +324,12 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let bound = crate::serve::start(args.snapshot_dir.clone(), args.http_addr)
-        .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.http_addr))?;
+    let bound = crate::serve::start(
+        args.snapshot_dir.clone(),
+        args.http_addr,
+        args.limits.config(),
+    )
+    .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.http_addr))?;
     eprintln!(
         "storepulse serve: store page on http://{}/ (snapshots in {}); Ctrl-C stops",
         bound,

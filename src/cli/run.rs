@@ -67,6 +67,18 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
+    let health = crate::metrics::health::get();
+    health.configure(crate::metrics::health::HealthConfig {
+        stall_timeout: stall(args.stall_timeout),
+        broker_timeout: std::time::Duration::MAX,
+        needs_partitions: false,
+    });
+    // The input is waiting until the run ends: the driver snapshots every interval even
+    // when nothing is due, so a healthy run reports progress at least that often.
+    health.input_waiting(true);
+    if config.resume {
+        crate::metrics::get().expect_restored();
+    }
     let _metrics = serve_metrics("run", args.metrics_addr);
     let _page = args.page.start("run", &args.snapshots.snapshot_dir);
     let shutdown = crate::shutdown::install();
@@ -223,6 +235,15 @@ pub fn day_string(day: i32) -> String {
     chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| day.to_string())
+}
+
+/// `--stall-timeout`: 0 means never.
+pub fn stall(d: std::time::Duration) -> std::time::Duration {
+    if d.is_zero() {
+        std::time::Duration::MAX
+    } else {
+        d
+    }
 }
 
 /// Starts the metrics endpoint; a busy address is a warning, not a failure.

@@ -280,6 +280,7 @@ fn wait_for_brokers(
                 return Ok(true);
             }
             Err(e) => {
+                crate::metrics::health::get().broker_reachable(false);
                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                     eprintln!(
                         "storepulse process: waiting for the brokers at {} ({e}); retrying",

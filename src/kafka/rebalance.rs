@@ -76,6 +76,8 @@ impl ClientContext for Ctx {
     }
 
     fn stats(&self, stats: Statistics) {
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        crate::metrics::health::get().broker_reachable(up);
         let Some(topic) = stats.topics.get(&self.config.topic) else {
             return;
         };

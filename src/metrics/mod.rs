@@ -1,10 +1,19 @@
 //! Every Prometheus metric storepulse exports, defined here and nowhere else. One
-//! registry with the `storepulse_` prefix (process metrics included); base units
+//! registry with the `storepulse_` prefix, and the process metrics under their standard
+//! names (`process_resident_memory_bytes`, ...) so stock dashboards work; base units
 //! (seconds, bytes), `_total` on counters, bounded labels only (a reject reason, an RFM
 //! segment, a partition number; never a customer or a day). Hot paths update per batch.
+//!
+//! Counters count what this process did: a resumed `run` reports the totals it restored
+//! from its snapshot as `storepulse_resumed_*` gauges, never as a counter jump (see
+//! [`Metrics::expect_restored`]). The updates the pipeline makes from its own loop are also
+//! its heartbeat for `/healthz` (`health.rs`).
 
+pub mod health;
+mod kinds;
 mod serve;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -13,18 +22,25 @@ use prometheus::{
 };
 use storepulse_replay::{ReadStats, RejectReason};
 
-pub use serve::{serve, set_ready};
+pub use kinds::{Counter, Lag, LagGauge};
+pub use serve::{answer as health_answer, serve, set_ready};
 
 pub struct Metrics {
     registry: Registry,
+    /// The process collector's metrics, without the prefix.
+    process: Registry,
+    /// The next reader report is the one a resumed run restored (see `expect_restored`).
+    restoring_read: AtomicBool,
+    resumed_lines_read: IntGauge,
+    resumed_lines_accepted: IntGauge,
     pub lines_read: IntCounter,
     pub lines_accepted: IntCounter,
     pub lines_repaired: IntCounter,
     pub lines_rejected: IntCounterVec,
     pub events_applied: IntCounter,
-    pub late_events: IntCounter,
-    pub revenue_cents: IntCounter,
-    pub orders: IntCounter,
+    pub late_events: Counter,
+    pub revenue_cents: Counter,
+    pub orders: Counter,
     pub watermark: Gauge,
     pub max_event_time: Gauge,
     pub event_time_lag: Gauge,
@@ -50,9 +66,25 @@ pub struct Metrics {
     pub messages_consumed: IntCounterVec,
     pub messages_rejected: IntCounterVec,
     pub duplicate_messages: IntCounter,
-    pub consumer_lag: IntGaugeVec,
+    pub consumer_lag: LagGauge,
     pub partitions_assigned: IntGauge,
+    // the store page
+    pub page_overviews: IntCounterVec,
+    pub page_sql_queries: IntCounterVec,
+    pub page_workers_started: IntCounter,
 }
+
+/// Where an overview of the store page came from.
+pub const OVERVIEW_SOURCES: [&str; 2] = ["cache", "worker"];
+/// What became of a `POST /api/sql` query.
+pub const SQL_OUTCOMES: [&str; 6] = [
+    "answered",
+    "refused_by_sql",
+    "too_many",
+    "timed_out",
+    "out_of_memory",
+    "failed",
+];
 
 /// Reasons a processor rejects a message (dead-lettered), besides late events.
 pub const MESSAGE_REJECT_REASONS: [&str; 2] = ["invalid_message", "unsupported_version"];
@@ -73,11 +105,36 @@ impl Metrics {
         )?;
         r.register(Box::new(build.clone()))?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let process = Registry::new();
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
+        process.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let restorable = |name: &str, help: &str, resumed: &str| -> prometheus::Result<Counter> {
+            Ok(Counter::new(
+                counter(r, name, help)?,
+                int_gauge(
+                    r,
+                    resumed,
+                    &format!(
+                        "{help} Restored by `run --resume` from its snapshot (0 when not resumed)."
+                    ),
+                )?,
+            ))
+        };
         let m = Metrics {
+            process,
+            restoring_read: AtomicBool::new(false),
+            resumed_lines_read: int_gauge(
+                r,
+                "resumed_lines_read",
+                "Non-blank input lines read before a resumed run's snapshot (0 when not resumed).",
+            )?,
+            resumed_lines_accepted: int_gauge(
+                r,
+                "resumed_lines_accepted",
+                "Input lines accepted before a resumed run's snapshot (0 when not resumed).",
+            )?,
             lines_read: counter(r, "lines_read_total", "Non-blank input lines read.")?,
             lines_accepted: counter(
                 r,
@@ -105,25 +162,25 @@ impl Metrics {
                 }
                 c
             },
-            late_events: counter(
-                r,
+            late_events: restorable(
                 "late_events_total",
                 "Events whose day was already final (rejected as late_event, kept apart).",
+                "resumed_late_events",
             )?,
             events_applied: counter(
                 r,
                 "events_applied_total",
                 "Events handed to the aggregate core.",
             )?,
-            revenue_cents: counter(
-                r,
+            revenue_cents: restorable(
                 "revenue_cents_total",
                 "Revenue counted in the daily tables, in cents of the input's currency (exact).",
+                "resumed_revenue_cents",
             )?,
-            orders: counter(
-                r,
+            orders: restorable(
                 "orders_total",
                 "Orders counted in the daily tables (distinct per day).",
+                "resumed_orders",
             )?,
             watermark: gauge(
                 r,
@@ -151,7 +208,7 @@ impl Metrics {
                 let g = GaugeVec::new(
                     Opts::new(
                         "segment_customers",
-                        "Customers per RFM segment at the last snapshot.",
+                        "Customers per RFM segment at the last snapshot, scored over this process's customers only (a processor: its own partitions'); the store page has the merged numbers.",
                     ),
                     &["segment"],
                 )?;
@@ -269,12 +326,52 @@ impl Metrics {
                     &["partition"],
                 )?;
                 r.register(Box::new(g.clone()))?;
-                g
+                LagGauge::new(
+                    g,
+                    gauge(
+                        r,
+                        "consumer_lag_updated_timestamp_seconds",
+                        "Wall time the consumer lag was last brought up to date, seconds since the epoch.",
+                    )?,
+                )
             },
             partitions_assigned: int_gauge(
                 r,
                 "partitions_assigned",
                 "Partitions this processor owns.",
+            )?,
+            page_overviews: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "page_overviews_total",
+                        "Overviews the store page sent, by where they came from (computed by the page's worker once per snapshot and parameters, then the cache).",
+                    ),
+                    &["source"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                for source in OVERVIEW_SOURCES {
+                    c.with_label_values(&[source]);
+                }
+                c
+            },
+            page_sql_queries: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "page_sql_queries_total",
+                        "POST /api/sql queries, by outcome (too_many: refused with 429; timed_out and out_of_memory: their worker was killed).",
+                    ),
+                    &["outcome"],
+                )?;
+                r.register(Box::new(c.clone()))?;
+                for outcome in SQL_OUTCOMES {
+                    c.with_label_values(&[outcome]);
+                }
+                c
+            },
+            page_workers_started: counter(
+                r,
+                "page_query_workers_started_total",
+                "Query worker processes the store page started (each replaces one that was killed, died or was let go).",
             )?,
             registry,
         };
@@ -283,15 +380,35 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut out = String::new();
         prometheus::TextEncoder::new()
-            .encode_utf8(&self.registry.gather(), &mut out)
+            .encode_utf8(&families, &mut out)
             .expect("text encoding of gathered metrics");
         out
     }
 
+    /// The next reader report and the next report of revenue, orders and late events are
+    /// the totals a resumed run restored from its snapshot, not work done here: they go to
+    /// the `storepulse_resumed_*` gauges and the counters start at 0. `run --resume` calls
+    /// this before the pipeline starts; the driver reports what it restored first.
+    pub fn expect_restored(&self) {
+        self.restoring_read.store(true, Ordering::SeqCst);
+        self.revenue_cents.expect_restored();
+        self.orders.expect_restored();
+        self.late_events.expect_restored();
+    }
+
     /// Counts one report of the reader.
     pub fn read(&self, stats: &ReadStats) {
+        health::get().progressed();
+        if self.restoring_read.swap(false, Ordering::SeqCst) {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            self.resumed_lines_read.set(n(stats.records));
+            self.resumed_lines_accepted.set(n(stats.accepted));
+            return;
+        }
         self.lines_read.inc_by(stats.records);
         self.lines_accepted.inc_by(stats.accepted);
         self.lines_repaired.inc_by(stats.repaired);
@@ -312,6 +429,8 @@ impl Metrics {
     /// Event-time progress: the watermark, the highest event time and how far it is
     /// behind the wall clock.
     pub fn event_time(&self, watermark_us: Option<i64>, max_event_us: Option<i64>) {
+        // Called from the pipeline's loop after every batch and every second or snapshot.
+        health::get().progressed();
         if let Some(w) = watermark_us.filter(|&w| w != i64::MAX && w != i64::MIN) {
             self.watermark.set(seconds(w));
         }
@@ -324,6 +443,7 @@ impl Metrics {
 
     /// A snapshot was published.
     pub fn snapshot_published(&self, took: std::time::Duration, bytes: u64) {
+        health::get().progressed();
         self.snapshot_duration.observe(took.as_secs_f64());
         self.snapshots.inc();
         self.snapshot_size.set(bytes as i64);

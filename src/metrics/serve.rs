@@ -1,49 +1,102 @@
 //! The metrics endpoint: `GET /metrics` (Prometheus text format), `GET /healthz` (the
-//! process is up) and `GET /readyz` (the pipeline has started), served by axum on a
-//! small runtime of its own so that scraping never competes with the pipeline's thread.
+//! pipeline makes progress, or has nothing waiting) and `GET /readyz` (the pipeline is
+//! doing its work; see `health.rs`), served by axum on a small runtime of its own (with a
+//! timer: connections time out) so that scraping never competes with the pipeline's thread.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::{header, StatusCode};
 use axum::routing::get;
 use axum::Router;
 
-static READY: AtomicBool = AtomicBool::new(false);
+use super::health;
 
 /// Whether the pipeline is working: `/readyz` answers 200 while it is (`run` and
 /// `replay` once they start; `process` once it has joined its group).
 pub fn set_ready(ready: bool) {
-    READY.store(ready, Ordering::SeqCst);
+    health::get().set_started(ready);
 }
 
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Brings the facts `health` reads from other metrics up to date (a processor's owned
+/// partitions and lag), then checks.
+fn check(ready: bool) -> Result<(), String> {
+    let h = health::get();
+    if h.needs_partitions() {
+        let m = super::get();
+        h.partitions_owned(usize::try_from(m.partitions_assigned.get()).unwrap_or(0));
+        h.input_waiting(m.consumer_lag.total() > 0);
+    }
+    let now = h.now_ms();
+    if ready {
+        h.ready_at(now)
+    } else {
+        h.live_at(now)
+    }
+}
+
+/// `/healthz` or `/readyz` as an answer.
+pub fn answer(ready: bool) -> (StatusCode, String) {
+    match check(ready) {
+        Ok(()) => (
+            StatusCode::OK,
+            if ready { "ready\n" } else { "ok\n" }.into(),
+        ),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why + "\n"),
+    }
+}
 
 /// Binds `addr` (port 0 picks a free one) and serves in a background thread; returns
 /// the bound address.
 pub fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()?;
-    crate::http::spawn(addr, "storepulse-metrics", runtime, || {
-        Router::new()
-            .route(
-                "/metrics",
-                get(|| async { ([(header::CONTENT_TYPE, TEXT_FORMAT)], super::get().render()) }),
+    crate::http::spawn(
+        addr,
+        "storepulse-metrics",
+        runtime,
+        crate::http::Limits::METRICS,
+        || {
+            Router::new()
+                .route(
+                    "/metrics",
+                    get(|| async {
+                        ([(header::CONTENT_TYPE, TEXT_FORMAT)], super::get().render())
+                    }),
+                )
+                .route("/healthz", get(|| async { answer(false) }))
+                .route("/readyz", get(|| async { answer(true) }))
+                .layer(axum::middleware::map_response(crate::http::nosniff))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_processor_without_partitions_is_not_ready() {
+        // The process-wide records, as `process` sets them up.
+        health::get().configure(health::HealthConfig {
+            stall_timeout: std::time::Duration::from_secs(60),
+            broker_timeout: std::time::Duration::from_secs(30),
+            needs_partitions: true,
+        });
+        set_ready(true);
+        let m = super::super::get();
+        m.partitions_assigned.set(0);
+        assert_eq!(
+            answer(true),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "owns no partitions\n".into()
             )
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(|| {
-                    let ready = READY.load(Ordering::SeqCst);
-                    async move {
-                        if ready {
-                            (StatusCode::OK, "ready\n")
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                        }
-                    }
-                }),
-            )
-    })
+        );
+        assert_eq!(answer(false).0, StatusCode::OK, "alive all the same");
+        m.partitions_assigned.set(2);
+        assert_eq!(answer(true).0, StatusCode::OK);
+    }
 }

@@ -1,6 +1,13 @@
 //! Read-only SQL over the latest complete snapshot with DataFusion. Tables:
 //! `daily_sales`, `daily_category_sales`, `daily_brand_sales`, `rfm`, and the reference
 //! table `rfm_segments`. DDL, DML, COPY and statements are refused before anything runs.
+//! `limits.rs` bounds what one statement may cost; `json.rs` gives results to HTTP clients.
+
+mod json;
+mod limits;
+
+pub use json::JsonRows;
+pub use limits::{Limits, MAX_SERIES_ROWS};
 
 use std::path::Path;
 use std::sync::Arc;

@@ -1,58 +1,126 @@
-//! The JSON endpoints behind the store page. Each response is computed from one loaded
-//! snapshot and names it (`snapshot.version`), so the page never mixes two. Money is sent
-//! as exact decimal strings, ids as strings (they exceed a JavaScript number's 53 bits).
+//! The JSON endpoints behind the store page. Each response is computed from one snapshot
+//! and names it (`snapshot.version`), so the page never mixes two. Money is sent as exact
+//! decimal strings, 64-bit integers (ids, counts) as strings (they exceed a JavaScript
+//! number's 53 bits); see `query::json`.
+//!
+//! `/api/snapshot` comes from the manifests this process read; the rest from the workers:
+//! the overview once per snapshot and parameters (cached here), a customer and
+//! `POST /api/sql` each time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::body::Body as HttpBody;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::Loaded;
-use crate::query::{render, Format, Session};
+pub use super::answers::OverviewQuery;
+use super::pool::{Answer, Failure};
+use super::worker::Request as Work;
 
 type Shared = State<Arc<super::State>>;
 
 /// Rows a `POST /api/sql` returns at most, by default and at most when asked.
 pub const SQL_ROWS: usize = 1000;
 pub const SQL_ROWS_MAX: usize = 10_000;
-/// How long one `POST /api/sql` may run.
-pub const SQL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a `POST /api/sql` request at most, and how long it may take to arrive.
+pub const SQL_REQUEST_BYTES: usize = 64 << 10;
+pub const SQL_REQUEST_TIME: Duration = Duration::from_secs(5);
+/// How long a query waits for a free worker before it is refused (429).
+pub const SQL_WAIT: Duration = Duration::from_millis(250);
+/// The page's own questions: how long they wait for the page's worker, and how long
+/// they may take (a processor's snapshot is merged first).
+pub const PAGE_WAIT: Duration = Duration::from_secs(10);
+pub const PAGE_TIME: Duration = Duration::from_secs(60);
 
-/// Spend per customer is counted in these buckets (currency units; the last is open).
-pub const SPEND_BUCKETS: [u32; 9] = [0, 10, 50, 100, 250, 500, 1000, 2500, 5000];
-/// Orders per customer: 1 to 9, then "10 or more".
-pub const ORDERS_CAP: u32 = 10;
+/// A JSON body computed once and sent to many.
+pub type Body = Arc<[u8]>;
+/// A cached overview, and whether it is from the snapshot it is cached under.
+pub type Cached = (Body, bool);
 
-/// A JSON response (axum's `json` feature would change `serde_json`'s features and
-/// rebuild DataFusion, so this is done by hand).
-fn json_response(status: StatusCode, v: &Value) -> Response {
+fn json_bytes(status: StatusCode, body: impl Into<HttpBody>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
-        v.to_string(),
+        body.into(),
     )
         .into_response()
 }
 
-fn ok_json(v: Value) -> Response {
-    json_response(StatusCode::OK, &v)
-}
-
 /// A refusal: its status and a message for the user, sent as `{"error": ...}`.
-pub struct ApiError(StatusCode, String);
+#[derive(Debug, Clone)]
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.0, &json!({ "error": self.1 }))
+        let retry = matches!(
+            self.0,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        let mut r = json_bytes(self.0, json!({ "error": self.1 }).to_string());
+        if retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
     }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError(status, message.into())
+}
+
+/// What a failed worker call means for the client.
+fn failure(state: &super::State, f: Failure, what: &str) -> ApiError {
+    match f {
+        Failure::Busy => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{what}: every query worker is busy; try again in a moment"),
+        ),
+        Failure::Timeout(t) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{what} ran longer than {t:?} and was stopped"),
+        ),
+        Failure::Memory(limit) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{what} needed more memory than a query may use ({} MiB, --query-memory-limit) and was stopped",
+                limit >> 20
+            ),
+        ),
+        Failure::TooLarge(n) => error(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: the answer ({n} bytes) is larger than allowed"),
+        ),
+        Failure::Crashed(said) => {
+            let said = state.scrub(&said);
+            eprintln!("storepulse: a query worker stopped: {said}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{what}: the query worker stopped ({said})"),
+            )
+        }
+        Failure::Spawn(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what}: no query worker could be started ({e})"),
+        ),
+    }
+}
+
+/// A worker's answer as a response: its body as it is.
+fn answered(a: Answer) -> Result<Answer, ApiError> {
+    if a.status == 200 {
+        return Ok(a);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&a.body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_else(|| "the query failed".into());
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Err(error(status, message))
 }
 
 /// `a=1&b=x%20y` as a map (later keys win).
@@ -90,108 +158,47 @@ fn query_params(raw: Option<String>) -> HashMap<String, String> {
         .collect()
 }
 
-fn loaded(state: &super::State) -> Result<Arc<Loaded>, ApiError> {
-    state.loaded().ok_or_else(|| {
-        let why = state
-            .problem
-            .read()
-            .ok()
-            .and_then(|p| p.clone())
-            .unwrap_or_else(|| format!("no snapshot yet in {}", state.dir.display()));
-        error(StatusCode::SERVICE_UNAVAILABLE, why)
-    })
-}
-
-/// Runs `sql` and returns its rows as JSON objects.
-async fn rows(session: &Session, sql: &str, limit: Option<usize>) -> Result<Vec<Value>, ApiError> {
-    Ok(table(session, sql, limit).await?.1)
-}
-
-/// Runs `sql`; returns its column names, in order, and its rows as JSON objects (a null
-/// is left out of its row).
-async fn table(
-    session: &Session,
-    sql: &str,
-    limit: Option<usize>,
-) -> Result<(Vec<String>, Vec<Value>), ApiError> {
-    let (schema, batches) = session
-        .sql_limited(sql, limit)
-        .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let text = render(schema, &batches, Format::Json)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut v: Value = serde_json::from_str(&text)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    big_numbers_to_strings(&mut v);
-    match v {
-        Value::Array(rows) => Ok((columns, rows)),
-        _ => Ok((columns, Vec::new())),
-    }
-}
-
-/// Integers beyond 2^53 become strings: JavaScript would round them.
-fn big_numbers_to_strings(v: &mut Value) {
-    const SAFE: u64 = 1 << 53;
-    match v {
-        Value::Number(n)
-            if n.as_u64().is_some_and(|x| x > SAFE)
-                || n.as_i64().is_some_and(|x| x.unsigned_abs() > SAFE) =>
+/// The snapshot this process knows, after checking that its files are still there (a
+/// pruned one is replaced by the newest first).
+async fn known(state: &Arc<super::State>) -> Result<Arc<super::Known>, ApiError> {
+    if let Some(k) = state.known() {
+        if k.parts.iter().all(|p| p.path.is_dir()) {
+            return Ok(k);
+        }
+        super::refresh(state).await;
+        if let Some(k) = state
+            .known()
+            .filter(|k| k.parts.iter().all(|p| p.path.is_dir()))
         {
-            *v = Value::String(n.to_string());
-        }
-        Value::Array(a) => a.iter_mut().for_each(big_numbers_to_strings),
-        Value::Object(o) => o.values_mut().for_each(big_numbers_to_strings),
-        _ => {}
-    }
-}
-
-/// What the page shows about the snapshot it answers from.
-fn snapshot_info(l: &Loaded) -> Value {
-    let parts = &l.session.parts;
-    let ids: Vec<u64> = parts.iter().map(|p| p.manifest.id).collect();
-    let max_str = |f: fn(&crate::snapshot::Manifest) -> Option<&String>| {
-        parts.iter().filter_map(|p| f(&p.manifest)).max().cloned()
-    };
-    let watermark = parts
-        .iter()
-        .filter_map(|p| {
-            p.manifest
-                .watermark_us
-                .map(|us| (us, p.manifest.watermark.clone()))
-        })
-        .min_by_key(|(us, _)| *us)
-        .and_then(|(_, text)| text);
-    let mut rejected: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut records, mut accepted, mut duplicates) = (0, 0, 0);
-    for p in parts {
-        let c = &p.manifest.counts;
-        records += c.records;
-        accepted += c.accepted;
-        duplicates += c.duplicates;
-        for (reason, n) in &c.rejected {
-            *rejected.entry(reason).or_default() += n;
+            return Ok(k);
         }
     }
-    let mut rejected: Vec<(&str, u64)> = rejected.into_iter().collect();
-    rejected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    json!({
-        "version": l.version,
-        "ids": ids,
-        "parts": parts.len(),
-        "created_at": max_str(|m| Some(&m.created_at)),
-        "as_of": max_str(|m| m.as_of.as_ref()),
-        "watermark": watermark,
-        "records": records,
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected.iter().map(|(r, n)| json!({"reason": r, "lines": n})).collect::<Vec<_>>(),
-    })
+    let why = state
+        .problem
+        .read()
+        .ok()
+        .and_then(|p| p.clone())
+        .unwrap_or_else(|| "no snapshot yet".into());
+    Err(error(StatusCode::SERVICE_UNAVAILABLE, why))
 }
 
 pub async fn snapshot(State(state): Shared) -> Result<Response, ApiError> {
-    let l = loaded(&state)?;
-    Ok(ok_json(snapshot_info(&l)))
+    let k = known(&state).await?;
+    Ok(json_bytes(
+        StatusCode::OK,
+        super::snapshot_info(&k.version, &k.parts).to_string(),
+    ))
+}
+
+/// `/readyz` of the page: a snapshot is known and the page's worker could answer from it.
+pub async fn readyz(state: Arc<super::State>) -> (StatusCode, String) {
+    match known(&state).await {
+        Ok(k) => match overview_cached(&state, OverviewQuery::default()).await {
+            Ok(_) => (StatusCode::OK, format!("ready: snapshot {}\n", k.version)),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.1 + "\n"),
+        },
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.1 + "\n"),
+    }
 }
 
 /// A day parameter: `YYYY-MM-DD`.
@@ -209,35 +216,7 @@ fn day(params: &HashMap<String, String>, name: &str) -> Result<Option<String>, A
     }
 }
 
-/// The SQL of the spend histogram: the index of each customer's bucket.
-fn spend_bucket_sql() -> String {
-    let mut case = String::from("CASE");
-    for (i, upper) in SPEND_BUCKETS.iter().enumerate().skip(1) {
-        case.push_str(&format!(" WHEN monetary < {upper} THEN {}", i - 1));
-    }
-    case.push_str(&format!(" ELSE {} END", SPEND_BUCKETS.len() - 1));
-    format!("SELECT {case} AS bucket, COUNT(*) AS customers FROM rfm GROUP BY 1 ORDER BY 1")
-}
-
-/// 2500 as "2.5k", 50 as "50".
-fn short(n: u32) -> String {
-    if n >= 1000 {
-        format!("{}k", f64::from(n) / 1000.0)
-    } else {
-        n.to_string()
-    }
-}
-
-/// Everything the page's charts show, from one snapshot: `?from=&to=` (days, inclusive)
-/// limit the top categories and brands; `top` is how many (1 to 50, default 10).
-pub async fn overview(State(state): Shared, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
-    Ok(ok_json(overview_json(&state, &query_params(raw)).await?))
-}
-
-async fn overview_json(
-    state: &super::State,
-    params: &HashMap<String, String>,
-) -> Result<Value, ApiError> {
+fn overview_query(params: &HashMap<String, String>) -> Result<OverviewQuery, ApiError> {
     let (from, to) = (day(params, "from")?, day(params, "to")?);
     if let (Some(a), Some(b)) = (&from, &to) {
         if a > b {
@@ -260,101 +239,71 @@ async fn overview_json(
                 )
             })?,
     };
-    let l = loaded(state)?;
-    let s = &l.session;
-    let mut period = Vec::new();
-    if let Some(a) = &from {
-        period.push(format!("day >= DATE '{a}'"));
-    }
-    if let Some(b) = &to {
-        period.push(format!("day <= DATE '{b}'"));
-    }
-    let filter = if period.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", period.join(" AND "))
-    };
-    let ranked = |table: &str, column: &str, by: &str| {
-        format!(
-            "SELECT name, CAST(rev AS VARCHAR) AS revenue, units FROM ( \
-             SELECT COALESCE({column}, '(unknown)') AS name, SUM(revenue) AS rev, \
-             SUM(items) AS units FROM {table} {filter} GROUP BY 1) \
-             ORDER BY {by} DESC, name LIMIT {top}"
-        )
-    };
-    let daily = rows(
-        s,
-        "SELECT CAST(day AS VARCHAR) AS day, CAST(revenue AS VARCHAR) AS revenue, orders, items, \
-         customers, is_final FROM daily_sales ORDER BY day",
-        None,
-    )
-    .await?;
-    let categories_by_revenue = rows(
-        s,
-        &ranked("daily_category_sales", "category_code", "rev"),
-        None,
-    )
-    .await?;
-    let categories_by_units = rows(
-        s,
-        &ranked("daily_category_sales", "category_code", "units"),
-        None,
-    )
-    .await?;
-    let brands_by_revenue = rows(s, &ranked("daily_brand_sales", "brand", "rev"), None).await?;
-    let brands_by_units = rows(s, &ranked("daily_brand_sales", "brand", "units"), None).await?;
-    let orders = rows(
-        s,
-        &format!("SELECT LEAST(frequency, {ORDERS_CAP}) AS orders, COUNT(*) AS customers FROM rfm GROUP BY 1 ORDER BY 1"),
-        None,
-    )
-    .await?;
-    let mut spend: Vec<Value> = SPEND_BUCKETS
-        .iter()
-        .enumerate()
-        .map(|(i, lo)| {
-            let label = match SPEND_BUCKETS.get(i + 1) {
-                Some(hi) => format!("{}–{}", short(*lo), short(*hi)),
-                None => format!("{}+", short(*lo)),
-            };
-            json!({"bucket": label, "customers": 0})
-        })
-        .collect();
-    for r in rows(s, &spend_bucket_sql(), None).await? {
-        if let (Some(i), Some(n)) = (r["bucket"].as_u64(), r["customers"].as_u64()) {
-            if let Some(b) = spend.get_mut(i as usize) {
-                b["customers"] = json!(n);
-            }
+    Ok(OverviewQuery { from, to, top })
+}
+
+/// Everything the page's charts show, from one snapshot: `?from=&to=` (days, inclusive)
+/// limit the top categories and brands; `top` is how many (1 to 50, default 10).
+pub async fn overview(State(state): Shared, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q = overview_query(&query_params(raw))?;
+    let body = overview_cached(&state, q).await?;
+    Ok(json_bytes(StatusCode::OK, body.to_vec()))
+}
+
+/// The overview for the current snapshot and `q`: computed by the page's worker the first
+/// time, then the same bytes for everyone (concurrent first requests wait for one answer).
+pub async fn overview_cached(
+    state: &Arc<super::State>,
+    q: OverviewQuery,
+) -> Result<Body, ApiError> {
+    let k = known(state).await?;
+    let key = (
+        k.version.clone(),
+        serde_json::to_string(&q).unwrap_or_default(),
+    );
+    let cell = {
+        let mut cache = state.overviews.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 256 {
+            // Many periods asked for: start over, but keep what every page opens with.
+            let default = serde_json::to_string(&OverviewQuery::default()).unwrap_or_default();
+            cache.retain(|(_, q), _| *q == default);
         }
+        cache.entry(key.clone()).or_default().clone()
+    };
+    let computed = std::sync::atomic::AtomicBool::new(false);
+    let body = cell
+        .get_or_try_init(|| async {
+            computed.store(true, std::sync::atomic::Ordering::SeqCst);
+            let work = Work::Overview { query: q };
+            let a = state
+                .page
+                .call(&work, PAGE_WAIT, PAGE_TIME, 256 << 20)
+                .await
+                .map_err(|f| failure(state, f, "the overview"))?;
+            let a = answered(a)?;
+            Ok::<(Body, bool), ApiError>((a.body.into(), a.version == key.0))
+        })
+        .await;
+    // An error is tried again next time; so is an answer from a snapshot newer than the
+    // one this process knows (it catches up within a second).
+    if !body.as_ref().is_ok_and(|(_, same)| *same) {
+        state
+            .overviews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
     }
-    let segments = rows(
-        s,
-        "SELECT s.segment, COUNT(r.user_id) AS customers, \
-         CAST(COALESCE(SUM(r.monetary), 0) AS VARCHAR) AS revenue \
-         FROM (SELECT DISTINCT segment FROM rfm_segments) s LEFT JOIN rfm r ON r.segment = s.segment \
-         GROUP BY s.segment ORDER BY customers DESC, s.segment",
-        None,
-    )
-    .await?;
-    let grid = rows(
-        s,
-        "SELECT r_score AS r, f_score AS f, COUNT(*) AS customers FROM rfm GROUP BY 1, 2 ORDER BY 1, 2",
-        None,
-    )
-    .await?;
-    Ok(json!({
-        "snapshot": snapshot_info(&l),
-        "period": {"from": from, "to": to, "top": top},
-        "daily": daily,
-        "categories_by_revenue": categories_by_revenue,
-        "categories_by_units": categories_by_units,
-        "brands_by_revenue": brands_by_revenue,
-        "brands_by_units": brands_by_units,
-        "orders_per_customer": orders,
-        "spend_per_customer": spend,
-        "segments": segments,
-        "grid": grid,
-    }))
+    let source = match computed.load(std::sync::atomic::Ordering::SeqCst) {
+        true => "worker",
+        false => "cache",
+    };
+    if body.is_ok() {
+        crate::metrics::get()
+            .page_overviews
+            .with_label_values(&[source])
+            .inc();
+    }
+    body.map(|(b, _)| b.clone())
 }
 
 /// One customer: R, F, M, scores and segment (404 when the snapshot has no such id).
@@ -365,25 +314,13 @@ pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Re
             format!("a customer id is a whole number, not `{id}`"),
         ));
     };
-    let l = loaded(&state)?;
-    let sql = format!(
-        "SELECT CAST(user_id AS VARCHAR) AS user_id, CAST(first_purchase AS VARCHAR) AS first_purchase, \
-         CAST(last_purchase AS VARCHAR) AS last_purchase, recency_days, frequency, \
-         CAST(monetary AS VARCHAR) AS monetary, items, r_score, f_score, m_score, rfm_cell, segment \
-         FROM rfm WHERE user_id = {id}"
-    );
-    let mut c = rows(&l.session, &sql, None)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("no customer {id} in this snapshot"),
-            )
-        })?;
-    c["snapshot"] = json!(l.version);
-    Ok(ok_json(c))
+    known(&state).await?;
+    let a = state
+        .page
+        .call(&Work::Customer { id }, PAGE_WAIT, PAGE_TIME, 1 << 20)
+        .await
+        .map_err(|f| failure(&state, f, "the look-up"))?;
+    Ok(json_bytes(StatusCode::OK, answered(a)?.body))
 }
 
 #[derive(serde::Deserialize)]
@@ -392,10 +329,39 @@ pub struct SqlRequest {
     limit: Option<usize>,
 }
 
-/// Read-only SQL over the loaded snapshot, at most `limit` rows (default 1,000, at most
-/// 10,000), at most 10 s; DDL, DML, COPY and SET are refused (the `query` module's rules).
-pub async fn sql(State(state): Shared, body: String) -> Result<Response, ApiError> {
-    let req = serde_json::from_str::<SqlRequest>(&body).map_err(|_| {
+/// Read-only SQL over the latest snapshot, at most `limit` rows (default 1,000, at most
+/// 10,000) and `--sql-max-bytes` of them, within `--sql-timeout`; DDL, DML, COPY and SET
+/// are refused (the `query` module's rules). JSON requests only.
+pub async fn sql(State(state): Shared, request: Request) -> Result<Response, ApiError> {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send Content-Type: application/json",
+        ));
+    }
+    let read = axum::body::to_bytes(request.into_body(), SQL_REQUEST_BYTES);
+    let body = match tokio::time::timeout(SQL_REQUEST_TIME, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a query may be at most {SQL_REQUEST_BYTES} bytes"),
+            ))
+        }
+        Err(_) => {
+            return Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ))
+        }
+    };
+    let req = serde_json::from_slice::<SqlRequest>(&body).map_err(|_| {
         error(
             StatusCode::BAD_REQUEST,
             "send JSON: {\"sql\": \"SELECT ...\", \"limit\": 100}",
@@ -408,17 +374,34 @@ pub async fn sql(State(state): Shared, body: String) -> Result<Response, ApiErro
             format!("`limit` must be 1 to {SQL_ROWS_MAX}"),
         ));
     }
-    let l = loaded(&state)?;
-    let run = table(&l.session, &req.sql, Some(limit + 1));
-    let (columns, mut r) = tokio::time::timeout(SQL_TIMEOUT, run).await.map_err(|_| {
-        error(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the query ran longer than {SQL_TIMEOUT:?}"),
+    known(&state).await?;
+    let max_bytes = state.config.answer_bytes;
+    let work = Work::Sql {
+        sql: req.sql,
+        limit,
+        max_bytes,
+    };
+    let called = state
+        .sql
+        .call(
+            &work,
+            SQL_WAIT,
+            state.config.sql_timeout,
+            max_bytes + (64 << 10),
         )
-    })??;
-    let truncated = r.len() > limit;
-    r.truncate(limit);
-    Ok(ok_json(
-        json!({"snapshot": l.version, "columns": columns, "rows": r, "truncated": truncated}),
-    ))
+        .await;
+    let outcome = match &called {
+        Ok(a) if a.status == 200 => "answered",
+        Ok(a) if a.status < 500 => "refused_by_sql",
+        Err(Failure::Busy) => "too_many",
+        Err(Failure::Timeout(_)) => "timed_out",
+        Err(Failure::Memory(_)) => "out_of_memory",
+        _ => "failed",
+    };
+    crate::metrics::get()
+        .page_sql_queries
+        .with_label_values(&[outcome])
+        .inc();
+    let a = called.map_err(|f| failure(&state, f, "the query"))?;
+    Ok(json_bytes(StatusCode::OK, answered(a)?.body))
 }

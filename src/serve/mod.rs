@@ -2,90 +2,211 @@
 //! business questions from the latest complete snapshot through DataFusion: a page at `/`
 //! and the JSON behind it.
 //!
-//! Every answer comes from one loaded snapshot: the loader checks the `LATEST` pointers
-//! once a second and swaps in a new [`Session`] only when it has opened completely, so a
-//! response never mixes two snapshots. Serving runs on its own runtime and threads, so a
-//! slow query never holds up the pipeline.
+//! No SQL runs in this process. Every query runs in a child process of this same binary
+//! (`worker.rs`, started by `pool.rs`) with an address-space limit, a lower CPU priority
+//! and a time limit enforced by killing it: a query that asks for too much memory or time
+//! fails alone, and the pipeline beside the page never notices. The page's own questions
+//! go to one worker, `POST /api/sql` to a small pool of others (more at once: 429), so
+//! hostile SQL cannot starve the page. A worker opens (for `process`: merges) a new
+//! snapshot when the `LATEST` pointers move, so loading never runs on the async threads.
+//!
+//! This process only follows the pointers and reads manifests (`/api/snapshot`), caches
+//! each overview per snapshot and parameters (ten viewers cost what one does), and guards
+//! the door (`guard.rs`: Host and Origin checks, JSON only, protective headers).
 
+mod answers;
 mod api;
+mod guard;
+mod pool;
+pub mod worker;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::http::header;
 use axum::routing::{get, post};
 use axum::Router;
+use serde_json::Value;
 
-use crate::query::Session;
+use crate::snapshot::Published;
+pub use pool::remove_own_folders;
+pub use worker::{Role, WorkerArgs};
 
-/// A loaded snapshot and what was computed from it.
-pub(crate) struct Loaded {
-    /// The `LATEST` pointers it was opened from: changes when a snapshot is published.
-    pub version: String,
-    pub session: Session,
+/// How the page server bounds its work (`--sql-*`, `--query-memory-limit`, `--allow-host`,
+/// `--http-*` flags).
+#[derive(Debug, Clone)]
+pub struct PageConfig {
+    /// `POST /api/sql` queries running at once (one worker process each).
+    pub sql_workers: usize,
+    /// How long one `POST /api/sql` query may run before its worker is killed.
+    pub sql_timeout: Duration,
+    /// Address space of each worker process, in bytes; its DataFusion memory pool is half.
+    pub memory_limit: u64,
+    /// Bytes of one SQL answer at most.
+    pub answer_bytes: usize,
+    /// Host names (besides IP addresses and `localhost`) the page answers to; `*`: any.
+    pub allowed_hosts: Vec<String>,
+    pub connections: crate::http::Limits,
 }
+
+impl Default for PageConfig {
+    fn default() -> Self {
+        PageConfig {
+            sql_workers: 2,
+            sql_timeout: Duration::from_secs(10),
+            memory_limit: 2 << 30,
+            answer_bytes: 4 << 20,
+            allowed_hosts: Vec::new(),
+            connections: crate::http::Limits {
+                max_connections: 512,
+                header_timeout: Duration::from_secs(10),
+                lifetime: Duration::from_secs(600),
+            },
+        }
+    }
+}
+
+/// What this process knows of the latest snapshot: its manifests, not its data.
+pub(crate) struct Known {
+    /// Changes when a snapshot is published; names no absolute path.
+    pub version: String,
+    pub parts: Vec<Published>,
+}
+
+/// One overview, computed by the first request that needs it.
+pub(crate) type Overview = Arc<tokio::sync::OnceCell<api::Cached>>;
 
 pub(crate) struct State {
     pub dir: PathBuf,
-    pub current: RwLock<Option<Arc<Loaded>>>,
+    pub config: PageConfig,
+    pub current: RwLock<Option<Arc<Known>>>,
     /// Why the newest snapshot could not be opened, when it could not.
     pub problem: RwLock<Option<String>>,
+    /// Overviews by (version, query), each computed once.
+    pub overviews: Mutex<HashMap<(String, String), Overview>>,
+    pub page: pool::Pool,
+    pub sql: pool::Pool,
 }
 
 impl State {
-    pub fn loaded(&self) -> Option<Arc<Loaded>> {
+    pub fn known(&self) -> Option<Arc<Known>> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    fn set_problem(&self, problem: Option<String>) {
+        *self.problem.write().unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// Text safe to show a client: no absolute path of this machine.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, &self.dir)
+    }
 }
 
 /// Serves the page for `dir` on `addr` (port 0: any free one) from a thread of its own;
 /// returns the bound address.
-pub fn start(dir: PathBuf, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+pub fn start(dir: PathBuf, addr: SocketAddr, config: PageConfig) -> std::io::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("storepulse-http")
         .enable_all()
         .build()?;
-    crate::http::spawn(addr, "storepulse-serve", runtime, move || {
+    let limits = config.connections;
+    let exe = worker::executable()?;
+    crate::http::spawn(addr, "storepulse-serve", runtime, limits, move || {
+        let guard = guard::Guard::new(&config.allowed_hosts);
         let state = Arc::new(State {
+            page: pool::Pool::new(&exe, &dir, &config, Role::Page),
+            sql: pool::Pool::new(&exe, &dir, &config, Role::Sql),
             dir,
+            config,
             current: RwLock::new(None),
             problem: RwLock::new(None),
+            overviews: Mutex::new(HashMap::new()),
         });
+        tokio::task::spawn_blocking(pool::remove_stale_folders);
         tokio::spawn(reload(state.clone()));
-        router(state)
+        router(state, guard)
     })
 }
 
 /// Starts the page server, saying where; a busy address is a warning, not a failure.
-pub fn start_logged(command: &str, dir: &Path, addr: SocketAddr) -> Option<SocketAddr> {
+pub fn start_logged(
+    command: &str,
+    dir: &Path,
+    addr: SocketAddr,
+    config: PageConfig,
+) -> Option<SocketAddr> {
     let what = ("store page", "/", "store page");
-    crate::http::start_logged(command, what, addr, |a| start(dir.to_path_buf(), a))
+    crate::http::start_logged(command, what, addr, |a| start(dir.to_path_buf(), a, config))
 }
 
 const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("page.js");
+const STYLE: &str = include_str!("page.css");
 
-fn router(state: Arc<State>) -> Router {
+fn router(state: Arc<State>, guard: guard::Guard) -> Router {
+    let ready = state.clone();
     Router::new()
         .route(
             "/",
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/page.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    SCRIPT,
+                )
+            }),
+        )
+        .route(
+            "/page.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { crate::metrics::health_answer(false) }),
+        )
+        .route("/readyz", get(move || api::readyz(ready.clone())))
         .route("/api/snapshot", get(api::snapshot))
         .route("/api/overview", get(api::overview))
         .route("/api/customer/{id}", get(api::customer))
         .route("/api/sql", post(api::sql))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::check,
+        ))
 }
 
-/// Opens the newest snapshot whenever a pointer changes; keeps the last good one
-/// meanwhile.
+/// The version of the snapshot `parts` make up: their folders relative to `dir`
+/// (`snap-000012`, or `partitions/purchases-0/snap-000003|...`), so it names no absolute
+/// path and changes whenever one of them does.
+pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            p.path
+                .strip_prefix(dir)
+                .unwrap_or(&p.path)
+                .display()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// Follows the pointers: reads the newest snapshot's manifests whenever a pointer changes
+/// (on a blocking thread), then has the page's worker open it and compute the default
+/// overview, so the first viewer finds it ready.
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
@@ -94,23 +215,178 @@ async fn reload(state: Arc<State>) {
             .await
             .unwrap_or_default();
         if !v.is_empty() && v != seen {
-            match Session::open(&state.dir).await {
-                Ok(session) => {
-                    let loaded = Arc::new(Loaded {
-                        version: v.clone(),
-                        session,
-                    });
-                    *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
-                    *state.problem.write().unwrap_or_else(|p| p.into_inner()) = None;
-                    seen = v;
-                }
-                Err(e) => {
-                    // Tried again when a pointer moves, not in a loop.
-                    *state.problem.write().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                    seen = v;
-                }
+            seen = v.clone();
+            if refresh(&state).await {
+                let warm = state.clone();
+                tokio::spawn(async move {
+                    let _ = api::overview_cached(&warm, api::OverviewQuery::default()).await;
+                });
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads the manifests of the newest complete snapshot and makes it current; whether it
+/// could.
+pub(crate) async fn refresh(state: &Arc<State>) -> bool {
+    let dir = state.dir.clone();
+    let found = tokio::task::spawn_blocking(move || crate::snapshot::latest_parts(&dir)).await;
+    match found {
+        Ok(Ok(set)) => {
+            let parts = set.snapshots();
+            let version = version_of(&state.dir, &parts);
+            *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Known {
+                version: version.clone(),
+                parts,
+            }));
+            state.set_problem(None);
+            state
+                .overviews
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(v, _), _| *v == version);
+            true
+        }
+        Ok(Err(e)) => {
+            state.set_problem(Some(state.scrub(&e.to_string())));
+            false
+        }
+        Err(e) => {
+            state.set_problem(Some(e.to_string()));
+            false
+        }
+    }
+}
+
+/// `text` without the absolute paths of `dir` (as given, absolute and canonical) and of any
+/// other absolute path: a path inside `dir` becomes relative to it, another its last part.
+pub fn scrub(text: &str, dir: &Path) -> String {
+    let mut prefixes: Vec<String> = Vec::new();
+    if let Ok(c) = dir.canonicalize() {
+        prefixes.push(c.display().to_string());
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        prefixes.push(cwd.join(dir).display().to_string());
+    }
+    prefixes.push(dir.display().to_string());
+    prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let mut out = text.replace("file://", "");
+    for p in prefixes.iter().filter(|p| !p.is_empty() && *p != ".") {
+        out = out.replace(&format!("{p}/"), "").replace(p.as_str(), ".");
+    }
+    // Whatever absolute path is left (a temporary file, the working directory).
+    let mut clean = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find('/') {
+        let starts_token = i == 0
+            || rest[..i]
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_whitespace() || "\"'`([{=:,".contains(c));
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || "\"'`)]},".contains(c))
+            .map_or(rest.len(), |e| i + e);
+        let token = &rest[i..end];
+        if starts_token && token[1..].contains('/') && !token.contains("//") {
+            clean.push_str(&rest[..i]);
+            clean.push_str(token.rsplit('/').next().unwrap_or_default());
+        } else {
+            clean.push_str(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    clean.push_str(rest);
+    clean
+}
+
+/// What the page shows about a snapshot (`parts`: one for `run`, one per partition for
+/// `process`). Ids are strings, like every 64-bit id the page gets.
+pub(crate) fn snapshot_info(version: &str, parts: &[Published]) -> Value {
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    let ids: Vec<String> = parts.iter().map(|p| p.manifest.id.to_string()).collect();
+    let max_str = |f: fn(&crate::snapshot::Manifest) -> Option<&String>| {
+        parts.iter().filter_map(|p| f(&p.manifest)).max().cloned()
+    };
+    let watermark = parts
+        .iter()
+        .filter_map(|p| {
+            p.manifest
+                .watermark_us
+                .map(|us| (us, p.manifest.watermark.clone()))
+        })
+        .min_by_key(|(us, _)| *us)
+        .and_then(|(_, text)| text);
+    let mut rejected: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut records, mut accepted, mut duplicates) = (0, 0, 0);
+    for p in parts {
+        let c = &p.manifest.counts;
+        records += c.records;
+        accepted += c.accepted;
+        duplicates += c.duplicates;
+        for (reason, n) in &c.rejected {
+            *rejected.entry(reason).or_default() += n;
+        }
+    }
+    let mut rejected: Vec<(&str, u64)> = rejected.into_iter().collect();
+    rejected.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    json!({
+        "version": version,
+        "ids": ids,
+        "parts": parts.len(),
+        "created_at": max_str(|m| Some(&m.created_at)),
+        "as_of": max_str(|m| m.as_of.as_ref()),
+        "watermark": watermark,
+        "records": records,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": rejected.iter().map(|(r, n)| json!({"reason": r, "lines": n})).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_no_absolute_path() {
+        let dir = Path::new("/srv/data/snaps");
+        let said = scrub(
+            "reading /srv/data/snaps/snap-3/manifest.json: gone; \
+             Object Store error: file:///srv/data/snaps/snap-3/rfm.parquet not found; \
+             spill to /tmp/.tmpAbC/spill-1.arrow failed (x / 2)",
+            dir,
+        );
+        assert_eq!(
+            said,
+            "reading snap-3/manifest.json: gone; Object Store error: snap-3/rfm.parquet not found; \
+             spill to spill-1.arrow failed (x / 2)"
+        );
+        let part = |path: &str| Published {
+            path: PathBuf::from(path),
+            manifest: serde_json::from_value(serde_json::json!({
+                "format": 1, "id": 2, "created_at": "", "as_of": null, "watermark": null,
+                "as_of_us": null, "watermark_us": null,
+                "input": {"kind": "kafka", "topic": "t", "partition": 0, "next_offset": 0,
+                          "idle": false, "end_of_input": false},
+                "counts": {"records": 0, "accepted": 0, "pending": 0, "repaired": 0,
+                           "blank": 0, "rejected": {}},
+                "customers": 0, "segments": {}, "tables": {},
+                "config": {"max_out_of_orderness_us": 0, "allowed_lateness_us": 0,
+                           "min_event_time": ""}
+            }))
+            .unwrap(),
+        };
+        assert_eq!(
+            version_of(
+                dir,
+                &[
+                    part("/srv/data/snaps/partitions/purchases-0/snap-000002"),
+                    part("/srv/data/snaps/partitions/purchases-1/snap-000007"),
+                ]
+            ),
+            "partitions/purchases-0/snap-000002|partitions/purchases-1/snap-000007"
+        );
     }
 }

@@ -101,6 +101,7 @@ pub fn apt_install(packages: &str) {
 }
 
 pub mod browser;
+pub mod http;
 pub mod kafka;
 pub mod prometheus;
 

@@ -1,0 +1,202 @@
+//! A query worker: a child process of the page server (`storepulse serve-worker`, hidden)
+//! that holds one DataFusion session over the latest snapshot and answers one request at
+//! a time, read as a JSON line from stdin, with a frame on stdout: status (u16), version
+//! length (u16), body length (u32), all big-endian, then the version and the JSON body.
+//!
+//! It runs under the limits its parent set before it started (`pool.rs`: address space,
+//! priority, death with the parent) and adds DataFusion's own (`query::Limits`). It opens
+//! the newest snapshot whenever the `LATEST` pointers have moved since it last did, and
+//! when the files of the one it has were pruned under a query, it opens the newest and
+//! runs the query again, once.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::answers::{self, OverviewQuery};
+use crate::query::{Limits, QueryError, Session};
+
+/// Which requests a worker serves: the page's own questions, or `POST /api/sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Page,
+    Sql,
+}
+
+/// `storepulse serve-worker`: started by the page server, never by hand.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    pub snapshot_dir: PathBuf,
+    /// Bytes of DataFusion's memory pool.
+    #[arg(long)]
+    pub memory_pool: usize,
+    #[arg(long, value_enum)]
+    pub role: Role,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Request {
+    Overview {
+        query: OverviewQuery,
+    },
+    Customer {
+        id: u64,
+    },
+    Sql {
+        sql: String,
+        limit: usize,
+        max_bytes: usize,
+    },
+}
+
+/// The executable the workers run: this one.
+pub fn executable() -> std::io::Result<PathBuf> {
+    // `/proc/self/exe` still works when the file was replaced since this process started.
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() {
+        return Ok(proc);
+    }
+    std::env::current_exe()
+}
+
+struct Loaded {
+    /// The `LATEST` pointers when it was opened: a change means a new snapshot.
+    pointers: String,
+    version: String,
+    session: Session,
+}
+
+/// Serves requests until stdin closes (the parent went away or let this worker go).
+pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("storepulse-worker")
+        .enable_all()
+        .build()?;
+    let limits = Limits {
+        memory_pool: args.memory_pool,
+        spill: (args.memory_pool as u64).saturating_mul(4),
+        partitions: 2,
+    };
+    let mut loaded: Option<Loaded> = None;
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lines() {
+        let request: Request = serde_json::from_str(&line?)?;
+        let dir = &args.snapshot_dir;
+        let (status, version, body) = runtime.block_on(async {
+            match answer(dir, limits, &mut loaded, &request).await {
+                Ok((version, body)) => (200, version, body),
+                Err((status, message)) => (
+                    status,
+                    loaded
+                        .as_ref()
+                        .map(|l| l.version.clone())
+                        .unwrap_or_default(),
+                    json!({ "error": super::scrub(&message, dir) }),
+                ),
+            }
+        });
+        let body = serde_json::to_vec(&body)?;
+        let version = version.as_bytes();
+        let mut frame = Vec::with_capacity(8 + version.len() + body.len());
+        frame.extend_from_slice(&status.to_be_bytes());
+        frame.extend_from_slice(&(version.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&version[..version.len().min(u16::MAX as usize)]);
+        frame.extend_from_slice(&body);
+        stdout.write_all(&frame)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// Opens the newest snapshot unless the one loaded is still the newest.
+async fn ensure<'a>(
+    dir: &Path,
+    limits: Limits,
+    loaded: &'a mut Option<Loaded>,
+    force: bool,
+) -> Result<&'a Loaded, (u16, String)> {
+    let d = dir.to_path_buf();
+    let pointers = tokio::task::spawn_blocking(move || crate::snapshot::pointers(&d))
+        .await
+        .unwrap_or_default();
+    if pointers.is_empty() {
+        return Err((503, "no snapshot yet".into()));
+    }
+    // Still the newest, and its folders still there (not pruned or removed under it).
+    let current = loaded
+        .as_ref()
+        .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.path.is_dir()));
+    if force || !current {
+        *loaded = None;
+        let session = Session::open(dir)
+            .await
+            .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?
+            .limited(limits)
+            .await
+            .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?;
+        let version = super::version_of(dir, &session.parts);
+        *loaded = Some(Loaded {
+            pointers,
+            version,
+            session,
+        });
+    }
+    Ok(loaded.as_ref().expect("loaded above"))
+}
+
+/// A query failed because files of its snapshot were pruned while it was loaded.
+fn files_gone(message: &str) -> bool {
+    message.contains("No such file or directory")
+        || (message.contains("not found") && message.contains(".parquet"))
+}
+
+async fn answer(
+    dir: &Path,
+    limits: Limits,
+    loaded: &mut Option<Loaded>,
+    request: &Request,
+) -> Result<(String, Value), (u16, String)> {
+    let mut first = true;
+    loop {
+        let l = ensure(dir, limits, loaded, !first).await?;
+        let result = match request {
+            Request::Overview { query } => {
+                let info = super::snapshot_info(&l.version, &l.session.parts);
+                answers::overview(&l.session, info, query).await
+            }
+            Request::Customer { id } => answers::customer(&l.session, &l.version, *id).await,
+            Request::Sql {
+                sql,
+                limit,
+                max_bytes,
+            } => answers::sql(&l.session, &l.version, sql, *limit, *max_bytes)
+                .await
+                .map_err(sql_refusal),
+        };
+        match result {
+            Err((_, message)) if first && files_gone(&message) => first = false,
+            Err(refusal) => return Err(refusal),
+            Ok(body) => return Ok((l.version.clone(), body)),
+        }
+    }
+}
+
+fn sql_refusal(e: QueryError) -> (u16, String) {
+    let text = e.to_string();
+    match e {
+        _ if text.contains("Resources exhausted") => (
+            400,
+            format!(
+                "the query needs more memory than a query may use (--query-memory-limit): {text}"
+            ),
+        ),
+        QueryError::Sql(_) => (400, text),
+        _ => (500, text),
+    }
+}
