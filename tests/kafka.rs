@@ -7,9 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::kafka::{
+use common::kafka::{serial, total, wait_for, Proc};
+use common::kafka_cases::{
     accepted_in, accepted_total, assert_same_tables, number_after, paced_replay, process_args,
-    replay, serial, total, wait_for, Case, Proc, LIMIT,
+    replay, Case, LIMIT,
 };
 use common::query_csv;
 

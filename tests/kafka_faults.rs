@@ -9,9 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::kafka::{
-    accepted_in, accepted_total, assert_same_tables, free_addr, paced_replay, partition_manifests,
-    process_args, replay, replay_args, serial, total, wait_for, Broker, Case, Proc, LIMIT,
+use common::kafka::{free_addr, partition_manifests, serial, total, wait_for, Broker, Proc};
+use common::kafka_cases::{
+    accepted_in, accepted_total, assert_same_tables, generate, paced_replay, process_args, replay,
+    replay_args, Case, LIMIT,
 };
 use common::{query_csv, storepulse};
 
@@ -327,7 +328,7 @@ fn a_dead_letter_that_cannot_be_written_holds_its_partition_snapshot_back() {
 fn a_processor_started_before_its_broker_waits_for_it() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let input = common::kafka::generate(tmp.path(), 3_000, 43);
+    let input = generate(tmp.path(), 3_000, 43);
     let want = tmp.path().join("run");
     common::run(&input, &want, &[]);
     let got = tmp.path().join("process");

@@ -368,8 +368,8 @@ mod tests {
             manifest: serde_json::from_value(serde_json::json!({
                 "format": 1, "id": 2, "created_at": "", "as_of": null, "watermark": null,
                 "as_of_us": null, "watermark_us": null,
-                "input": {"kind": "kafka", "topic": "t", "partition": 0, "next_offset": 0,
-                          "idle": false, "end_of_input": false},
+                "input": {"kind": "kafka", "topic": "t", "partition": 0, "partitions": 1,
+                          "next_offset": 0, "end_of_input": false},
                 "counts": {"records": 0, "accepted": 0, "pending": 0, "repaired": 0,
                            "blank": 0, "rejected": {}},
                 "customers": 0, "segments": {}, "tables": {},

@@ -156,7 +156,7 @@ pub fn latest_complete(dir: &Path) -> Result<Published, SnapshotError> {
 /// Kafka topic (`process`), each partition's latest complete snapshot.
 #[derive(Debug, Clone)]
 pub enum SnapshotSet {
-    Run(Published),
+    Run(Box<Published>),
     Topic(TopicSet),
 }
 
@@ -194,7 +194,7 @@ impl SnapshotSet {
     /// Every snapshot of the set.
     pub fn snapshots(&self) -> Vec<Published> {
         match self {
-            SnapshotSet::Run(p) => vec![p.clone()],
+            SnapshotSet::Run(p) => vec![(**p).clone()],
             SnapshotSet::Topic(t) => t.parts.iter().map(|(_, p)| p.clone()).collect(),
         }
     }
@@ -301,7 +301,7 @@ pub fn latest_parts(dir: &Path) -> Result<SnapshotSet, SnapshotError> {
         if !folders.is_empty() {
             return Err(SnapshotError::Mixed(dir.to_path_buf()));
         }
-        return Ok(SnapshotSet::Run(latest_complete(dir)?));
+        return Ok(SnapshotSet::Run(Box::new(latest_complete(dir)?)));
     }
     if folders.is_empty() {
         return Err(SnapshotError::None(dir.to_path_buf()));

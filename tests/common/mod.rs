@@ -103,6 +103,7 @@ pub fn apt_install(packages: &str) {
 pub mod browser;
 pub mod http;
 pub mod kafka;
+pub mod kafka_cases;
 pub mod prometheus;
 
 /// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.

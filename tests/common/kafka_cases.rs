@@ -1,0 +1,145 @@
+//! What the Kafka tests share beyond the broker: the embedded run to compare with, the
+//! flags of `replay` and `process`, and reading their summaries.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::kafka::{Broker, Proc};
+use super::{ok, query_tables, run};
+
+pub const LIMIT: Duration = Duration::from_secs(180);
+
+pub fn assert_same_tables(want: &Path, got: &Path) {
+    let (a, b) = (query_tables(want), query_tables(got));
+    for (i, name) in [
+        "daily_sales",
+        "daily_category_sales",
+        "daily_brand_sales",
+        "rfm",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(a[i].lines().count() > 1, "{name} is empty");
+        assert_eq!(a[i], b[i], "{name} differs from run");
+    }
+}
+
+pub fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
+    let input = dir.join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    input
+}
+
+/// `replay` flags for `input` into `broker`, uncompressed (see the harness).
+pub fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "replay",
+        "--input",
+        input.to_str().unwrap(),
+        "--brokers",
+        &broker.addr,
+        "--compression",
+        "none",
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+pub fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
+    ok(&replay_args(broker, input, extra))
+}
+
+/// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
+pub fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "process",
+        "--brokers",
+        &broker.addr,
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--kafka-option",
+        "compression.type=none",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--snapshot-interval") {
+        args.extend(["--snapshot-interval", "200ms"]);
+    }
+    args
+}
+
+/// One test's files and broker: the input, the embedded `run`'s snapshots (`want`), the
+/// folder for `process` (`got`), and a broker with `purchases` created.
+pub struct Case {
+    pub _tmp: tempfile::TempDir,
+    pub input: PathBuf,
+    pub want: PathBuf,
+    pub got: PathBuf,
+    pub broker: Broker,
+}
+
+impl Case {
+    /// A generated file of `rows` lines.
+    pub fn generated(rows: u64, seed: u64, partitions: i32) -> Case {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = generate(tmp.path(), rows, seed);
+        Case::with(tmp, input, partitions)
+    }
+
+    /// `tests/fixtures/split_orders.csv`: orders split across days and customers.
+    pub fn split_orders(partitions: i32) -> Case {
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/split_orders.csv");
+        Case::with(tempfile::tempdir().unwrap(), input, partitions)
+    }
+
+    pub fn with(tmp: tempfile::TempDir, input: PathBuf, partitions: i32) -> Case {
+        let want = tmp.path().join("run");
+        run(&input, &want, &[]);
+        let broker = Broker::start();
+        broker.create_topic("purchases", partitions);
+        Case {
+            input,
+            want,
+            got: tmp.path().join("process"),
+            broker,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// The number after `label` on a summary line, e.g. `accepted   123`.
+pub fn number_after(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
+}
+
+pub fn accepted_in(summary: &str) -> u64 {
+    number_after(summary, "accepted")
+}
+
+/// A replay paced at `rate` events/s, in the background, so that kills land while events
+/// flow. tansu 0.6 serves nothing from an offset inside a record batch: one message per
+/// batch keeps every resume offset on a batch boundary.
+pub fn paced_replay(broker: &Broker, input: &Path, rate: &str) -> Proc {
+    let extra = ["--rate", rate, "--kafka-option", "batch.num.messages=1"];
+    Proc::spawn("replay", &replay_args(broker, input, &extra))
+}
+
+pub fn accepted_total(run_dir: &Path) -> u64 {
+    super::manifest(run_dir)["counts"]["accepted"]
+        .as_u64()
+        .unwrap()
+}
