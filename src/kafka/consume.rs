@@ -361,13 +361,11 @@ impl Ctx {
             return;
         };
         let record = DeadLetter {
-            reason: reason.to_string(),
-            stage: "process".into(),
             line,
             partition: Some(p),
             offset: Some(offset),
             detail,
-            original: String::from_utf8_lossy(payload).into_owned(),
+            ..DeadLetter::new(reason, "process", payload)
         };
         let value = serde_json::to_vec(&record).expect("dead letter serializes");
         let r = BaseRecord::to(&self.dead_letter_topic)

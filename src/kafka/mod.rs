@@ -124,8 +124,60 @@ pub struct DeadLetter {
     /// What went wrong beyond the reason, when there is more to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The original line or message (invalid UTF-8 replaced by U+FFFD).
+    /// The original line or message (invalid UTF-8 replaced by U+FFFD), at most
+    /// [`ORIGINAL_LIMIT`] bytes of it.
     pub original: String,
+    /// The original's full length in bytes, when `original` holds only its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_bytes: Option<u64>,
+    /// `original` is the start of a longer line or message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Bytes of the original a dead letter carries at most: a rejected line or message of any
+/// length then fits in a message (librdkafka's default limit is 1,000,000 bytes, and JSON
+/// escaping makes a byte at most six).
+pub const ORIGINAL_LIMIT: usize = 64 * 1024;
+
+impl DeadLetter {
+    /// A dead letter of `reason` from `stage` carrying `original`: its lossy UTF-8 text
+    /// when that fits in [`ORIGINAL_LIMIT`] bytes, else the text's start cut at a character
+    /// boundary, with the full length in bytes and `truncated`. Where it was (line,
+    /// partition, offset) and `detail` are left for the caller.
+    pub fn new(reason: &str, stage: &str, original: &[u8]) -> DeadLetter {
+        // Text never has fewer bytes than its source (an invalid sequence of up to three
+        // becomes U+FFFD, three bytes), so whatever starts past the limit in the source is
+        // cut anyway; three more bytes complete a character that starts before it.
+        let head = &original[..original.len().min(ORIGINAL_LIMIT + 3)];
+        let mut text = String::from_utf8_lossy(head).into_owned();
+        let truncated = text.len() > ORIGINAL_LIMIT;
+        if truncated {
+            text.truncate(text.floor_char_boundary(ORIGINAL_LIMIT));
+        }
+        DeadLetter {
+            reason: reason.to_string(),
+            stage: stage.to_string(),
+            line: None,
+            partition: None,
+            offset: None,
+            detail: None,
+            original: text,
+            original_bytes: truncated.then_some(original.len() as u64),
+            truncated,
+        }
+    }
+}
+
+/// The core's identity of an event, from the wire's.
+impl From<storepulse_replay::wire::EventId> for crate::aggregate::SeenId {
+    fn from(id: storepulse_replay::wire::EventId) -> Self {
+        Self {
+            source: id.source,
+            pass: id.pass,
+            line: id.line,
+        }
+    }
 }
 
 /// The value of an `end_of_input` control message.
@@ -184,3 +236,6 @@ pub fn send(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

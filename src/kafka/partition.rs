@@ -109,7 +109,7 @@ impl PartitionState {
         }
         let checked = wire.id().and_then(|id| {
             let core = &mut self.core;
-            Ok((id, wire.to_event_with(&mut |n| core.intern_name(n))?))
+            Ok((id.into(), wire.to_event_with(&mut |n| core.intern_name(n))?))
         });
         let (id, event) = match checked {
             Ok(x) => x,

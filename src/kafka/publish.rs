@@ -3,16 +3,13 @@
 //! id, timestamped with its event time; each rejected line becomes a dead letter. At the
 //! end every partition gets an `end_of_input` control message.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _};
 use storepulse_replay::wire::{EventId, WireEvent};
-use storepulse_replay::{Dictionary, PurchaseEvent, ReadStats, Rejected};
+use storepulse_replay::{identify, Dictionary, PurchaseEvent, ReadStats, Rejected};
 
 use super::{
     dead_letter_topic, partition_count, send, Connection, DeadLetter, Deliveries, EndOfInput,
@@ -67,8 +64,9 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         .connection
         .ensure_topics(&[&config.topic], config.partitions)?;
     config.connection.ensure_topics(&[&dlq], 1)?;
-    let source = fingerprint(&config.feed.input)
-        .map_err(|e| ReplayError::Fingerprint(config.feed.input.display().to_string(), e))?;
+    let source = identify(&config.feed.input)
+        .map_err(|e| ReplayError::Fingerprint(config.feed.input.display().to_string(), e))?
+        .source;
     let mut cc = config.connection.client_config();
     cc.set("enable.idempotence", "true")
         .set("compression.type", &config.compression)
@@ -206,13 +204,8 @@ impl KafkaSink<'_> {
 
     fn dead_letter(&mut self, r: &Rejected) -> Result<(), rdkafka::error::KafkaError> {
         let record = DeadLetter {
-            reason: r.reason.as_str().to_string(),
-            stage: "replay".into(),
             line: Some(r.line),
-            partition: None,
-            offset: None,
-            detail: None,
-            original: String::from_utf8_lossy(&r.text).into_owned(),
+            ..DeadLetter::new(r.reason.as_str(), "replay", &r.text)
         };
         let value = serde_json::to_vec(&record).expect("dead letter serializes");
         let rec = BaseRecord::to(self.dlq)
@@ -259,30 +252,4 @@ impl Sink for KafkaSink<'_> {
         }
         true
     }
-}
-
-/// A 64-bit fingerprint of a file: FNV-1a over its length and its first and last 64 KiB.
-/// The same file gives the same event ids in every replay; another file, other ids.
-pub fn fingerprint(path: &Path) -> std::io::Result<u64> {
-    const EDGE: u64 = 64 * 1024;
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(&len.to_le_bytes());
-    let mut buf = Vec::with_capacity(EDGE as usize);
-    f.by_ref().take(EDGE).read_to_end(&mut buf)?;
-    eat(&buf);
-    if len > EDGE {
-        buf.clear();
-        f.seek(SeekFrom::Start(len.saturating_sub(EDGE).max(EDGE)))?;
-        f.read_to_end(&mut buf)?;
-        eat(&buf);
-    }
-    Ok(h)
 }
