@@ -125,17 +125,18 @@ fn a_rejected_line_longer_than_a_message_is_dead_lettered_cut_and_the_replay_goe
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let generated = generate(tmp.path(), 2_000, 4);
-    let text = std::fs::read_to_string(&generated).unwrap();
+    // (The generator writes some invalid UTF-8, as the real log has.)
+    let bytes = std::fs::read(&generated).unwrap();
     // Line 1,001 (after the header and 999 lines): a 3 MB line with too few fields, its
     // start multi-byte so that the cut must find a character boundary.
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     let mut long = String::from("2020-04-24 11:50:39 UTC,");
     while long.len() < 3_000_000 {
         long.push_str("é€x");
     }
-    lines.insert(1_000, long.clone());
+    lines.insert(1_000, long.as_bytes());
     let input = tmp.path().join("with-long-line.csv");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    std::fs::write(&input, lines.join(&b'\n')).unwrap();
 
     let broker = Broker::start();
     broker.create_topic("purchases", 2);
@@ -293,7 +294,7 @@ fn rate_and_speed_hold_within_ten_percent_as_a_consumer_sees_them() {
         .collect();
     let achieved = 1.0 / slope(&by_rank);
     let span = got.last().unwrap().0;
-    assert!(span > 2.5, "measured over {span:.2} s only");
+    assert!(span > 2.0, "measured over {span:.2} s only");
     assert!(
         (achieved / rate - 1.0).abs() < 0.10,
         "--rate 2000: {achieved:.0} events/s over {span:.2} s"
@@ -305,13 +306,13 @@ fn rate_and_speed_hold_within_ten_percent_as_a_consumer_sees_them() {
         &input,
         "pace-speed",
         &["--speed", "2000000"],
-        4_000,
+        3_000,
         500,
     );
     let by_time: Vec<(f64, f64)> = got.iter().map(|(t, e)| (*e, *t)).collect();
     let achieved = 1.0 / slope(&by_time);
     let span = got.last().unwrap().0;
-    assert!(span > 2.5, "measured over {span:.2} s only");
+    assert!(span > 2.0, "measured over {span:.2} s only");
     assert!(
         (achieved / speed - 1.0).abs() < 0.10,
         "--speed 2000000: {achieved:.0}x over {span:.2} s"
