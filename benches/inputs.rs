@@ -1,16 +1,19 @@
-//! What knowing a processor's inputs costs, at scale and without a broker:
+//! What knowing a processor's inputs costs, without a broker:
 //!
 //! - an input's identity (`storepulse_replay::identify`: xxh3 of the whole file and its
 //!   line count, one streaming pass), timed on the generated file (median of 3);
-//! - duplicate detection (`aggregate::Seen`): the events of the file, in event-time order
-//!   as `replay` sends them, split over four partitions the way librdkafka's default
-//!   partitioner splits them (CRC32 of the order-id key), each partition's lines inserted
-//!   into a `Seen` of its own; then every line into one. Prints bytes per event (estimated
-//!   by `Seen::memory_bytes` and counted by the allocator), the serialized size in a
-//!   snapshot and the cost of an insert.
+//! - duplicate detection (`aggregate::Seen`) at ten times the real log: the file's events
+//!   in event-time order, as `replay` sends them, ten copies one after the other as one
+//!   input of 26.3 M lines (copy k: each line + k × the file's lines, each order id + k,
+//!   so that its orders spread over the partitions anew), split over four partitions the
+//!   way librdkafka's default partitioner splits them (CRC32 of the order-id key), each
+//!   partition's lines inserted into a `Seen` of its own; then every line into one. Prints
+//!   the cost of an insert and bytes per event: counted by the allocator, estimated by
+//!   `Seen::memory_bytes`, serialized for a snapshot, and what the chunked bit set it
+//!   replaced took.
 //!
-//! `cargo bench --bench inputs` (by default ten times the real log, 26,335,210 lines);
-//! `STOREPULSE_BENCH_ROWS` sets another size.
+//! `cargo bench --bench inputs`; `STOREPULSE_BENCH_ROWS` sets another file size,
+//! `STOREPULSE_BENCH_COPIES` another number of copies (default 10).
 
 mod common;
 
@@ -70,31 +73,53 @@ fn crc32(bytes: &[u8]) -> u32 {
     })
 }
 
-/// (event time, line, partition) of every accepted line, in event-time order.
-fn events(path: &std::path::Path) -> Vec<(i64, u32, u8)> {
+/// (line, order id) of every accepted line of the file, in event-time order (ties in line
+/// order), as `replay` sends them.
+fn events(path: &std::path::Path) -> Vec<(u32, u64)> {
     let mut reader =
         CsvReader::new(std::fs::File::open(path).unwrap(), &ReaderConfig::default()).unwrap();
     let mut out = Vec::new();
-    let mut key = String::new();
     while let Some(block) = reader.next_block().unwrap() {
-        for e in block.events {
-            use std::fmt::Write;
-            key.clear();
-            write!(key, "{}", e.order_id).unwrap();
-            let p = crc32(key.as_bytes()) as usize % PARTITIONS;
-            out.push((e.event_time_us, e.line as u32, p as u8));
-        }
+        out.extend(
+            block
+                .events
+                .iter()
+                .map(|e| (e.event_time_us, e.line as u32, e.order_id)),
+        );
     }
     out.sort_unstable();
+    out.into_iter()
+        .map(|(_, line, order)| (line, order))
+        .collect()
+}
+
+/// The events of `copies` copies of the file one after the other, as one input of
+/// `copies` times the lines: copy k's lines follow the file's last line k times over
+/// (line + k × lines) and its order ids are other orders (order id + k), so the orders
+/// of each copy spread over the partitions anew. (line, partition) in insertion order.
+fn scaled(base: &[(u32, u64)], lines: u64, copies: u64) -> Vec<(u32, u8)> {
+    let mut key = String::new();
+    let mut out = Vec::with_capacity(base.len() * copies as usize);
+    for k in 0..copies {
+        for &(line, order) in base {
+            use std::fmt::Write;
+            key.clear();
+            write!(key, "{}", order.wrapping_add(k)).unwrap();
+            let p = crc32(key.as_bytes()) as usize % PARTITIONS;
+            let line = u64::from(line) + k * lines;
+            out.push((u32::try_from(line).unwrap(), p as u8));
+        }
+    }
     out
 }
 
-/// Inserts `lines` into fresh sets, one per partition; prints and returns bytes per event.
-fn measure(what: &str, lines: &[(i64, u32, u8)], partitions: usize) {
+/// Inserts `events` into fresh sets, one per partition (all in one when `partitions` is
+/// 1); prints the cost per insert and the bytes per event.
+fn measure(what: &str, events: &[(u32, u8)], partitions: usize) {
     let held = HELD.load(Ordering::Relaxed);
     let mut parts = vec![Seen::default(); partitions];
     let t = Instant::now();
-    for &(_, line, p) in lines {
+    for &(line, p) in events {
         let id = SeenId {
             source: 0x5eed,
             pass: 0,
@@ -110,41 +135,34 @@ fn measure(what: &str, lines: &[(i64, u32, u8)], partitions: usize) {
         .flat_map(|s| s.sets())
         .map(|(_, bytes)| bytes.len())
         .sum();
-    let n = lines.len() as f64;
+    let n = events.len() as f64;
     // The chunked bit set this replaced: 8 KiB and 32 bytes per 65,536-line chunk touched.
-    let chunks: usize = (0..partitions)
-        .map(|p| {
-            let mut touched: Vec<u32> = lines
-                .iter()
-                .filter(|l| l.2 as usize % partitions == p)
-                .map(|l| l.1 >> 16)
-                .collect();
-            touched.sort_unstable();
-            touched.dedup();
-            touched.len()
-        })
-        .sum();
-    println!(
-        "{what}: {:.1} ns an insert; heap {:.3} bytes an event ({} KiB), estimate {:.3} ({} KiB), \
-         snapshot {:.3} ({} KiB); the chunked set took {:.3} ({} KiB)",
-        secs * 1e9 / n,
-        heap as f64 / n,
-        heap / 1024,
-        estimate as f64 / n,
-        estimate / 1024,
-        serialized as f64 / n,
-        serialized / 1024,
-        (chunks * (8192 + 32)) as f64 / n,
-        chunks * (8192 + 32) / 1024,
-    );
-    drop(parts);
+    let mut touched = vec![false; partitions << 16];
+    for &(line, p) in events {
+        touched[(p as usize % partitions) << 16 | (line >> 16) as usize] = true;
+    }
+    let chunked = touched.iter().filter(|&&t| t).count() * (8192 + 32);
+    println!("{what}:");
+    println!("  insert           {:>8.1} ns", secs * 1e9 / n);
+    for (label, bytes) in [
+        ("heap (allocator)", heap),
+        ("memory_bytes()", estimate),
+        ("snapshot bitmaps", serialized),
+        ("chunked set, before", chunked),
+    ] {
+        println!(
+            "  {label:<20} {:>7.3} bytes an event, {:>9} KiB",
+            bytes as f64 / n,
+            bytes / 1024
+        );
+    }
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--test") {
         return;
     }
-    let rows = common::rows_or(26_335_210);
+    let rows = common::rows();
     let path = common::data_file(rows);
     let bytes = std::fs::metadata(&path).unwrap().len() as f64;
     let mut secs = Vec::new();
@@ -163,18 +181,23 @@ fn main() {
         identity.lines
     );
     let t = Instant::now();
-    let lines = events(&path);
+    let base = events(&path);
+    let copies = std::env::var("STOREPULSE_BENCH_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10u64);
+    let all = scaled(&base, identity.lines, copies);
+    let mut per = [0usize; PARTITIONS];
+    for e in &all {
+        per[e.1 as usize] += 1;
+    }
     println!(
-        "input: {} ({rows} lines, {} events, read and sorted in {:.1} s)",
-        path.display(),
-        lines.len(),
+        "events: {} of the file, {copies} copies: {} ({:.1} s to read, sort and key); per partition {per:?}",
+        base.len(),
+        all.len(),
         t.elapsed().as_secs_f64()
     );
-    let mut per = [0usize; PARTITIONS];
-    for l in &lines {
-        per[l.2 as usize] += 1;
-    }
-    println!("events per partition: {per:?}");
-    measure("4 partitions by order id", &lines, PARTITIONS);
-    measure("one partition, every line", &lines, 1);
+    drop(base);
+    measure("4 partitions by order id", &all, PARTITIONS);
+    measure("one partition, every line", &all, 1);
 }
