@@ -49,3 +49,16 @@ CREATE TABLE rfm (
   rfm_cell VARCHAR NOT NULL,
   segment VARCHAR NOT NULL
 );
+
+-- Raw state beside the tables above, so that a run or a processor can resume from a
+-- snapshot. Not for queries; each file's columns are checked against the code's contract
+-- before it is read, like the tables'.
+--   state_open_sets (day DATE, scope VARCHAR, key VARCHAR NULL, value BIGINT UNSIGNED):
+--     the distinct sets of days not yet final.
+--   state_customer_orders (user_id BIGINT UNSIGNED, order_id BIGINT UNSIGNED): the
+--     (customer, order) pairs counted in frequencies.
+--   state_seen (source BIGINT UNSIGNED, pass INT UNSIGNED, bitmap BYTEA), Kafka partitions
+--     only: the events a partition has counted, one row per input (source: xxh3 of the
+--     input's whole content) and pass (`--loop`); bitmap holds the lines as a roaring
+--     bitmap in its portable serialization (the RoaringFormatSpec layout, run containers
+--     where they are smaller).

@@ -152,6 +152,12 @@ fn a_day_seen_final_stays_final_with_the_same_numbers() {
         }
     };
 
+    // The input the events come from (its identity, 171 lines), told to both partitions.
+    let input = r#"{"source":"00000000000000ab","lines":171}"#;
+    for p in 0..2 {
+        let control = Some(("storepulse-control", "input"));
+        broker.produce_to("purchases", p, None, control, input.as_bytes());
+    }
     // Partition 0 has events on May 1 and May 3; partition 1 has none.
     let key = |o: u64| Some(o.to_string().into_bytes());
     broker.produce_to(

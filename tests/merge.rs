@@ -36,6 +36,7 @@ fn write_partition(dir: &Path, topic: &str, p: i32, partitions: i32, core: &Core
         partitions,
         next_offset: core.accepted() as i64,
         end_of_input: true,
+        inputs: Default::default(),
     };
     SnapshotStore::open(&partition_dir(dir, topic, p), 1)
         .unwrap()

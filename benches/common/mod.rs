@@ -26,10 +26,15 @@ pub fn data_file(rows: u64) -> PathBuf {
 
 /// Rows from `STOREPULSE_BENCH_ROWS`, by default the real log's 2,633,521.
 pub fn rows() -> u64 {
+    rows_or(2_633_521)
+}
+
+/// Rows from `STOREPULSE_BENCH_ROWS`, by default `default`.
+pub fn rows_or(default: u64) -> u64 {
     std::env::var("STOREPULSE_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2_633_521)
+        .unwrap_or(default)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -6,6 +6,7 @@
 pub mod csv_line;
 pub mod event;
 pub mod fields;
+pub mod identity;
 pub mod pace;
 pub mod reader;
 pub mod reject;
@@ -13,6 +14,7 @@ pub mod validate;
 pub mod wire;
 
 pub use event::{Dictionary, PurchaseEvent, Sym};
+pub use identity::{identify, InputIdentity};
 pub use pace::{Pace, Pacer};
 pub use reader::{
     read_all, sort_by_event_time, Block, CsvReader, ReadAll, ReadError, ReadStats, ReaderConfig,

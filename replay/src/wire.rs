@@ -12,9 +12,10 @@ use crate::event::{Dictionary, PurchaseEvent, Sym};
 /// The `schema_version` this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Where an event came from: which input (a fingerprint of the file), which pass over it
-/// (`--loop`) and which line. Deterministic, so a consumer tells a redelivery or a second
-/// replay of the same file from a new purchase. Written as `<source:016x>-<loop>-<line>`.
+/// Where an event came from: which input (a hash of its whole content, see
+/// [`crate::identify`]), which pass over it (`--loop`) and which line. Deterministic, so a
+/// consumer tells a redelivery or a second replay of the same file from a new purchase.
+/// Written as `<source:016x>-<loop>-<line>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EventId {
     pub source: u64,

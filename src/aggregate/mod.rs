@@ -17,7 +17,7 @@ use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow, Scored};
-pub use seen::Seen;
+pub use seen::{Seen, SeenId};
 pub use state::{merge_watermarks, CoreState, CustomerState, DayState};
 use windows::{final_at, raise_max, record_customer, Windows};
 

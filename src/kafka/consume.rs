@@ -336,13 +336,11 @@ fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<
         return None;
     };
     Some(DeadLetter {
-        reason: reason.to_string(),
-        stage: "process".into(),
         line,
         partition: Some(p),
         offset: Some(offset),
         detail,
-        original: String::from_utf8_lossy(payload).into_owned(),
+        ..DeadLetter::new(reason, "process", payload)
     })
 }
 

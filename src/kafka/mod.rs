@@ -29,6 +29,8 @@ pub const CONTROL_HEADER: &str = "storepulse-control";
 pub const END_OF_INPUT: &str = "end_of_input";
 /// Control value: no event earlier than the message's time follows on this partition.
 pub const WATERMARK: &str = "watermark";
+/// Control value: the input whose events follow, with its line count.
+pub const INPUT: &str = "input";
 
 /// The dead-letter topic of `topic`.
 pub fn dead_letter_topic(topic: &str) -> String {
@@ -131,8 +133,60 @@ pub struct DeadLetter {
     /// What went wrong beyond the reason, when there is more to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The original line or message (invalid UTF-8 replaced by U+FFFD).
+    /// The original line or message (invalid UTF-8 replaced by U+FFFD), at most
+    /// [`ORIGINAL_LIMIT`] bytes of it.
     pub original: String,
+    /// The original's full length in bytes, when `original` holds only its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_bytes: Option<u64>,
+    /// `original` is the start of a longer line or message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Bytes of the original a dead letter carries at most: a rejected line or message of any
+/// length then fits in a message (librdkafka's default limit is 1,000,000 bytes, and JSON
+/// escaping makes a byte at most six).
+pub const ORIGINAL_LIMIT: usize = 64 * 1024;
+
+impl DeadLetter {
+    /// A dead letter of `reason` from `stage` carrying `original`: its lossy UTF-8 text
+    /// when that fits in [`ORIGINAL_LIMIT`] bytes, else the text's start cut at a character
+    /// boundary, with the full length in bytes and `truncated`. Where it was (line,
+    /// partition, offset) and `detail` are left for the caller.
+    pub fn new(reason: &str, stage: &str, original: &[u8]) -> DeadLetter {
+        // Text never has fewer bytes than its source (an invalid sequence of up to three
+        // becomes U+FFFD, three bytes), so whatever starts past the limit in the source is
+        // cut anyway; three more bytes complete a character that starts before it.
+        let head = &original[..original.len().min(ORIGINAL_LIMIT + 3)];
+        let mut text = String::from_utf8_lossy(head).into_owned();
+        let truncated = text.len() > ORIGINAL_LIMIT;
+        if truncated {
+            text.truncate(text.floor_char_boundary(ORIGINAL_LIMIT));
+        }
+        DeadLetter {
+            reason: reason.to_string(),
+            stage: stage.to_string(),
+            line: None,
+            partition: None,
+            offset: None,
+            detail: None,
+            original: text,
+            original_bytes: truncated.then_some(original.len() as u64),
+            truncated,
+        }
+    }
+}
+
+/// The core's identity of an event, from the wire's.
+impl From<storepulse_replay::wire::EventId> for crate::aggregate::SeenId {
+    fn from(id: storepulse_replay::wire::EventId) -> Self {
+        Self {
+            source: id.source,
+            pass: id.pass,
+            line: id.line,
+        }
+    }
 }
 
 /// The value of an `end_of_input` control message.
@@ -141,6 +195,18 @@ pub struct EndOfInput {
     /// The highest event time the replayer published, over all partitions: every day up to
     /// this one's is complete.
     pub last_event_time_us: i64,
+}
+
+/// The value of an `input` control message, sent to every partition before the events of
+/// an input: a processor counts only events of inputs it was told of, and only lines the
+/// input has, so a forged or broken event id cannot make it keep state for lines that do
+/// not exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Input {
+    /// The input's identity as in event ids (16 hex digits).
+    pub source: String,
+    /// Its highest line number (the header is line 1).
+    pub lines: u64,
 }
 
 /// The value of a `watermark` control message: every event of the replay earlier than
@@ -212,3 +278,6 @@ pub fn send<C: rdkafka::producer::ProducerContext>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

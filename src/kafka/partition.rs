@@ -10,8 +10,10 @@ use serde::Deserialize;
 use storepulse_replay::wire::{WireEvent, SCHEMA_VERSION};
 use storepulse_replay::RejectReason;
 
-use super::{EndOfInput, Watermark, END_OF_INPUT, WATERMARK};
-use crate::aggregate::{day_of, Core, CoreConfig, CoreState, Outcome, Seen, MICROS_PER_DAY};
+use super::{EndOfInput, Input, Watermark, END_OF_INPUT, INPUT, WATERMARK};
+use crate::aggregate::{
+    day_of, Core, CoreConfig, CoreState, Outcome, Seen, SeenId, MICROS_PER_DAY,
+};
 use crate::snapshot::Counts;
 
 /// A message that is not a purchase event of the schema (not JSON, a field missing or
@@ -47,6 +49,8 @@ pub struct PartitionState {
     pub seen: Seen,
     /// First offset not applied yet; `None` before the first message (read from the start).
     pub next_offset: Option<i64>,
+    /// The inputs the replayer announced: identity and line count.
+    pub inputs: BTreeMap<u64, u64>,
     records: u64,
     duplicates: u64,
     invalid: u64,
@@ -91,6 +95,7 @@ impl PartitionState {
             core: Core::restore(config, state),
             seen,
             next_offset,
+            inputs: BTreeMap::new(),
             records: counts.records,
             duplicates: counts.duplicates,
             invalid: reason(INVALID_MESSAGE),
@@ -118,12 +123,28 @@ impl PartitionState {
         }
         let checked = wire.id().and_then(|id| {
             let core = &mut self.core;
-            Ok((id, wire.to_event_with(&mut |n| core.intern_name(n))?))
+            Ok((id.into(), wire.to_event_with(&mut |n| core.intern_name(n))?))
         });
-        let (id, event) = match checked {
+        let (id, event): (SeenId, _) = match checked {
             Ok(x) => x,
             Err(e) => return self.invalid(e.to_string()),
         };
+        // Only lines of announced inputs: no state is kept for lines that do not exist.
+        match self.inputs.get(&id.source) {
+            None => {
+                return self.invalid(format!(
+                    "event_id {}: no input {:016x} was announced on this partition",
+                    wire.event_id, id.source
+                ))
+            }
+            Some(&lines) if id.line < 2 || id.line > lines.min(Seen::MAX_LINE) => {
+                return self.invalid(format!(
+                    "event_id {}: the input has lines 2 to {lines}",
+                    wire.event_id
+                ))
+            }
+            Some(_) => {}
+        }
         // A duplicate is dropped before anything else is decided, so a second replay of a
         // file changes no count, late ones included.
         if self.seen.contains(id) {
@@ -142,22 +163,39 @@ impl PartitionState {
     }
 
     fn control(&mut self, kind: &[u8], payload: &[u8]) -> Verdict {
-        let to = match kind {
+        enum Control {
+            Watermark(i64),
+            Input(u64, u64),
+        }
+        let control = match kind {
             k if k == END_OF_INPUT.as_bytes() => {
                 serde_json::from_slice(payload).ok().map(|end: EndOfInput| {
                     // Every day up to the replay's last one is complete: make them final.
                     let day_end = (i64::from(day_of(end.last_event_time_us)) + 1) * MICROS_PER_DAY;
-                    day_end.saturating_add(self.core.allowed_lateness_us())
+                    Control::Watermark(day_end.saturating_add(self.core.allowed_lateness_us()))
                 })
             }
             k if k == WATERMARK.as_bytes() => serde_json::from_slice(payload)
                 .ok()
-                .map(|w: Watermark| w.watermark_us),
+                .map(|w: Watermark| Control::Watermark(w.watermark_us)),
+            k if k == INPUT.as_bytes() => {
+                serde_json::from_slice(payload).ok().and_then(|i: Input| {
+                    let source = (i.source.len() == 16)
+                        .then(|| u64::from_str_radix(&i.source, 16).ok())
+                        .flatten()?;
+                    Some(Control::Input(source, i.lines))
+                })
+            }
             _ => None,
         };
-        match to {
-            Some(to) => {
+        match control {
+            Some(Control::Watermark(to)) => {
                 self.core.advance_watermark(to);
+                Verdict::Control
+            }
+            Some(Control::Input(source, lines)) => {
+                let known = self.inputs.entry(source).or_default();
+                *known = (*known).max(lines);
                 Verdict::Control
             }
             None => {

@@ -9,21 +9,18 @@
 //! replay (`--limit`, a signal, a failed delivery) sends no end of input, so the days it
 //! did not finish stay open for the next replay of the same file.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use storepulse_replay::wire::{EventId, WireEvent};
-use storepulse_replay::{Dictionary, PurchaseEvent, ReadStats, Rejected};
+use storepulse_replay::{identify, Dictionary, PurchaseEvent, ReadStats, Rejected};
 
 use super::acks::Acks;
 use super::{
-    dead_letter_topic, partition_count, send, Connection, DeadLetter, EndOfInput, KafkaError,
-    Watermark, CONTROL_HEADER, END_OF_INPUT, WATERMARK,
+    dead_letter_topic, partition_count, send, Connection, DeadLetter, EndOfInput, Input,
+    KafkaError, Watermark, CONTROL_HEADER, END_OF_INPUT, INPUT, WATERMARK,
 };
 use crate::ingest::feed::{self, FeedConfig, FeedError, FeedOutcome, Order, Sink};
 
@@ -112,8 +109,9 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         .connection
         .ensure_topics(&[&config.topic], config.partitions)?;
     config.connection.ensure_topics(&[&dlq], 1)?;
-    let source = fingerprint(&config.feed.input)
+    let identity = identify(&config.feed.input)
         .map_err(|e| ReplayError::Fingerprint(config.feed.input.display().to_string(), e))?;
+    let source = identity.source;
     let mut cc = config.connection.client_config();
     cc.set("enable.idempotence", "true")
         .set("compression.type", &config.compression)
@@ -134,6 +132,14 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
         partitions,
     };
 
+    // The processors learn of the input before its first event.
+    control.send(
+        INPUT,
+        &Input {
+            source: format!("{source:016x}"),
+            lines: identity.lines,
+        },
+    )?;
     let start = Instant::now();
     let fed_all = AtomicBool::new(false);
     let mut watermarks = Watermarks::default();
@@ -355,13 +361,8 @@ impl KafkaSink<'_> {
 
     fn dead_letter(&mut self, r: &Rejected) -> Result<(), rdkafka::error::KafkaError> {
         let record = DeadLetter {
-            reason: r.reason.as_str().to_string(),
-            stage: "replay".into(),
             line: Some(r.line),
-            partition: None,
-            offset: None,
-            detail: None,
-            original: String::from_utf8_lossy(&r.text).into_owned(),
+            ..DeadLetter::new(r.reason.as_str(), "replay", &r.text)
         };
         let value = serde_json::to_vec(&record).expect("dead letter serializes");
         let rec = BaseRecord::with_opaque_to(self.dlq, self.producer.context().next())
@@ -411,30 +412,4 @@ impl Sink for KafkaSink<'_> {
         }
         true
     }
-}
-
-/// A 64-bit fingerprint of a file: FNV-1a over its length and its first and last 64 KiB.
-/// The same file gives the same event ids in every replay; another file, other ids.
-pub fn fingerprint(path: &Path) -> std::io::Result<u64> {
-    const EDGE: u64 = 64 * 1024;
-    let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(&len.to_le_bytes());
-    let mut buf = Vec::with_capacity(EDGE as usize);
-    f.by_ref().take(EDGE).read_to_end(&mut buf)?;
-    eat(&buf);
-    if len > EDGE {
-        buf.clear();
-        f.seek(SeekFrom::Start(len.saturating_sub(EDGE).max(EDGE)))?;
-        f.read_to_end(&mut buf)?;
-        eat(&buf);
-    }
-    Ok(h)
 }

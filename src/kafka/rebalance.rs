@@ -231,6 +231,7 @@ impl Ctx {
                     partition,
                     next_offset,
                     end_of_input,
+                    inputs,
                     ..
                 } = &published.manifest.input
                 else {
@@ -239,13 +240,19 @@ impl Ctx {
                 if *topic != c.topic || *partition != p {
                     return Err(ProcessError::Foreign(published.path));
                 }
-                let state = PartitionState::restore(
+                let mut state = PartitionState::restore(
                     c.core,
                     state,
                     seen,
                     &published.manifest.counts,
                     Some(*next_offset),
                 );
+                for (source, &lines) in inputs {
+                    let Ok(source) = u64::from_str_radix(source, 16) else {
+                        return Err(ProcessError::Foreign(published.path));
+                    };
+                    state.inputs.insert(source, lines);
+                }
                 (state, *end_of_input)
             }
             Err(SnapshotError::None(_)) => (PartitionState::new(c.core), false),
@@ -358,6 +365,12 @@ impl Ctx {
                     partitions,
                     next_offset,
                     end_of_input: part.at_end,
+                    inputs: part
+                        .state
+                        .inputs
+                        .iter()
+                        .map(|(s, &lines)| (format!("{s:016x}"), lines))
+                        .collect(),
                 },
                 counts: part.state.counts(),
                 config: self.config.window.clone(),

@@ -149,16 +149,14 @@ pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
     for b in read(snapshot, tables::STATE_SEEN)? {
         let source = b.column(0).as_primitive::<UInt64Type>();
         let pass = b.column(1).as_primitive::<UInt32Type>();
-        let chunk = b.column(2).as_primitive::<UInt64Type>();
-        let bits = b.column(3).as_binary::<i32>();
+        let bitmap = b.column(2).as_binary::<i32>();
         for r in 0..b.num_rows() {
-            let key = (source.value(r), pass.value(r), chunk.value(r));
-            if !seen.restore(key, bits.value(r)) {
-                return Err(SnapshotError::Damaged {
+            let key = (source.value(r), pass.value(r));
+            seen.restore(key, bitmap.value(r))
+                .map_err(|e| SnapshotError::Damaged {
                     path: snapshot.path.clone(),
-                    what: format!("{} has a chunk of the wrong size", tables::STATE_SEEN),
-                });
-            }
+                    what: format!("{} row {r}: {e}", tables::STATE_SEEN),
+                })?;
         }
     }
     Ok(seen)

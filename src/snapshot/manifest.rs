@@ -69,6 +69,9 @@ pub enum InputPosition {
         next_offset: i64,
         /// The last message applied was the replayer's `end_of_input`.
         end_of_input: bool,
+        /// The inputs announced on the partition: identity (16 hex digits) and line count.
+        #[serde(default)]
+        inputs: BTreeMap<String, u64>,
     },
 }
 

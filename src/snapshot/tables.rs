@@ -21,7 +21,8 @@ pub const RFM: &str = "rfm";
 /// the (customer, order) pairs already counted.
 pub const STATE_OPEN_SETS: &str = "state_open_sets";
 pub const STATE_CUSTOMER_ORDERS: &str = "state_customer_orders";
-/// The event ids a partition has counted (see `aggregate::Seen`): Kafka processors only.
+/// The events a partition has counted (see `aggregate::Seen`), one row per input and pass
+/// with its lines as a roaring bitmap: Kafka processors only.
 pub const STATE_SEEN: &str = "state_seen";
 
 /// The `scope` values of `state_open_sets`: which distinct set a row belongs to.
@@ -96,8 +97,7 @@ pub fn schema(table: &str) -> SchemaRef {
         STATE_SEEN => vec![
             f("source", DataType::UInt64, false),
             f("pass", DataType::UInt32, false),
-            f("chunk", DataType::UInt64, false),
-            f("bits", DataType::Binary, false),
+            f("bitmap", DataType::Binary, false),
         ],
         other => panic!("unknown table {other}"),
     };
@@ -238,16 +238,16 @@ pub fn state_customer_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
     )
 }
 
+/// One row per (source, pass): its lines as a roaring bitmap (portable serialization).
 pub fn state_seen(seen: &Seen) -> Result<RecordBatch, ArrowError> {
-    let chunks = seen.chunks();
+    let sets = seen.sets();
     batch(
         STATE_SEEN,
         vec![
-            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.0 .0))),
-            Arc::new(UInt32Array::from_iter_values(chunks.iter().map(|c| c.0 .1))),
-            Arc::new(UInt64Array::from_iter_values(chunks.iter().map(|c| c.0 .2))),
+            Arc::new(UInt64Array::from_iter_values(sets.iter().map(|s| s.0 .0))),
+            Arc::new(UInt32Array::from_iter_values(sets.iter().map(|s| s.0 .1))),
             Arc::new(BinaryArray::from_iter_values(
-                chunks.iter().map(|c| c.1.as_slice()),
+                sets.iter().map(|s| s.1.as_slice()),
             )),
         ],
     )

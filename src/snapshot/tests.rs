@@ -263,3 +263,129 @@ fn a_snapshot_given_up_publishes_nothing() {
     assert_eq!(store.write(&core, meta()).unwrap().id, 2);
     assert_eq!(latest(dir.path()).unwrap().manifest.id, 2);
 }
+
+/// A partition's counted events: a long run, scattered lines, a second pass, another input.
+fn sample_seen() -> Seen {
+    use crate::aggregate::SeenId;
+    let mut seen = Seen::default();
+    let mut put = |source, pass, line| assert!(seen.insert(SeenId { source, pass, line }));
+    for line in 2..300_002 {
+        put(11, 0, line);
+    }
+    for line in (2..1_000_000).step_by(7) {
+        put(11, 1, line);
+    }
+    put(12, 0, Seen::MAX_LINE);
+    seen
+}
+
+#[test]
+fn counted_events_round_trip_through_a_snapshot() {
+    use crate::aggregate::SeenId;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    let seen = sample_seen();
+    store
+        .write_with(&sample_core(), Some(&seen), meta())
+        .unwrap();
+    let back = load_seen(&latest_complete(dir.path()).unwrap()).unwrap();
+    assert_eq!(back.len(), seen.len());
+    assert_eq!(back.len(), 300_000 + 142_857 + 1);
+    let id = |source, pass, line| SeenId { source, pass, line };
+    for (i, want) in [
+        (id(11, 0, 2), true),
+        (id(11, 0, 300_001), true),
+        (id(11, 0, 300_002), false),
+        (id(11, 1, 9), true),
+        (id(11, 1, 10), false),
+        (id(12, 0, Seen::MAX_LINE), true),
+        (id(12, 0, 2), false),
+        (id(11, 2, 2), false),
+    ] {
+        assert_eq!(back.contains(i), want, "{i:?}");
+    }
+    // One row per (source, pass); the run of 300,000 lines is a few runs, not 37 KB of bits.
+    let batch = tables::state_seen(&seen).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+    let bytes = std::fs::metadata(
+        latest_complete(dir.path())
+            .unwrap()
+            .table_path(tables::STATE_SEEN)
+            .unwrap(),
+    )
+    .unwrap()
+    .len();
+    assert!(bytes < 40_000, "state_seen.parquet is {bytes} bytes");
+}
+
+#[test]
+fn a_damaged_bitmap_is_an_error_naming_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    store
+        .write_with(&sample_core(), Some(&sample_seen()), meta())
+        .unwrap();
+    let rows = RecordBatch::try_new(
+        tables::schema(tables::STATE_SEEN),
+        vec![
+            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![1])),
+            Arc::new(datafusion::arrow::array::UInt32Array::from(vec![0])),
+            Arc::new(datafusion::arrow::array::BinaryArray::from(vec![
+                &b"\x3a\x30\x00\x00 not a bitmap"[..],
+            ])),
+        ],
+    )
+    .unwrap();
+    write_parquet(
+        &snap_file(dir.path(), 1, "state_seen.parquet"),
+        tables::STATE_SEEN,
+        &rows,
+    )
+    .unwrap();
+    let err = load_seen(&latest(dir.path()).unwrap()).unwrap_err();
+    assert!(matches!(err, SnapshotError::Damaged { .. }), "{err}");
+    assert!(err.to_string().contains("state_seen"), "{err}");
+}
+
+#[test]
+fn a_snapshot_with_the_chunked_event_ids_of_before_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    store
+        .write_with(&sample_core(), Some(&sample_seen()), meta())
+        .unwrap();
+    // The layout before roaring bitmaps: a row per 65,536-line chunk of bits.
+    let old = RecordBatch::try_from_iter([
+        (
+            "source",
+            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![1])) as _,
+        ),
+        (
+            "pass",
+            Arc::new(datafusion::arrow::array::UInt32Array::from(vec![0])) as _,
+        ),
+        (
+            "chunk",
+            Arc::new(datafusion::arrow::array::UInt64Array::from(vec![0])) as _,
+        ),
+        (
+            "bits",
+            Arc::new(datafusion::arrow::array::BinaryArray::from(vec![
+                &[0u8; 8192][..],
+            ])) as _,
+        ),
+    ])
+    .unwrap();
+    write_parquet(
+        &snap_file(dir.path(), 1, "state_seen.parquet"),
+        tables::STATE_SEEN,
+        &old,
+    )
+    .unwrap();
+    let err = latest(dir.path()).unwrap().verify().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("state_seen.parquet") && text.contains("chunk") && text.contains("bitmap"),
+        "{text}"
+    );
+}

@@ -222,6 +222,15 @@ impl Broker {
     /// Every message of `topic` (all partitions), read with a plain consumer: the
     /// values in partition then offset order.
     pub fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
+        self.read_messages(topic)
+            .into_iter()
+            .map(|m| m.value)
+            .collect()
+    }
+
+    /// Every message of `topic` (all partitions) with its key, partition and headers, in
+    /// partition then offset order.
+    pub fn read_messages(&self, topic: &str) -> Vec<Msg> {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.addr)
             .set("group.id", "test-reader")
@@ -248,13 +257,44 @@ impl Broker {
             while quiet_since.elapsed() < Duration::from_millis(1500) {
                 assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
                 if let Some(m) = c.poll(Duration::from_millis(100)) {
-                    let m = m.unwrap();
-                    out.push(m.payload().unwrap_or_default().to_vec());
+                    out.push(Msg::of(&m.unwrap()));
                     quiet_since = Instant::now();
                 }
             }
         }
         out
+    }
+}
+
+/// One message as a plain consumer read it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// The message timestamp in milliseconds (the event time, for an event).
+    pub timestamp_ms: Option<i64>,
+    /// The value of its `storepulse-control` header: a control message, not an event.
+    pub control: Option<String>,
+}
+
+impl Msg {
+    pub fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Msg {
+        use rdkafka::message::Headers;
+        let control = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == storepulse::kafka::CONTROL_HEADER)
+                .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+        });
+        Msg {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            timestamp_ms: m.timestamp().to_millis(),
+            control,
+        }
     }
 }
 
@@ -319,7 +359,9 @@ impl Proc {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 let out = read(self.child.stdout.take());
-                let err = read(self.child.stderr.take());
+                // The reader thread collects stderr until the pipe closes.
+                std::thread::sleep(Duration::from_millis(100));
+                let err = self.stderr();
                 assert!(
                     status.success(),
                     "{} failed ({status}):\n{err}\n{out}",

@@ -15,6 +15,13 @@ fn event(id: &str, t_us: i64, order: u64, user: Option<u64>, price: &str) -> Vec
     .into_bytes()
 }
 
+/// A partition that was told of input `aa`, of 100 lines.
+fn announced(config: CoreConfig) -> PartitionState {
+    let mut p = PartitionState::new(config);
+    p.inputs.insert(0xaa, 100);
+    p
+}
+
 fn config() -> CoreConfig {
     CoreConfig {
         keep_day_customers: true,
@@ -24,7 +31,7 @@ fn config() -> CoreConfig {
 
 #[test]
 fn a_valid_event_is_counted_and_its_redelivery_is_a_duplicate() {
-    let mut p = PartitionState::new(config());
+    let mut p = announced(config());
     let e = event(
         "00000000000000aa-0-5",
         T0 + 3_600_000_000,
@@ -55,7 +62,7 @@ fn a_valid_event_is_counted_and_its_redelivery_is_a_duplicate() {
 
 #[test]
 fn broken_messages_are_rejected_with_their_reason() {
-    let mut p = PartitionState::new(config());
+    let mut p = announced(config());
     let cases: [(&[u8], &str); 6] = [
         (b"not json", INVALID_MESSAGE),
         (b"{}", INVALID_MESSAGE),
@@ -88,7 +95,7 @@ fn broken_messages_are_rejected_with_their_reason() {
 
 #[test]
 fn end_of_input_makes_the_replayed_days_final_but_not_later_ones() {
-    let mut p = PartitionState::new(config());
+    let mut p = announced(config());
     let e = event(
         "00000000000000aa-0-5",
         T0 + 5 * 3_600_000_000,
@@ -129,7 +136,7 @@ fn end_of_input_makes_the_replayed_days_final_but_not_later_ones() {
 
 #[test]
 fn restored_counts_continue() {
-    let mut p = PartitionState::new(config());
+    let mut p = announced(config());
     p.apply(0, None, b"junk");
     p.apply(1, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00"));
     p.apply(2, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00"));
@@ -144,6 +151,7 @@ fn restored_counts_continue() {
         &counts,
         p.next_offset,
     );
+    q.inputs = p.inputs.clone();
     assert_eq!(q.counts(), counts);
     assert_eq!(
         q.apply(3, None, &event("00000000000000aa-0-5", T0, 1, None, "1.00")),
@@ -154,7 +162,7 @@ fn restored_counts_continue() {
 
 #[test]
 fn only_watermarks_make_days_final_and_a_partition_without_events_moves_too() {
-    let mut p = PartitionState::new(CoreConfig::default());
+    let mut p = announced(CoreConfig::default());
     // Its own events never move the watermark: another partition may still be behind.
     let e = event("00000000000000aa-0-5", T0 + 3 * DAY, 1, Some(9), "1.00");
     assert_eq!(p.apply(0, None, &e), Verdict::Counted);
@@ -162,7 +170,7 @@ fn only_watermarks_make_days_final_and_a_partition_without_events_moves_too() {
     let early = event("00000000000000aa-0-6", T0, 2, Some(9), "2.00");
     assert_eq!(p.apply(1, None, &early), Verdict::Counted);
     // The replayer's watermark does, in this partition as in one without events.
-    let mut empty = PartitionState::new(CoreConfig::default());
+    let mut empty = announced(CoreConfig::default());
     let w = format!(r#"{{"watermark_us":{}}}"#, T0 + DAY);
     for (q, offset) in [(&mut p, 2), (&mut empty, 0)] {
         assert_eq!(
@@ -194,4 +202,52 @@ fn only_watermarks_make_days_final_and_a_partition_without_events_moves_too() {
             ..
         }
     ));
+}
+
+#[test]
+fn only_lines_of_announced_inputs_count() {
+    let mut p = PartitionState::new(config());
+    let e = |id: &str| event(id, T0, 1, Some(9), "1.00");
+    let rejected = |v: Verdict| {
+        matches!(
+            v,
+            Verdict::Rejected {
+                reason: INVALID_MESSAGE,
+                ..
+            }
+        )
+    };
+    // No input announced yet: nothing counts, and no state is kept for it.
+    assert!(rejected(p.apply(0, None, &e("00000000000000aa-0-5"))));
+    let input = br#"{"source":"00000000000000aa","lines":7}"#;
+    assert_eq!(p.apply(1, Some(INPUT.as_bytes()), input), Verdict::Control);
+    assert_eq!(
+        p.apply(2, None, &e("00000000000000aa-0-5")),
+        Verdict::Counted
+    );
+    assert_eq!(
+        p.apply(3, None, &e("00000000000000aa-0-7")),
+        Verdict::Counted
+    );
+    // Lines the input does not have, and another input, are invalid messages.
+    for (offset, id) in [
+        (4, "00000000000000aa-0-8"),
+        (5, "00000000000000aa-0-1"),
+        (6, "00000000000000aa-0-18446744073709551615"),
+        (7, "00000000000000bb-0-5"),
+    ] {
+        assert!(rejected(p.apply(offset, None, &e(id))), "{id}");
+    }
+    assert_eq!(p.seen.len(), 2);
+    let c = p.counts();
+    assert_eq!(
+        (c.records, c.accepted, c.rejected[INVALID_MESSAGE]),
+        (7, 2, 5)
+    );
+    // A malformed announcement is an invalid message too.
+    assert!(rejected(p.apply(
+        8,
+        Some(INPUT.as_bytes()),
+        br#"{"source":"xyz","lines":7}"#
+    )));
 }
