@@ -221,15 +221,17 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
         assert_eq!(rejected, summary_count(summary, "rejected"), "{job}");
         assert!(rejected > 0.0, "the generated file has rejects");
     }
-    // What the replayer sent, the processor applied: every event, plus one end-of-input
-    // marker per partition among the messages.
+    // What the replayer sent, the processor applied: every event, plus its control
+    // messages, each to every partition: the input, every watermark and the end of input.
     let sent = summary_count(&replay_summary, "events sent");
     assert!(sent > 19_000.0, "{replay_summary}");
+    let watermarks = summary_count(&replay_summary, "watermarks");
+    assert!(watermarks >= 1.0, "{replay_summary}");
     wait(Duration::from_secs(60), "the processor's counters", || {
         let q = |e: &str| prometheus.value(e).unwrap_or(0.0);
         q("sum(storepulse_events_applied_total{job=\"storepulse-process\"})") == sent
             && q("sum(storepulse_messages_consumed_total{job=\"storepulse-process\"})")
-                == sent + 4.0
+                == sent + 4.0 * (2.0 + watermarks)
     });
     assert_eq!(
         prometheus.value("sum(storepulse_duplicate_messages_total{job=\"storepulse-process\"})"),
