@@ -6,55 +6,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::kafka::{serial, Broker, Msg};
-use common::ok;
+use common::kafka_cases::{generate, number_after, replay};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
-fn generate(dir: &Path, rows: u64, seed: u64) -> PathBuf {
-    let input = dir.join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        &rows.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
-    input
-}
-
-/// `replay` of `input` into `broker`, uncompressed (tansu 0.6 does not read compressed
-/// batches back); returns the summary.
-fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "replay",
-        "--input",
-        input.to_str().unwrap(),
-        "--brokers",
-        &broker.addr,
-        "--compression",
-        "none",
-        "--no-progress",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args)
-}
-
-/// The number after `label` on a summary line, e.g. `events sent   123`.
-fn number_after(summary: &str, label: &str) -> u64 {
-    summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
-}
 
 fn events(messages: &[Msg]) -> Vec<(&Msg, serde_json::Value)> {
     messages
