@@ -62,18 +62,21 @@ fn kill_mid_stream(victim: Proc, dir: &Path, after: u64) {
 fn a_processor_killed_mid_stream_resumes_exactly() {
     let _serial = serial();
     let c = Case::generated(12_000, 22, 3);
-    // Static membership: the restarted processor takes its partitions back at once.
+    // Static assignment: the restarted processor owns every partition at once. (Through
+    // the group, tansu may expire the killed member's session after the restarted one was
+    // assigned, and never assigns the partitions again: see the README's tansu gaps. The
+    // group path is covered by `two_processors_with_one_killed_and_restarted_equal_one`.)
     let args = process_args(
         &c.broker,
         &c.got,
-        &["--snapshot-interval", "100ms", "--instance-id", "p1"],
+        &["--snapshot-interval", "100ms", "--assign", "all"],
     );
     let first = Proc::spawn("first processor", &args);
     first.wait_stderr("assigned partitions [0, 1, 2]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "1500");
     kill_mid_stream(first, &c.got, 2_000);
     let summary = replayer.wait_ok(LIMIT);
-    let args = process_args(&c.broker, &c.got, &["--stop-at-end", "--instance-id", "p1"]);
+    let args = process_args(&c.broker, &c.got, &["--stop-at-end", "--assign", "all"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
     let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted_in(&summary));
