@@ -6,6 +6,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY aggregate aggregate
 COPY replay replay
 COPY src src
 COPY schemas schemas

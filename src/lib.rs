@@ -2,7 +2,7 @@
 //! for the map; the replayer (reading, validating, ordering, pacing) is the
 //! `storepulse-replay` crate under `replay/`.
 
-pub mod aggregate;
+pub use storepulse_aggregate as aggregate;
 pub mod cli;
 pub mod generate;
 pub mod http;

@@ -4,7 +4,6 @@
 //! writes no files.
 
 pub mod csv_line;
-pub mod event;
 pub mod fields;
 pub mod identity;
 pub mod pace;
@@ -20,4 +19,6 @@ pub use reader::{
     read_all, sort_by_event_time, Block, CsvReader, ReadAll, ReadError, ReadStats, ReaderConfig,
 };
 pub use reject::{RejectCounts, RejectReason, Rejected};
+/// The event type the core works on lives with the core; the reader produces it.
+pub use storepulse_aggregate::event;
 pub use validate::{Header, HeaderError, LineValidator, DEFAULT_MIN_EVENT_TIME_US};

@@ -23,6 +23,17 @@ pub struct EventId {
     pub line: u64,
 }
 
+/// The core's identity of an event, from the wire's.
+impl From<EventId> for storepulse_aggregate::SeenId {
+    fn from(id: EventId) -> Self {
+        Self {
+            source: id.source,
+            pass: id.pass,
+            line: id.line,
+        }
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}-{}-{}", self.source, self.pass, self.line)

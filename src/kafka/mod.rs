@@ -178,17 +178,6 @@ impl DeadLetter {
     }
 }
 
-/// The core's identity of an event, from the wire's.
-impl From<storepulse_replay::wire::EventId> for crate::aggregate::SeenId {
-    fn from(id: storepulse_replay::wire::EventId) -> Self {
-        Self {
-            source: id.source,
-            pass: id.pass,
-            line: id.line,
-        }
-    }
-}
-
 /// The value of an `end_of_input` control message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndOfInput {

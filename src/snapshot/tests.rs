@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::*;
-use crate::aggregate::tests::ev;
 use crate::aggregate::CoreConfig;
+use storepulse_aggregate::testing::ev;
 
 const JUNE1: i64 = 1_590_969_600_000_000;
 const H: i64 = 3_600_000_000;

@@ -2,8 +2,8 @@
 //! orders and customers are kept as sets only while the day is open; a final day keeps
 //! just its counts.
 
+use crate::{PurchaseEvent, Sym};
 use rustc_hash::{FxHashMap, FxHashSet};
-use storepulse_replay::{PurchaseEvent, Sym};
 
 /// Exact sums of a day or a group. Money in cents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]

@@ -86,8 +86,8 @@ impl Core {
     /// The plain-data form of the state: what [`Core::restore`] takes back (sorted, so two
     /// equal states compare equal).
     pub fn state(&self) -> CoreState {
-        let name = |k: &Option<storepulse_replay::Sym>| k.map(|s| self.name(s).to_string());
-        let groups = |g: &FxHashMap<Option<storepulse_replay::Sym>, Group>| {
+        let name = |k: &Option<crate::Sym>| k.map(|s| self.name(s).to_string());
+        let groups = |g: &FxHashMap<Option<crate::Sym>, Group>| {
             let mut totals: Vec<(Option<String>, Totals)> =
                 g.iter().map(|(k, g)| (name(k), g.totals)).collect();
             let mut open: Vec<(Option<String>, u64)> = g
@@ -151,7 +151,7 @@ impl Core {
 
 fn restore_groups(
     core: &mut Core,
-    groups: &mut FxHashMap<Option<storepulse_replay::Sym>, Group>,
+    groups: &mut FxHashMap<Option<crate::Sym>, Group>,
     totals: Vec<(Option<String>, Totals)>,
     open: Vec<(Option<String>, u64)>,
 ) {

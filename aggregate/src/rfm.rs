@@ -4,8 +4,8 @@
 
 use std::sync::OnceLock;
 
+use crate::PurchaseEvent;
 use rustc_hash::FxHashMap;
-use storepulse_replay::PurchaseEvent;
 
 use super::day_of;
 

@@ -3,8 +3,8 @@
 //! what one core fed everything holds: daily totals, customers per day, categories,
 //! brands, customers, late events, the watermark and which days are final.
 
+use crate::PurchaseEvent;
 use proptest::prelude::*;
-use storepulse_replay::PurchaseEvent;
 
 use super::super::*;
 

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::PurchaseEvent;
 use rustc_hash::{FxHashMap, FxHashSet};
-use storepulse_replay::PurchaseEvent;
 
 use super::{day_of, CoreConfig, Customer, Day, Outcome, MICROS_PER_DAY};
 

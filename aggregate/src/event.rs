@@ -1,6 +1,6 @@
 //! The compact, typed purchase event the core works on, and the dictionary that turns
 //! category codes and brands into small integers. No serialization lives here: the wire
-//! format is in `wire.rs`.
+//! format is in the replay crate's `wire.rs`.
 
 use rustc_hash::FxHashMap;
 

@@ -1,19 +1,26 @@
 //! The aggregate core: event-time daily windows (sales per day, category and brand) and
 //! per-customer RFM state, kept incrementally. Pure and synchronous: no I/O, no clock
 //! reads, no async. Time only arrives as event times and watermarks passed in.
+//!
+//! A crate of its own so that Cargo enforces the rule: it depends on no wire format,
+//! serialization, async runtime or Kafka client (only hash maps, bitmaps, error types
+//! and rayon's fork-join); readers and transports depend on it, never the other way round.
 
 mod daily;
+pub mod event;
 pub mod rfm;
 mod seen;
 mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 mod windows;
 
 use std::collections::BTreeMap;
 
+pub use event::{Dictionary, PurchaseEvent, Sym};
 use rustc_hash::{FxHashMap, FxHashSet};
-use storepulse_replay::{Dictionary, PurchaseEvent, Sym};
 
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow, Scored};

@@ -1,5 +1,5 @@
+use crate::{PurchaseEvent, Sym};
 use proptest::prelude::*;
-use storepulse_replay::{PurchaseEvent, Sym};
 
 use super::*;
 
@@ -8,28 +8,7 @@ const D: i64 = MICROS_PER_DAY;
 /// 2020-06-01 00:00:00 UTC
 const JUNE1: i64 = 1_590_969_600_000_000;
 
-/// A test event; the snapshot tests use it too.
-pub(crate) fn ev(
-    t: i64,
-    order: u64,
-    user: Option<u64>,
-    cents: i64,
-    cat: Option<u32>,
-    brand: Option<u32>,
-) -> PurchaseEvent {
-    PurchaseEvent {
-        event_time_us: t,
-        order_id: order,
-        product_id: 1,
-        category_id: None,
-        user_id: user,
-        price_cents: cents,
-        category: cat.map(Sym),
-        brand: brand.map(Sym),
-        line: 0,
-        offset: 0,
-    }
-}
+pub(crate) use crate::testing::ev;
 
 fn core() -> Core {
     let mut c = Core::new(CoreConfig::default());
