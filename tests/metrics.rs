@@ -258,6 +258,13 @@ fn out_of_file_descriptors_the_metrics_endpoint_waits_and_comes_back() {
         .unwrap();
     let (addr, _stderr) = metrics_address(&mut child);
     assert_eq!(get(&addr, "/healthz").0, 200);
+    // The endpoint is up before the input is open: wait until lines are read, or the
+    // connections below may take the descriptor the input needs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&get(&addr, "/metrics").2, "storepulse_lines_read_total").unwrap_or(0.0) == 0.0 {
+        assert!(Instant::now() < deadline, "the run read no line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut held = Vec::new();
     for _ in 0..80 {
         if let Ok(s) = std::net::TcpStream::connect(&addr) {

@@ -8,17 +8,15 @@ pub mod embedded;
 pub mod feed;
 pub mod spill;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
 
 use crate::aggregate::Core;
 use crate::snapshot::{
-    Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta, SnapshotStore,
-    WindowConfig,
+    Beside, Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta,
+    SnapshotStore, WindowConfig,
 };
 
 /// Everything that travels into the core.
@@ -66,13 +64,6 @@ pub struct DriverOutcome {
     pub last_write: Duration,
 }
 
-/// A periodic snapshot being written on its own thread (the store comes back with it),
-/// and the flag that tells it to give up.
-type Writing = (
-    std::thread::JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>,
-    Arc<AtomicBool>,
-);
-
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     #[error(transparent)]
@@ -83,9 +74,8 @@ pub enum DriverError {
 
 pub struct Driver {
     core: Core,
-    /// `None` while a periodic snapshot is being written (`writing`).
-    store: Option<SnapshotStore>,
-    writing: Option<Writing>,
+    /// Periodic snapshots are written beside the stream.
+    store: Beside,
     longest_pause: Duration,
     longest_write: Duration,
     last_write: Duration,
@@ -113,8 +103,7 @@ impl Driver {
     ) -> Self {
         Self {
             core,
-            store: Some(store),
-            writing: None,
+            store: Beside::new(store),
             longest_pause: Duration::ZERO,
             longest_write: Duration::ZERO,
             last_write: Duration::ZERO,
@@ -268,18 +257,11 @@ impl Driver {
         }
     }
 
-    /// Waits for the periodic snapshot being written, if any, and takes the store back.
+    /// Waits for the periodic snapshot being written, if any.
     fn finish_writing(&mut self) -> Result<(), DriverError> {
-        if let Some((writing, _)) = self.writing.take() {
-            let (store, result, took) = writing.join().expect("the snapshot writer panicked");
-            self.store = Some(store);
-            match result {
-                Err(SnapshotError::Superseded) => {}
-                result => {
-                    self.longest_write = self.longest_write.max(took);
-                    self.published(&result?, took);
-                }
-            }
+        if let Some(w) = self.store.finished(true)? {
+            self.longest_write = self.longest_write.max(w.took);
+            self.published(&w.manifest, w.took);
         }
         Ok(())
     }
@@ -293,42 +275,21 @@ impl Driver {
         let started = Instant::now();
         let copy = self.core.clone();
         self.longest_pause = self.longest_pause.max(started.elapsed());
-        let mut store = self.store.take().expect("the store is back");
-        let give_up = Arc::new(AtomicBool::new(false));
-        let flag = give_up.clone();
-        let spawned = std::thread::Builder::new()
-            .name("storepulse-snapshot".into())
-            .spawn(move || {
-                let t = Instant::now();
-                let result = store.write_beside(&copy, meta, &flag);
-                (store, result, t.elapsed())
-            })
-            .map_err(|e| {
-                DriverError::Snapshot(SnapshotError::Io {
-                    what: "starting the snapshot writer for",
-                    path: std::path::PathBuf::new(),
-                    source: e,
-                })
-            })?;
-        self.writing = Some((spawned, give_up));
+        self.store.start(copy, None, meta)?;
         Ok(())
     }
 
     /// The last snapshot of a run, written before returning. A periodic one still being
     /// written is given up: this one replaces it, and waiting for it would only delay it.
     fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
-        if let Some((_, give_up)) = &self.writing {
-            give_up.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
+        self.store.supersede();
         self.finish_writing()?;
         self.sink.sync().map_err(DriverError::Rejected)?;
         let meta = self.meta(complete);
-        let started = Instant::now();
-        let store = self.store.as_mut().expect("the store is back");
-        let manifest = store.write(&self.core, meta)?;
-        self.last_write = started.elapsed();
-        self.published(&manifest, self.last_write);
-        Ok(manifest)
+        let written = self.store.write_now(&self.core, None, meta)?;
+        self.last_write = written.took;
+        self.published(&written.manifest, self.last_write);
+        Ok(written.manifest)
     }
 
     /// Metrics of a published snapshot.

@@ -25,7 +25,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::dead_letters::DeadLetters;
 use super::partition::Verdict;
-use super::rebalance::Ctx;
+use super::rebalance::{Ctx, Write};
 use super::{dead_letter_topic, Connection, DeadLetter, KafkaError, CONTROL_HEADER};
 use crate::aggregate::CoreConfig;
 use crate::snapshot::{Manifest, SnapshotError, WindowConfig};
@@ -111,7 +111,8 @@ pub struct ProcessOutcome {
     pub first_message: Option<Instant>,
     pub last_message: Option<Instant>,
     pub snapshots: u64,
-    /// The longest pause for snapshots (all partitions of one tick).
+    /// The longest the poll loop stopped for a periodic snapshot: copying the changed
+    /// partitions' states (they are written beside the stream).
     pub longest_snapshot: Duration,
     /// Manifests of the last snapshot of each partition this process wrote.
     pub last: BTreeMap<i32, Manifest>,
@@ -229,7 +230,9 @@ pub fn process(
             && !owned.parts.is_empty()
             && owned.parts.values().all(|p| p.at_end && p.eof);
         if last_snapshot.elapsed() >= interval || at_end {
-            let waiting = ctx.snapshot_all(owned, &consumer)?;
+            // At the end the snapshots are written now: the loop ends on them.
+            let how = if at_end { Write::Now } else { Write::Beside };
+            let waiting = ctx.snapshot_all(owned, &consumer, how)?;
             last_snapshot = Instant::now();
             if at_end && waiting.is_empty() {
                 break;
@@ -240,7 +243,7 @@ pub fn process(
     let mut owned = ctx.lock();
     let parts: Vec<i32> = owned.parts.keys().copied().collect();
     ctx.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
-    let waiting = ctx.snapshot_all(&mut owned, &consumer)?;
+    let waiting = ctx.snapshot_all(&mut owned, &consumer, Write::Now)?;
     if !waiting.is_empty() {
         eprintln!(
             "storepulse process: partitions {waiting:?} keep their previous snapshot: some of \

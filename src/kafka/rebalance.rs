@@ -27,12 +27,22 @@ use super::observe::{self, Progress};
 use super::partition::PartitionState;
 use super::partition_count;
 use crate::snapshot::{
-    self, load_seen, load_state, partition_dir, InputPosition, SnapshotError, SnapshotMeta,
-    SnapshotStore,
+    self, load_seen, load_state, partition_dir, Beside, InputPosition, SnapshotError, SnapshotMeta,
+    SnapshotStore, Written,
 };
 
+/// How [`Ctx::snapshot_all`] writes: beside the stream (the poll loop stops only to copy
+/// each partition's state), or now, on this thread, waiting for those being written
+/// (before partitions are given up, and at the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Write {
+    Beside,
+    Now,
+}
+
 pub(super) struct Part {
-    pub store: SnapshotStore,
+    /// Periodic snapshots are written beside the stream; the others before going on.
+    pub store: Beside,
     pub state: PartitionState,
     pub dirty: bool,
     /// The last message applied was an `end_of_input`.
@@ -259,7 +269,7 @@ impl Ctx {
             Err(e) => return Err(e.into()),
         };
         Ok(Part {
-            store,
+            store: Beside::new(store),
             progress: Progress::new(&state),
             state,
             dirty: false,
@@ -297,7 +307,7 @@ impl Ctx {
         let parts: Vec<i32> = owned.parts.keys().copied().collect();
         self.dead_letters
             .wait(&parts, self.config.snapshot_interval);
-        if let Err(e) = self.snapshot_all(owned, consumer) {
+        if let Err(e) = self.snapshot_all(owned, consumer, Write::Now) {
             owned.error.get_or_insert(e);
         }
         self.publish_metrics(owned);
@@ -328,17 +338,27 @@ impl Ctx {
     }
 
     /// Publishes a snapshot of every partition that changed and whose dead letters are all
-    /// delivered; then reports the offsets to the group. Returns the partitions that wait
-    /// for dead letters.
+    /// delivered, beside the stream or now (`how`); then reports the offsets of the
+    /// snapshots published to the group. Returns the partitions that wait for dead
+    /// letters.
     pub fn snapshot_all(
         &self,
         owned: &mut Owned,
         consumer: &BaseConsumer<Self>,
+        how: Write,
     ) -> Result<Vec<i32>, ProcessError> {
         self.dead_letters.retry();
+        let mut published = Vec::new();
+        for (&p, part) in owned.parts.iter_mut() {
+            if let Some(w) = part.store.finished(how == Write::Now)? {
+                published.push((p, w));
+            }
+        }
         let (mut ready, mut waiting) = (Vec::new(), Vec::new());
         for (&p, part) in &owned.parts {
-            if !part.dirty {
+            // A partition whose last snapshot is still being written waits for the next
+            // tick (it stays dirty).
+            if !part.dirty || part.store.busy() {
                 continue;
             }
             if self.dead_letters.outstanding(p) == 0 {
@@ -348,51 +368,83 @@ impl Ctx {
             }
         }
         self.dead_letters.warn_waiting(&waiting);
-        if ready.is_empty() {
-            return Ok(waiting);
-        }
-        let started = Instant::now();
-        let mut offsets = TopicPartitionList::new();
-        let mut bytes = 0;
         let partitions = self.partitions.load(Ordering::SeqCst);
+        let started = Instant::now();
         for p in ready {
             let part = owned.parts.get_mut(&p).expect("listed above");
-            let next_offset = part.state.next_offset.unwrap_or(0);
-            let meta = SnapshotMeta {
-                input: InputPosition::Kafka {
-                    topic: self.config.topic.clone(),
-                    partition: p,
-                    partitions,
-                    next_offset,
-                    end_of_input: part.at_end,
-                    inputs: part
-                        .state
-                        .inputs
-                        .iter()
-                        .map(|(s, &lines)| (format!("{s:016x}"), lines))
-                        .collect(),
-                },
-                counts: part.state.counts(),
-                config: self.config.window.clone(),
-            };
-            let manifest = part
-                .store
-                .write_with(&part.state.core, Some(&part.state.seen), meta)?;
+            let meta = self.meta(p, partitions, part);
+            match how {
+                Write::Beside => {
+                    let (core, seen) = (part.state.core.clone(), part.state.seen.clone());
+                    part.store.start(core, Some(seen), meta)?;
+                }
+                Write::Now => {
+                    let w = part
+                        .store
+                        .write_now(&part.state.core, Some(&part.state.seen), meta)?;
+                    published.push((p, w));
+                }
+            }
             part.dirty = false;
-            bytes += manifest.bytes();
+        }
+        if how == Write::Beside {
+            let paused = started.elapsed();
+            owned.outcome.longest_snapshot = owned.outcome.longest_snapshot.max(paused);
+        }
+        if !published.is_empty() {
+            self.published(owned, consumer, published)?;
+        }
+        Ok(waiting)
+    }
+
+    /// What partition `p`'s snapshot covers.
+    fn meta(&self, p: i32, partitions: i32, part: &Part) -> SnapshotMeta {
+        SnapshotMeta {
+            input: InputPosition::Kafka {
+                topic: self.config.topic.clone(),
+                partition: p,
+                partitions,
+                next_offset: part.state.next_offset.unwrap_or(0),
+                end_of_input: part.at_end,
+                inputs: part
+                    .state
+                    .inputs
+                    .iter()
+                    .map(|(s, &lines)| (format!("{s:016x}"), lines))
+                    .collect(),
+            },
+            counts: part.state.counts(),
+            config: self.config.window.clone(),
+        }
+    }
+
+    /// Counts and metrics of snapshots published, and their offsets to the group.
+    fn published(
+        &self,
+        owned: &mut Owned,
+        consumer: &BaseConsumer<Self>,
+        published: Vec<(i32, Written)>,
+    ) -> Result<(), ProcessError> {
+        let mut offsets = TopicPartitionList::new();
+        let (mut took, mut bytes) = (Duration::ZERO, 0);
+        for (p, w) in published {
+            let next_offset = match &w.manifest.input {
+                InputPosition::Kafka { next_offset, .. } => *next_offset,
+                _ => 0,
+            };
+            took = took.max(w.took);
+            bytes += w.manifest.bytes();
             owned.outcome.snapshots += 1;
-            owned.outcome.last.insert(p, manifest);
+            owned.outcome.last.insert(p, w.manifest);
             offsets.add_partition_offset(&self.config.topic, p, Offset::Offset(next_offset))?;
         }
-        let took = started.elapsed();
-        owned.outcome.longest_snapshot = owned.outcome.longest_snapshot.max(took);
         crate::metrics::get().snapshot_published(took, bytes);
         observe::score_segments(owned.parts.values().map(|p| &p.state));
         // Progress only, and never waited for: the snapshot holds the offsets.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
             eprintln!("storepulse process: committing offsets to the group failed: {e}");
         }
-        Ok(waiting)
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 //! partial snapshot. This is the only module that writes pipeline files (`generate`
 //! writes its own output).
 
+mod beside;
 mod find;
 mod load;
 pub mod manifest;
@@ -24,6 +25,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::aggregate::{Core, Seen};
+pub use beside::{Beside, Written};
 pub use find::{
     latest, latest_complete, latest_parts, newest_good, pointers, set_shape, SetShape, SnapshotSet,
     TopicSet,
@@ -174,10 +176,11 @@ impl SnapshotStore {
     pub fn write_beside(
         &mut self,
         core: &Core,
+        seen: Option<&Seen>,
         meta: SnapshotMeta,
         give_up: &AtomicBool,
     ) -> Result<Manifest, SnapshotError> {
-        let written = self.write_tables(core, None, meta, Some(give_up));
+        let written = self.write_tables(core, seen, meta, Some(give_up));
         if matches!(written, Err(SnapshotError::Superseded)) {
             let _ = fs::remove_dir_all(self.tmp_dir(self.next_id));
         }

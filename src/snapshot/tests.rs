@@ -249,9 +249,14 @@ fn a_snapshot_given_up_publishes_nothing() {
     let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
     let core = sample_core();
     let go_on = AtomicBool::new(false);
-    assert_eq!(store.write_beside(&core, meta(), &go_on).unwrap().id, 1);
+    assert_eq!(
+        store.write_beside(&core, None, meta(), &go_on).unwrap().id,
+        1
+    );
     let give_up = AtomicBool::new(true);
-    let err = store.write_beside(&core, meta(), &give_up).unwrap_err();
+    let err = store
+        .write_beside(&core, None, meta(), &give_up)
+        .unwrap_err();
     assert!(matches!(err, SnapshotError::Superseded), "{err}");
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()

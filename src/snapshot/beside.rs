@@ -1,0 +1,126 @@
+//! Snapshots written beside a running stream, for every driver: the stream stops only to
+//! copy its state; scoring, encoding and writing run on a thread of their own, one
+//! snapshot at a time per store. `run`'s driver and each partition of `process` use it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Manifest, SnapshotError, SnapshotMeta, SnapshotStore};
+use crate::aggregate::{Core, Seen};
+
+type Job = JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>;
+
+/// A snapshot published by [`Beside`], and how long writing it took.
+#[derive(Debug)]
+pub struct Written {
+    pub manifest: Manifest,
+    pub took: Duration,
+}
+
+/// A snapshot store with at most one snapshot being written beside the stream.
+pub struct Beside {
+    /// `None` while a snapshot is being written (the writer thread holds it).
+    store: Option<SnapshotStore>,
+    writing: Option<(Job, Arc<AtomicBool>)>,
+}
+
+impl Beside {
+    pub fn new(store: SnapshotStore) -> Self {
+        Self {
+            store: Some(store),
+            writing: None,
+        }
+    }
+
+    /// Whether a snapshot is being written and not done yet.
+    pub fn busy(&self) -> bool {
+        self.writing
+            .as_ref()
+            .is_some_and(|(job, _)| !job.is_finished())
+    }
+
+    /// The snapshot that was being written, once it is done; with `wait`, waiting for it.
+    /// `None` when none was being written, it is still being written (without `wait`), or
+    /// it was superseded.
+    pub fn finished(&mut self, wait: bool) -> Result<Option<Written>, SnapshotError> {
+        if !wait && self.busy() {
+            return Ok(None);
+        }
+        let Some((job, _)) = self.writing.take() else {
+            return Ok(None);
+        };
+        let (store, result, took) = job.join().expect("the snapshot writer panicked");
+        self.store = Some(store);
+        match result {
+            Err(SnapshotError::Superseded) => Ok(None),
+            result => Ok(Some(Written {
+                manifest: result?,
+                took,
+            })),
+        }
+    }
+
+    /// Starts writing a copy of the state beside the stream (the one being written is
+    /// waited for first: collect it with [`Beside::finished`] before, or it is lost).
+    pub fn start(
+        &mut self,
+        core: Core,
+        seen: Option<Seen>,
+        meta: SnapshotMeta,
+    ) -> Result<(), SnapshotError> {
+        debug_assert!(
+            self.writing.is_none(),
+            "the last snapshot was not collected"
+        );
+        self.finished(true)?;
+        let mut store = self.store.take().expect("the store is back");
+        let give_up = Arc::new(AtomicBool::new(false));
+        let flag = give_up.clone();
+        let job = std::thread::Builder::new()
+            .name("storepulse-snapshot".into())
+            .spawn(move || {
+                let t = Instant::now();
+                let result = store.write_beside(&core, seen.as_ref(), meta, &flag);
+                (store, result, t.elapsed())
+            })
+            .map_err(|source| SnapshotError::Io {
+                what: "starting the snapshot writer for",
+                path: std::path::PathBuf::new(),
+                source,
+            })?;
+        self.writing = Some((job, give_up));
+        Ok(())
+    }
+
+    /// Tells the snapshot being written to stop and publish nothing: a newer one replaces
+    /// it.
+    pub fn supersede(&self) {
+        if let Some((_, give_up)) = &self.writing {
+            give_up.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes and publishes a snapshot now, on this thread (after the one being written
+    /// beside the stream, which the caller collected with [`Beside::finished`]).
+    pub fn write_now(
+        &mut self,
+        core: &Core,
+        seen: Option<&Seen>,
+        meta: SnapshotMeta,
+    ) -> Result<Written, SnapshotError> {
+        debug_assert!(
+            self.writing.is_none(),
+            "the last snapshot was not collected"
+        );
+        self.finished(true)?;
+        let t = Instant::now();
+        let store = self.store.as_mut().expect("the store is back");
+        let manifest = store.write_with(core, seen, meta)?;
+        Ok(Written {
+            manifest,
+            took: t.elapsed(),
+        })
+    }
+}
