@@ -77,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // when nothing is due, so a healthy run reports progress at least that often.
     health.input_waiting(true);
     if config.resume {
-        crate::metrics::get().expect_restored();
+        crate::metrics::events::RunResumed.emit();
     }
     let _metrics = serve_metrics("run", args.metrics_addr);
     let _page = args.page.start("run", &args.snapshots.snapshot_dir);

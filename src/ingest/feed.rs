@@ -14,6 +14,7 @@ use storepulse_replay::{
 };
 
 use crate::aggregate::MICROS_PER_DAY;
+use crate::metrics::events::{PaceAchieved, PaceSet};
 
 /// In which order events are replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +117,12 @@ pub fn replay(
             source,
         })
     };
-    let m = crate::metrics::get();
     let (speed, rate) = match config.pace {
         Pace::Max => (0.0, 0.0),
         Pace::Speed(x) => (x, 0.0),
         Pace::Rate(n) => (0.0, n),
     };
-    m.target_speed.set(speed);
-    m.target_rate.set(rate);
+    PaceSet { speed, rate }.emit();
     let file = open(&config.input)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(config.progress, total_bytes);
@@ -371,11 +370,12 @@ impl Feed<'_> {
         self.outcome.emit_wall = self.start.elapsed();
         let wall = self.outcome.emit_wall.as_secs_f64();
         if wall > 0.0 {
-            let m = crate::metrics::get();
-            m.achieved_rate.set(self.outcome.events as f64 / wall);
-            if let (Some(a), Some(b)) = (self.outcome.first_event_us, self.outcome.last_event_us) {
-                m.achieved_speed.set((b - a) as f64 / 1e6 / wall);
+            let (first, last) = (self.outcome.first_event_us, self.outcome.last_event_us);
+            PaceAchieved {
+                rate: self.outcome.events as f64 / wall,
+                speed: first.zip(last).map(|(a, b)| (b - a) as f64 / 1e6 / wall),
             }
+            .emit();
         }
         self.sink
             .events(pass, std::mem::take(names), std::mem::take(batch))

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
 
 use crate::aggregate::Core;
+use crate::metrics::events::{
+    CoreTotals, EventTime, LinesRead, Reported, SegmentsScored, SnapshotPublished, StateSize,
+};
 use crate::snapshot::{
     Beside, Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta,
     SnapshotStore, WindowConfig,
@@ -89,8 +92,8 @@ pub struct Driver {
     batch: Vec<PurchaseEvent>,
     lines_read: u64,
     events_applied: u64,
-    /// Revenue (cents), orders and late events already reported to the metrics.
-    published: (i64, u64, u64),
+    /// What the metrics were last told of the core.
+    reported: Reported,
 }
 
 impl Driver {
@@ -115,18 +118,24 @@ impl Driver {
             batch: Vec::new(),
             lines_read: 0,
             events_applied: 0,
-            published: (0, 0, 0),
+            reported: Reported::default(),
         }
     }
 
     /// Continues where a snapshot stood: the reader's counts so far, the lines read and
     /// the events applied (the core and the dead-letter file are restored by the caller).
     pub fn resumed(mut self, read: ReadStats, lines_read: u64, events_applied: u64) -> Self {
-        crate::metrics::get().read(&read);
+        LinesRead(&read).emit();
         self.read = read;
         self.lines_read = lines_read;
         self.events_applied = events_applied;
-        self.publish_progress(0);
+        // The events restored are not work done here; their revenue, orders and late
+        // events go to the `resumed` gauges (`RunResumed`).
+        self.reported = Reported::from(CoreTotals {
+            events: events_applied,
+            ..CoreTotals::default()
+        });
+        self.publish_progress();
         self
     }
 
@@ -146,7 +155,7 @@ impl Driver {
                         self.sink.write(r).map_err(DriverError::Rejected)?;
                     }
                     self.read.merge(&stats);
-                    crate::metrics::get().read(&stats);
+                    LinesRead(&stats).emit();
                     self.lines_read = lines_read;
                 }
                 Ok(Message::EndOfInput) => {
@@ -204,24 +213,31 @@ impl Driver {
         }
         self.batch = batch;
         self.events_applied += n;
-        self.publish_progress(n);
+        self.publish_progress();
         Ok(())
     }
 
-    /// Brings the metrics up to the core's state after a batch of `applied` events.
-    fn publish_progress(&mut self, applied: u64) {
-        let m = crate::metrics::get();
-        m.events_applied.inc_by(applied);
-        let totals = self.core.totals();
-        let (cents, orders) = (totals.revenue_cents, totals.orders);
-        let late = self.core.late();
-        let last = std::mem::replace(&mut self.published, (cents, orders, late));
-        m.revenue_cents.inc_by((cents - last.0).max(0) as u64);
-        m.orders.inc_by(orders - last.1);
-        m.late_events.inc_by(late - last.2);
-        m.days.set(self.core.days().count() as i64);
-        m.customers.set(self.core.customers().len() as i64);
-        m.event_time(self.core.watermark_us(), self.core.max_event_us());
+    /// Brings the metrics up to the core's state.
+    fn publish_progress(&mut self) {
+        let sales = self.core.totals();
+        self.reported.advance(CoreTotals {
+            events: self.events_applied,
+            cents: sales.revenue_cents,
+            orders: sales.orders,
+            late: self.core.late(),
+            ..CoreTotals::default()
+        });
+        StateSize {
+            days: Some(self.core.days().count()),
+            customers: Some(self.core.customers().len()),
+            ..StateSize::default()
+        }
+        .emit();
+        EventTime {
+            watermark_us: self.core.watermark_us(),
+            max_event_us: self.core.max_event_us(),
+        }
+        .emit();
     }
 
     fn counts(&self) -> Counts {
@@ -294,12 +310,22 @@ impl Driver {
 
     /// Metrics of a published snapshot.
     fn published(&mut self, manifest: &Manifest, took: Duration) {
-        let m = crate::metrics::get();
-        m.snapshot_published(took, manifest.bytes());
-        m.segments(manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)));
-        m.customer_orders
-            .set(self.core.customer_order_count() as i64);
-        m.state_bytes.set(self.core.memory_bytes() as i64);
-        self.publish_progress(0);
+        SnapshotPublished {
+            took,
+            bytes: manifest.bytes(),
+        }
+        .emit();
+        SegmentsScored {
+            customers: None,
+            counts: manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)),
+        }
+        .emit();
+        StateSize {
+            customer_orders: Some(self.core.customer_order_count()),
+            bytes: Some(self.core.memory_bytes()),
+            ..StateSize::default()
+        }
+        .emit();
+        self.publish_progress();
     }
 }

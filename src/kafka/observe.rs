@@ -12,7 +12,11 @@ use rustc_hash::FxHashMap;
 use super::partition::PartitionState;
 use crate::aggregate::rfm::{self, Customer};
 use crate::aggregate::{day_of, merge_watermarks};
-use crate::metrics::{self, MESSAGE_REJECT_REASONS};
+use crate::metrics::events::{
+    ConsumerLag, CoreTotals, EventTime, MessagesConsumed, PartitionReleased, PartitionsOwned,
+    Reported, SegmentsScored, StateSize,
+};
+use crate::metrics::MESSAGE_REJECT_REASONS;
 
 /// What of one partition the metrics already count.
 #[derive(Debug, Default)]
@@ -20,32 +24,21 @@ pub(super) struct Progress {
     /// Messages applied since the partition was assigned here.
     pub consumed: u64,
     reported_consumed: u64,
-    reported: Totals,
+    reported: Reported,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Totals {
-    cents: i64,
-    orders: u64,
-    accepted: u64,
-    late: u64,
-    duplicates: u64,
-    rejected: [u64; 2],
-}
-
-impl Totals {
-    fn of(state: &PartitionState) -> Self {
-        let sales = state.core.totals();
-        let counts = state.counts();
-        let rejected = MESSAGE_REJECT_REASONS.map(|r| counts.rejected.get(r).copied().unwrap_or(0));
-        Totals {
-            cents: sales.revenue_cents,
-            orders: sales.orders,
-            accepted: state.core.accepted(),
-            late: state.core.late(),
-            duplicates: counts.duplicates,
-            rejected,
-        }
+/// What a partition's core has done so far, as the metrics count it.
+fn totals(state: &PartitionState) -> CoreTotals {
+    let sales = state.core.totals();
+    let counts = state.counts();
+    let late = state.core.late();
+    CoreTotals {
+        events: state.core.accepted() + late,
+        cents: sales.revenue_cents,
+        orders: sales.orders,
+        late,
+        duplicates: counts.duplicates,
+        rejected: MESSAGE_REJECT_REASONS.map(|r| counts.rejected.get(r).copied().unwrap_or(0)),
     }
 }
 
@@ -53,7 +46,7 @@ impl Progress {
     /// Counts from here on: what the state holds (restored from a snapshot) is not new.
     pub fn new(state: &PartitionState) -> Self {
         Progress {
-            reported: Totals::of(state),
+            reported: Reported::from(totals(state)),
             ..Progress::default()
         }
     }
@@ -70,7 +63,6 @@ pub(super) struct Owned<'a> {
 
 /// Brings every metric up to the owned partitions' state.
 pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
-    let m = metrics::get();
     let (mut owned, mut pairs, mut bytes) = (0, 0, 0);
     let mut days = BTreeSet::new();
     let mut marks = Vec::new();
@@ -78,31 +70,21 @@ pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
     for o in parts {
         owned += 1;
         let label = o.partition.to_string();
-        let now = Totals::of(o.state);
-        let was = std::mem::replace(&mut o.progress.reported, now);
-        m.revenue_cents
-            .inc_by((now.cents - was.cents).max(0) as u64);
-        m.orders.inc_by(now.orders.saturating_sub(was.orders));
-        m.events_applied
-            .inc_by(now.accepted.saturating_sub(was.accepted));
-        m.late_events.inc_by(now.late.saturating_sub(was.late));
-        m.duplicate_messages
-            .inc_by(now.duplicates.saturating_sub(was.duplicates));
-        for (i, reason) in MESSAGE_REJECT_REASONS.iter().enumerate() {
-            m.messages_rejected
-                .with_label_values(&[reason])
-                .inc_by(now.rejected[i].saturating_sub(was.rejected[i]));
-        }
         let p = &mut *o.progress;
-        m.messages_consumed
-            .with_label_values(&[&label])
-            .inc_by(p.consumed - p.reported_consumed);
+        p.reported.advance(totals(o.state));
+        MessagesConsumed {
+            partition: &label,
+            messages: p.consumed - p.reported_consumed,
+        }
+        .emit();
         p.reported_consumed = p.consumed;
         if let Some((start, end)) = o.offsets {
             let position = o.state.next_offset.unwrap_or(start);
-            m.consumer_lag
-                .with_label_values(&[&label])
-                .set((end - position).max(0));
+            ConsumerLag {
+                partition: &label,
+                lag: end - position,
+            }
+            .emit();
         }
         let core = &o.state.core;
         pairs += core.customer_order_count();
@@ -111,18 +93,24 @@ pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
         max_event = max_event.max(core.max_event_us());
         marks.push(core.watermark_us());
     }
-    m.partitions_assigned.set(owned);
-    m.customer_orders.set(pairs as i64);
-    m.state_bytes.set(bytes as i64);
-    m.days.set(days.len() as i64);
-    m.event_time(merge_watermarks(&marks), max_event);
+    PartitionsOwned(owned).emit();
+    StateSize {
+        days: Some(days.len()),
+        customer_orders: Some(pairs),
+        bytes: Some(bytes),
+        ..StateSize::default()
+    }
+    .emit();
+    EventTime {
+        watermark_us: merge_watermarks(&marks),
+        max_event_us: max_event,
+    }
+    .emit();
 }
 
 /// The partition is no longer owned here: its lag is no longer ours to report.
 pub(super) fn released(partition: i32) {
-    let _ = metrics::get()
-        .consumer_lag
-        .remove_label_values(&[&partition.to_string()]);
+    PartitionReleased(partition).emit();
 }
 
 /// Scores the owned partitions' customers, merged, on another thread and sets customers
@@ -148,9 +136,11 @@ pub(super) fn score_segments<'a>(states: impl Iterator<Item = &'a PartitionState
         .name("storepulse-segments".into())
         .spawn(move || {
             let counts: BTreeMap<&str, u64> = rfm::segment_counts(&merged, day_of(as_of));
-            let m = metrics::get();
-            m.customers.set(merged.len() as i64);
-            m.segments(counts);
+            SegmentsScored {
+                customers: Some(merged.len()),
+                counts,
+            }
+            .emit();
             SCORING.store(false, Ordering::SeqCst);
         });
     if spawned.is_err() {

@@ -23,6 +23,7 @@ use super::{
     KafkaError, Watermark, CONTROL_HEADER, END_OF_INPUT, INPUT, WATERMARK,
 };
 use crate::ingest::feed::{self, FeedConfig, FeedError, FeedOutcome, Order, Sink};
+use crate::metrics::events::{Delivered, EventTime, LinesRead, Published};
 
 type Producer = ThreadedProducer<Acks>;
 
@@ -302,7 +303,11 @@ impl Watermarks {
         control.send(WATERMARK, &Watermark { watermark_us: to })?;
         self.sent += 1;
         self.last_us = Some(to);
-        crate::metrics::get().event_time(Some(to), None);
+        EventTime {
+            watermark_us: Some(to),
+            max_event_us: None,
+        }
+        .emit();
         Ok(())
     }
 }
@@ -326,14 +331,15 @@ struct KafkaSink<'a> {
 
 /// Brings the delivery counters up to date (per batch, not per message).
 fn report_deliveries(d: &super::Deliveries, reported: &mut (u64, u64)) {
-    let m = crate::metrics::get();
     let now = (
         d.delivered.load(Ordering::Relaxed),
         d.failed.load(Ordering::Relaxed),
     );
-    m.messages_delivered
-        .inc_by(now.0.saturating_sub(reported.0));
-    m.delivery_failures.inc_by(now.1.saturating_sub(reported.1));
+    Delivered {
+        delivered: now.0.saturating_sub(reported.0),
+        failed: now.1.saturating_sub(reported.1),
+    }
+    .emit();
     *reported = now;
 }
 
@@ -377,12 +383,14 @@ impl KafkaSink<'_> {
 impl Sink for KafkaSink<'_> {
     fn read(&mut self, rejects: Vec<Rejected>, stats: ReadStats, _lines_read: u64) -> bool {
         self.read.merge(&stats);
-        let m = crate::metrics::get();
-        m.read(&stats);
+        LinesRead(&stats).emit();
         let before = self.dead_letters_sent;
         let sent = rejects.iter().try_for_each(|r| self.dead_letter(r));
-        m.dead_letters_published
-            .inc_by(self.dead_letters_sent - before);
+        Published {
+            events: 0,
+            dead_letters: self.dead_letters_sent - before,
+        }
+        .emit();
         if let Err(e) = sent {
             self.error = Some(e);
             return false;
@@ -396,15 +404,22 @@ impl Sink for KafkaSink<'_> {
         }
         let before = self.events_sent;
         let sent = events.iter().try_for_each(|e| self.event(pass, e));
-        let m = crate::metrics::get();
-        m.events_published.inc_by(self.events_sent - before);
+        Published {
+            events: self.events_sent - before,
+            dead_letters: 0,
+        }
+        .emit();
         self.max_event_us = self
             .max_event_us
             .max(events.iter().map(|e| e.event_time_us).max());
         if let Some(t) = self.max_event_us {
             self.producer.context().mark(t);
         }
-        m.event_time(None, self.max_event_us);
+        EventTime {
+            watermark_us: None,
+            max_event_us: self.max_event_us,
+        }
+        .emit();
         report_deliveries(&self.producer.context().counts, &mut self.reported);
         if let Err(err) = sent {
             self.error = Some(err);

@@ -26,6 +26,7 @@ use super::dead_letters::DeadLetters;
 use super::observe::{self, Progress};
 use super::partition::PartitionState;
 use super::partition_count;
+use crate::metrics::events::SnapshotPublished;
 use crate::snapshot::{
     self, load_seen, load_state, partition_dir, Beside, InputPosition, SnapshotError, SnapshotMeta,
     SnapshotStore, Written,
@@ -438,7 +439,7 @@ impl Ctx {
             owned.outcome.last.insert(p, w.manifest);
             offsets.add_partition_offset(&self.config.topic, p, Offset::Offset(next_offset))?;
         }
-        crate::metrics::get().snapshot_published(took, bytes);
+        SnapshotPublished { took, bytes }.emit();
         observe::score_segments(owned.parts.values().map(|p| &p.state));
         // Progress only, and never waited for: the snapshot holds the offsets.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {

@@ -9,6 +9,7 @@
 //! [`Metrics::expect_restored`]). The updates the pipeline makes from its own loop are also
 //! its heartbeat for `/healthz` (`health.rs`).
 
+pub mod events;
 pub mod health;
 mod kinds;
 mod serve;
@@ -33,45 +34,45 @@ pub struct Metrics {
     restoring_read: AtomicBool,
     resumed_lines_read: IntGauge,
     resumed_lines_accepted: IntGauge,
-    pub lines_read: IntCounter,
-    pub lines_accepted: IntCounter,
-    pub lines_repaired: IntCounter,
-    pub lines_rejected: IntCounterVec,
-    pub events_applied: IntCounter,
-    pub late_events: Counter,
-    pub revenue_cents: Counter,
-    pub orders: Counter,
-    pub watermark: Gauge,
-    pub max_event_time: Gauge,
-    pub event_time_lag: Gauge,
-    pub customers: IntGauge,
-    pub customer_orders: IntGauge,
-    pub days: IntGauge,
-    pub segment_customers: GaugeVec,
-    pub snapshot_duration: Histogram,
-    pub snapshot_size: IntGauge,
-    pub snapshot_last_success: Gauge,
-    pub snapshots: IntCounter,
-    pub target_speed: Gauge,
-    pub target_rate: Gauge,
-    pub achieved_speed: Gauge,
-    pub achieved_rate: Gauge,
-    pub state_bytes: IntGauge,
+    lines_read: IntCounter,
+    lines_accepted: IntCounter,
+    lines_repaired: IntCounter,
+    lines_rejected: IntCounterVec,
+    events_applied: IntCounter,
+    late_events: Counter,
+    revenue_cents: Counter,
+    orders: Counter,
+    watermark: Gauge,
+    max_event_time: Gauge,
+    event_time_lag: Gauge,
+    customers: IntGauge,
+    customer_orders: IntGauge,
+    days: IntGauge,
+    segment_customers: GaugeVec,
+    snapshot_duration: Histogram,
+    snapshot_size: IntGauge,
+    snapshot_last_success: Gauge,
+    snapshots: IntCounter,
+    target_speed: Gauge,
+    target_rate: Gauge,
+    achieved_speed: Gauge,
+    achieved_rate: Gauge,
+    state_bytes: IntGauge,
     // replay
-    pub events_published: IntCounter,
-    pub dead_letters_published: IntCounter,
-    pub messages_delivered: IntCounter,
-    pub delivery_failures: IntCounter,
+    events_published: IntCounter,
+    dead_letters_published: IntCounter,
+    messages_delivered: IntCounter,
+    delivery_failures: IntCounter,
     // process
-    pub messages_consumed: IntCounterVec,
-    pub messages_rejected: IntCounterVec,
-    pub duplicate_messages: IntCounter,
-    pub consumer_lag: LagGauge,
-    pub partitions_assigned: IntGauge,
+    messages_consumed: IntCounterVec,
+    messages_rejected: IntCounterVec,
+    duplicate_messages: IntCounter,
+    consumer_lag: LagGauge,
+    partitions_assigned: IntGauge,
     // the store page
-    pub page_overviews: IntCounterVec,
-    pub page_sql_queries: IntCounterVec,
-    pub page_workers_started: IntCounter,
+    page_overviews: IntCounterVec,
+    page_sql_queries: IntCounterVec,
+    page_workers_started: IntCounter,
 }
 
 /// Where an overview of the store page came from.
@@ -393,7 +394,7 @@ impl Metrics {
     /// the totals a resumed run restored from its snapshot, not work done here: they go to
     /// the `storepulse_resumed_*` gauges and the counters start at 0. `run --resume` calls
     /// this before the pipeline starts; the driver reports what it restored first.
-    pub fn expect_restored(&self) {
+    fn expect_restored(&self) {
         self.restoring_read.store(true, Ordering::SeqCst);
         self.revenue_cents.expect_restored();
         self.orders.expect_restored();
@@ -401,7 +402,7 @@ impl Metrics {
     }
 
     /// Counts one report of the reader.
-    pub fn read(&self, stats: &ReadStats) {
+    fn read(&self, stats: &ReadStats) {
         health::get().progressed();
         if self.restoring_read.swap(false, Ordering::SeqCst) {
             let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -428,7 +429,7 @@ fn seconds(us: i64) -> f64 {
 impl Metrics {
     /// Event-time progress: the watermark, the highest event time and how far it is
     /// behind the wall clock.
-    pub fn event_time(&self, watermark_us: Option<i64>, max_event_us: Option<i64>) {
+    fn event_time(&self, watermark_us: Option<i64>, max_event_us: Option<i64>) {
         // Called from the pipeline's loop after every batch and every second or snapshot.
         health::get().progressed();
         if let Some(w) = watermark_us.filter(|&w| w != i64::MAX && w != i64::MIN) {
@@ -442,7 +443,7 @@ impl Metrics {
     }
 
     /// A snapshot was published.
-    pub fn snapshot_published(&self, took: std::time::Duration, bytes: u64) {
+    fn snapshot_published(&self, took: std::time::Duration, bytes: u64) {
         health::get().progressed();
         self.snapshot_duration.observe(took.as_secs_f64());
         self.snapshots.inc();
@@ -452,7 +453,7 @@ impl Metrics {
     }
 
     /// Customers per segment (every segment is set: those without customers to 0).
-    pub fn segments<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
+    fn segments<'a>(&self, counts: impl IntoIterator<Item = (&'a str, u64)>) {
         for s in crate::aggregate::rfm::segment_names() {
             self.segment_customers.with_label_values(&[s]).set(0.0);
         }

@@ -298,10 +298,7 @@ pub async fn overview_cached(
         false => "cache",
     };
     if body.is_ok() {
-        crate::metrics::get()
-            .page_overviews
-            .with_label_values(&[source])
-            .inc();
+        crate::metrics::events::OverviewServed { source }.emit();
     }
     body.map(|(b, _)| b.clone())
 }
@@ -398,10 +395,7 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
         Err(Failure::Memory(_)) => "out_of_memory",
         _ => "failed",
     };
-    crate::metrics::get()
-        .page_sql_queries
-        .with_label_values(&[outcome])
-        .inc();
+    crate::metrics::events::SqlQueryEnded { outcome }.emit();
     let a = called.map_err(|f| failure(&state, f, "the query"))?;
     Ok(json_bytes(StatusCode::OK, answered(a)?.body))
 }

@@ -154,7 +154,7 @@ impl Pool {
 
     fn spawn(&self) -> std::io::Result<Worker> {
         let n = self.started.fetch_add(1, Ordering::SeqCst);
-        crate::metrics::get().page_workers_started.inc();
+        crate::metrics::events::PageWorkerStarted.emit();
         let tmp = std::env::temp_dir().join(format!(
             "{TMP_PREFIX}{}-{:?}-{n}",
             std::process::id(),
