@@ -1,14 +1,18 @@
 //! The replayer's library: reads `kz.csv`-format purchase lines, validates and repairs
 //! each one (or rejects it with exactly one reason), orders events by event time and paces
-//! them. It owns the input contract and the wire format; it keeps no aggregate state and
-//! writes no files.
+//! them, and hands them in batches to a sink (`feed`: the loop `run` and `replay` share,
+//! with `spill` for event-time order beyond memory). It owns the input contract and the
+//! wire format; it keeps no aggregate state and writes no pipeline files (only the
+//! spill's temporary runs).
 
 pub mod csv_line;
+pub mod feed;
 pub mod fields;
 pub mod identity;
 pub mod pace;
 pub mod reader;
 pub mod reject;
+pub mod spill;
 pub mod validate;
 pub mod wire;
 

@@ -11,12 +11,12 @@ use clap::Args;
 use super::run::{core, day_string, order, pace, reader};
 use super::{PaceArgs, WindowArgs};
 use crate::aggregate::day_of;
-use crate::ingest::feed::FeedConfig;
 use crate::kafka::consume::{self, ProcessConfig, ProcessOutcome};
 use crate::kafka::publish::{self, ReplayConfig, ReplayOutcome};
 use crate::kafka::Connection;
 use crate::snapshot::manifest::rfc3339;
 use crate::snapshot::WindowConfig;
+use storepulse_replay::feed::FeedConfig;
 
 /// Where the brokers are and which topic to use.
 #[derive(Debug, Args)]

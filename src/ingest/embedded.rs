@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use storepulse_replay::{Pace, PurchaseEvent, ReadStats, ReaderConfig, Rejected};
 
-use super::feed::{self, FeedConfig, FeedError, Sink, Skip};
 use super::{Driver, DriverConfig, DriverError, DriverOutcome, LineLookup, Message};
 use crate::aggregate::{Core, CoreConfig};
 use crate::snapshot::{RejectedSink, SnapshotError, SnapshotStore, WindowConfig};
+use storepulse_replay::feed::{self, FeedConfig, FeedError, Sink, Skip};
 
-pub use super::feed::Order;
+pub use storepulse_replay::feed::Order;
+
+use crate::metrics::events::{PaceAchieved, PaceSet};
 
 mod resume;
 
@@ -125,6 +127,14 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
 struct ChannelSink<'a>(&'a SyncSender<Message>);
 
 impl Sink for ChannelSink<'_> {
+    fn pace_set(&mut self, speed: f64, rate: f64) {
+        PaceSet { speed, rate }.emit();
+    }
+
+    fn pace_achieved(&mut self, rate: f64, speed: Option<f64>) {
+        PaceAchieved { rate, speed }.emit();
+    }
+
     fn read(&mut self, rejects: Vec<Rejected>, stats: ReadStats, lines_read: u64) -> bool {
         let m = Message::Read {
             rejects,

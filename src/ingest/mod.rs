@@ -5,8 +5,6 @@
 //! updates the pipeline's metrics once per message (never per event).
 
 pub mod embedded;
-pub mod feed;
-pub mod spill;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! `storepulse replay`: the shared replay loop ([`crate::ingest::feed`]) with a Kafka
+//! `storepulse replay`: the shared replay loop ([`storepulse_replay::feed`]) with a Kafka
 //! producer as its sink. Each accepted line becomes one JSON purchase event keyed by order
 //! id, timestamped with its event time; each rejected line becomes a dead letter.
 //!
@@ -22,8 +22,8 @@ use super::{
     dead_letter_topic, partition_count, send, Connection, DeadLetter, EndOfInput, Input,
     KafkaError, Watermark, CONTROL_HEADER, END_OF_INPUT, INPUT, WATERMARK,
 };
-use crate::ingest::feed::{self, FeedConfig, FeedError, FeedOutcome, Order, Sink};
-use crate::metrics::events::{Delivered, EventTime, LinesRead, Published};
+use crate::metrics::events::{Delivered, EventTime, LinesRead, PaceAchieved, PaceSet, Published};
+use storepulse_replay::feed::{self, FeedConfig, FeedError, FeedOutcome, Order, Sink};
 
 type Producer = ThreadedProducer<Acks>;
 
@@ -381,6 +381,14 @@ impl KafkaSink<'_> {
 }
 
 impl Sink for KafkaSink<'_> {
+    fn pace_set(&mut self, speed: f64, rate: f64) {
+        PaceSet { speed, rate }.emit();
+    }
+
+    fn pace_achieved(&mut self, rate: f64, speed: Option<f64>) {
+        PaceAchieved { rate, speed }.emit();
+    }
+
     fn read(&mut self, rejects: Vec<Rejected>, stats: ReadStats, _lines_read: u64) -> bool {
         self.read.merge(&stats);
         LinesRead(&stats).emit();

@@ -6,8 +6,8 @@ use storepulse_replay::{ReadStats, RejectReason};
 
 use super::{RunConfig, RunError};
 use crate::aggregate::Core;
-use crate::ingest::feed::Skip;
 use crate::snapshot::{self, InputPosition, Published, RejectedSink, SnapshotError, WindowConfig};
+use storepulse_replay::feed::Skip;
 
 pub struct ResumePoint {
     pub core: Core,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use rayon::slice::ParallelSliceMut;
 
-use storepulse_replay::{sort_by_event_time, PurchaseEvent, Sym};
+use crate::{sort_by_event_time, PurchaseEvent, Sym};
 
 /// Bytes one held event takes in memory.
 pub const EVENT_BYTES: usize = std::mem::size_of::<PurchaseEvent>();

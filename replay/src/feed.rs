@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::spill::Sorter;
 use indicatif::{ProgressBar, ProgressStyle};
-use storepulse_replay::{
+use storepulse_aggregate::MICROS_PER_DAY;
+
+use crate::spill::Sorter;
+use crate::{
     CsvReader, Dictionary, Pace, Pacer, PurchaseEvent, ReadError, ReadStats, ReaderConfig, Rejected,
 };
-
-use crate::aggregate::MICROS_PER_DAY;
-use crate::metrics::events::{PaceAchieved, PaceSet};
 
 /// In which order events are replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +40,12 @@ pub trait Sink {
     /// Events in replay order, from pass `pass`, with the names first used by them (in
     /// the order the reader's dictionary gave them ids).
     fn events(&mut self, pass: u32, names: Vec<Box<str>>, events: Vec<PurchaseEvent>) -> bool;
+    /// The pace the replay aims at, once at the start: `speed` times real time and `rate`
+    /// events per second (0 for the one that does not apply, both for `--max`).
+    fn pace_set(&mut self, _speed: f64, _rate: f64) {}
+    /// The pace achieved so far: events per second and, once two event times are known,
+    /// event-time seconds per wall second.
+    fn pace_achieved(&mut self, _rate: f64, _speed: Option<f64>) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +127,7 @@ pub fn replay(
         Pace::Speed(x) => (x, 0.0),
         Pace::Rate(n) => (0.0, n),
     };
-    PaceSet { speed, rate }.emit();
+    sink.pace_set(speed, rate);
     let file = open(&config.input)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(config.progress, total_bytes);
@@ -371,11 +376,10 @@ impl Feed<'_> {
         let wall = self.outcome.emit_wall.as_secs_f64();
         if wall > 0.0 {
             let (first, last) = (self.outcome.first_event_us, self.outcome.last_event_us);
-            PaceAchieved {
-                rate: self.outcome.events as f64 / wall,
-                speed: first.zip(last).map(|(a, b)| (b - a) as f64 / 1e6 / wall),
-            }
-            .emit();
+            self.sink.pace_achieved(
+                self.outcome.events as f64 / wall,
+                first.zip(last).map(|(a, b)| (b - a) as f64 / 1e6 / wall),
+            );
         }
         self.sink
             .events(pass, std::mem::take(names), std::mem::take(batch))
@@ -400,7 +404,7 @@ impl Feed<'_> {
 /// Names the dictionary gained since `sent`.
 fn new_names(dict: &Dictionary, sent: &mut usize) -> Vec<Box<str>> {
     let names = (*sent..dict.len())
-        .map(|i| dict.name(storepulse_replay::Sym(i as u32)).into())
+        .map(|i| dict.name(crate::Sym(i as u32)).into())
         .collect();
     *sent = dict.len();
     names
