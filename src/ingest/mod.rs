@@ -64,6 +64,9 @@ pub struct DriverOutcome {
     /// the time the last snapshot took (the stream had ended: it is on the critical path).
     pub longest_write: Duration,
     pub last_write: Duration,
+    /// Non-blank lines after the header this driver was told were read: a resumed run's
+    /// own, without the ones its snapshot already counted.
+    pub records_read: u64,
 }
 
 /// A periodic snapshot being written on its own thread (the store comes back with it),
@@ -99,6 +102,8 @@ pub struct Driver {
     batch: Vec<PurchaseEvent>,
     lines_read: u64,
     events_applied: u64,
+    /// Records reported by `Read` messages to this driver (not restored ones).
+    records_read: u64,
     /// Revenue (cents), orders and late events already reported to the metrics.
     published: (i64, u64, u64),
 }
@@ -126,6 +131,7 @@ impl Driver {
             batch: Vec::new(),
             lines_read: 0,
             events_applied: 0,
+            records_read: 0,
             published: (0, 0, 0),
         }
     }
@@ -157,6 +163,7 @@ impl Driver {
                         self.sink.write(r).map_err(DriverError::Rejected)?;
                     }
                     self.read.merge(&stats);
+                    self.records_read += stats.records;
                     crate::metrics::get().read(&stats);
                     self.lines_read = lines_read;
                 }
@@ -180,6 +187,7 @@ impl Driver {
             longest_pause: self.longest_pause,
             longest_write: self.longest_write,
             last_write: self.last_write,
+            records_read: self.records_read,
         })
     }
 
