@@ -256,27 +256,40 @@ fn an_overflowing_duration_flag_exits_2_with_a_message_not_a_panic() {
 
 #[test]
 fn query_falls_back_past_a_damaged_snapshot() {
-    let dir = snapshot_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snaps");
+    // The older snapshot covers the fixture's first 12 lines, the newer one all of it:
+    // every table differs between the two, so tables mixed from both would show.
+    let bytes = std::fs::read(golden()).unwrap();
+    let part = tmp.path().join("part.csv");
+    let head: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').take(13).collect();
+    std::fs::write(&part, head.concat()).unwrap();
+    run(&part, &dir, &[]);
+    let older = common::query_tables(&dir);
+    run(&golden(), &dir, &[]);
+    let newer = common::query_tables(&dir);
+    for (i, (a, b)) in older.iter().zip(&newer).enumerate() {
+        assert_ne!(a, b, "table {i} is the same in both snapshots");
+    }
+    // The newest snapshot (the second run's) loses one table's bytes.
+    let newest = dir.join("snap-000002");
+    std::fs::write(newest.join("daily_category_sales.parquet"), b"truncated").unwrap();
     let sql = "SELECT SUM(revenue) AS revenue, SUM(orders) AS orders FROM daily_sales";
-    let want = query_csv(dir.path(), sql);
-    run(&golden(), dir.path(), &[]);
-    // The newest snapshot (the second run's) loses a table's bytes.
-    let newest = dir.path().join("snap-000002");
-    std::fs::write(newest.join("daily_sales.parquet"), b"truncated").unwrap();
-    let (ok, out, err) = query(dir.path(), sql);
+    let (ok, out, err) = query(&dir, sql);
     assert!(ok, "{err}");
     assert!(
-        err.contains("skipping snapshot") && err.contains("daily_sales.parquet"),
+        err.contains("skipping snapshot") && err.contains("daily_category_sales.parquet"),
         "{err}"
     );
-    assert_eq!(query_csv(dir.path(), sql), want);
     assert!(out.contains("revenue"), "{out}");
+    // Every table, the undamaged ones included, is the older snapshot's.
+    assert_eq!(common::query_tables(&dir), older);
     // With the older one damaged too, the error names the newest file; no panic.
-    std::fs::write(dir.path().join("snap-000001/daily_sales.parquet"), b"x").unwrap();
-    let (ok, _, err) = query(dir.path(), sql);
+    std::fs::write(dir.join("snap-000001/rfm.parquet"), b"x").unwrap();
+    let (ok, _, err) = query(&dir, sql);
     assert!(!ok);
     assert!(
-        err.contains("snap-000002/daily_sales.parquet") && !err.contains("panicked"),
+        err.contains("snap-000002/daily_category_sales.parquet") && !err.contains("panicked"),
         "{err}"
     );
 }

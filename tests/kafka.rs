@@ -367,9 +367,34 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         damaged.len() < snaps.len(),
         "no older offset kept: {snaps:?}"
     );
+    // What `query` must read after the fallback: every table of the newest undamaged
+    // snapshot, alone in a folder of its own; they all differ from the newest's.
+    let older = &snaps[damaged.len()];
+    let alone = c.got.with_file_name("older-alone");
+    let alone_part = alone.join("partitions/purchases-0");
+    let copy = alone_part.join(older.file_name().unwrap());
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(older).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    let name = older.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(alone_part.join("LATEST"), format!("{name}\n")).unwrap();
+    let want = common::query_tables(&alone);
+    for (i, (a, b)) in want.iter().zip(common::query_tables(&c.got)).enumerate() {
+        assert_ne!(
+            *a, b,
+            "table {i} is the same in {name} and the newest snapshot"
+        );
+    }
     for snap in damaged {
         std::fs::write(snap.join("rfm.parquet"), b"damaged").unwrap();
     }
+    assert_eq!(
+        common::query_tables(&c.got),
+        want,
+        "query after the fallback reads every table of {name}"
+    );
     let args = process_args(&c.broker, &c.got, &with(&["--stop-at-end"]));
     let restarted = Proc::spawn("restarted processor", &args);
     let log = restarted.stderr_log();
