@@ -31,6 +31,12 @@ fn replay_through_kafka_into_one_processor_equals_run() {
     );
     assert_eq!(out["partitions"].as_array().unwrap().len(), 4, "{out}");
     assert_eq!(accepted_in(&out), accepted, "{out}");
+    let file = std::fs::read_to_string(c.got.join("summary.json")).unwrap();
+    assert_eq!(
+        common::summary(&file),
+        out,
+        "summary.json is the printed object"
+    );
     let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(m.len(), 4, "one snapshot folder per partition");
     assert_eq!(total(&m, "accepted"), accepted);
