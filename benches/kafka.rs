@@ -34,20 +34,13 @@ fn storepulse(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The number that follows `label` in a summary, e.g. `label 123` or `label ... (456/s)`.
-fn figure(summary: &str, line_start: &str, before: &str) -> f64 {
-    let line = summary
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .unwrap_or_else(|| panic!("no `{line_start}` in {summary}"));
-    let at = line
-        .find(before)
-        .unwrap_or_else(|| panic!("no `{before}` in {line}"));
-    let head = line[..at].trim_end();
-    let start = head
-        .rfind(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or(0, |i| i + 1);
-    head[start..].parse().unwrap()
+/// A figure of a `--summary json` object, e.g. `events_sent`.
+fn figure(summary: &str, key: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(summary)
+        .unwrap_or_else(|e| panic!("not a JSON summary ({e}): {summary}"));
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no `{key}` in {summary}"))
 }
 
 /// Reads every partition from the beginning with a plain assigned consumer until
@@ -182,10 +175,12 @@ fn main() {
         "--no-progress",
         "--compression",
         "none",
+        "--summary",
+        "json",
     ]);
     // Read, sorted by event time, published and every delivery acknowledged.
-    let sent = figure(&summary, "events sent", "(");
-    let rate = figure(&summary, "events sent", " events/s over");
+    let sent = figure(&summary, "events_sent");
+    let rate = figure(&summary, "events_per_second");
     println!("replay --max:     {sent:>10.0} events published, {rate:>9.0} events/s end to end");
 
     let n = sent as u64 + PARTITIONS as u64;
@@ -203,9 +198,11 @@ fn main() {
         "--stop-at-end",
         "--kafka-option",
         "compression.type=none",
+        "--summary",
+        "json",
     ]);
-    let processed = figure(&out, "storepulse process", "/s)");
-    let longest = figure(&out, "snapshots", "s)");
+    let processed = figure(&out, "messages_per_second");
+    let longest = figure(&out, "longest_snapshot_seconds");
     println!(
         "process:          {processed:>9.0} messages/s ({:.0}% of the bare consumer), longest snapshot pause {longest:.3} s",
         100.0 * processed / bare

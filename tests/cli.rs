@@ -173,11 +173,24 @@ fn snapshots_are_written_periodically_and_only_the_newest_kept() {
 #[test]
 fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    // 10 events at 2 events/s; SIGTERM once a periodic snapshot shows the first ones.
-    let child = spawn_run(dir.path(), &["--rate", "2", "--snapshot-interval", "50ms"]);
+    // 10 events at 2 events/s, a periodic snapshot every second: SIGTERM once one shows
+    // the first events. The snapshot the signal writes must be newer than any seen
+    // before it (a periodic one standing in for it would not be).
+    let child = spawn_run(
+        dir.path(),
+        &[
+            "--rate",
+            "2",
+            "--snapshot-interval",
+            "1s",
+            "--summary",
+            "json",
+        ],
+    );
     wait_for_manifest(dir.path(), Duration::from_secs(60), |m| {
         m["counts"]["accepted"].as_u64().unwrap_or(0) >= 1
     });
+    let seen = manifest(dir.path());
     // SAFETY: signalling the child we started, by its id.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
@@ -190,15 +203,39 @@ fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
     assert!(
         out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped early"));
+    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(summary["state"], "stopped_early", "{summary}");
     let m = manifest(dir.path());
+    assert!(
+        m["id"].as_u64() > seen["id"].as_u64(),
+        "no snapshot written at the signal: {m}"
+    );
+    assert!(m["counts"]["accepted"].as_u64() >= seen["counts"]["accepted"].as_u64());
+    assert_eq!(summary["snapshot"]["id"], m["id"], "{summary}");
     assert_eq!(m["input"]["complete"], false);
-    let accepted = m["counts"]["accepted"].as_u64().unwrap();
-    let pending = m["counts"]["pending"].as_u64().unwrap();
+    // The snapshot holds exactly what the summary printed at the signal reports.
+    let counts = &m["counts"];
+    for key in ["records", "accepted", "pending", "duplicates"] {
+        assert_eq!(summary["counts"][key], counts[key], "{key}: {summary}");
+    }
+    let rejected = counts["rejected"].as_object().unwrap();
+    for (reason, n) in summary["counts"]["rejected_by_reason"].as_object().unwrap() {
+        let on_disk = rejected.get(reason).cloned().unwrap_or(0.into());
+        assert_eq!(*n, on_disk, "{reason}: {summary}");
+    }
+    let total: u64 = rejected.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(summary["counts"]["rejected"], total);
+    // summary.json beside the snapshots is the same object.
+    let file = std::fs::read_to_string(dir.path().join("summary.json")).unwrap();
+    assert_eq!(common::summary(&file), summary);
+    let accepted = counts["accepted"].as_u64().unwrap();
+    let pending = counts["pending"].as_u64().unwrap();
     assert!(accepted > 0 && accepted < 10, "accepted {accepted}");
     assert_eq!(accepted + pending, 10);
+    // Event-time order reads the whole file first: every line is counted.
+    assert_eq!(counts["records"], 19);
 }
 
 #[test]
@@ -219,27 +256,40 @@ fn an_overflowing_duration_flag_exits_2_with_a_message_not_a_panic() {
 
 #[test]
 fn query_falls_back_past_a_damaged_snapshot() {
-    let dir = snapshot_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snaps");
+    // The older snapshot covers the fixture's first 12 lines, the newer one all of it:
+    // every table differs between the two, so tables mixed from both would show.
+    let bytes = std::fs::read(golden()).unwrap();
+    let part = tmp.path().join("part.csv");
+    let head: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').take(13).collect();
+    std::fs::write(&part, head.concat()).unwrap();
+    run(&part, &dir, &[]);
+    let older = common::query_tables(&dir);
+    run(&golden(), &dir, &[]);
+    let newer = common::query_tables(&dir);
+    for (i, (a, b)) in older.iter().zip(&newer).enumerate() {
+        assert_ne!(a, b, "table {i} is the same in both snapshots");
+    }
+    // The newest snapshot (the second run's) loses one table's bytes.
+    let newest = dir.join("snap-000002");
+    std::fs::write(newest.join("daily_category_sales.parquet"), b"truncated").unwrap();
     let sql = "SELECT SUM(revenue) AS revenue, SUM(orders) AS orders FROM daily_sales";
-    let want = query_csv(dir.path(), sql);
-    run(&golden(), dir.path(), &[]);
-    // The newest snapshot (the second run's) loses a table's bytes.
-    let newest = dir.path().join("snap-000002");
-    std::fs::write(newest.join("daily_sales.parquet"), b"truncated").unwrap();
-    let (ok, out, err) = query(dir.path(), sql);
+    let (ok, out, err) = query(&dir, sql);
     assert!(ok, "{err}");
     assert!(
-        err.contains("skipping snapshot") && err.contains("daily_sales.parquet"),
+        err.contains("skipping snapshot") && err.contains("daily_category_sales.parquet"),
         "{err}"
     );
-    assert_eq!(query_csv(dir.path(), sql), want);
     assert!(out.contains("revenue"), "{out}");
+    // Every table, the undamaged ones included, is the older snapshot's.
+    assert_eq!(common::query_tables(&dir), older);
     // With the older one damaged too, the error names the newest file; no panic.
-    std::fs::write(dir.path().join("snap-000001/daily_sales.parquet"), b"x").unwrap();
-    let (ok, _, err) = query(dir.path(), sql);
+    std::fs::write(dir.join("snap-000001/rfm.parquet"), b"x").unwrap();
+    let (ok, _, err) = query(&dir, sql);
     assert!(!ok);
     assert!(
-        err.contains("snap-000002/daily_sales.parquet") && !err.contains("panicked"),
+        err.contains("snap-000002/daily_category_sales.parquet") && !err.contains("panicked"),
         "{err}"
     );
 }

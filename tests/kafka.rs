@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{serial, total, wait_for, Proc};
 use common::kafka_cases::{
-    accepted_in, accepted_total, assert_same_tables, number_after, paced_replay, process_args,
-    replay, Case, LIMIT,
+    accepted_in, accepted_total, assert_same_tables, paced_replay, process_args, replay, Case,
+    LIMIT,
 };
 use common::query_csv;
 
@@ -20,13 +20,23 @@ fn replay_through_kafka_into_one_processor_equals_run() {
     let c = Case::generated(12_000, 21, 4);
     let summary = replay(&c.broker, &c.input, &["--max"]);
     let accepted = accepted_in(&summary);
-    assert!(summary.contains("(0 failed)"), "{summary}");
-    let out = Proc::spawn(
-        "process",
-        &process_args(&c.broker, &c.got, &["--stop-at-end"]),
-    )
-    .wait_ok(LIMIT);
-    assert!(out.contains("partition"), "{out}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["end_of_input"]["sent"], true, "{summary}");
+    let out = common::summary(
+        &Proc::spawn(
+            "process",
+            &process_args(&c.broker, &c.got, &["--stop-at-end"]),
+        )
+        .wait_ok(LIMIT),
+    );
+    assert_eq!(out["partitions"].as_array().unwrap().len(), 4, "{out}");
+    assert_eq!(accepted_in(&out), accepted, "{out}");
+    let file = std::fs::read_to_string(c.got.join("summary.json")).unwrap();
+    assert_eq!(
+        common::summary(&file),
+        out,
+        "summary.json is the printed object"
+    );
     let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(m.len(), 4, "one snapshot folder per partition");
     assert_eq!(total(&m, "accepted"), accepted);
@@ -75,7 +85,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     first.wait_stderr("assigned partitions [0, 1, 2]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "1500");
     kill_mid_stream(first, &c.got, 2_000);
-    let summary = replayer.wait_ok(LIMIT);
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
     let args = process_args(&c.broker, &c.got, &["--stop-at-end", "--assign", "all"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
     let m = common::kafka::partition_manifests(&c.got);
@@ -106,7 +116,7 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
     let replayer = paced_replay(&c.broker, &c.input, "2000");
     kill_mid_stream(b, &c.got, 3_000);
     let b2 = Proc::spawn("processor b restarted", &with("b"));
-    let summary = replayer.wait_ok(LIMIT);
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
     a.wait_ok(LIMIT);
     b2.wait_ok(LIMIT);
     let m = common::kafka::partition_manifests(&c.got);
@@ -212,7 +222,8 @@ fn split_orders_through_four_partitions_and_two_processors_equal_run() {
     let (out_a, out_b) = (a.wait_ok(LIMIT), b.wait_ok(LIMIT));
     // Both members of the group owned partitions.
     for out in [&out_a, &out_b] {
-        assert!(out.contains("  partition "), "{out}");
+        let out = common::summary(out);
+        assert!(!out["partitions"].as_array().unwrap().is_empty(), "{out}");
     }
     let m = common::kafka::partition_manifests(&c.got);
     assert!(m.len() >= 3, "the orders spread over the partitions");
@@ -245,10 +256,7 @@ fn loop_replays_the_file_again_shifted_by_whole_days() {
     let _serial = serial();
     let c = Case::split_orders(2);
     let summary = replay(&c.broker, &c.input, &["--loop", "2"]);
-    assert_eq!(
-        number_after(&summary, "events sent"),
-        2 * accepted_total(&c.want)
-    );
+    assert_eq!(summary["events_sent"], 2 * accepted_total(&c.want));
     Proc::spawn(
         "process",
         &process_args(&c.broker, &c.got, &["--stop-at-end"]),
@@ -308,7 +316,8 @@ fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
         start.elapsed() < Duration::from_secs(20),
         "slow stop: {out}"
     );
-    assert!(out.contains("partition"), "{out}");
+    let out = common::summary(&out);
+    assert_eq!(accepted_in(&out), accepted, "{out}");
     let m = common::kafka::partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted);
 }
@@ -333,7 +342,7 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         m.len() == 1 && m[0]["id"].as_u64().unwrap_or(0) >= 3 && total(m, "accepted") > 1_000
     });
     first.kill9();
-    let summary = replayer.wait_ok(LIMIT);
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
     // The newest snapshots lose a table, back to one that covers fewer offsets (snapshots
     // taken in a rebalance may repeat an offset), so the restart must read again from there.
     let part = c.got.join("partitions/purchases-0");
@@ -364,9 +373,34 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         damaged.len() < snaps.len(),
         "no older offset kept: {snaps:?}"
     );
+    // What `query` must read after the fallback: every table of the newest undamaged
+    // snapshot, alone in a folder of its own; they all differ from the newest's.
+    let older = &snaps[damaged.len()];
+    let alone = c.got.with_file_name("older-alone");
+    let alone_part = alone.join("partitions/purchases-0");
+    let copy = alone_part.join(older.file_name().unwrap());
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(older).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    let name = older.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(alone_part.join("LATEST"), format!("{name}\n")).unwrap();
+    let want = common::query_tables(&alone);
+    for (i, (a, b)) in want.iter().zip(common::query_tables(&c.got)).enumerate() {
+        assert_ne!(
+            *a, b,
+            "table {i} is the same in {name} and the newest snapshot"
+        );
+    }
     for snap in damaged {
         std::fs::write(snap.join("rfm.parquet"), b"damaged").unwrap();
     }
+    assert_eq!(
+        common::query_tables(&c.got),
+        want,
+        "query after the fallback reads every table of {name}"
+    );
     let args = process_args(&c.broker, &c.got, &with(&["--stop-at-end"]));
     let restarted = Proc::spawn("restarted processor", &args);
     let log = restarted.stderr_log();

@@ -53,15 +53,18 @@ fn partial_and_failed_replays_then_the_whole_file_equal_run() {
     // 1. Stopped by --limit: no end of input, the days after its last event stay open.
     let (ok1, out, err) = replay_status(&c.broker, &c.input, &["--limit", "2500"]);
     assert!(ok1, "{out}{err}");
-    assert!(out.contains("partial (--limit)"), "{out}");
-    assert!(out.contains("not sent (--limit)"), "{out}");
+    let out = common::summary(&out);
+    assert_eq!(out["state"], "partial", "{out}");
+    assert_eq!(out["events_sent"], 2_500, "{out}");
+    assert_eq!(out["end_of_input"]["sent"], false, "{out}");
+    assert_eq!(out["end_of_input"]["why_not"], "limit", "{out}");
 
     // 2. Stopped by SIGTERM halfway.
     let stopped = paced_replay(&c.broker, &c.input, "3000");
     wait_for_messages(&c.broker, "purchases", 2_500 + 1_500);
-    let out = stopped.terminate(LIMIT);
-    assert!(out.contains("stopped early"), "{out}");
-    assert!(out.contains("not sent (stopped)"), "{out}");
+    let out = common::summary(&stopped.terminate(LIMIT));
+    assert_eq!(out["state"], "stopped_early", "{out}");
+    assert_eq!(out["end_of_input"]["why_not"], "stopped", "{out}");
 
     // 3. Deliveries that fail: the broker stops answering for longer than the messages
     //    may wait.
@@ -97,7 +100,8 @@ fn partial_and_failed_replays_then_the_whole_file_equal_run() {
 
     // 4. The whole file: every day final, the tables those of the file.
     let summary = replay(&c.broker, &c.input, &[]);
-    assert!(summary.contains("end of input   sent"), "{summary}");
+    assert_eq!(summary["end_of_input"]["sent"], true, "{summary}");
+    assert_eq!(summary["state"], "complete", "{summary}");
     run_processor_to_end(&c, &[]);
     let m = partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), want);
@@ -380,7 +384,7 @@ fn a_broker_paused_beyond_the_session_timeout_mid_stream_loses_nothing() {
     // Longer than the processor's session timeout (10 s).
     std::thread::sleep(Duration::from_secs(13));
     c.broker.resume();
-    let summary = replayer.wait_ok(LIMIT);
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
     proc.wait_ok(LIMIT);
     let m = partition_manifests(&c.got);
     assert_eq!(total(&m, "accepted"), accepted_in(&summary));
@@ -471,14 +475,14 @@ fn a_second_processor_joins_mid_stream_and_leaves_again() {
             .all(|(now, then)| now > then)
     });
     let log_b = b.stderr_log();
-    let out_b = b.terminate(LIMIT);
+    let out_b = common::summary(&b.terminate(LIMIT));
     assert!(
-        out_b.contains("  partition "),
+        !out_b["partitions"].as_array().unwrap().is_empty(),
         "{out_b}\n{}\n{}",
         log_b.lock().unwrap(),
         a.stderr()
     );
-    let summary = replayer.wait_ok(LIMIT);
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
     assert!(
         total(&partition_manifests(&c.got), "accepted") < accepted_in(&summary),
         "b left before the end of the stream"
@@ -499,7 +503,9 @@ fn a_processor_restored_from_an_older_snapshot_counts_redelivered_events_once() 
     let mut with_end = vec!["--stop-at-end"];
     with_end.extend_from_slice(&flags);
     let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &with_end));
-    let accepted = accepted_in(&paced_replay(&c.broker, &c.input, "4000").wait_ok(LIMIT));
+    let accepted = accepted_in(&common::summary(
+        &paced_replay(&c.broker, &c.input, "4000").wait_ok(LIMIT),
+    ));
     proc.wait_ok(LIMIT);
     // The same file again: every event is a duplicate.
     replay(&c.broker, &c.input, &[]);

@@ -38,6 +38,8 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
             "2000",
             "--snapshot-interval",
             "200ms",
+            "--summary",
+            "json",
         ])
         .args([
             "--metrics-addr",
@@ -82,18 +84,11 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
 
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let summary = String::from_utf8(out.stdout).unwrap();
-    let count = |label: &str| -> f64 {
-        summary
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(label))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {label} in {summary}"))
-    };
+    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    let count = |key: &str| common::count(&summary, key) as f64;
     assert_eq!(
         sample(&text, "storepulse_lines_read_total"),
-        Some(count("lines"))
+        Some(count("records"))
     );
     assert_eq!(
         sample(&text, "storepulse_lines_accepted_total"),
@@ -108,11 +103,8 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
     ] {
         let metric = format!("storepulse_lines_rejected_total{{reason=\"{reason}\"}}");
         let n = sample(&text, &metric).unwrap();
-        let in_summary = summary
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(reason))
-            .map_or(0.0, |rest| rest.trim().parse().unwrap());
-        assert_eq!(n, in_summary, "{reason}");
+        let in_summary = summary["counts"]["rejected_by_reason"][reason].as_u64();
+        assert_eq!(Some(n), in_summary.map(|c| c as f64), "{reason}");
         rejected += n;
     }
     assert!(rejected > 0.0, "the generated file has rejects");
@@ -161,6 +153,8 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
                 "1500",
                 "--snapshot-interval",
                 "100ms",
+                "--summary",
+                "json",
             ])
             .args([
                 "--metrics-addr",
@@ -216,18 +210,14 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
     let out = resumed.wait_with_output().unwrap();
     assert!(out.status.success());
     let total_revenue = cents("SELECT SUM(revenue) AS r FROM daily_sales");
-    let summary = String::from_utf8(out.stdout).unwrap();
-    let lines: f64 = summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("lines"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    let lines = common::count(&summary, "records") as f64;
+    let read_here = summary["records_read_this_run"].as_u64().unwrap() as f64;
     // The counters hold only what this process did: the rest of the file.
+    assert_eq!(read_here, lines - restored_lines, "{summary}");
     assert_eq!(
         sample(&text, "storepulse_lines_read_total"),
-        Some(lines - restored_lines)
+        Some(read_here)
     );
     let revenue = sample(&text, "storepulse_revenue_cents_total").unwrap();
     assert!(

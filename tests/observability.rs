@@ -32,13 +32,9 @@ fn scrape_config(run: u16, replay: u16, process: u16) -> String {
     text
 }
 
-/// `name   N` on a line of a summary (the first number after the label).
-fn summary_count(summary: &str, label: &str) -> f64 {
-    summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map_or(0.0, |n| n.parse().unwrap())
+/// A count of a JSON summary (`--summary json`), as a metric sample compares.
+fn summary_count(summary: &serde_json::Value, key: &str) -> f64 {
+    common::count(summary, key) as f64
 }
 
 const READER_REASONS: [&str; 8] = [
@@ -123,6 +119,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             "--compression",
             "none",
             "--no-progress",
+            "--summary",
+            "json",
             "--metrics-addr",
             &addr(p_replay),
         ],
@@ -135,6 +133,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             input_s,
             "--speed",
             "550000",
+            "--summary",
+            "json",
             "--snapshot-interval",
             "1s",
             "--snapshot-dir",
@@ -188,8 +188,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
 
     // Counters against the commands' own summaries. Event-time order reads the whole
     // file before the first event is due, so the line counters are final from then on.
-    let run_summary = run.wait_ok(Duration::from_secs(180));
-    let replay_summary = replay.wait_ok(Duration::from_secs(180));
+    let run_summary = common::summary(&run.wait_ok(Duration::from_secs(180)));
+    let replay_summary = common::summary(&replay.wait_ok(Duration::from_secs(180)));
     let last = |metric: &str, job: &str, labels: &str| {
         prometheus
             .value(&format!(
@@ -200,7 +200,7 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     for (job, summary) in [("run", &run_summary), ("replay", &replay_summary)] {
         assert_eq!(
             last("storepulse_lines_read_total", job, ""),
-            summary_count(summary, "lines"),
+            summary_count(summary, "records"),
             "{job}"
         );
         assert_eq!(
@@ -215,7 +215,8 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
                 job,
                 &format!(",reason=\"{reason}\""),
             );
-            assert_eq!(n, summary_count(summary, reason), "{job} {reason}");
+            let in_summary = summary["counts"]["rejected_by_reason"][reason].as_u64();
+            assert_eq!(Some(n), in_summary.map(|c| c as f64), "{job} {reason}");
             rejected += n;
         }
         assert_eq!(rejected, summary_count(summary, "rejected"), "{job}");
@@ -223,9 +224,9 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     }
     // What the replayer sent, the processor applied: every event, plus its control
     // messages, each to every partition: the input, every watermark and the end of input.
-    let sent = summary_count(&replay_summary, "events sent");
+    let sent = replay_summary["events_sent"].as_u64().unwrap() as f64;
     assert!(sent > 19_000.0, "{replay_summary}");
-    let watermarks = summary_count(&replay_summary, "watermarks");
+    let watermarks = replay_summary["watermarks"].as_u64().unwrap() as f64;
     assert!(watermarks >= 1.0, "{replay_summary}");
     wait(Duration::from_secs(60), "the processor's counters", || {
         let q = |e: &str| prometheus.value(e).unwrap_or(0.0);

@@ -241,6 +241,42 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
         .map(|(_, v)| v.parse().unwrap())
         .collect();
     assert_eq!(shown, spend);
+    // Each bucket's label names the range it counts: `query` over that range gives the
+    // bar's count, and the ranges follow each other from 0 to an open last one.
+    let amount = |text: &str| -> String {
+        match text.strip_suffix('k') {
+            Some(k) => format!("{}", k.parse::<f64>().unwrap() * 1000.0),
+            None => text.to_string(),
+        }
+    };
+    let buckets = bars(&b, "spend-per-customer");
+    let mut starts = "0".to_string();
+    for (i, (label, value)) in buckets.iter().enumerate() {
+        let (lo, hi) = match label.split_once('–') {
+            Some((lo, hi)) => (amount(lo), Some(amount(hi))),
+            None => (
+                amount(label.strip_suffix('+').expect("an open last bucket")),
+                None,
+            ),
+        };
+        assert_eq!(
+            lo, starts,
+            "bucket {label} starts off the previous one's end"
+        );
+        let range = match &hi {
+            Some(hi) => format!("monetary >= {lo} AND monetary < {hi}"),
+            None => {
+                assert_eq!(i, buckets.len() - 1, "{label} is open but not the last");
+                format!("monetary >= {lo}")
+            }
+        };
+        let counted = query_csv(
+            &dir,
+            &format!("SELECT COUNT(*) AS n FROM rfm WHERE {range}"),
+        );
+        assert_eq!(counted, format!("n\n{value}\n"), "bucket {label}");
+        starts = hi.unwrap_or_default();
+    }
 
     let segments: BTreeMap<String, String> = pairs(rows(
         &dir,
@@ -313,34 +349,55 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
         top("daily_category_sales", "category_code", "items", &period)
     );
 
-    // The customer look-up.
-    let best = &rows(
-        &dir,
-        "SELECT CAST(user_id AS VARCHAR) AS id, segment, rfm_cell FROM rfm ORDER BY monetary DESC, user_id LIMIT 1",
-    )[0];
-    b.eval(
-        "document.querySelector('#customer-id').value = arguments[0];\
-         document.querySelector('#lookup').requestSubmit(); return 1;",
-        json!([best[0]]),
-    );
-    let segment = b.wait_for(
-        "const e = document.querySelector('[data-field=\"segment\"]'); return e && e.textContent;",
-        Duration::from_secs(30),
-    );
-    assert_eq!(segment, json!(best[1]));
-    let scores = b.eval(
-        "return document.querySelector('[data-field=\"R, F, M scores\"]').textContent;",
-        json!([]),
-    );
-    assert!(
-        scores
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("(cell {})", best[2])),
-        "{scores}"
-    );
+    // The customer look-up: the best customer, and one whose three scores all differ (so
+    // scores shown in the wrong order show).
+    for pick in [
+        "ORDER BY monetary DESC, user_id",
+        "WHERE r_score <> f_score AND f_score <> m_score AND r_score <> m_score ORDER BY user_id",
+    ] {
+        let c = &rows(
+            &dir,
+            &format!(
+                "SELECT CAST(user_id AS VARCHAR) AS id, segment, r_score, f_score, m_score, \
+                 rfm_cell, recency_days, frequency, monetary FROM rfm {pick} LIMIT 1"
+            ),
+        )[0];
+        b.eval(
+            "document.querySelector('#customer').innerHTML = '';\
+             document.querySelector('#customer-id').value = arguments[0];\
+             document.querySelector('#lookup').requestSubmit(); return 1;",
+            json!([c[0]]),
+        );
+        let segment = b.wait_for(
+            "const e = document.querySelector('[data-field=\"segment\"]'); return e && e.textContent;",
+            Duration::from_secs(30),
+        );
+        assert_eq!(segment, json!(c[1]), "customer {}", c[0]);
+        let field = |name: &str| -> String {
+            let v = b.eval(
+                "return document.querySelector('[data-field=\"' + arguments[0] + '\"]').textContent;",
+                json!([name]),
+            );
+            v.as_str().unwrap().to_string()
+        };
+        assert_eq!(
+            field("R, F, M scores"),
+            format!("{}, {}, {} (cell {})", c[2], c[3], c[4], c[5]),
+            "customer {}",
+            c[0]
+        );
+        assert_eq!(field("recency"), format!("{} days", c[6]));
+        assert_eq!(field("frequency"), format!("{} orders", c[7]));
+        assert_eq!(
+            field("monetary").replace(',', ""),
+            c[8],
+            "customer {}",
+            c[0]
+        );
+    }
 
-    // The SQL box.
+    // The SQL box: its default statement, then one typed in, whose table is what `query`
+    // returns for the same SQL (64-bit ids and decimals exact).
     b.eval(
         "document.querySelector('#sql-form').requestSubmit(); return 1;",
         json!([]),
@@ -350,6 +407,31 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
         Duration::from_secs(30),
     );
     assert_eq!(note, json!(format!("{} rows", segments.len())));
+    let sql = "SELECT user_id, segment, monetary, frequency, rfm_cell FROM rfm \
+               ORDER BY monetary DESC, user_id LIMIT 25";
+    b.eval(
+        "document.querySelector('#sql-note').textContent = '';\
+         document.querySelector('#sql-result').innerHTML = '';\
+         document.querySelector('#sql').value = arguments[0];\
+         document.querySelector('#sql-form').requestSubmit(); return 1;",
+        json!([sql]),
+    );
+    b.wait_for(
+        "return document.querySelector('#sql-note').textContent;",
+        Duration::from_secs(30),
+    );
+    let shown: Vec<Vec<String>> = serde_json::from_value(b.eval(
+        "return [...document.querySelectorAll('#sql-result tr')]\
+         .map(tr => [...tr.cells].map(c => c.textContent));",
+        json!([]),
+    ))
+    .unwrap();
+    let want: Vec<Vec<String>> = query_csv(&dir, sql)
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    assert_eq!(want.len(), 26, "{want:?}");
+    assert_eq!(shown, want);
 
     // Bad requests get a 400 and a message.
     for path in [

@@ -1,5 +1,7 @@
 //! The contracts under `schemas/` match what the code writes.
 
+mod common;
+
 use datafusion::arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use storepulse::replay::wire::{EventId, WireEvent};
@@ -103,4 +105,77 @@ fn wire_event_follows_the_json_schema() {
         bad[field] = value;
         assert!(!validator.is_valid(&bad), "{field} should fail");
     }
+}
+
+#[test]
+fn run_summary_follows_the_json_schema_and_matches_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/input.csv");
+    let out = common::ok(&[
+        "run",
+        "--no-progress",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--summary",
+        "json",
+        "--input",
+        input,
+        "--snapshot-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.lines().count(), 1, "one object on one line: {out}");
+    // `common::summary` validates against schemas/summary.schema.json.
+    let v = common::summary(&out);
+    let m = common::manifest(dir.path());
+    assert_eq!(v["counts"]["records"], m["counts"]["records"]);
+    assert_eq!(v["counts"]["records"], 19);
+    assert_eq!(v["counts"]["accepted"], 10);
+    assert_eq!(v["counts"]["rejected"], 9);
+    assert_eq!(v["counts"]["late"], 0);
+    assert_eq!(v["counts"]["rejected_by_reason"]["malformed_row"], 2);
+    assert_eq!(v["counts"]["rejected_by_reason"]["invalid_price"], 1);
+    assert_eq!(v["counts"]["blank"], 1);
+    assert_eq!(v["counts"]["repaired"], 2);
+    assert_eq!(v["counts"]["rejected_by_reason"]["late_event"], 0);
+    assert_eq!(v["records_read_this_run"], 19);
+    assert_eq!(v["revenue"], "2005.38");
+    assert_eq!(v["customers"], 4);
+    assert_eq!(v["segments"]["Champion"], 1);
+    assert_eq!(v["snapshot"]["id"], m["id"]);
+    assert_eq!(v["first_day"], "2020-04-24");
+    assert_eq!(v["state"], "complete");
+    let file = std::fs::read_to_string(dir.path().join("summary.json")).unwrap();
+    assert_eq!(
+        common::summary(&file),
+        v,
+        "summary.json is the printed object"
+    );
+
+    // The schema is strict: a count as text, money as a number, an unknown key, a missing
+    // reason or a summary of no known command fail it.
+    for (pointer, value) in [
+        ("/counts/accepted", serde_json::json!("10")),
+        ("/revenue", serde_json::json!(2005.38)),
+        ("/unknown", serde_json::json!(1)),
+        ("/command", serde_json::json!("serve")),
+        ("/counts/pending", serde_json::json!(-1)),
+    ] {
+        let mut bad = v.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        bad.pointer_mut(if parent.is_empty() { "" } else { parent })
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_string(), value);
+        assert!(
+            !common::summary_errors(&bad).is_empty(),
+            "{pointer} should fail"
+        );
+    }
+    let mut bad = v.clone();
+    bad["counts"]["rejected_by_reason"]
+        .as_object_mut()
+        .unwrap()
+        .remove("late_event");
+    assert!(!common::summary_errors(&bad).is_empty());
 }

@@ -90,6 +90,8 @@ pub struct ReplayArgs {
         default_value = "127.0.0.1:9465"
     )]
     pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub summary: super::summary::SummaryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +143,8 @@ pub struct ProcessArgs {
     /// /readyz fails once the broker has been unreachable this long.
     #[arg(long, env = "STOREPULSE_BROKER_TIMEOUT", default_value = "30s", value_parser = super::parse_duration)]
     pub broker_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub summary: super::summary::SummaryArgs,
 }
 
 /// `--assign`: the partitions, none meaning all.
@@ -195,7 +199,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             args.kafka.brokers
         )
     })?;
-    print!("{}", replay_summary(&config, &outcome));
+    if args.summary.json() {
+        let json = super::summary::replay(&config.feed.input, &config.topic, &outcome);
+        print!("{}", super::summary::line(&json));
+    } else {
+        print!("{}", replay_summary(&config, &outcome));
+    }
     if outcome.failed > 0 {
         bail!(
             "{} messages could not be delivered (last error: {})",
@@ -310,7 +319,15 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         config.snapshot_dir.display()
     );
     let outcome = consume::process(config.clone(), shutdown)?;
-    print!("{}", process_summary(&config, &outcome, start.elapsed()));
+    let wall = start.elapsed();
+    let json = super::summary::process(&outcome, wall, &config.snapshot_dir);
+    crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
+        .context("writing the summary")?;
+    if args.summary.json() {
+        print!("{}", super::summary::line(&json));
+    } else {
+        print!("{}", process_summary(&config, &outcome, wall));
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 mod duration;
 mod kafka;
 mod run;
+mod summary;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,8 @@ pub struct RunArgs {
     /// waiting (0s: never).
     #[arg(long, env = "STOREPULSE_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub stall_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub summary: summary::SummaryArgs,
 }
 
 /// How the input is read and paced (`run` and `replay`).

@@ -86,6 +86,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     crate::metrics::set_ready(true);
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
+    let json = super::summary::run(&outcome, wall, &config.snapshot_dir);
+    crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
+        .context("writing the summary")?;
+    if args.summary.json() {
+        print!("{}", super::summary::line(&json));
+        return Ok(());
+    }
     print!("{}", summary(&outcome, wall.as_secs_f64()));
     let dir = config.snapshot_dir.display();
     println!("snapshots in {dir}/ (rejected lines in {dir}/rejected.csv); try:");

@@ -63,6 +63,9 @@ pub struct DriverOutcome {
     /// the time the last snapshot took (the stream had ended: it is on the critical path).
     pub longest_write: Duration,
     pub last_write: Duration,
+    /// Non-blank lines after the header this driver was told were read: a resumed run's
+    /// own, without the ones its snapshot already counted.
+    pub records_read: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,8 @@ pub struct Driver {
     events_applied: u64,
     /// What the metrics were last told of the core.
     reported: Reported,
+    /// Records reported by `Read` messages to this driver (not restored ones).
+    records_read: u64,
 }
 
 impl Driver {
@@ -117,6 +122,7 @@ impl Driver {
             lines_read: 0,
             events_applied: 0,
             reported: Reported::default(),
+            records_read: 0,
         }
     }
 
@@ -153,6 +159,7 @@ impl Driver {
                         self.sink.write(r).map_err(DriverError::Rejected)?;
                     }
                     self.read.merge(&stats);
+                    self.records_read += stats.records;
                     LinesRead(&stats).emit();
                     self.lines_read = lines_read;
                 }
@@ -176,6 +183,7 @@ impl Driver {
             longest_pause: self.longest_pause,
             longest_write: self.longest_write,
             last_write: self.last_write,
+            records_read: self.records_read,
         })
     }
 

@@ -2,13 +2,14 @@
 //! atomically. Files are written in `.tmp-snap-N/`, fsynced, the folder renamed to
 //! `snap-N/`, then the `LATEST` pointer replaced by rename, so a reader never sees a
 //! partial snapshot. This is the only module that writes pipeline files (`generate`
-//! writes its own output).
+//! writes its own output), `summary.json` included.
 
 mod beside;
 mod find;
 mod load;
 pub mod manifest;
 pub mod rejected;
+mod summary;
 pub mod tables;
 
 use std::fs::{self, File};
@@ -33,6 +34,7 @@ pub use find::{
 pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
 pub use rejected::RejectedSink;
+pub use summary::{write_summary, SUMMARY_FILE};
 
 pub const LATEST_FILE: &str = "LATEST";
 const PREFIX: &str = "snap-";

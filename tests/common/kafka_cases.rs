@@ -1,11 +1,11 @@
 //! What the Kafka tests share beyond the broker: the embedded run to compare with, the
-//! flags of `replay` and `process`, and reading their summaries.
+//! flags of `replay` and `process` (both print `--summary json`), and their summaries.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::kafka::{Broker, Proc};
-use super::{ok, query_tables, run};
+use super::{ok, query_tables, run, summary};
 
 pub const LIMIT: Duration = Duration::from_secs(180);
 
@@ -39,7 +39,8 @@ pub fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
     input
 }
 
-/// `replay` flags for `input` into `broker`, uncompressed (see the harness).
+/// `replay` flags for `input` into `broker`, uncompressed (see the harness), with a JSON
+/// summary.
 pub fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "replay",
@@ -50,16 +51,20 @@ pub fn replay_args<'a>(broker: &'a Broker, input: &'a Path, extra: &[&'a str]) -
         "--compression",
         "none",
         "--no-progress",
+        "--summary",
+        "json",
     ];
     args.extend_from_slice(extra);
     args
 }
 
-pub fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> String {
-    ok(&replay_args(broker, input, extra))
+/// A replay to its end: its JSON summary.
+pub fn replay(broker: &Broker, input: &Path, extra: &[&str]) -> serde_json::Value {
+    summary(&ok(&replay_args(broker, input, extra)))
 }
 
-/// `process` flags; a snapshot every 200 ms unless `extra` names another interval.
+/// `process` flags with a JSON summary; a snapshot every 200 ms unless `extra` names
+/// another interval.
 pub fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "process",
@@ -69,6 +74,8 @@ pub fn process_args<'a>(broker: &'a Broker, dir: &'a Path, extra: &[&'a str]) ->
         dir.to_str().unwrap(),
         "--kafka-option",
         "compression.type=none",
+        "--summary",
+        "json",
     ];
     args.extend_from_slice(extra);
     if !extra.contains(&"--snapshot-interval") {
@@ -116,18 +123,9 @@ impl Case {
     }
 }
 
-/// The number after `label` on a summary line, e.g. `accepted   123`.
-pub fn number_after(summary: &str, label: &str) -> u64 {
-    summary
-        .lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `{label}` count in {summary}"))
-}
-
-pub fn accepted_in(summary: &str) -> u64 {
-    number_after(summary, "accepted")
+/// Lines a replay or processor counted as accepted, from its JSON summary.
+pub fn accepted_in(summary: &serde_json::Value) -> u64 {
+    super::count(summary, "accepted")
 }
 
 /// A replay paced at `rate` events/s, in the background, so that kills land while events

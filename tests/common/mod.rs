@@ -50,6 +50,42 @@ pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
     ok(&args)
 }
 
+/// `run` with `--summary json`: its summary, checked against the schema.
+pub fn run_json(input: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--summary", "json"];
+    args.extend_from_slice(extra);
+    summary(&run(input, dir, &args))
+}
+
+/// A `--summary json` stdout: exactly one JSON object, valid against
+/// `schemas/summary.schema.json`.
+pub fn summary(stdout: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    let errors = summary_errors(&v);
+    assert!(errors.is_empty(), "{v}: {errors:?}");
+    v
+}
+
+/// What `schemas/summary.schema.json` finds wrong with `v`.
+pub fn summary_errors(v: &serde_json::Value) -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/summary.schema.json"
+    ))
+    .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    validator.iter_errors(v).map(|e| e.to_string()).collect()
+}
+
+/// A count of a summary (`counts.<key>`).
+pub fn count(summary: &serde_json::Value, key: &str) -> u64 {
+    summary["counts"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counts.{key} in {summary}"))
+}
+
 pub fn manifest(dir: &Path) -> serde_json::Value {
     let latest = std::fs::read_to_string(dir.join("LATEST")).unwrap();
     let text = std::fs::read_to_string(dir.join(latest.trim()).join("manifest.json")).unwrap();
