@@ -260,7 +260,33 @@ pub fn process(
     outcome.not_final = waiting;
     drop(owned);
     consumer.unsubscribe();
+    leave_group(consumer, FINAL_CLOSE_WAIT);
     Ok(outcome)
+}
+
+/// How long the end of a run waits to leave the group.
+const FINAL_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Leaves the group (its rebalance callback gives the partitions up), boundedly. With the
+/// brokers away the client's close waits for them without end (rdkafka's `Drop` polls
+/// until closed): past `limit` the client is left to the process's exit. Everything that
+/// matters is in the snapshots already; the group sees the member's session expire.
+fn leave_group(consumer: BaseConsumer<Ctx>, limit: Duration) {
+    if consumer.close_queue().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + limit;
+    while !consumer.closed() && Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(100));
+    }
+    if !consumer.closed() {
+        eprintln!(
+            "storepulse process: the group could not be left in {}s (brokers away?); exiting \
+             without it",
+            limit.as_secs()
+        );
+        std::mem::forget(consumer);
+    }
 }
 
 /// Makes sure the dead-letter topic exists, retrying while the brokers cannot be reached
