@@ -19,6 +19,28 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
     Some(dt.timestamp_micros())
 }
 
+/// Parses RFC 3339 into microseconds since the Unix epoch (UTC). The shape the wire
+/// writes (`YYYY-MM-DDTHH:MM:SS[.f]Z`, fractions of 1 to 9 digits, truncated to
+/// microseconds) is read field by field; any other offset or shape goes through chrono.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() >= 20 && b[10] == b'T' && b[b.len() - 1] == b'Z' {
+        let fraction = &b[19..b.len() - 1];
+        let micros = match fraction {
+            [] => Some(0),
+            [b'.', f @ ..] if (1..=9).contains(&f.len()) => {
+                digits(f).map(|v| i64::from(v) * 10_i64.pow(9 - f.len() as u32) / 1000)
+            }
+            _ => None,
+        };
+        if let (Some(base), Some(micros)) = (parse_plain(&b[..19]), micros) {
+            return Some(base + micros);
+        }
+    }
+    let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    Some(dt.timestamp_micros())
+}
+
 /// `YYYY-MM-DD HH:MM:SS`, checked field by field (no leap seconds).
 fn parse_plain(b: &[u8]) -> Option<i64> {
     if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
@@ -239,6 +261,34 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(parse_event_time(input), *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_fast_path_agrees_with_chrono() {
+        for s in [
+            "2020-04-24T11:50:39Z",
+            "2020-04-24T11:50:39.5Z",
+            "2020-04-24T11:50:39.123Z",
+            "2020-04-24T11:50:39.123456Z",
+            "2020-04-24T11:50:39.123456789Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2020-02-29T00:00:00Z",
+            "2020-04-24T13:50:39+02:00",
+            "2020-04-24t11:50:39z",
+        ] {
+            let want = chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_micros();
+            assert_eq!(parse_rfc3339(s), Some(want), "{s}");
+        }
+        for s in [
+            "2020-02-30T00:00:00Z",
+            "2020-04-24T24:00:00Z",
+            "2020-04-24T11:50:39.Z",
+            "2020-04-24T11:50:39",
+        ] {
+            assert_eq!(parse_rfc3339(s), None, "{s}");
         }
     }
 

@@ -3,6 +3,7 @@
 //! lose precision in many consumers; the price is a decimal string so no float touches
 //! money. Only this module knows the wire format.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -113,18 +114,74 @@ impl WireEvent {
 
     /// Back to the compact event, interning names into `dict`. `offset` is unknown (0).
     pub fn to_event(&self, dict: &mut Dictionary) -> Result<PurchaseEvent, WireError> {
-        self.to_event_with(&mut |name| dict.intern(name))
+        self.view().to_event_with(&mut |name| dict.intern(name))
     }
 
     /// The event id, checked.
     pub fn id(&self) -> Result<EventId, WireError> {
+        self.view().id()
+    }
+
+    /// The same event, borrowed.
+    pub fn view(&self) -> WireEventRef<'_> {
+        fn b(s: &str) -> Cow<'_, str> {
+            Cow::Borrowed(s)
+        }
+        WireEventRef {
+            schema_version: self.schema_version,
+            event_id: b(&self.event_id),
+            event_time: b(&self.event_time),
+            order_id: b(&self.order_id),
+            product_id: b(&self.product_id),
+            category_id: self.category_id.as_deref().map(b),
+            category_code: self.category_code.as_deref().map(b),
+            brand: self.brand.as_deref().map(b),
+            price: b(&self.price),
+            user_id: self.user_id.as_deref().map(b),
+            source_line: self.source_line,
+        }
+    }
+}
+
+/// A wire event as a processor reads it: the same fields as [`WireEvent`], borrowed from
+/// the message where JSON allows (a string without escapes), so decoding one allocates
+/// nothing in the common case.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireEventRef<'a> {
+    pub schema_version: u32,
+    #[serde(borrow)]
+    pub event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub event_time: Cow<'a, str>,
+    #[serde(borrow)]
+    pub order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub product_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub category_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub category_code: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub brand: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub price: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub user_id: Option<Cow<'a, str>>,
+    pub source_line: u64,
+}
+
+impl WireEventRef<'_> {
+    /// The event id, checked.
+    pub fn id(&self) -> Result<EventId, WireError> {
         self.event_id.parse().map_err(|_| WireError {
             field: "event_id",
-            value: self.event_id.clone(),
+            value: self.event_id.to_string(),
         })
     }
 
     /// Back to the compact event, naming categories and brands through `intern`.
+    /// `offset` is unknown (0).
     pub fn to_event_with(
         &self,
         intern: &mut dyn FnMut(&str) -> Sym,
@@ -134,9 +191,8 @@ impl WireEvent {
             value: value.to_string(),
         };
         let id = |field: &'static str, v: &str| v.parse::<u64>().map_err(|_| bad(field, v));
-        let event_time_us = chrono::DateTime::parse_from_rfc3339(&self.event_time)
-            .map_err(|_| bad("event_time", &self.event_time))?
-            .timestamp_micros();
+        let event_time_us = crate::fields::parse_rfc3339(&self.event_time)
+            .ok_or_else(|| bad("event_time", &self.event_time))?;
         Ok(PurchaseEvent {
             event_time_us,
             order_id: id("order_id", &self.order_id)?,
@@ -193,6 +249,23 @@ mod tests {
         let back: WireEvent = serde_json::from_str(&json).unwrap();
         assert_eq!(back.to_event(&mut dict).unwrap(), e);
         assert_eq!(back.id().unwrap(), id);
+    }
+
+    #[test]
+    fn the_borrowed_reading_equals_the_owned_one_escapes_included() {
+        let json = r#"{"schema_version":1,"event_id":"000000000000feed-0-7","event_time":"2020-04-24T11:50:39.25Z","order_id":"1","product_id":"2","brand":"o\"neill \u00e9","price":"3.10","source_line":7}"#;
+        let owned: WireEvent = serde_json::from_str(json).unwrap();
+        let borrowed: WireEventRef = serde_json::from_str(json).unwrap();
+        assert_eq!(borrowed, owned.view());
+        assert!(matches!(borrowed.order_id, Cow::Borrowed(_)));
+        assert_eq!(borrowed.brand.as_deref(), Some("o\"neill \u{e9}"));
+        let (mut a, mut b) = (Dictionary::new(), Dictionary::new());
+        let e = borrowed.to_event_with(&mut |n| a.intern(n)).unwrap();
+        assert_eq!(e, owned.to_event(&mut b).unwrap());
+        assert_eq!(e.event_time_us, 1_587_729_039_250_000);
+        assert_eq!(a.name(e.brand.unwrap()), "o\"neill \u{e9}");
+        let unknown = json.replace("\"source_line\"", "\"extra\":1,\"source_line\"");
+        assert!(serde_json::from_str::<WireEventRef>(&unknown).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use storepulse_replay::wire::{WireEvent, SCHEMA_VERSION};
+use storepulse_replay::wire::{WireEventRef, SCHEMA_VERSION};
 use storepulse_replay::RejectReason;
 
 use super::{EndOfInput, Input, Watermark, END_OF_INPUT, INPUT, WATERMARK};
@@ -114,7 +114,7 @@ impl PartitionState {
             return self.control(kind, payload);
         }
         self.records += 1;
-        let wire: WireEvent = match serde_json::from_slice(payload) {
+        let wire: WireEventRef = match serde_json::from_slice(payload) {
             Ok(w) => w,
             Err(e) => return self.undecodable(payload, e),
         };
