@@ -1,8 +1,10 @@
 //! The Kafka path on a full-size generated file against a local tansu broker (memory
 //! storage, loopback): `replay --max` publish rate; a bare rdkafka consumer reading the
-//! whole topic (the transport's limit) against `process` consuming it (target: at least
-//! 80% of the bare consumer's events/s); pacing error of `--speed 86400` and
-//! `--rate 20000` over about 10 s; the longest snapshot pause of `process`.
+//! whole topic and decoding each event (the transport's and the decoder's limit) against
+//! `process` consuming it: messages/s, and CPU seconds per message (targets: at most 1.3x
+//! the bare consumer's, at least 800k messages per CPU second); pacing error of
+//! `--speed 86400` and `--rate 20000` over about 10 s; the longest snapshot pause of
+//! `process`.
 //!
 //! `cargo bench --bench kafka`; `STOREPULSE_BENCH_ROWS` sets another size.
 
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use storepulse::replay::wire::WireEvent;
 
 const PARTITIONS: i32 = 4;
 /// About ten days of the generated file's start (some 2,600 events a day), ten seconds at 86400x.
@@ -72,7 +75,12 @@ fn bare_consumer(brokers: &str, topic: &str, expected: u64) -> f64 {
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             first.get_or_insert_with(Instant::now);
-            bytes += m.payload().map_or(0, |p| p.len());
+            let payload = m.payload().unwrap_or_default();
+            bytes += payload.len();
+            // The transport's cost and the decoding every consumer pays, nothing more.
+            if m.headers().is_none() {
+                let _: WireEvent = serde_json::from_slice(payload).unwrap();
+            }
             seen += 1;
         }
     }
@@ -154,6 +162,15 @@ fn paced(
     )
 }
 
+/// CPU seconds (user and system) of this process, or of its waited-for children.
+fn cpu_seconds(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--test") {
         return;
@@ -183,12 +200,20 @@ fn main() {
     let rate = figure(&summary, "events_per_second");
     println!("replay --max:     {sent:>10.0} events published, {rate:>9.0} events/s end to end");
 
-    let n = sent as u64 + PARTITIONS as u64;
+    // Every event, plus each partition's input announcement, watermarks and end of input.
+    let n = sent as u64 + PARTITIONS as u64 * (2 + figure(&summary, "watermarks") as u64);
+    let cpu = cpu_seconds(libc::RUSAGE_SELF);
     let secs = bare_consumer(&broker.addr, "purchases", n);
+    let bare_cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu;
     let bare = n as f64 / secs;
-    println!("bare consumer:    {n:>10} messages in {secs:>6.2} s, {bare:>9.0} messages/s");
+    println!(
+        "bare consumer:    {n:>10} messages in {secs:>6.2} s, {bare:>9.0} messages/s; \
+         {bare_cpu:.2} CPU s, {:.0} messages per CPU second (decoding each event)",
+        n as f64 / bare_cpu
+    );
 
     let snaps = tempfile::tempdir().unwrap();
+    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN);
     let out = storepulse(&[
         "process",
         "--brokers",
@@ -201,11 +226,15 @@ fn main() {
         "--summary",
         "json",
     ]);
+    let process_cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu;
     let processed = figure(&out, "messages_per_second");
     let longest = figure(&out, "longest_snapshot_seconds");
     println!(
-        "process:          {processed:>9.0} messages/s ({:.0}% of the bare consumer), longest snapshot pause {longest:.3} s",
-        100.0 * processed / bare
+        "process:          {processed:>9.0} messages/s ({:.0}% of the bare consumer), longest snapshot pause {longest:.3} s; \
+         {process_cpu:.2} CPU s, {:.0} messages per CPU second ({:.2}x the bare consumer's CPU per message)",
+        100.0 * processed / bare,
+        n as f64 / process_cpu,
+        process_cpu / bare_cpu
     );
 
     // About 10 s of replay at either pace, timed by a consumer reading along.
