@@ -101,7 +101,11 @@ impl Acks {
     }
 }
 
-impl ClientContext for Acks {}
+impl ClientContext for Acks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::client_log(level, fac, message);
+    }
+}
 
 impl ProducerContext for Acks {
     type DeliveryOpaque = usize;
