@@ -42,6 +42,10 @@ impl ClientContext for Context {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
         super::client_log(level, fac, message);
     }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
+    }
 }
 
 impl ProducerContext for Context {

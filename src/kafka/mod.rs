@@ -108,6 +108,10 @@ impl rdkafka::ClientContext for Logged {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         client_log(level, fac, message);
     }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
 }
 
 /// librdkafka's log line as an event of target `rdkafka` (`RUST_LOG=rdkafka=debug`), its
@@ -122,6 +126,14 @@ pub fn client_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
         Notice | Info => tracing::info!(target: "rdkafka", %facility, "librdkafka: {message}"),
         Debug => tracing::debug!(target: "rdkafka", %facility, "librdkafka: {message}"),
     }
+}
+
+/// A client's global error (`1/1 brokers are down`), at debug level: what follows from it
+/// is said where it matters, rate-limited (a consumer's poll, the wait for the brokers, a
+/// producer's failed deliveries), and the connection failures behind it are librdkafka's
+/// own log lines. The client's default would log every one as an error.
+pub fn client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    tracing::debug!(target: "rdkafka", %error, "librdkafka: {reason}");
 }
 
 /// The most detailed level the log filter lets through for `rdkafka`: librdkafka formats
@@ -289,6 +301,10 @@ impl Deliveries {
 impl rdkafka::ClientContext for Deliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         client_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(error, reason);
     }
 }
 

@@ -67,6 +67,11 @@ impl ClientContext for Ctx {
         super::client_log(level, fac, message);
     }
 
+    /// Said by the poll loop, rate-limited (see [`super::client_error`]).
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         let up = stats.brokers.values().any(|b| b.state == "UP");
         crate::metrics::health::get().broker_reachable(up);
