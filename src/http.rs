@@ -59,7 +59,7 @@ pub fn spawn(
                 let app = app();
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => serve(l, app, limits).await,
-                    Err(e) => eprintln!("storepulse: {name} stopped: {e}"),
+                    Err(e) => tracing::error!(server = %name, error = %e, "an HTTP server stopped"),
                 }
             })
         })?;
@@ -127,7 +127,7 @@ pub async fn nosniff(mut response: Response) -> Response {
     response
 }
 
-/// Runs `start` and says on stderr where `what` is served (`path` follows the address),
+/// Runs `start` and logs where `what` is served (`path` follows the address),
 /// or that there is no `missing`: a busy address is a warning, not a failure.
 pub fn start_logged(
     command: &str,
@@ -137,11 +137,11 @@ pub fn start_logged(
 ) -> Option<SocketAddr> {
     match start(addr) {
         Ok(bound) => {
-            eprintln!("storepulse {command}: {what} on http://{bound}{path}");
+            tracing::info!(command = %command, "{what} on http://{bound}{path}");
             Some(bound)
         }
         Err(e) => {
-            eprintln!("storepulse {command}: no {missing} on {addr}: {e}");
+            tracing::warn!(command = %command, %addr, error = %e, "no {missing}");
             None
         }
     }

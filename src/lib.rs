@@ -2,12 +2,16 @@
 //! for the map; the replayer (reading, validating, ordering, pacing) is the
 //! `storepulse-replay` crate under `replay/`.
 
+// Diagnostics go through `tracing` (see `logs`); only the binary prints a fatal error.
+#![deny(clippy::print_stderr)]
+
 pub use storepulse_aggregate as aggregate;
 pub mod cli;
 pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod logs;
 pub mod metrics;
 pub mod query;
 pub mod serve;

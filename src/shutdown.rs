@@ -11,20 +11,25 @@ pub fn install() -> Arc<AtomicBool> {
     let spawned = std::thread::Builder::new()
         .name("storepulse-signals".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 wait_for_signal().await;
-                eprintln!("storepulse: stopping: draining and writing a final snapshot (again to exit at once)");
+                tracing::info!(
+                    "stopping: draining and writing a final snapshot (again to exit at once)"
+                );
                 set.store(true, Ordering::SeqCst);
                 wait_for_signal().await;
-                eprintln!("storepulse: exiting at once");
+                tracing::warn!("exiting at once");
                 std::process::exit(130);
             });
         });
     if spawned.is_err() {
-        eprintln!("storepulse: could not watch for Ctrl-C; stop with SIGKILL");
+        tracing::warn!("could not watch for Ctrl-C; stop with SIGKILL");
     }
     flag
 }

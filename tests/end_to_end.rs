@@ -270,9 +270,10 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
     assert!(out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     let runs: u32 = said
-        .split(" runs on disk")
-        .next()
-        .and_then(|s| s.rsplit(' ').next())
+        .lines()
+        .find(|l| l.contains("sorted by event time in runs on disk"))
+        .and_then(|l| l.split_once(" runs="))
+        .and_then(|(_, r)| r.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no spill reported: {said}"));
     assert!(runs >= 3, "{said}");

@@ -82,7 +82,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
         &["--snapshot-interval", "100ms", "--assign", "all"],
     );
     let first = Proc::spawn("first processor", &args);
-    first.wait_stderr("assigned partitions [0, 1, 2]", LIMIT);
+    first.wait_stderr("assigned partitions=[0, 1, 2]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "1500");
     kill_mid_stream(first, &c.got, 2_000);
     let summary = common::summary(&replayer.wait_ok(LIMIT));
@@ -336,7 +336,7 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         &process_args(&c.broker, &c.got, &with(&[])),
     );
     // Snapshots while the events flow in: the processor holds the partition first.
-    first.wait_stderr("assigned partitions [0]", LIMIT);
+    first.wait_stderr("assigned partitions=[0]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "2000");
     wait_for(&c.got, LIMIT, "a few snapshots", |m| {
         m.len() == 1 && m[0]["id"].as_u64().unwrap_or(0) >= 3 && total(m, "accepted") > 1_000

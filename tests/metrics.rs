@@ -56,12 +56,8 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("storepulse run: metrics on http://")
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-        .to_string();
+    let addr = common::metrics_address_in(&line)
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
 
     assert_eq!(get(&addr, "/healthz").0, 200);
     // Event-time order reads the whole file before the first event is due: once events
@@ -128,12 +124,8 @@ fn metrics_address(
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("storepulse run: metrics on http://")
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
-        .to_string();
+    let addr = common::metrics_address_in(&line)
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
     (addr, stderr)
 }
 

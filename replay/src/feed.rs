@@ -238,12 +238,11 @@ impl Feed<'_> {
         sorter.one_pass = passes <= 1;
         sorter.finish()?;
         if sorter.runs() > 0 {
-            eprintln!(
-                "storepulse: {} events read and sorted by event time in {} runs on disk \
-                 (--memory-limit) in {:.1}s",
-                sorter.len(),
-                sorter.runs(),
-                started.elapsed().as_secs_f64()
+            tracing::info!(
+                events = sorter.len(),
+                runs = sorter.runs(),
+                seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                "read and sorted by event time in runs on disk (--memory-limit)"
             );
         }
         let span = sorter.span();

@@ -311,12 +311,12 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let _page = args.page.start("process", &args.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = std::time::Instant::now();
-    eprintln!(
-        "storepulse process: group {} on {} at {}; snapshots in {}",
-        config.group,
-        config.topic,
-        config.connection.brokers,
-        config.snapshot_dir.display()
+    tracing::info!(
+        group = %config.group,
+        topic = %config.topic,
+        brokers = %config.connection.brokers,
+        snapshot_dir = %config.snapshot_dir.display(),
+        "processing"
     );
     let outcome = consume::process(config.clone(), shutdown)?;
     let wall = start.elapsed();

@@ -21,6 +21,22 @@ pub use duration::parse_duration;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines on stderr are written: `text` (level, message, fields) or `json` (one
+    /// object per line). Which lines: `RUST_LOG` (default `warn,storepulse=info`).
+    #[arg(
+        long,
+        global = true,
+        env = "STOREPULSE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,9 +308,13 @@ pub struct GenerateArgs {
     pub out: PathBuf,
 }
 
-/// Runs the parsed command; once it ends, removes the temporary folders of the page's
-/// query workers if it served the page.
+/// Installs the log subscriber, runs the parsed command; once it ends, removes the
+/// temporary folders of the page's query workers if it served the page.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    crate::logs::init(match cli.log_format {
+        LogFormat::Text => crate::logs::Format::Text,
+        LogFormat::Json => crate::logs::Format::Json,
+    });
     let serving = matches!(&cli.command, Command::Serve(_))
         || matches!(&cli.command, Command::Run(a) if a.page.http_addr.is_some())
         || matches!(&cli.command, Command::Process(a) if a.page.http_addr.is_some());
@@ -315,11 +335,11 @@ fn command(cli: Cli) -> anyhow::Result<()> {
         Command::ServeWorker(args) => crate::serve::worker::main(args),
         Command::Generate(args) => {
             let stats = crate::generate::write_file(&args.out, args.rows, args.seed)?;
-            eprintln!(
-                "wrote {} lines to {} ({} bytes)",
-                stats.lines,
-                args.out.display(),
-                stats.bytes
+            tracing::info!(
+                lines = stats.lines,
+                path = %args.out.display(),
+                bytes = stats.bytes,
+                "wrote the synthetic log"
             );
             Ok(())
         }
@@ -333,10 +353,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.limits.config(),
     )
     .map_err(|e| anyhow::anyhow!("serving on {}: {e}", args.http_addr))?;
-    eprintln!(
-        "storepulse serve: store page on http://{}/ (snapshots in {}); Ctrl-C stops",
-        bound,
-        args.snapshot_dir.display()
+    tracing::info!(
+        snapshot_dir = %args.snapshot_dir.display(),
+        "store page on http://{bound}/; Ctrl-C stops"
     );
     let shutdown = crate::shutdown::install();
     while !shutdown.load(std::sync::atomic::Ordering::SeqCst) {

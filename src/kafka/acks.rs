@@ -101,7 +101,15 @@ impl Acks {
     }
 }
 
-impl ClientContext for Acks {}
+impl ClientContext for Acks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::client_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
+    }
+}
 
 impl ProducerContext for Acks {
     type DeliveryOpaque = usize;

@@ -28,6 +28,7 @@ use super::partition::Verdict;
 use super::rebalance::{Ctx, Write};
 use super::{dead_letter_topic, Connection, DeadLetter, KafkaError, CONTROL_HEADER};
 use crate::aggregate::CoreConfig;
+use crate::logs::Repeats;
 use crate::snapshot::{Manifest, SnapshotError, WindowConfig};
 
 #[derive(Debug, Clone)]
@@ -169,7 +170,7 @@ pub fn process(
 
     let mut last_snapshot = Instant::now();
     let mut last_metrics = Instant::now();
-    let mut errors = Repeats::default();
+    let mut errors = Repeats::new(Duration::from_secs(10));
     while !shutdown.load(Ordering::SeqCst) {
         let polled = consumer.poll(Duration::from_millis(100));
         let ctx = consumer.context();
@@ -218,7 +219,12 @@ pub fn process(
                 return Err(out_of_range(&consumer, owned));
             }
             // The client reconnects by itself; say so once in a while, not per poll.
-            Some(Err(e)) => errors.say(&e.to_string()),
+            Some(Err(e)) => {
+                let error = e.to_string();
+                if let Some(unsaid) = errors.check(&error, Instant::now()) {
+                    tracing::warn!(%error, unsaid, "the client reports an error; retrying");
+                }
+            }
             None => {}
         }
         if last_metrics.elapsed() >= Duration::from_secs(1) {
@@ -245,14 +251,12 @@ pub fn process(
     ctx.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
     let waiting = ctx.snapshot_all(&mut owned, &consumer, Write::Now)?;
     if !waiting.is_empty() {
-        eprintln!(
-            "storepulse process: partitions {waiting:?} keep their previous snapshot: some of \
-             their dead letters were not delivered ({}), so a later run reads their messages \
-             again from there",
-            ctx.dead_letters
-                .counts()
-                .last_error()
-                .unwrap_or_else(|| "no answer".into())
+        let last_error = ctx.dead_letters.counts().last_error();
+        tracing::warn!(
+            partitions = ?waiting,
+            last_error = %last_error.as_deref().unwrap_or("no answer"),
+            "these partitions keep their previous snapshot: some of their dead letters were \
+             not delivered, so a later run reads their messages again from there"
         );
     }
     ctx.publish_metrics(&mut owned);
@@ -296,26 +300,27 @@ fn wait_for_brokers(
     dlq: &str,
     shutdown: &AtomicBool,
 ) -> Result<bool, ProcessError> {
-    let mut said: Option<Instant> = None;
+    let mut said = Repeats::new(Duration::from_secs(30));
+    let mut waited = false;
     loop {
         match connection.ensure_topics(&[dlq], 1) {
             Ok(()) => {
-                if said.is_some() {
-                    eprintln!(
-                        "storepulse process: the brokers at {} answer",
-                        connection.brokers
-                    );
+                if waited {
+                    tracing::info!(brokers = %connection.brokers, "the brokers answer");
                 }
                 return Ok(true);
             }
             Err(e) => {
                 crate::metrics::health::get().broker_reachable(false);
-                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
-                    eprintln!(
-                        "storepulse process: waiting for the brokers at {} ({e}); retrying",
-                        connection.brokers
+                waited = true;
+                // Said every 30 s whatever the error, with the failed tries in between.
+                if let Some(unsaid) = said.check("", Instant::now()) {
+                    tracing::warn!(
+                        brokers = %connection.brokers,
+                        error = %e,
+                        unsaid,
+                        "waiting for the brokers; retrying"
                     );
-                    said = Some(Instant::now());
                 }
             }
         }
@@ -371,21 +376,4 @@ fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<
         detail,
         ..DeadLetter::new(reason, "process", payload)
     })
-}
-
-/// Client errors said once, and again only when they change or 10 s later.
-#[derive(Default)]
-struct Repeats(Option<(String, Instant)>);
-
-impl Repeats {
-    fn say(&mut self, text: &str) {
-        let repeat = self
-            .0
-            .as_ref()
-            .is_some_and(|(t, at)| t == text && at.elapsed() < Duration::from_secs(10));
-        if !repeat {
-            eprintln!("storepulse process: {text} (retrying)");
-            self.0 = Some((text.to_string(), Instant::now()));
-        }
-    }
 }

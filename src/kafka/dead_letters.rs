@@ -15,6 +15,7 @@ use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProd
 use rdkafka::ClientContext;
 
 use super::{Connection, DeadLetter, Deliveries};
+use crate::logs::Repeats;
 
 /// What is not delivered yet.
 #[derive(Debug, Default)]
@@ -37,7 +38,15 @@ impl Context {
     }
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        super::client_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
+    }
+}
 
 impl ProducerContext for Context {
     /// The partition of the message the dead letter is about.
@@ -65,7 +74,7 @@ pub struct DeadLetters {
     producer: ThreadedProducer<Context>,
     topic: String,
     /// When the last "not delivered" warning was printed.
-    warned: Mutex<Option<Instant>>,
+    warned: Mutex<Repeats>,
 }
 
 impl DeadLetters {
@@ -83,7 +92,7 @@ impl DeadLetters {
         Ok(Self {
             producer,
             topic,
-            warned: Mutex::new(None),
+            warned: Mutex::new(Repeats::new(Duration::from_secs(10))),
         })
     }
 
@@ -155,16 +164,19 @@ impl DeadLetters {
 
     /// Says (at most every 10 s) which partitions wait for their dead letters.
     pub fn warn_waiting(&self, partitions: &[i32]) {
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if partitions.is_empty() || warned.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        if partitions.is_empty() {
             return;
         }
-        *warned = Some(Instant::now());
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(unsaid) = warned.check("", Instant::now()) else {
+            return;
+        };
         let last = self.producer.context().counts.last_error();
-        eprintln!(
-            "storepulse process: dead letters of partitions {partitions:?} not delivered yet \
-             (last error: {}); their snapshots wait, retrying",
-            last.as_deref().unwrap_or("none yet")
+        tracing::warn!(
+            ?partitions,
+            last_error = %last.as_deref().unwrap_or("none yet"),
+            unsaid,
+            "dead letters not delivered yet; the snapshots of these partitions wait, retrying"
         );
     }
 

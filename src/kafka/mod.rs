@@ -18,8 +18,7 @@ mod rebalance;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +68,7 @@ impl Connection {
         for (k, v) in &self.options {
             c.set(k, v);
         }
+        c.set_log_level(client_log_level());
         c
     }
 
@@ -76,7 +76,7 @@ impl Connection {
     /// in the past (2020), so the topics keep records by size, not time
     /// (`retention.ms=-1`): time-based retention would delete a replay as soon as it lands.
     pub fn ensure_topics(&self, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
+        let admin: AdminClient<Logged> = self.client_config().create_with_context(Logged)?;
         let new: Vec<NewTopic> = topics
             .iter()
             .map(|t| {
@@ -98,6 +98,56 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// A client context that only passes the client's log lines on (see [`client_log`]).
+pub struct Logged;
+
+impl rdkafka::ClientContext for Logged {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+/// librdkafka's log line as an event of target `rdkafka` (`RUST_LOG=rdkafka=debug`), its
+/// facility (`FAIL`, `CGRP`, ...) a field. Every client context of ours says them here.
+pub fn client_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => {
+            tracing::error!(target: "rdkafka", %facility, "librdkafka: {message}")
+        }
+        Warning => tracing::warn!(target: "rdkafka", %facility, "librdkafka: {message}"),
+        Notice | Info => tracing::info!(target: "rdkafka", %facility, "librdkafka: {message}"),
+        Debug => tracing::debug!(target: "rdkafka", %facility, "librdkafka: {message}"),
+    }
+}
+
+/// A client's global error (`1/1 brokers are down`), at debug level: what follows from it
+/// is said where it matters, rate-limited (a consumer's poll, the wait for the brokers, a
+/// producer's failed deliveries), and the connection failures behind it are librdkafka's
+/// own log lines. The client's default would log every one as an error.
+pub fn client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    tracing::debug!(target: "rdkafka", %error, "librdkafka: {reason}");
+}
+
+/// The most detailed level the log filter lets through for `rdkafka`: librdkafka formats
+/// nothing beyond it (its debug lines also need `--kafka-option debug=...`).
+fn client_log_level() -> RDKafkaLogLevel {
+    use tracing::Level;
+    if tracing::enabled!(target: "rdkafka", Level::DEBUG) {
+        RDKafkaLogLevel::Debug
+    } else if tracing::enabled!(target: "rdkafka", Level::INFO) {
+        RDKafkaLogLevel::Info
+    } else if tracing::enabled!(target: "rdkafka", Level::WARN) {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
     }
 }
 
@@ -237,7 +287,15 @@ impl Deliveries {
     }
 }
 
-impl rdkafka::ClientContext for Deliveries {}
+impl rdkafka::ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        client_log(level, fac, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
 
 impl rdkafka::producer::ProducerContext for Deliveries {
     type DeliveryOpaque = ();

@@ -72,18 +72,15 @@ pub(super) struct Ctx {
 }
 
 impl ClientContext for Ctx {
-    /// The client's warnings and errors go to stderr (its debug lines too, when asked for
-    /// with `--kafka-option debug=...`).
+    /// The client's log lines go to the log (see [`super::client_log`]); its debug lines
+    /// need both `--kafka-option debug=...` and `RUST_LOG=rdkafka=debug`.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        let debug = self
-            .config
-            .connection
-            .options
-            .iter()
-            .any(|(k, _)| k == "debug");
-        if level as i32 <= RDKafkaLogLevel::Warning as i32 || debug {
-            eprintln!("storepulse process: librdkafka {fac}: {message}");
-        }
+        super::client_log(level, fac, message);
+    }
+
+    /// Said by the poll loop, rate-limited (see [`super::client_error`]).
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        super::client_error(error, reason);
     }
 
     fn stats(&self, stats: Statistics) {
@@ -141,7 +138,7 @@ impl ConsumerContext for Ctx {
             }
             _ => {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    eprintln!("storepulse process: rebalance error {err:?}; giving up partitions");
+                    tracing::warn!(error = ?err, "rebalance error; giving up partitions");
                 }
                 self.give_up(&mut owned, consumer);
                 Ok(())
@@ -209,12 +206,8 @@ impl Ctx {
         }
         crate::metrics::set_ready(true);
         self.publish_metrics(owned);
-        let names: Vec<String> = owned.parts.keys().map(|p| p.to_string()).collect();
-        eprintln!(
-            "storepulse process: assigned partitions [{}] of {} ({count} partitions)",
-            names.join(", "),
-            c.topic
-        );
+        let partitions: Vec<i32> = owned.parts.keys().copied().collect();
+        tracing::info!(?partitions, topic = %c.topic, of = count, "assigned");
         Ok(())
     }
 
@@ -317,12 +310,8 @@ impl Ctx {
             self.dead_letters.forget(p);
         }
         if !owned.parts.is_empty() {
-            let names: Vec<String> = owned.parts.keys().map(|p| p.to_string()).collect();
-            eprintln!(
-                "storepulse process: gave up partitions [{}] of {}",
-                names.join(", "),
-                self.config.topic
-            );
+            let partitions: Vec<i32> = owned.parts.keys().copied().collect();
+            tracing::info!(?partitions, topic = %self.config.topic, "gave up");
         }
         owned.parts.clear();
     }
@@ -443,7 +432,7 @@ impl Ctx {
         observe::score_segments(owned.parts.values().map(|p| &p.state));
         // Progress only, and never waited for: the snapshot holds the offsets.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {
-            eprintln!("storepulse process: committing offsets to the group failed: {e}");
+            tracing::warn!(error = %e, "committing offsets to the group failed");
         }
         Ok(())
     }

@@ -76,10 +76,12 @@ impl Session {
         } else if let SnapshotSet::Topic(topic) = &set {
             let missing = topic.missing();
             if !missing.is_empty() {
-                eprintln!(
-                    "storepulse: partitions {missing:?} of {} ({} in all) have no snapshot yet: \
-                     their events are missing and no day is final",
-                    topic.topic, topic.partitions
+                tracing::warn!(
+                    partitions = ?missing,
+                    topic = %topic.topic,
+                    of = topic.partitions,
+                    "these partitions have no snapshot yet: their events are missing and no \
+                     day is final"
                 );
             }
             let core = snapshot::load_merged(topic)?;

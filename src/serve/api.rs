@@ -97,7 +97,7 @@ fn failure(state: &super::State, f: Failure, what: &str) -> ApiError {
         ),
         Failure::Crashed(said) => {
             let said = state.scrub(&said);
-            eprintln!("storepulse: a query worker stopped: {said}");
+            tracing::warn!(said = %said, "a query worker stopped");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{what}: the query worker stopped ({said})"),

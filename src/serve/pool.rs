@@ -176,6 +176,9 @@ impl Pool {
             // Few allocator arenas: each reserves 64 MiB of address space.
             .env("MALLOC_ARENA_MAX", "2")
             .env("RUST_BACKTRACE", "0")
+            // Its stderr is kept (the last 4 KiB) to say why it stopped: no library's
+            // debug lines there, whatever the page server's own filter.
+            .env("RUST_LOG", "warn")
             .env("TMPDIR", &tmp)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -128,7 +128,7 @@ fn candidates(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
 }
 
 /// The newest snapshot of `dir` for which `accept` succeeds, with what it returned. A
-/// snapshot that fails is reported on stderr and the next older one tried; when none
+/// snapshot that fails is logged (a warning) and the next older one tried; when none
 /// succeeds, the newest one's error. `SnapshotError::None` when `dir` has no snapshot.
 pub fn newest_good<T>(
     dir: &Path,
@@ -139,7 +139,7 @@ pub fn newest_good<T>(
         match open(&path).and_then(|p| accept(&p).map(|t| (p, t))) {
             Ok(found) => return Ok(found),
             Err(e) => {
-                eprintln!("storepulse: skipping snapshot {}: {e}", path.display());
+                tracing::warn!(path = %path.display(), error = %e, "skipping snapshot");
                 first_error.get_or_insert(e);
             }
         }

@@ -219,6 +219,7 @@ impl SnapshotStore {
             Some(g) if g.load(Ordering::Relaxed) => Err(SnapshotError::Superseded),
             _ => Ok(()),
         };
+        let started = std::time::Instant::now();
         let id = self.next_id;
         let name = format!("{PREFIX}{id:06}");
         let tmp = self.tmp_dir(id);
@@ -301,6 +302,13 @@ impl SnapshotStore {
         sync_dir(&self.dir)?;
         self.next_id += 1;
         self.prune()?;
+        tracing::debug!(
+            snapshot = id,
+            path = %dest.display(),
+            bytes = manifest.bytes(),
+            millis = started.elapsed().as_millis() as u64,
+            "snapshot published"
+        );
         Ok(manifest)
     }
 

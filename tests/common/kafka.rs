@@ -399,6 +399,25 @@ impl Proc {
         }
     }
 
+    /// Waits (boundedly) until one line of the stderr collected so far contains every one
+    /// of `parts`.
+    pub fn wait_said(&self, parts: &[&str], limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self
+            .stderr()
+            .lines()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} never said {parts:?} in one line:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits (boundedly) until the stderr collected so far contains `text`.
     pub fn wait_stderr(&self, text: &str, limit: Duration) {
         let deadline = Instant::now() + limit;

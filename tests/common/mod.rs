@@ -14,6 +14,19 @@ pub fn storepulse(args: &[&str]) -> Output {
         .expect("run storepulse")
 }
 
+/// Whether one line of the log `log` contains every one of `parts` (a log line is a
+/// message followed by its fields, `name=value`).
+pub fn said(log: &str, parts: &[&str]) -> bool {
+    log.lines().any(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+/// The address in the first line of stderr, `... metrics on http://ADDR/metrics ...`.
+pub fn metrics_address_in(line: &str) -> Option<String> {
+    let (_, rest) = line.split_once("metrics on http://")?;
+    let (addr, _) = rest.split_once("/metrics")?;
+    Some(addr.to_string())
+}
+
 /// Runs and insists on success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = storepulse(args);
