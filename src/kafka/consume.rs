@@ -284,10 +284,9 @@ fn leave_group(consumer: BaseConsumer<Ctx>, limit: Duration) {
         consumer.poll(Duration::from_millis(100));
     }
     if !consumer.closed() {
-        eprintln!(
-            "storepulse process: the group could not be left in {}s (brokers away?); exiting \
-             without it",
-            limit.as_secs()
+        tracing::warn!(
+            seconds = limit.as_secs(),
+            "the group could not be left in time (brokers away?); exiting without it"
         );
         std::mem::forget(consumer);
     }
