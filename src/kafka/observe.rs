@@ -61,8 +61,9 @@ pub(super) struct Owned<'a> {
     pub offsets: Option<(i64, i64)>,
 }
 
-/// Brings every metric up to the owned partitions' state.
-pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
+/// Brings every metric up to the owned partitions' state; the state's size in bytes only
+/// when `size`.
+pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>, size: bool) {
     let (mut owned, mut pairs, mut bytes) = (0, 0, 0);
     let mut days = BTreeSet::new();
     let mut marks = Vec::new();
@@ -88,7 +89,9 @@ pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
         }
         let core = &o.state.core;
         pairs += core.customer_order_count();
-        bytes += core.memory_bytes() + o.state.seen.memory_bytes();
+        if size {
+            bytes += core.memory_bytes() + o.state.seen.memory_bytes();
+        }
         days.extend(core.days().map(|(d, _, _)| d));
         max_event = max_event.max(core.max_event_us());
         marks.push(core.watermark_us());
@@ -97,7 +100,7 @@ pub(super) fn publish<'a>(parts: impl Iterator<Item = Owned<'a>>) {
     StateSize {
         days: Some(days.len()),
         customer_orders: Some(pairs),
-        bytes: Some(bytes),
+        bytes: size.then_some(bytes),
         ..StateSize::default()
     }
     .emit();
