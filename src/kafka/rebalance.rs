@@ -69,12 +69,7 @@ pub(super) struct Ctx {
     /// (log start, log end) offset of each partition of the topic, from the client's
     /// statistics (`statistics.interval.ms`), for the lag metric.
     offsets: Mutex<BTreeMap<i32, (i64, i64)>>,
-    /// When the state's size was last estimated for the metrics.
-    sized: Mutex<Option<Instant>>,
 }
-
-/// How often the metrics estimate the state's size.
-const SIZE_EVERY: Duration = Duration::from_secs(10);
 
 impl ClientContext for Ctx {
     /// The client's log lines go to the log (see [`super::client_log`]); its debug lines
@@ -169,7 +164,6 @@ impl Ctx {
             dead_letters,
             partitions: AtomicI32::new(0),
             offsets: Mutex::new(BTreeMap::new()),
-            sized: Mutex::new(None),
         }
     }
 
@@ -322,23 +316,15 @@ impl Ctx {
         owned.parts.clear();
     }
 
-    /// Brings the metrics up to the owned partitions' state. The state's size is
-    /// estimated at most every [`SIZE_EVERY`]: it visits every day's groups, which cost
-    /// 14% of the processor's CPU when done every second.
+    /// Brings the metrics up to the owned partitions' state.
     pub fn publish_metrics(&self, owned: &mut Owned) {
         let offsets = self.offsets.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sized = self.sized.lock().unwrap_or_else(|p| p.into_inner());
-        let size = sized.is_none_or(|t| t.elapsed() >= SIZE_EVERY);
-        if size {
-            *sized = Some(Instant::now());
-        }
-        let parts = owned.parts.iter_mut().map(|(&p, part)| observe::Owned {
+        observe::publish(owned.parts.iter_mut().map(|(&p, part)| observe::Owned {
             partition: p,
             state: &part.state,
             progress: &mut part.progress,
             offsets: offsets.get(&p).copied(),
-        });
-        observe::publish(parts, size);
+        }));
     }
 
     /// Publishes a snapshot of every partition that changed and whose dead letters are all
@@ -443,6 +429,7 @@ impl Ctx {
             offsets.add_partition_offset(&self.config.topic, p, Offset::Offset(next_offset))?;
         }
         SnapshotPublished { took, bytes }.emit();
+        observe::state_bytes(owned.parts.values().map(|p| &p.state));
         observe::score_segments(owned.parts.values().map(|p| &p.state));
         // Progress only, and never waited for: the snapshot holds the offsets.
         if let Err(e) = consumer.commit(&offsets, CommitMode::Async) {

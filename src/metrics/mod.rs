@@ -288,31 +288,20 @@ impl Metrics {
                 "delivery_failures_total",
                 "Messages that could not be delivered (after the producer's retries).",
             )?,
-            messages_consumed: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "messages_consumed_total",
-                        "Messages applied by this processor, by partition.",
-                    ),
-                    &["partition"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                c
-            },
-            messages_rejected: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "messages_rejected_total",
-                        "Messages a processor dead-lettered, by reason.",
-                    ),
-                    &["reason"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                for reason in MESSAGE_REJECT_REASONS {
-                    c.with_label_values(&[reason]);
-                }
-                c
-            },
+            messages_consumed: counter_vec(
+                r,
+                "messages_consumed_total",
+                "Messages applied by this processor, by partition.",
+                "partition",
+                &[],
+            )?,
+            messages_rejected: counter_vec(
+                r,
+                "messages_rejected_total",
+                "Messages a processor dead-lettered, by reason.",
+                "reason",
+                &MESSAGE_REJECT_REASONS,
+            )?,
             duplicate_messages: counter(
                 r,
                 "duplicate_messages_total",
@@ -341,34 +330,20 @@ impl Metrics {
                 "partitions_assigned",
                 "Partitions this processor owns.",
             )?,
-            page_overviews: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "page_overviews_total",
-                        "Overviews the store page sent, by where they came from (computed by the page's worker once per snapshot and parameters, then the cache).",
-                    ),
-                    &["source"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                for source in OVERVIEW_SOURCES {
-                    c.with_label_values(&[source]);
-                }
-                c
-            },
-            page_sql_queries: {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        "page_sql_queries_total",
-                        "POST /api/sql queries, by outcome (too_many: refused with 429; timed_out and out_of_memory: their worker was killed).",
-                    ),
-                    &["outcome"],
-                )?;
-                r.register(Box::new(c.clone()))?;
-                for outcome in SQL_OUTCOMES {
-                    c.with_label_values(&[outcome]);
-                }
-                c
-            },
+            page_overviews: counter_vec(
+                r,
+                "page_overviews_total",
+                "Overviews the store page sent, by where they came from (computed by the page's worker once per snapshot and parameters, then the cache).",
+                "source",
+                &OVERVIEW_SOURCES,
+            )?,
+            page_sql_queries: counter_vec(
+                r,
+                "page_sql_queries_total",
+                "POST /api/sql queries, by outcome (too_many: refused with 429; timed_out and out_of_memory: their worker was killed).",
+                "outcome",
+                &SQL_OUTCOMES,
+            )?,
             page_workers_started: counter(
                 r,
                 "page_query_workers_started_total",
@@ -468,6 +443,22 @@ impl Metrics {
 fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
     let c = IntCounter::new(name, help)?;
     r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// A counter by one label, with a series for each `known` value from the start.
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    known: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label])?;
+    r.register(Box::new(c.clone()))?;
+    for value in known {
+        c.with_label_values(&[value]);
+    }
     Ok(c)
 }
 

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use super::{Manifest, SnapshotError, SnapshotMeta, SnapshotStore};
 use crate::aggregate::{Core, Seen};
 
+/// The store is with the writer thread until its snapshot is collected.
+const COLLECT_FIRST: &str = "the snapshot being written is collected (Beside::finished) first";
+
 type Job = JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)>;
 
 /// A snapshot published by [`Beside`], and how long writing it took.
@@ -62,20 +65,15 @@ impl Beside {
         }
     }
 
-    /// Starts writing a copy of the state beside the stream (the one being written is
-    /// waited for first: collect it with [`Beside::finished`] before, or it is lost).
+    /// Starts writing a copy of the state beside the stream. The one written before must
+    /// have been collected with [`Beside::finished`].
     pub fn start(
         &mut self,
         core: Core,
         seen: Option<Seen>,
         meta: SnapshotMeta,
     ) -> Result<(), SnapshotError> {
-        debug_assert!(
-            self.writing.is_none(),
-            "the last snapshot was not collected"
-        );
-        self.finished(true)?;
-        let mut store = self.store.take().expect("the store is back");
+        let mut store = self.store.take().expect(COLLECT_FIRST);
         let give_up = Arc::new(AtomicBool::new(false));
         let flag = give_up.clone();
         let job = std::thread::Builder::new()
@@ -102,21 +100,16 @@ impl Beside {
         }
     }
 
-    /// Writes and publishes a snapshot now, on this thread (after the one being written
-    /// beside the stream, which the caller collected with [`Beside::finished`]).
+    /// Writes and publishes a snapshot now, on this thread. The one written beside the
+    /// stream must have been collected with [`Beside::finished`].
     pub fn write_now(
         &mut self,
         core: &Core,
         seen: Option<&Seen>,
         meta: SnapshotMeta,
     ) -> Result<Written, SnapshotError> {
-        debug_assert!(
-            self.writing.is_none(),
-            "the last snapshot was not collected"
-        );
-        self.finished(true)?;
         let t = Instant::now();
-        let store = self.store.as_mut().expect("the store is back");
+        let store = self.store.as_mut().expect(COLLECT_FIRST);
         let manifest = store.write_with(core, seen, meta)?;
         Ok(Written {
             manifest,

@@ -295,11 +295,7 @@ impl SnapshotStore {
         let dest = self.dir.join(&name);
         fs::rename(&tmp, &dest).map_err(io_err("publishing", &dest))?;
         sync_dir(&self.dir)?;
-        let pointer_tmp = self.dir.join(format!("{LATEST_FILE}.tmp"));
-        write_durable(&pointer_tmp, format!("{name}\n").as_bytes())?;
-        let pointer = self.dir.join(LATEST_FILE);
-        fs::rename(&pointer_tmp, &pointer).map_err(io_err("switching", &pointer))?;
-        sync_dir(&self.dir)?;
+        replace_durable(&self.dir, LATEST_FILE, format!("{name}\n").as_bytes())?;
         self.next_id += 1;
         self.prune()?;
         tracing::debug!(
@@ -393,6 +389,18 @@ fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let mut f = File::create(path).map_err(io_err("creating", path))?;
     f.write_all(bytes).map_err(io_err("writing", path))?;
     f.sync_all().map_err(io_err("syncing", path))
+}
+
+/// Replaces `<dir>/<name>` with `bytes` atomically and durably: written to a temporary
+/// name, fsynced, renamed over it, the folder fsynced. A reader sees the old file or the
+/// new one, never a part. Returns the file's path.
+fn replace_durable(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    write_durable(&tmp, bytes)?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(io_err("replacing", &path))?;
+    sync_dir(dir)?;
+    Ok(path)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {

@@ -6,19 +6,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::{io_err, sync_dir, write_durable, SnapshotError};
+use super::{io_err, replace_durable, SnapshotError};
 
 pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Replaces `<dir>/summary.json` with `json`; returns its path.
 pub fn write_summary(dir: &Path, json: &[u8]) -> Result<PathBuf, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let tmp = dir.join(format!(".tmp-{SUMMARY_FILE}-{}", std::process::id()));
-    write_durable(&tmp, json)?;
-    let path = dir.join(SUMMARY_FILE);
-    fs::rename(&tmp, &path).map_err(io_err("publishing", &path))?;
-    sync_dir(dir)?;
-    Ok(path)
+    replace_durable(dir, SUMMARY_FILE, json)
 }
 
 #[cfg(test)]
