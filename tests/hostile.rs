@@ -20,7 +20,7 @@ use serde_json::Value;
 use common::http::{children, cpu_seconds, get, request, sql, status_kib, wait_until, workers};
 use common::kafka::Proc;
 use common::prometheus::free_port;
-use common::{ok, query_tables};
+use common::query_tables;
 
 /// Samples the resident memory of the query workers of `pid` until stopped; the largest
 /// seen, in KiB.
@@ -44,16 +44,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[test]
 fn hostile_requests_leave_the_pipeline_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        "20000",
-        "--seed",
-        "7",
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = common::generate(tmp.path(), 20000, 7);
     // What nobody bothered produces.
     let reference = tmp.path().join("reference");
     common::run(&input, &reference, &[]);
@@ -431,16 +422,7 @@ fn hostile_requests_leave_the_pipeline_alone() {
 #[test]
 fn the_page_is_ready_only_with_a_snapshot_caches_overviews_and_never_serves_pruned_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        "3000",
-        "--seed",
-        "5",
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = common::generate(tmp.path(), 3000, 5);
     let dir = tmp.path().join("snaps");
     std::fs::create_dir_all(&dir).unwrap();
     let page = format!("127.0.0.1:{}", free_port());

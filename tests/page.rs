@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use common::browser::Browser;
 use common::kafka::Proc;
 use common::prometheus::{free_port, get};
-use common::{ok, query_csv};
+use common::query_csv;
 
 /// CSV rows of a query (header dropped), each split on commas (the values compared here
 /// hold none).
@@ -64,16 +64,7 @@ fn pairs(rows: Vec<Vec<String>>) -> Vec<(String, String)> {
 #[test]
 fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        "20000",
-        "--seed",
-        "7",
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = common::generate(tmp.path(), 20000, 7);
     let dir = tmp.path().join("snaps");
     let addr = format!("127.0.0.1:{}", free_port());
     // About 25 s of replay with a snapshot every second.

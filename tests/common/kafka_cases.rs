@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use super::generate;
 use super::kafka::{Broker, Proc};
 use super::{ok, query_tables, run, summary};
 
@@ -23,20 +24,6 @@ pub fn assert_same_tables(want: &Path, got: &Path) {
         assert!(a[i].lines().count() > 1, "{name} is empty");
         assert_eq!(a[i], b[i], "{name} differs from run");
     }
-}
-
-pub fn generate(dir: &Path, rows: u64, seed: u64) -> std::path::PathBuf {
-    let input = dir.join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        &rows.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--out",
-        input.to_str().unwrap(),
-    ]);
-    input
 }
 
 /// `replay` flags for `input` into `broker`, uncompressed (see the harness), with a JSON

@@ -1,7 +1,7 @@
 //! Helpers for tests that drive the real `storepulse` binary.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,21 @@ pub mod http;
 pub mod kafka;
 pub mod kafka_cases;
 pub mod prometheus;
+
+/// A generated input of `rows` lines (`storepulse generate`) at `dir/input.csv`.
+pub fn generate(dir: &Path, rows: u64, seed: u64) -> PathBuf {
+    let input = dir.join("input.csv");
+    ok(&[
+        "generate",
+        "--rows",
+        &rows.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    input
+}
 
 /// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
 pub fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {
