@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod logs;
 pub mod metrics;
+pub mod pipeline;
 pub mod query;
 pub mod serve;
 pub mod shutdown;

@@ -1,13 +1,12 @@
-//! Moves data into the aggregate core and snapshots out of it. The channel into the core
-//! carries a closed enum of messages: events with the names they need, rejected lines,
-//! end of input and shutdown. The driver owns the core, the snapshot store and the
-//! dead-letter file, is the only place that reads the wall clock for snapshot timing, and
+//! `run`'s pipeline: a file's events into one lane of the [`crate::pipeline`] driver. The
+//! channel into the driver carries a closed enum of messages: events with the names they
+//! need, rejected lines, end of input and shutdown. [`File`] owns the dead-letter file and
 //! updates the pipeline's metrics once per message (never per event).
 
 pub mod embedded;
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
 use storepulse_replay::{PurchaseEvent, ReadStats, RejectReason, Rejected, Sym};
 
@@ -15,9 +14,10 @@ use crate::aggregate::Core;
 use crate::metrics::events::{
     CoreTotals, EventTime, LinesRead, Reported, SegmentsScored, SnapshotPublished, StateSize,
 };
+use crate::pipeline::{self, Ended, Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
     Beside, Counts, InputPosition, Manifest, RejectedSink, SnapshotError, SnapshotMeta,
-    SnapshotStore, WindowConfig,
+    SnapshotStore, WindowConfig, Written,
 };
 
 /// Everything that travels into the core.
@@ -76,13 +76,8 @@ pub enum DriverError {
     Rejected(std::io::Error),
 }
 
-pub struct Driver {
-    core: Core,
-    /// Periodic snapshots are written beside the stream.
-    store: Beside,
-    longest_pause: Duration,
-    longest_write: Duration,
-    last_write: Duration,
+/// `run`'s pipeline: one lane (key 0) fed by the file's reader through the channel.
+pub struct File {
     sink: RejectedSink,
     lookup: LineLookup,
     config: DriverConfig,
@@ -97,6 +92,25 @@ pub struct Driver {
     reported: Reported,
     /// Records reported by `Read` messages to this driver (not restored ones).
     records_read: u64,
+    /// End of input was applied: the run is complete.
+    complete: bool,
+    last: Option<Manifest>,
+}
+
+impl Lane for Core {
+    fn core(&self) -> &Core {
+        self
+    }
+}
+
+/// The one lane of a run.
+const LANE: i32 = 0;
+
+/// `run`'s driver: the one [`pipeline::Driver`] with [`File`] as its pipeline.
+pub struct Driver {
+    file: File,
+    core: Core,
+    store: SnapshotStore,
 }
 
 impl Driver {
@@ -107,12 +121,7 @@ impl Driver {
         lookup: LineLookup,
         config: DriverConfig,
     ) -> Self {
-        Self {
-            core,
-            store: Beside::new(store),
-            longest_pause: Duration::ZERO,
-            longest_write: Duration::ZERO,
-            last_write: Duration::ZERO,
+        let file = File {
             sink,
             lookup,
             config,
@@ -123,73 +132,151 @@ impl Driver {
             events_applied: 0,
             reported: Reported::default(),
             records_read: 0,
-        }
+            complete: false,
+            last: None,
+        };
+        Self { file, core, store }
     }
 
     /// Continues where a snapshot stood: the reader's counts so far, the lines read and
     /// the events applied (the core and the dead-letter file are restored by the caller).
     pub fn resumed(mut self, read: ReadStats, lines_read: u64, events_applied: u64) -> Self {
         LinesRead(&read).emit();
-        self.read = read;
-        self.lines_read = lines_read;
-        self.events_applied = events_applied;
+        let f = &mut self.file;
+        f.read = read;
+        f.lines_read = lines_read;
+        f.events_applied = events_applied;
         // The events restored are not work done here; their revenue, orders and late
         // events go to the `resumed` gauges (`RunResumed`).
-        self.reported = Reported::from(CoreTotals {
+        f.reported = Reported::from(CoreTotals {
             events: events_applied,
             ..CoreTotals::default()
         });
-        self.publish_progress();
+        f.publish_progress(&self.core);
         self
     }
 
     /// Runs until end of input, shutdown, or the sending side going away.
-    pub fn run(mut self, rx: Receiver<Message>) -> Result<DriverOutcome, DriverError> {
-        let mut last = Instant::now();
-        let complete = loop {
-            let wait = self.config.snapshot_interval.saturating_sub(last.elapsed());
-            match rx.recv_timeout(wait) {
-                Ok(Message::Events { names, events }) => self.apply(names, &events)?,
-                Ok(Message::Read {
-                    rejects,
-                    stats,
-                    lines_read,
-                }) => {
-                    for r in &rejects {
-                        self.sink.write(r).map_err(DriverError::Rejected)?;
-                    }
-                    self.read.merge(&stats);
-                    self.records_read += stats.records;
-                    LinesRead(&stats).emit();
-                    self.lines_read = lines_read;
-                }
-                Ok(Message::EndOfInput) => {
-                    self.core.finish();
-                    break true;
-                }
-                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => break false,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            if last.elapsed() >= self.config.snapshot_interval {
-                self.snapshot_in_background()?;
-                last = Instant::now();
-            }
-        };
-        let manifest = self.snapshot(complete)?;
+    pub fn run(self, rx: Receiver<Message>) -> Result<DriverOutcome, DriverError> {
+        let interval = self.file.config.snapshot_interval;
+        let mut lanes = Lanes::new();
+        lanes.insert(LANE, Slot::new(self.core, Beside::new(self.store)));
+        let ended = pipeline::Driver::new(self.file, lanes, interval).run(rx)?;
+        let Ended {
+            pipeline: file,
+            mut lanes,
+            timings,
+            ..
+        } = ended;
+        let core = lanes.remove(&LANE).expect("the run's lane").lane;
         Ok(DriverOutcome {
-            core: self.core,
-            manifest,
-            complete,
-            longest_pause: self.longest_pause,
-            longest_write: self.longest_write,
-            last_write: self.last_write,
-            records_read: self.records_read,
+            core,
+            manifest: file.last.expect("the last snapshot is always written"),
+            complete: file.complete,
+            longest_pause: timings.longest_pause,
+            longest_write: timings.longest_write,
+            last_write: timings.last_write,
+            records_read: file.records_read,
+        })
+    }
+}
+
+impl Pipeline for File {
+    type Input = Message;
+    type Lane = Core;
+    type Error = DriverError;
+
+    fn apply(&mut self, driver: &mut Snapshots<Core>, input: Message) -> Result<Flow, DriverError> {
+        let slot = driver.lanes.get_mut(&LANE).expect("the run's lane");
+        slot.touch();
+        let core = &mut slot.lane;
+        match input {
+            Message::Events { names, events } => self.apply(core, names, &events)?,
+            Message::Read {
+                rejects,
+                stats,
+                lines_read,
+            } => {
+                for r in &rejects {
+                    self.sink.write(r).map_err(DriverError::Rejected)?;
+                }
+                self.read.merge(&stats);
+                self.records_read += stats.records;
+                LinesRead(&stats).emit();
+                self.lines_read = lines_read;
+            }
+            Message::EndOfInput => {
+                core.finish();
+                self.complete = true;
+                return Ok(Flow::End);
+            }
+            Message::Shutdown => return Ok(Flow::End),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn meta(&mut self, _key: i32, core: &Core) -> Result<SnapshotMeta, DriverError> {
+        self.sink.sync().map_err(DriverError::Rejected)?;
+        Ok(SnapshotMeta {
+            input: InputPosition::File {
+                path: self.config.source.clone(),
+                order: self.config.order.clone(),
+                lines_read: self.lines_read,
+                events_applied: self.events_applied,
+                complete: self.complete,
+                rejected_bytes: self.sink.bytes(),
+            },
+            counts: self.counts(core),
+            config: self.config.window.clone(),
         })
     }
 
-    fn apply(&mut self, names: Vec<Box<str>>, events: &[PurchaseEvent]) -> Result<(), DriverError> {
-        self.remap
-            .extend(names.iter().map(|n| self.core.intern_name(n)));
+    fn published(
+        &mut self,
+        lanes: &Lanes<Core>,
+        written: Vec<(i32, Written)>,
+    ) -> Result<(), DriverError> {
+        let core = &lanes[&LANE].lane;
+        for (_, w) in written {
+            SnapshotPublished {
+                took: w.took,
+                bytes: w.manifest.bytes(),
+            }
+            .emit();
+            SegmentsScored {
+                customers: None,
+                counts: w.manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)),
+            }
+            .emit();
+            self.last = Some(w.manifest);
+        }
+        StateSize {
+            customer_orders: Some(core.customer_order_count()),
+            bytes: Some(core.memory_bytes()),
+            ..StateSize::default()
+        }
+        .emit();
+        self.publish_progress(core);
+        Ok(())
+    }
+
+    /// The run snapshots every interval even when nothing changed, so a healthy run
+    /// reports progress at least that often.
+    fn tick(&mut self, lanes: &mut Lanes<Core>) {
+        if let Some(slot) = lanes.get_mut(&LANE) {
+            slot.touch();
+        }
+    }
+}
+
+impl File {
+    fn apply(
+        &mut self,
+        core: &mut Core,
+        names: Vec<Box<str>>,
+        events: &[PurchaseEvent],
+    ) -> Result<(), DriverError> {
+        self.remap.extend(names.iter().map(|n| core.intern_name(n)));
         // The core usually interns the names in the order they came, so symbols match
         // and the events go in as they are.
         let identity = self
@@ -208,7 +295,7 @@ impl Driver {
         }
         let n = events.len() as u64;
         let events = if identity { events } else { &batch[..] };
-        for i in self.core.record_batch(events) {
+        for i in core.record_batch(events) {
             let e = &events[i];
             let r = Rejected {
                 line: e.line,
@@ -219,39 +306,39 @@ impl Driver {
         }
         self.batch = batch;
         self.events_applied += n;
-        self.publish_progress();
+        self.publish_progress(core);
         Ok(())
     }
 
     /// Brings the metrics up to the core's state.
-    fn publish_progress(&mut self) {
-        let sales = self.core.totals();
+    fn publish_progress(&mut self, core: &Core) {
+        let sales = core.totals();
         self.reported.advance(CoreTotals {
             events: self.events_applied,
             cents: sales.revenue_cents,
             orders: sales.orders,
-            late: self.core.late(),
+            late: core.late(),
             ..CoreTotals::default()
         });
         StateSize {
-            days: Some(self.core.days().count()),
-            customers: Some(self.core.customers().len()),
+            days: Some(core.days().count()),
+            customers: Some(core.customers().len()),
             ..StateSize::default()
         }
         .emit();
         EventTime {
-            watermark_us: self.core.watermark_us(),
-            max_event_us: self.core.max_event_us(),
+            watermark_us: core.watermark_us(),
+            max_event_us: core.max_event_us(),
         }
         .emit();
     }
 
-    fn counts(&self) -> Counts {
+    fn counts(&self, core: &Core) -> Counts {
         let mut rejected = self.read.rejected;
-        rejected.add(RejectReason::LateEvent, self.core.late());
+        rejected.add(RejectReason::LateEvent, core.late());
         Counts {
             records: self.read.records,
-            accepted: self.core.accepted(),
+            accepted: core.accepted(),
             pending: self.read.accepted.saturating_sub(self.events_applied),
             repaired: self.read.repaired,
             blank: self.read.blank,
@@ -261,77 +348,5 @@ impl Driver {
                 .map(|(r, n)| (r.as_str().to_string(), n))
                 .collect(),
         }
-    }
-
-    /// What a snapshot taken now records besides the core.
-    fn meta(&self, complete: bool) -> SnapshotMeta {
-        SnapshotMeta {
-            input: InputPosition::File {
-                path: self.config.source.clone(),
-                order: self.config.order.clone(),
-                lines_read: self.lines_read,
-                events_applied: self.events_applied,
-                complete,
-                rejected_bytes: self.sink.bytes(),
-            },
-            counts: self.counts(),
-            config: self.config.window.clone(),
-        }
-    }
-
-    /// Waits for the periodic snapshot being written, if any.
-    fn finish_writing(&mut self) -> Result<(), DriverError> {
-        if let Some(w) = self.store.finished(true)? {
-            self.longest_write = self.longest_write.max(w.took);
-            self.published(&w.manifest, w.took);
-        }
-        Ok(())
-    }
-
-    /// A periodic snapshot: the core stops only to copy its state; scoring, encoding and
-    /// writing run on another thread. One at a time: the next waits for the last.
-    fn snapshot_in_background(&mut self) -> Result<(), DriverError> {
-        self.finish_writing()?;
-        self.sink.sync().map_err(DriverError::Rejected)?;
-        let meta = self.meta(false);
-        let started = Instant::now();
-        let copy = self.core.clone();
-        self.longest_pause = self.longest_pause.max(started.elapsed());
-        self.store.start(copy, None, meta)?;
-        Ok(())
-    }
-
-    /// The last snapshot of a run, written before returning. A periodic one still being
-    /// written is given up: this one replaces it, and waiting for it would only delay it.
-    fn snapshot(&mut self, complete: bool) -> Result<Manifest, DriverError> {
-        self.store.supersede();
-        self.finish_writing()?;
-        self.sink.sync().map_err(DriverError::Rejected)?;
-        let meta = self.meta(complete);
-        let written = self.store.write_now(&self.core, None, meta)?;
-        self.last_write = written.took;
-        self.published(&written.manifest, self.last_write);
-        Ok(written.manifest)
-    }
-
-    /// Metrics of a published snapshot.
-    fn published(&mut self, manifest: &Manifest, took: Duration) {
-        SnapshotPublished {
-            took,
-            bytes: manifest.bytes(),
-        }
-        .emit();
-        SegmentsScored {
-            customers: None,
-            counts: manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)),
-        }
-        .emit();
-        StateSize {
-            customer_orders: Some(self.core.customer_order_count()),
-            bytes: Some(self.core.memory_bytes()),
-            ..StateSize::default()
-        }
-        .emit();
-        self.publish_progress();
     }
 }

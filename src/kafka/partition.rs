@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use storepulse_replay::wire::{WireEventRef, SCHEMA_VERSION};
-use storepulse_replay::RejectReason;
+use storepulse_replay::{PurchaseEvent, RejectReason};
 
 use super::{EndOfInput, Input, Watermark, END_OF_INPUT, INPUT, WATERMARK};
 use crate::aggregate::{
@@ -41,6 +41,12 @@ pub enum Verdict {
     /// Below the next offset: already covered by the state (a broker that serves whole
     /// batches from before the requested offset). Ignored, not counted.
     AlreadyApplied,
+}
+
+/// A message decided but for its event, which is still to be recorded.
+enum Step {
+    Done(Verdict),
+    Record(PurchaseEvent),
 }
 
 #[derive(Debug, Clone)]
@@ -106,20 +112,77 @@ impl PartitionState {
     /// Applies the message at `offset`. `control` is the value of the control header,
     /// when the message has one.
     pub fn apply(&mut self, offset: i64, control: Option<&[u8]>, payload: &[u8]) -> Verdict {
+        match self.decide(offset, control, payload) {
+            Step::Done(v) => v,
+            Step::Record(event) => {
+                let outcome = self.core.record(&event);
+                verdict(&event, outcome)
+            }
+        }
+    }
+
+    /// Applies messages in offset order, as [`PartitionState::apply`] one by one would,
+    /// but records the events between control messages as one batch. `verdicts` gets one
+    /// verdict per message.
+    pub fn apply_batch<'a>(
+        &mut self,
+        messages: impl Iterator<Item = (i64, Option<&'a [u8]>, &'a [u8])>,
+        verdicts: &mut Vec<Verdict>,
+    ) {
+        verdicts.clear();
+        let mut events: Vec<PurchaseEvent> = Vec::new();
+        let mut at: Vec<usize> = Vec::new();
+        for (offset, control, payload) in messages {
+            // A control message may move the watermark: what came before it is recorded
+            // first.
+            if control.is_some() && !events.is_empty() {
+                self.record_pending(&mut events, &mut at, verdicts);
+            }
+            match self.decide(offset, control, payload) {
+                Step::Done(v) => verdicts.push(v),
+                Step::Record(e) => {
+                    at.push(verdicts.len());
+                    verdicts.push(Verdict::Counted);
+                    events.push(e);
+                }
+            }
+        }
+        self.record_pending(&mut events, &mut at, verdicts);
+    }
+
+    fn record_pending(
+        &mut self,
+        events: &mut Vec<PurchaseEvent>,
+        at: &mut Vec<usize>,
+        verdicts: &mut [Verdict],
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        for late in self.core.record_batch(events) {
+            verdicts[at[late]] = verdict(&events[late], Outcome::Late);
+        }
+        events.clear();
+        at.clear();
+    }
+
+    /// Everything about a message but recording its event: the offset, control messages,
+    /// decoding, validation and duplicates.
+    fn decide(&mut self, offset: i64, control: Option<&[u8]>, payload: &[u8]) -> Step {
         if self.next_offset.is_some_and(|n| offset < n) {
-            return Verdict::AlreadyApplied;
+            return Step::Done(Verdict::AlreadyApplied);
         }
         self.next_offset = Some(offset + 1);
         if let Some(kind) = control {
-            return self.control(kind, payload);
+            return Step::Done(self.control(kind, payload));
         }
         self.records += 1;
         let wire: WireEventRef = match serde_json::from_slice(payload) {
             Ok(w) => w,
-            Err(e) => return self.undecodable(payload, e),
+            Err(e) => return Step::Done(self.undecodable(payload, e)),
         };
         if wire.schema_version != SCHEMA_VERSION {
-            return self.unsupported(wire.schema_version.to_string());
+            return Step::Done(self.unsupported(wire.schema_version.to_string()));
         }
         let checked = wire.id().and_then(|id| {
             let core = &mut self.core;
@@ -127,21 +190,21 @@ impl PartitionState {
         });
         let (id, event): (SeenId, _) = match checked {
             Ok(x) => x,
-            Err(e) => return self.invalid(e.to_string()),
+            Err(e) => return Step::Done(self.invalid(e.to_string())),
         };
         // Only lines of announced inputs: no state is kept for lines that do not exist.
         match self.inputs.get(&id.source) {
             None => {
-                return self.invalid(format!(
+                return Step::Done(self.invalid(format!(
                     "event_id {}: no input {:016x} was announced on this partition",
                     wire.event_id, id.source
-                ))
+                )))
             }
             Some(&lines) if id.line < 2 || id.line > lines.min(Seen::MAX_LINE) => {
-                return self.invalid(format!(
+                return Step::Done(self.invalid(format!(
                     "event_id {}: the input has lines 2 to {lines}",
                     wire.event_id
-                ))
+                )))
             }
             Some(_) => {}
         }
@@ -149,17 +212,10 @@ impl PartitionState {
         // file changes no count, late ones included.
         if self.seen.contains(id) {
             self.duplicates += 1;
-            return Verdict::Duplicate;
+            return Step::Done(Verdict::Duplicate);
         }
         self.seen.insert(id);
-        match self.core.record(&event) {
-            Outcome::Accepted => Verdict::Counted,
-            Outcome::Late => Verdict::Rejected {
-                reason: RejectReason::LateEvent.as_str(),
-                line: Some(event.line),
-                detail: None,
-            },
-        }
+        Step::Record(event)
     }
 
     fn control(&mut self, kind: &[u8], payload: &[u8]) -> Verdict {
@@ -259,6 +315,18 @@ impl PartitionState {
             rejected,
             ..Counts::default()
         }
+    }
+}
+
+/// The verdict of an event recorded.
+fn verdict(event: &PurchaseEvent, outcome: Outcome) -> Verdict {
+    match outcome {
+        Outcome::Accepted => Verdict::Counted,
+        Outcome::Late => Verdict::Rejected {
+            reason: RejectReason::LateEvent.as_str(),
+            line: Some(event.line),
+            detail: None,
+        },
     }
 }
 

@@ -251,3 +251,65 @@ fn only_lines_of_announced_inputs_count() {
         br#"{"source":"xyz","lines":7}"#
     )));
 }
+
+#[test]
+fn a_batch_decides_every_message_as_one_by_one_would() {
+    let wm = |t: i64| format!(r#"{{"watermark_us":{t}}}"#).into_bytes();
+    let input = br#"{"source":"00000000000000aa","lines":100}"#.to_vec();
+    let e = |line: u64, t: i64, order: u64, price: &str| {
+        event(
+            &format!("00000000000000aa-0-{line}"),
+            t,
+            order,
+            Some(line),
+            price,
+        )
+    };
+    let hour = 3_600_000_000;
+    // Input announced, events of two days, a duplicate inside the batch, a watermark
+    // making the first day final, then a late event of it, a broken message, and an
+    // event below the next offset.
+    type Message<'a> = (i64, Option<&'a [u8]>, Vec<u8>);
+    let messages: Vec<Message> = vec![
+        (0, Some(INPUT.as_bytes()), input),
+        (1, None, e(2, T0 + hour, 1, "10.50")),
+        (2, None, e(3, T0 + DAY + hour, 2, "3.25")),
+        (3, None, e(2, T0 + hour, 1, "10.50")),
+        (4, Some(WATERMARK.as_bytes()), wm(T0 + 10 * DAY)),
+        (5, None, e(4, T0 + 2 * hour, 3, "7.00")),
+        (6, None, b"{not json".to_vec()),
+        (7, None, e(5, T0 + 11 * DAY, 4, "1.01")),
+        (3, None, e(6, T0 + DAY + 2 * hour, 5, "9.99")),
+    ];
+    let config = CoreConfig {
+        watermark_from_events: false,
+        ..config()
+    };
+    let mut one = PartitionState::new(config);
+    let singly: Vec<Verdict> = messages
+        .iter()
+        .map(|(o, c, p)| one.apply(*o, *c, p))
+        .collect();
+    let mut batch = PartitionState::new(config);
+    let mut verdicts = Vec::new();
+    batch.apply_batch(
+        messages.iter().map(|(o, c, p)| (*o, *c, p.as_slice())),
+        &mut verdicts,
+    );
+    assert_eq!(verdicts, singly);
+    // What the messages are, independently of either path.
+    assert_eq!(verdicts[3], Verdict::Duplicate);
+    assert!(matches!(
+        &verdicts[5],
+        Verdict::Rejected {
+            reason: "late_event",
+            ..
+        }
+    ));
+    assert!(matches!(&verdicts[6], Verdict::Rejected { reason, .. } if *reason == INVALID_MESSAGE));
+    assert_eq!(verdicts[8], Verdict::AlreadyApplied);
+    assert_eq!(batch.counts(), one.counts());
+    assert_eq!(batch.core.state(), one.core.state());
+    assert_eq!(batch.core.totals().revenue_cents, 1050 + 325 + 101);
+    assert_eq!(batch.next_offset, Some(8));
+}
