@@ -1,34 +1,38 @@
-//! `storepulse process`: a consumer-group member that keeps one
-//! [`PartitionState`](super::partition::PartitionState) per
-//! assigned partition and snapshots each into its own folder with the offset it covers.
+//! `storepulse process`: a consumer-group member that keeps one lane of state per assigned
+//! partition in the one [`crate::pipeline`] driver (see [`super::lanes`]) and snapshots
+//! each into its own folder with the offset it covers.
 //!
 //! Exactly-once comes from the snapshots, not from the group: see [`super::rebalance`] for
 //! how partitions are taken and given up. Offsets are committed to the group only after a
 //! snapshot is durable, as a progress report for lag monitoring.
 //!
-//! Messages are applied on the thread that polls them (rebalance callbacks run inside
-//! `poll`), so no message is in flight elsewhere when partitions change hands. Nothing here
-//! waits for the brokers: the processor starts without them (and says so), keeps its state
-//! through an outage, and its dead letters are retried while the snapshots they hold back
-//! wait.
+//! This thread polls: it copies the messages polled into batches for the driver's thread,
+//! and its rebalance callbacks hand partitions over in band, waiting for the driver, so no
+//! message is in flight elsewhere when partitions change hands. Nothing here waits for the
+//! brokers: the processor starts without them (and says so), keeps its state through an
+//! outage, and its dead letters are retried (on the driver's thread) while the snapshots
+//! they hold back wait.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError as ClientError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::dead_letters::DeadLetters;
-use super::partition::Verdict;
-use super::rebalance::{Ctx, Write};
-use super::{dead_letter_topic, Connection, DeadLetter, KafkaError, CONTROL_HEADER};
+use super::lanes::{Batch, Input, Partitions};
+use super::rebalance::Ctx;
+use super::{dead_letter_topic, Connection, KafkaError};
 use crate::aggregate::CoreConfig;
 use crate::logs::Repeats;
+use crate::pipeline::{Driver, Ended, Lanes};
 use crate::snapshot::{Manifest, SnapshotError, WindowConfig};
 
 #[derive(Debug, Clone)]
@@ -59,6 +63,8 @@ pub enum ProcessError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("the pipeline driver stopped")]
+    Stopped,
     #[error("the snapshot {0} is not a snapshot of this partition")]
     Foreign(PathBuf),
     #[error(
@@ -122,9 +128,10 @@ pub struct ProcessOutcome {
     pub not_final: Vec<i32>,
 }
 
-/// How long the end of a run waits for undelivered dead letters before it gives up the
-/// final snapshot of their partitions.
-const FINAL_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
+/// Messages handed to the driver at once, at most.
+const BATCH: usize = 1024;
+
+type DriverThread = JoinHandle<Result<Ended<Partitions>, ProcessError>>;
 
 /// Runs a processor until `shutdown` is set (or, with `stop_at_end`, until every owned
 /// partition is at its end of input), then writes a final snapshot of every partition.
@@ -137,6 +144,72 @@ pub fn process(
         return Ok(ProcessOutcome::default());
     }
     let dead_letters = DeadLetters::new(&config.connection, dlq)?;
+    let commits = super::lanes::Commits::default();
+    let (tx, rx) = sync_channel(4);
+    let pipeline = Partitions::new(config.clone(), dead_letters, commits.clone());
+    let interval = config.snapshot_interval;
+    let driver: DriverThread = std::thread::Builder::new()
+        .name("storepulse-driver".into())
+        .spawn(move || Driver::new(pipeline, Lanes::new(), interval).run(rx))
+        .expect("spawn the driver thread");
+    let consumer = match consumer(config, tx.clone(), commits) {
+        Ok(c) => c,
+        Err(e) => return Err(abort(&tx, driver, e)),
+    };
+    drop(tx);
+    match poll(&consumer, &shutdown) {
+        Ok(()) => {}
+        Err(e) => {
+            let ctx = consumer.context();
+            ctx.send(Input::Abort);
+            return Err(match driver.join().expect("the driver thread panicked") {
+                Err(driver_error) => driver_error,
+                Ok(_) => e,
+            });
+        }
+    }
+    let ctx = consumer.context();
+    ctx.send(Input::Shutdown);
+    let ended = driver.join().expect("the driver thread panicked")?;
+    ctx.commit_published(&consumer);
+    let Ended {
+        pipeline,
+        lanes,
+        timings,
+        waiting,
+    } = ended;
+    if !waiting.is_empty() {
+        let last_error = pipeline.dead_letters().counts().last_error();
+        tracing::warn!(
+            partitions = ?waiting,
+            last_error = %last_error.as_deref().unwrap_or("no answer"),
+            "these partitions keep their previous snapshot: some of their dead letters were \
+             not delivered, so a later run reads their messages again from there"
+        );
+    }
+    // The partitions' folders are unlocked before the group is left.
+    drop(lanes);
+    let mut outcome = pipeline.outcome;
+    outcome.not_final = waiting;
+    outcome.longest_snapshot = timings.longest_pause;
+    consumer.unsubscribe();
+    leave_group(consumer, FINAL_CLOSE_WAIT);
+    Ok(outcome)
+}
+
+/// Stops the driver after a failure before polling began.
+fn abort(tx: &SyncSender<Input>, driver: DriverThread, e: ProcessError) -> ProcessError {
+    let _ = tx.send(Input::Abort);
+    let _ = driver.join();
+    e
+}
+
+/// The group member (or, with `--assign`, the static consumer), its partitions taken.
+fn consumer(
+    config: ProcessConfig,
+    tx: SyncSender<Input>,
+    commits: super::lanes::Commits,
+) -> Result<BaseConsumer<Ctx>, ProcessError> {
     let mut cc = config.connection.client_config();
     cc.set("group.id", &config.group)
         .set("enable.auto.commit", "false")
@@ -159,64 +232,44 @@ pub fn process(
         cc.set(k, v);
     }
     let topic = config.topic.clone();
-    let interval = config.snapshot_interval;
-    let stop_at_end = config.stop_at_end;
     let assignment = config.assignment.clone();
-    let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx::new(config, dead_letters))?;
+    let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx::new(config, tx, commits))?;
     match &assignment {
         None => consumer.subscribe(&[&topic])?,
         Some(partitions) => consumer.context().take_static(&consumer, partitions)?,
     }
+    Ok(consumer)
+}
 
-    let mut last_snapshot = Instant::now();
-    let mut last_metrics = Instant::now();
+/// Polls until `shutdown` is set or the driver ended, handing the driver what it polls.
+fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), ProcessError> {
+    let ctx = consumer.context();
+    let mut batch = Batch::default();
+    let mut polled: BTreeMap<i32, i64> = BTreeMap::new();
     let mut errors = Repeats::new(Duration::from_secs(10));
-    while !shutdown.load(Ordering::SeqCst) {
-        let polled = consumer.poll(Duration::from_millis(100));
-        let ctx = consumer.context();
-        let mut guard = ctx.lock();
-        let owned = &mut *guard;
-        if let Some(e) = owned.error.take() {
+    let mut alive = true;
+    while alive && !shutdown.load(Ordering::SeqCst) {
+        if let Some(e) = ctx.error() {
             return Err(e);
         }
-        match polled {
+        let wait = if batch.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(wait) {
             Some(Ok(m)) => {
-                let p = m.partition();
-                let payload = m.payload().unwrap_or_default();
-                let control = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == CONTROL_HEADER)
-                        .and_then(|h| h.value)
-                });
-                // A message of a partition given up in this poll's rebalance is skipped:
-                // its new owner reads it from the snapshot's offset.
-                let part = owned.parts.get_mut(&p);
-                let applied =
-                    part.map(|part| (part.state.apply(m.offset(), control, payload), part));
-                if let Some((verdict, part)) =
-                    applied.filter(|(v, _)| *v != Verdict::AlreadyApplied)
-                {
-                    part.dirty = true;
-                    part.at_end = control.is_some() && verdict == Verdict::Control;
-                    part.eof = false;
-                    part.progress.consumed += 1;
-                    let o = &mut owned.outcome;
-                    o.messages += 1;
-                    let now = Instant::now();
-                    o.first_message.get_or_insert(now);
-                    o.last_message = Some(now);
-                    if let Some(record) = dead_letter(p, m.offset(), payload, verdict) {
-                        ctx.dead_letters.send(p, &record);
-                    }
+                polled.insert(m.partition(), m.offset() + 1);
+                batch.push(&m);
+                if batch.len() >= BATCH {
+                    alive = ctx.send(Input::Messages(std::mem::take(&mut batch)));
                 }
             }
             Some(Err(ClientError::PartitionEOF(p))) => {
-                if let Some(part) = owned.parts.get_mut(&p) {
-                    part.eof = true;
-                }
+                alive = flush(ctx, &mut batch) && ctx.send(Input::Eof(p));
             }
             Some(Err(ClientError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                return Err(out_of_range(&consumer, owned));
+                return Err(out_of_range(consumer, &polled));
             }
             // The client reconnects by itself; say so once in a while, not per poll.
             Some(Err(e)) => {
@@ -225,47 +278,24 @@ pub fn process(
                     tracing::warn!(%error, unsaid, "the client reports an error; retrying");
                 }
             }
-            None => {}
-        }
-        if last_metrics.elapsed() >= Duration::from_secs(1) {
-            ctx.dead_letters.retry();
-            ctx.publish_metrics(owned);
-            last_metrics = Instant::now();
-        }
-        let at_end = stop_at_end
-            && !owned.parts.is_empty()
-            && owned.parts.values().all(|p| p.at_end && p.eof);
-        if last_snapshot.elapsed() >= interval || at_end {
-            // At the end the snapshots are written now: the loop ends on them.
-            let how = if at_end { Write::Now } else { Write::Beside };
-            let waiting = ctx.snapshot_all(owned, &consumer, how)?;
-            last_snapshot = Instant::now();
-            if at_end && waiting.is_empty() {
-                break;
+            None if batch.is_empty() => {
+                alive = ctx.send(Input::Idle);
+                ctx.commit_published(consumer);
+            }
+            None => {
+                alive = flush(ctx, &mut batch);
+                ctx.commit_published(consumer);
             }
         }
     }
-    let ctx = consumer.context();
-    let mut owned = ctx.lock();
-    let parts: Vec<i32> = owned.parts.keys().copied().collect();
-    ctx.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
-    let waiting = ctx.snapshot_all(&mut owned, &consumer, Write::Now)?;
-    if !waiting.is_empty() {
-        let last_error = ctx.dead_letters.counts().last_error();
-        tracing::warn!(
-            partitions = ?waiting,
-            last_error = %last_error.as_deref().unwrap_or("no answer"),
-            "these partitions keep their previous snapshot: some of their dead letters were \
-             not delivered, so a later run reads their messages again from there"
-        );
+    if alive {
+        flush(ctx, &mut batch);
     }
-    ctx.publish_metrics(&mut owned);
-    let mut outcome = std::mem::take(&mut owned.outcome);
-    outcome.not_final = waiting;
-    drop(owned);
-    consumer.unsubscribe();
-    leave_group(consumer, FINAL_CLOSE_WAIT);
-    Ok(outcome)
+    Ok(())
+}
+
+fn flush(ctx: &Ctx, batch: &mut Batch) -> bool {
+    batch.is_empty() || ctx.send(Input::Messages(std::mem::take(batch)))
 }
 
 /// How long the end of a run waits to leave the group.
@@ -334,11 +364,11 @@ fn wait_for_brokers(
 }
 
 /// The brokers refused an offset from a snapshot: name the partition whose log now ends
-/// before it.
-fn out_of_range(consumer: &BaseConsumer<Ctx>, owned: &super::rebalance::Owned) -> ProcessError {
+/// before it (before what it was assigned at, or what was polled of it since).
+fn out_of_range(consumer: &BaseConsumer<Ctx>, polled: &BTreeMap<i32, i64>) -> ProcessError {
     let c = &consumer.context().config;
-    for (&p, part) in &owned.parts {
-        let Some(covered) = part.state.next_offset else {
+    for (p, assigned) in consumer.context().assigned() {
+        let Some(covered) = assigned.max(polled.get(&p).copied()) else {
             continue;
         };
         if let Ok((_, end)) = consumer.fetch_watermarks(&c.topic, p, Duration::from_secs(5)) {
@@ -356,23 +386,4 @@ fn out_of_range(consumer: &BaseConsumer<Ctx>, owned: &super::rebalance::Owned) -
     ProcessError::Client(ClientError::MessageConsumption(
         RDKafkaErrorCode::OffsetOutOfRange,
     ))
-}
-
-/// The dead letter of a rejected message.
-fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<DeadLetter> {
-    let Verdict::Rejected {
-        reason,
-        line,
-        detail,
-    } = verdict
-    else {
-        return None;
-    };
-    Some(DeadLetter {
-        line,
-        partition: Some(p),
-        offset: Some(offset),
-        detail,
-        ..DeadLetter::new(reason, "process", payload)
-    })
 }

@@ -10,6 +10,7 @@
 mod acks;
 pub mod consume;
 mod dead_letters;
+mod lanes;
 mod observe;
 pub mod partition;
 pub mod publish;

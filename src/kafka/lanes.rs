@@ -1,0 +1,491 @@
+//! `process`'s pipeline: one lane per owned partition of the topic in the one
+//! [`crate::pipeline`] driver, which runs on a thread of its own. The poll thread (see
+//! [`super::consume`]) hands it batches of polled messages and, in band, what the group
+//! and the client say: partitions assigned (loaded here from their latest snapshots, and
+//! their offsets answered), partitions revoked (snapshotted here before the answer), a
+//! partition's end, the log offsets from the client's statistics, shutdown.
+//!
+//! Each partition's messages are applied in offset order, the events between two control
+//! messages recorded as one batch ([`PartitionState::apply_batch`]). A partition's snapshot
+//! waits until the dead letters of the messages it covers are delivered; the offsets of
+//! published snapshots go back to the poll thread, which reports them to the group.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+
+use super::consume::{ProcessConfig, ProcessError, ProcessOutcome};
+use super::dead_letters::DeadLetters;
+use super::observe::{self, Progress};
+use super::partition::{PartitionState, Verdict};
+use super::{DeadLetter, CONTROL_HEADER};
+use crate::aggregate::{Core, Seen};
+use crate::metrics::events::SnapshotPublished;
+use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots, Write};
+use crate::snapshot::{
+    self, load_seen, load_state, partition_dir, Beside, InputPosition, SnapshotError, SnapshotMeta,
+    SnapshotStore, Written,
+};
+
+/// How long the end of a run waits for undelivered dead letters before it gives up the
+/// final snapshot of their partitions.
+const FINAL_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
+
+/// Offsets of published snapshots, for the poll thread to report to the group.
+pub(super) type Commits = Arc<Mutex<Vec<(i32, i64)>>>;
+
+/// Takes the offsets published so far.
+pub(super) fn drain(commits: &Commits) -> Vec<(i32, i64)> {
+    std::mem::take(&mut *commits.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Polled messages, copied into one buffer.
+#[derive(Default)]
+pub(super) struct Batch {
+    data: Vec<u8>,
+    messages: Vec<Polled>,
+}
+
+struct Polled {
+    partition: i32,
+    offset: i64,
+    control: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
+impl Batch {
+    pub fn push(&mut self, m: &BorrowedMessage<'_>) {
+        let control = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == CONTROL_HEADER)
+                .and_then(|h| h.value)
+        });
+        let control = control.map(|c| self.copy(c));
+        let payload = self.copy(m.payload().unwrap_or_default());
+        self.messages.push(Polled {
+            partition: m.partition(),
+            offset: m.offset(),
+            control,
+            payload,
+        });
+    }
+
+    fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.data.len();
+        self.data.extend_from_slice(bytes);
+        start..self.data.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    fn control(&self, m: &Polled) -> Option<&[u8]> {
+        m.control.clone().map(|r| &self.data[r])
+    }
+
+    fn payload(&self, m: &Polled) -> &[u8] {
+        &self.data[m.payload.clone()]
+    }
+}
+
+/// Where an assigned partition is read from: its snapshot's next offset, or the beginning.
+pub(super) type StartAt = (i32, Option<i64>);
+
+/// What the poll thread hands the driver.
+pub(super) enum Input {
+    Messages(Batch),
+    /// The consumer reached the partition's end.
+    Eof(i32),
+    /// Nothing was polled for a while (the end of a run is checked then too).
+    Idle,
+    /// From the client's statistics: each partition's (log start, log end) offsets and
+    /// whether it is being fetched.
+    Offsets(BTreeMap<i32, (i64, i64, bool)>),
+    /// The group assigned these partitions of a topic of `count`: load them and answer
+    /// the offsets to read from (`None`: from the beginning).
+    Assign {
+        partitions: Vec<i32>,
+        count: i32,
+        reply: SyncSender<Result<Vec<StartAt>, ProcessError>>,
+    },
+    /// Give every partition up: snapshot them, then answer the offsets published.
+    Revoke {
+        reply: SyncSender<Vec<(i32, i64)>>,
+    },
+    /// Stop: the last snapshots, then end.
+    Shutdown,
+    /// Stop now, writing nothing more (the poll thread failed).
+    Abort,
+}
+
+/// One owned partition.
+pub(super) struct Part {
+    pub state: PartitionState,
+    /// The last message applied was an `end_of_input`.
+    at_end: bool,
+    /// The consumer reached the partition's end after its last message.
+    eof: bool,
+    progress: Progress,
+}
+
+impl Lane for Part {
+    fn core(&self) -> &Core {
+        &self.state.core
+    }
+
+    fn seen(&self) -> Option<&Seen> {
+        Some(&self.state.seen)
+    }
+}
+
+pub(super) struct Partitions {
+    config: ProcessConfig,
+    dead_letters: DeadLetters,
+    pub outcome: ProcessOutcome,
+    /// The topic's partition count, as of the last assignment.
+    partitions: i32,
+    /// (log start, log end) offsets of each partition, for the lag metric.
+    offsets: BTreeMap<i32, (i64, i64)>,
+    commits: Commits,
+    /// Reused per batch.
+    verdicts: Vec<Verdict>,
+    by_partition: BTreeMap<i32, Vec<usize>>,
+}
+
+impl Partitions {
+    pub fn new(config: ProcessConfig, dead_letters: DeadLetters, commits: Commits) -> Self {
+        Self {
+            config,
+            dead_letters,
+            outcome: ProcessOutcome::default(),
+            partitions: 0,
+            offsets: BTreeMap::new(),
+            commits,
+            verdicts: Vec::new(),
+            by_partition: BTreeMap::new(),
+        }
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
+    }
+
+    fn messages(&mut self, lanes: &mut Lanes<Part>, batch: &Batch) {
+        let now = Instant::now();
+        for list in self.by_partition.values_mut() {
+            list.clear();
+        }
+        for (i, m) in batch.messages.iter().enumerate() {
+            self.by_partition.entry(m.partition).or_default().push(i);
+        }
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        for (&p, list) in &self.by_partition {
+            // Messages of a partition given up since they were polled are skipped: its
+            // new owner reads them from the snapshot's offset.
+            let Some(slot) = lanes.get_mut(&p).filter(|_| !list.is_empty()) else {
+                continue;
+            };
+            let part = &mut slot.lane;
+            let messages = list.iter().map(|&i| {
+                let m = &batch.messages[i];
+                (m.offset, batch.control(m), batch.payload(m))
+            });
+            part.state.apply_batch(messages, &mut verdicts);
+            let mut applied = 0;
+            for (&i, verdict) in list.iter().zip(verdicts.drain(..)) {
+                if verdict == Verdict::AlreadyApplied {
+                    continue;
+                }
+                applied += 1;
+                let m = &batch.messages[i];
+                part.at_end = m.control.is_some() && verdict == Verdict::Control;
+                if let Some(record) = dead_letter(p, m.offset, batch.payload(m), verdict) {
+                    self.dead_letters.send(p, &record);
+                }
+            }
+            if applied > 0 {
+                part.eof = false;
+                part.progress.consumed += applied;
+                slot.touch();
+                self.outcome.messages += applied;
+                self.outcome.first_message.get_or_insert(now);
+                self.outcome.last_message = Some(now);
+            }
+        }
+        self.verdicts = verdicts;
+    }
+
+    /// With `stop_at_end`, once every owned partition applied an `end_of_input` as its
+    /// last message and has nothing more to read: their snapshots now, then the end (once
+    /// their dead letters are delivered).
+    fn at_end(&mut self, driver: &mut Snapshots<Part>) -> Result<Flow, ProcessError> {
+        let lanes = &driver.lanes;
+        let done = self.config.stop_at_end
+            && !lanes.is_empty()
+            && lanes.values().all(|s| s.lane.at_end && s.lane.eof);
+        if done && driver.snapshot(self, Write::Now)?.is_empty() {
+            return Ok(Flow::End);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The log ends before what a snapshot covers: the topic was deleted and created
+    /// again (or truncated), and its offsets now name other messages.
+    fn offsets(
+        &mut self,
+        lanes: &Lanes<Part>,
+        offsets: BTreeMap<i32, (i64, i64, bool)>,
+    ) -> Result<(), ProcessError> {
+        for (p, (start, end, fetching)) in offsets {
+            self.offsets.insert(p, (start, end));
+            let covered = lanes.get(&p).and_then(|s| s.lane.state.next_offset);
+            if let Some(covered) = covered.filter(|&n| fetching && n > end) {
+                return Err(ProcessError::TopicChanged {
+                    topic: self.config.topic.clone(),
+                    partition: p,
+                    covered,
+                    end,
+                    dir: self.config.snapshot_dir.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn assign(
+        &mut self,
+        lanes: &mut Lanes<Part>,
+        partitions: Vec<i32>,
+    ) -> Result<Vec<StartAt>, ProcessError> {
+        let mut from = Vec::new();
+        for p in partitions {
+            let (part, store) = self.open_part(p)?;
+            from.push((p, part.state.next_offset));
+            lanes.insert(p, Slot::new(part, store));
+        }
+        crate::metrics::set_ready(true);
+        self.publish_metrics(lanes);
+        let partitions: Vec<i32> = lanes.keys().copied().collect();
+        tracing::info!(?partitions, topic = %self.config.topic, of = self.partitions, "assigned");
+        Ok(from)
+    }
+
+    fn open_part(&self, p: i32) -> Result<(Part, Beside), ProcessError> {
+        let c = &self.config;
+        let dir = partition_dir(&c.snapshot_dir, &c.topic, p);
+        // Another process on this machine may still be publishing its last snapshot of
+        // this partition: wait for its lock, boundedly.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let store = loop {
+            match SnapshotStore::open(&dir, c.keep_snapshots) {
+                Err(SnapshotError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => break other?,
+            }
+        };
+        // The newest snapshot that loads; damaged ones are skipped (the older one's offset
+        // is where reading resumes, so nothing is lost).
+        let found = snapshot::newest_good(&dir, |p| Ok((load_state(p)?, load_seen(p)?)));
+        let (state, at_end) = match found {
+            Ok((published, (state, seen))) => {
+                let InputPosition::Kafka {
+                    topic,
+                    partition,
+                    next_offset,
+                    end_of_input,
+                    inputs,
+                    ..
+                } = &published.manifest.input
+                else {
+                    return Err(ProcessError::Foreign(published.path));
+                };
+                if *topic != c.topic || *partition != p {
+                    return Err(ProcessError::Foreign(published.path));
+                }
+                let mut state = PartitionState::restore(
+                    c.core,
+                    state,
+                    seen,
+                    &published.manifest.counts,
+                    Some(*next_offset),
+                );
+                for (source, &lines) in inputs {
+                    let Ok(source) = u64::from_str_radix(source, 16) else {
+                        return Err(ProcessError::Foreign(published.path));
+                    };
+                    state.inputs.insert(source, lines);
+                }
+                (state, *end_of_input)
+            }
+            Err(SnapshotError::None(_)) => (PartitionState::new(c.core), false),
+            Err(e) => return Err(e.into()),
+        };
+        let part = Part {
+            progress: Progress::new(&state),
+            state,
+            at_end,
+            eof: false,
+        };
+        Ok((part, Beside::new(store)))
+    }
+
+    /// Snapshots every owned partition whose dead letters are delivered (waiting for them
+    /// a little), then lets them all go: a partition not snapshotted is read again by its
+    /// next owner from its last snapshot, so nothing is lost.
+    fn revoke(&mut self, driver: &mut Snapshots<Part>) -> Result<(), ProcessError> {
+        let parts: Vec<i32> = driver.lanes.keys().copied().collect();
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.dead_letters
+            .wait(&parts, self.config.snapshot_interval);
+        driver.snapshot(self, Write::Now)?;
+        self.publish_metrics(&mut driver.lanes);
+        for &p in &parts {
+            observe::released(p);
+            self.dead_letters.forget(p);
+        }
+        tracing::info!(partitions = ?parts, topic = %self.config.topic, "gave up");
+        driver.lanes.clear();
+        Ok(())
+    }
+
+    /// Brings the metrics up to the owned partitions' state.
+    fn publish_metrics(&self, lanes: &mut Lanes<Part>) {
+        observe::publish(lanes.iter_mut().map(|(&p, slot)| observe::Owned {
+            partition: p,
+            state: &slot.lane.state,
+            progress: &mut slot.lane.progress,
+            offsets: self.offsets.get(&p).copied(),
+        }));
+    }
+}
+
+impl Pipeline for Partitions {
+    type Input = Input;
+    type Lane = Part;
+    type Error = ProcessError;
+
+    fn apply(&mut self, driver: &mut Snapshots<Part>, input: Input) -> Result<Flow, ProcessError> {
+        match input {
+            Input::Messages(batch) => self.messages(&mut driver.lanes, &batch),
+            Input::Eof(p) => {
+                if let Some(slot) = driver.lanes.get_mut(&p) {
+                    slot.lane.eof = true;
+                }
+            }
+            Input::Idle => {}
+            Input::Offsets(offsets) => self.offsets(&driver.lanes, offsets)?,
+            Input::Assign {
+                partitions,
+                count,
+                reply,
+            } => {
+                self.partitions = count;
+                let answer = self.assign(&mut driver.lanes, partitions);
+                // The poll thread stops on an error it is answered; so does this loop.
+                let failed = answer.is_err();
+                let _ = reply.send(answer);
+                if failed {
+                    return Ok(Flow::Abort);
+                }
+            }
+            Input::Revoke { reply } => {
+                self.revoke(driver)?;
+                let _ = reply.send(drain(&self.commits));
+            }
+            Input::Shutdown => return Ok(Flow::End),
+            Input::Abort => return Ok(Flow::Abort),
+        }
+        self.at_end(driver)
+    }
+
+    fn ready(&self, p: i32) -> bool {
+        self.dead_letters.outstanding(p) == 0
+    }
+
+    /// What partition `p`'s snapshot covers.
+    fn meta(&mut self, p: i32, part: &Part) -> Result<SnapshotMeta, ProcessError> {
+        Ok(SnapshotMeta {
+            input: InputPosition::Kafka {
+                topic: self.config.topic.clone(),
+                partition: p,
+                partitions: self.partitions,
+                next_offset: part.state.next_offset.unwrap_or(0),
+                end_of_input: part.at_end,
+                inputs: part
+                    .state
+                    .inputs
+                    .iter()
+                    .map(|(s, &lines)| (format!("{s:016x}"), lines))
+                    .collect(),
+            },
+            counts: part.state.counts(),
+            config: self.config.window.clone(),
+        })
+    }
+
+    /// Counts and metrics of snapshots published, and their offsets for the group.
+    fn published(
+        &mut self,
+        lanes: &Lanes<Part>,
+        written: Vec<(i32, Written)>,
+    ) -> Result<(), ProcessError> {
+        let (mut took, mut bytes) = (Duration::ZERO, 0);
+        let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, w) in written {
+            if let InputPosition::Kafka { next_offset, .. } = &w.manifest.input {
+                commits.push((p, *next_offset));
+            }
+            took = took.max(w.took);
+            bytes += w.manifest.bytes();
+            self.outcome.snapshots += 1;
+            self.outcome.last.insert(p, w.manifest);
+        }
+        SnapshotPublished { took, bytes }.emit();
+        observe::state_bytes(lanes.values().map(|s| &s.lane.state));
+        observe::score_segments(lanes.values().map(|s| &s.lane.state));
+        Ok(())
+    }
+
+    fn tick(&mut self, lanes: &mut Lanes<Part>) {
+        self.dead_letters.retry();
+        let waiting: Vec<i32> = lanes.keys().copied().filter(|&p| !self.ready(p)).collect();
+        self.dead_letters.warn_waiting(&waiting);
+        self.publish_metrics(lanes);
+    }
+
+    fn finishing(&mut self, lanes: &Lanes<Part>) {
+        let parts: Vec<i32> = lanes.keys().copied().collect();
+        self.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
+    }
+}
+
+/// The dead letter of a rejected message.
+fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<DeadLetter> {
+    let Verdict::Rejected {
+        reason,
+        line,
+        detail,
+    } = verdict
+    else {
+        return None;
+    };
+    Some(DeadLetter {
+        line,
+        partition: Some(p),
+        offset: Some(offset),
+        detail,
+        ..DeadLetter::new(reason, "process", payload)
+    })
+}
