@@ -30,6 +30,9 @@ use windows::{final_at, raise_max, record_customer, Windows};
 
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// Batches of at least this many events are recorded on two threads.
+const PARALLEL_BATCH: usize = 4096;
+
 /// Days since 1970-01-01 (UTC) of an event time in microseconds.
 pub fn day_of(event_time_us: i64) -> i32 {
     event_time_us.div_euclid(MICROS_PER_DAY) as i32
@@ -147,14 +150,23 @@ impl Core {
             })
             .collect();
         let (mut windows, customers, orders) = self.parts();
-        let (late, ()) = rayon::join(
-            || windows.record_batch(events, &accepted, max, watermark),
-            || {
-                for (e, _) in events.iter().zip(&accepted).filter(|(_, &ok)| ok) {
-                    record_customer(customers, orders, e);
-                }
-            },
-        );
+        let mut record_customers = || {
+            for (e, _) in events.iter().zip(&accepted).filter(|(_, &ok)| ok) {
+                record_customer(customers, orders, e);
+            }
+        };
+        // Two threads pay only for a large batch: waking the other costs more than a few
+        // thousand events' customers (a processor's batches are a few hundred a partition).
+        let late = if events.len() >= PARALLEL_BATCH {
+            rayon::join(
+                || windows.record_batch(events, &accepted, max, watermark),
+                record_customers,
+            )
+            .0
+        } else {
+            record_customers();
+            windows.record_batch(events, &accepted, max, watermark)
+        };
         debug_assert!(late.iter().all(|&i| !accepted[i]));
         late
     }

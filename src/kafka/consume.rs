@@ -262,7 +262,7 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
                 polled.insert(m.partition(), m.offset() + 1);
                 batch.push(&m);
                 if batch.len() >= BATCH {
-                    alive = ctx.send(Input::Messages(std::mem::take(&mut batch)));
+                    alive = ctx.send(Input::Messages(batch.take()));
                 }
             }
             Some(Err(ClientError::PartitionEOF(p))) => {
@@ -295,7 +295,7 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
 }
 
 fn flush(ctx: &Ctx, batch: &mut Batch) -> bool {
-    batch.is_empty() || ctx.send(Input::Messages(std::mem::take(batch)))
+    batch.is_empty() || ctx.send(Input::Messages(batch.take()))
 }
 
 /// How long the end of a run waits to leave the group.

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 use rdkafka::ClientContext;
 
 use super::{Connection, DeadLetter, Deliveries};
@@ -71,7 +71,9 @@ impl ProducerContext for Context {
 }
 
 pub struct DeadLetters {
-    producer: ThreadedProducer<Context>,
+    /// Polled for its delivery reports by whoever asks what is outstanding (no thread of
+    /// its own: a polling thread spent 5% of the processor's CPU waking up).
+    producer: BaseProducer<Context>,
     topic: String,
     /// When the last "not delivered" warning was printed.
     warned: Mutex<Repeats>,
@@ -107,6 +109,7 @@ impl DeadLetters {
             .entry(partition)
             .or_default() += 1;
         self.enqueue(partition, record.reason.as_bytes(), value);
+        self.producer.poll(Duration::ZERO);
     }
 
     fn enqueue(&self, partition: i32, key: &[u8], value: Vec<u8>) {
@@ -125,6 +128,7 @@ impl DeadLetters {
 
     /// Sends the failed ones again (call it often: it only takes what failed since).
     pub fn retry(&self) {
+        self.producer.poll(Duration::ZERO);
         let failed = std::mem::take(&mut self.producer.context().lock().retry);
         for (p, key, value) in failed {
             self.enqueue(p, &key, value);
@@ -133,6 +137,7 @@ impl DeadLetters {
 
     /// Dead letters of `partition` not delivered yet.
     pub fn outstanding(&self, partition: i32) -> u64 {
+        self.producer.poll(Duration::ZERO);
         let pending = self.producer.context().lock();
         pending.outstanding.get(&partition).copied().unwrap_or(0)
     }
@@ -158,7 +163,7 @@ impl DeadLetters {
             if left.is_empty() || Instant::now() >= deadline {
                 return left;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            self.producer.poll(Duration::from_millis(10));
         }
     }
 

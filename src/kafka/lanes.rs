@@ -25,7 +25,7 @@ use super::partition::{PartitionState, Verdict};
 use super::{DeadLetter, CONTROL_HEADER};
 use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
-use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots, Write};
+use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
     self, load_seen, load_state, partition_dir, Beside, InputPosition, SnapshotError, SnapshotMeta,
     SnapshotStore, Written,
@@ -78,6 +78,16 @@ impl Batch {
         let start = self.data.len();
         self.data.extend_from_slice(bytes);
         start..self.data.len()
+    }
+
+    /// The messages so far, leaving an empty batch of the same capacity (a batch's buffer
+    /// grows to its size once, not at every batch).
+    pub fn take(&mut self) -> Batch {
+        let empty = Batch {
+            data: Vec::with_capacity(self.data.capacity()),
+            messages: Vec::with_capacity(self.messages.capacity()),
+        };
+        std::mem::replace(self, empty)
     }
 
     pub fn len(&self) -> usize {
@@ -232,7 +242,7 @@ impl Partitions {
         let done = self.config.stop_at_end
             && !lanes.is_empty()
             && lanes.values().all(|s| s.lane.at_end && s.lane.eof);
-        if done && driver.snapshot(self, Write::Now)?.is_empty() {
+        if done && driver.snapshot_now(self)?.is_empty() {
             return Ok(Flow::End);
         }
         Ok(Flow::Continue)
@@ -349,7 +359,7 @@ impl Partitions {
         }
         self.dead_letters
             .wait(&parts, self.config.snapshot_interval);
-        driver.snapshot(self, Write::Now)?;
+        driver.snapshot_now(self)?;
         self.publish_metrics(&mut driver.lanes);
         for &p in &parts {
             observe::released(p);

@@ -8,7 +8,7 @@
 //! What differs between the commands (what a batch is, what a snapshot records beside the
 //! core, when a lane may be snapshotted, what happens once one is published) is a
 //! [`Pipeline`]: `run`'s is [`crate::ingest::File`], `process`'s is
-//! [`crate::kafka::lanes::Partitions`]. The driver is the only place that reads the wall
+//! `kafka::lanes::Partitions`. The driver is the only place that reads the wall
 //! clock for snapshot timing; the pipeline's [`Pipeline::tick`] runs once a second.
 
 use std::collections::BTreeMap;
@@ -62,14 +62,6 @@ pub enum Flow {
     Abort,
 }
 
-/// How [`Driver::snapshot`] writes: beside the stream (the loop stops only to copy each
-/// lane's state), or now, on this thread (before lanes are given up, and at the end).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Beside,
-    Now,
-}
-
 /// What a command's pipeline adds to the driver.
 pub trait Pipeline {
     type Input: Send;
@@ -109,8 +101,9 @@ pub trait Pipeline {
 /// How long snapshots stopped the stream and took.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
-    /// The longest the loop stopped for a periodic snapshot (copying the changed lanes'
-    /// states; scoring and writing happen on other threads).
+    /// The longest the loop stopped for a periodic snapshot: copying one lane's state (the
+    /// changed lanes are copied one per pass of the loop; scoring and writing happen on
+    /// other threads).
     pub longest_pause: Duration,
     /// The longest a periodic snapshot took to score and write beside the stream.
     pub longest_write: Duration,
@@ -160,9 +153,15 @@ impl<P: Pipeline> Driver<P> {
     pub fn run(mut self, rx: Receiver<P::Input>) -> Result<Ended<P>, P::Error> {
         let mut last_snapshot = Instant::now();
         let mut last_tick = Instant::now();
+        // Lanes whose periodic snapshot is yet to start this interval: one a pass, so the
+        // stream stops for one lane's copy at a time.
+        let mut due: Vec<i32> = Vec::new();
         loop {
             let next = (last_snapshot + self.interval).min(last_tick + TICK);
-            let wait = next.saturating_duration_since(Instant::now());
+            let wait = match due.is_empty() {
+                true => next.saturating_duration_since(Instant::now()),
+                false => Duration::ZERO,
+            };
             let flow = match rx.recv_timeout(wait) {
                 Ok(input) => self.pipeline.apply(&mut self.state, input)?,
                 Err(RecvTimeoutError::Timeout) => Flow::Continue,
@@ -186,8 +185,12 @@ impl<P: Pipeline> Driver<P> {
                 last_tick = now;
             }
             if now >= last_snapshot + self.interval {
-                self.state.snapshot(&mut self.pipeline, Write::Beside)?;
-                last_snapshot = Instant::now();
+                self.state.collect(&mut self.pipeline)?;
+                due = self.state.lanes.keys().rev().copied().collect();
+                last_snapshot = now;
+            }
+            if let Some(key) = due.pop() {
+                self.state.start(&mut self.pipeline, key)?;
             }
         }
         self.pipeline.finishing(&self.state.lanes);
@@ -203,24 +206,76 @@ impl<P: Pipeline> Driver<P> {
 }
 
 impl<L: Lane> Snapshots<L> {
-    /// Snapshots every lane that changed and may be snapshotted, beside the stream or now
-    /// (`how`); a lane whose last snapshot is still being written beside waits for the
-    /// next interval (it stays changed). Returns the lanes that wait.
-    pub fn snapshot<P>(&mut self, pipeline: &mut P, how: Write) -> Result<Vec<i32>, P::Error>
+    /// Publishes the periodic snapshots written beside the stream since the last call.
+    fn collect<P>(&mut self, pipeline: &mut P) -> Result<(), P::Error>
     where
         P: Pipeline<Lane = L>,
     {
         let mut published = Vec::new();
         for (&key, slot) in self.lanes.iter_mut() {
-            if let Some(w) = slot.store.finished(how == Write::Now)? {
+            if let Some(w) = slot.store.finished(false)? {
+                self.timings.longest_write = self.timings.longest_write.max(w.took);
+                published.push((key, w));
+            }
+        }
+        self.published(pipeline, published)
+    }
+
+    fn published<P>(
+        &mut self,
+        pipeline: &mut P,
+        written: Vec<(i32, Written)>,
+    ) -> Result<(), P::Error>
+    where
+        P: Pipeline<Lane = L>,
+    {
+        self.timings.published += written.len() as u64;
+        if written.is_empty() {
+            return Ok(());
+        }
+        pipeline.published(&self.lanes, written)
+    }
+
+    /// Starts lane `key`'s periodic snapshot beside the stream, if it changed, may be
+    /// snapshotted, and its previous one is written (else it waits for the next interval:
+    /// it stays changed). The loop stops only to copy this one lane's state.
+    fn start<P>(&mut self, pipeline: &mut P, key: i32) -> Result<(), P::Error>
+    where
+        P: Pipeline<Lane = L>,
+    {
+        let Some(slot) = self.lanes.get_mut(&key) else {
+            return Ok(());
+        };
+        if !slot.dirty || slot.store.busy() || !pipeline.ready(key) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let meta = pipeline.meta(key, &slot.lane)?;
+        let core = slot.lane.core().clone();
+        let seen = slot.lane.seen().cloned();
+        slot.store.start(core, seen, meta)?;
+        slot.dirty = false;
+        let paused = started.elapsed();
+        self.timings.longest_pause = self.timings.longest_pause.max(paused);
+        Ok(())
+    }
+
+    /// Snapshots every lane that changed and may be snapshotted, now, on this thread,
+    /// after those being written beside the stream. Returns the lanes that wait.
+    pub fn snapshot_now<P>(&mut self, pipeline: &mut P) -> Result<Vec<i32>, P::Error>
+    where
+        P: Pipeline<Lane = L>,
+    {
+        let mut published = Vec::new();
+        for (&key, slot) in self.lanes.iter_mut() {
+            if let Some(w) = slot.store.finished(true)? {
                 self.timings.longest_write = self.timings.longest_write.max(w.took);
                 published.push((key, w));
             }
         }
         let mut waiting = Vec::new();
-        let started = Instant::now();
         for (&key, slot) in self.lanes.iter_mut() {
-            if !slot.dirty || slot.store.busy() {
+            if !slot.dirty {
                 continue;
             }
             if !pipeline.ready(key) {
@@ -228,29 +283,13 @@ impl<L: Lane> Snapshots<L> {
                 continue;
             }
             let meta = pipeline.meta(key, &slot.lane)?;
-            match how {
-                Write::Beside => {
-                    let core = slot.lane.core().clone();
-                    let seen = slot.lane.seen().cloned();
-                    slot.store.start(core, seen, meta)?;
-                }
-                Write::Now => {
-                    let w = slot
-                        .store
-                        .write_now(slot.lane.core(), slot.lane.seen(), meta)?;
-                    published.push((key, w));
-                }
-            }
+            let w = slot
+                .store
+                .write_now(slot.lane.core(), slot.lane.seen(), meta)?;
+            published.push((key, w));
             slot.dirty = false;
         }
-        if how == Write::Beside {
-            let paused = started.elapsed();
-            self.timings.longest_pause = self.timings.longest_pause.max(paused);
-        }
-        self.timings.published += published.len() as u64;
-        if !published.is_empty() {
-            pipeline.published(&self.lanes, published)?;
-        }
+        self.published(pipeline, published)?;
         Ok(waiting)
     }
 
@@ -267,7 +306,7 @@ impl<L: Lane> Snapshots<L> {
             }
         }
         let t = Instant::now();
-        let waiting = self.snapshot(pipeline, Write::Now)?;
+        let waiting = self.snapshot_now(pipeline)?;
         self.timings.last_write = t.elapsed();
         Ok(waiting)
     }
