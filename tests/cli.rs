@@ -119,11 +119,7 @@ fn output_formats() {
 }
 
 fn spawn_run(dir: &Path, extra: &[&str]) -> Proc {
-    let (input, dir) = (golden(), dir.to_str().unwrap().to_string());
-    let mut args = vec!["run", "--no-progress", "--input", input.to_str().unwrap()];
-    args.extend(["--snapshot-dir", &dir]);
-    args.extend_from_slice(extra);
-    Proc::spawn("run", &args)
+    common::spawn_run(&golden(), dir, extra)
 }
 
 #[test]

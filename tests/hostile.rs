@@ -20,7 +20,7 @@ use serde_json::Value;
 use common::http::{connect, get, request, sql};
 use common::procfs::{children, cpu_seconds, status_kib, workers};
 use common::query_tables;
-use common::spawn::{free_port, Proc};
+use common::spawn::free_port;
 use common::wait::wait_until;
 
 /// Samples the resident memory of the query workers of `pid` until stopped; the largest
@@ -59,19 +59,14 @@ fn hostile_requests_leave_the_pipeline_alone() {
     let limit = format!("{LIMIT_MIB}MiB");
     // Paced to last about two minutes; stopped (SIGTERM) once the requests are done and
     // finished by `run --resume`.
-    let run = Proc::serving(
-        "run",
+    let mut run = common::spawn_run(
+        &input,
+        &dir,
         &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
             "--speed",
             "200000",
             "--snapshot-interval",
             "1s",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--no-progress",
             "--metrics-addr",
             &metrics,
             "--http-addr",
@@ -87,9 +82,8 @@ fn hostile_requests_leave_the_pipeline_alone() {
             "--http-header-timeout",
             "3s",
         ],
-        &page,
-        Duration::from_secs(90),
     );
+    run.wait_listening(&page, Duration::from_secs(90));
     let pid = run.child.id();
     wait_until(Duration::from_secs(90), "the page's first snapshot", || {
         get(&page, "/readyz").0 == 200
@@ -412,7 +406,6 @@ fn hostile_requests_leave_the_pipeline_alone() {
     assert!(outcome("answered") >= 3.0, "{text}");
 
     // The pipeline never noticed: stopped and resumed, its tables are exact.
-    let mut run = run;
     assert!(
         run.running(),
         "the run ended before the requests did: {}",
@@ -430,18 +423,7 @@ fn the_page_is_ready_only_with_a_snapshot_caches_overviews_and_never_serves_prun
     let dir = tmp.path().join("snaps");
     std::fs::create_dir_all(&dir).unwrap();
     let page = format!("127.0.0.1:{}", free_port());
-    let serve = Proc::serving(
-        "serve",
-        &[
-            "serve",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            &page,
-        ],
-        &page,
-        Duration::from_secs(30),
-    );
+    let serve = common::serve(&dir, &page, Duration::from_secs(30));
     let pid = serve.child.id();
     // Up, but with nothing to answer from: not ready.
     assert_eq!(get(&page, "/healthz").0, 200);

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::http::{get, header};
-use common::ok;
 use common::prometheus::promtool;
 use common::spawn::Proc;
 use common::wait::{wait_until, wait_until_ok};
@@ -30,16 +29,11 @@ fn promtool_check(text: &str) {
 #[test]
 fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "41", "--out", input]);
-    let snaps = tmp.path().join("snaps");
-    let snaps = snaps.to_str().unwrap();
-    let child = Proc::spawn(
-        "run",
+    let input = common::generate(tmp.path(), 6000, 41);
+    let child = common::spawn_run(
+        &input,
+        &tmp.path().join("snaps"),
         &[
-            "run",
-            "--no-progress",
             "--rate",
             "2000",
             "--snapshot-interval",
@@ -48,10 +42,6 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
             "json",
             "--metrics-addr",
             "127.0.0.1:0",
-            "--input",
-            input,
-            "--snapshot-dir",
-            snaps,
         ],
     );
     let addr = child.metrics_addr(LIMIT);
@@ -117,14 +107,10 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
 #[test]
 fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "43", "--out", input]);
+    let input = common::generate(tmp.path(), 6000, 43);
     let snaps = tmp.path().join("snaps");
     let run = |extra: &[&str]| {
         let mut args = vec![
-            "run",
-            "--no-progress",
             "--rate",
             "1500",
             "--snapshot-interval",
@@ -133,13 +119,9 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
             "json",
             "--metrics-addr",
             "127.0.0.1:0",
-            "--input",
-            input,
-            "--snapshot-dir",
-            snaps.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        Proc::spawn("run", &args)
+        common::spawn_run(&input, &snaps, &args)
     };
     let first = run(&[]);
     common::wait_for_manifest(&snaps, LIMIT, |m| {
@@ -196,17 +178,16 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
 #[test]
 fn out_of_file_descriptors_the_metrics_endpoint_waits_and_comes_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "47", "--out", input]);
+    let input = common::generate(tmp.path(), 6000, 47);
     let snaps = tmp.path().join("snaps");
     // A few descriptors beyond what the run itself needs: connections use up the rest.
     let child = Proc::start(
         "run",
         Command::new("sh").arg("-c").arg(format!(
             "ulimit -n 40 && exec {} run --no-progress --rate 1000 --metrics-addr 127.0.0.1:0 \
-             --input {input} --snapshot-dir {}",
+             --input {} --snapshot-dir {}",
             env!("CARGO_BIN_EXE_storepulse"),
+            input.display(),
             snaps.display()
         )),
     );

@@ -15,7 +15,7 @@ use serde_json::json;
 use common::browser::Browser;
 use common::http::{get, post_json as post};
 use common::query_csv;
-use common::spawn::{free_port, Proc};
+use common::spawn::free_port;
 use common::wait::wait_until;
 
 /// CSV rows of a query (header dropped), each split on commas (the values compared here
@@ -51,27 +51,21 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     let dir = tmp.path().join("snaps");
     let addr = format!("127.0.0.1:{}", free_port());
     // About 25 s of replay with a snapshot every second.
-    let run = Proc::serving(
-        "run",
+    let mut run = common::spawn_run(
+        &input,
+        &dir,
         &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
             "--speed",
             "1100000",
             "--snapshot-interval",
             "1s",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--no-progress",
             "--metrics-addr",
             "127.0.0.1:0",
             "--http-addr",
             &addr,
         ],
-        &addr,
-        Duration::from_secs(60),
     );
+    run.wait_listening(&addr, Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "a snapshot served", || {
         get(&addr, "/api/snapshot").0 == 200
     });
@@ -85,7 +79,6 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     b.eval("window.loadedOnce = true; return 1;", json!([]));
     // While the run goes on, the page moves to each new snapshot by itself.
     let mut versions = std::collections::BTreeSet::new();
-    let mut run = run;
     wait_until(Duration::from_secs(120), "the run to finish", || {
         let v = b.eval("return document.body.dataset.version;", json!([]));
         versions.insert(v.as_str().unwrap_or_default().to_string());
@@ -103,18 +96,7 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     // put while the page is compared with `query`.
     let run_addr = addr;
     let addr = format!("127.0.0.1:{}", free_port());
-    let _serve = Proc::serving(
-        "serve",
-        &[
-            "serve",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            &addr,
-        ],
-        &addr,
-        Duration::from_secs(60),
-    );
+    let _serve = common::serve(&dir, &addr, Duration::from_secs(60));
     wait_until(Duration::from_secs(60), "serve to answer", || {
         get(&addr, "/api/snapshot").0 == 200
     });

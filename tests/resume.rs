@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::spawn::Proc;
 use common::{manifest, ok, query_tables, run, run_json, storepulse, wait_for_manifest};
 
 fn rejected(dir: &Path) -> Vec<u8> {
@@ -28,21 +27,16 @@ fn a_stopped_run_resumes_exactly_with_its_dead_letters() {
         run(&input, &whole, &["--order", order]);
 
         let cut = tmp.path().join(format!("cut-{order}"));
-        let child = Proc::spawn(
-            "run",
+        let child = common::spawn_run(
+            &input,
+            &cut,
             &[
-                "run",
-                "--no-progress",
                 "--order",
                 order,
                 "--rate",
                 "1000",
                 "--snapshot-interval",
                 "50ms",
-                "--input",
-                input_arg,
-                "--snapshot-dir",
-                cut.to_str().unwrap(),
             ],
         );
         wait_for_manifest(&cut, Duration::from_secs(60), |m| {
@@ -120,11 +114,10 @@ fn a_killed_run_resumes_from_its_snapshot_and_cuts_its_dead_letters_back() {
         attempt += 1;
         assert!(attempt <= 5, "never killed past a snapshot's dead letters");
         let cut = tmp.path().join(format!("cut-{attempt}"));
-        let child = Proc::spawn(
-            "run",
+        let child = common::spawn_run(
+            &input,
+            &cut,
             &[
-                "run",
-                "--no-progress",
                 "--order",
                 "file",
                 "--rate",
@@ -133,10 +126,6 @@ fn a_killed_run_resumes_from_its_snapshot_and_cuts_its_dead_letters_back() {
                 "500ms",
                 "--metrics-addr",
                 "127.0.0.1:0",
-                "--input",
-                input.to_str().unwrap(),
-                "--snapshot-dir",
-                cut.to_str().unwrap(),
             ],
         );
         let rejected_len = || std::fs::metadata(cut.join("rejected.csv")).map_or(0, |m| m.len());

@@ -47,7 +47,29 @@ pub fn query_csv(dir: &Path, sql: &str) -> String {
     ])
 }
 
+/// `run` of `input` into `dir` with `extra` flags; insists on success, returns stdout.
 pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
+    ok(&run_args(input, dir, extra))
+}
+
+/// The same `run` in the background (named `run` in messages).
+pub fn spawn_run(input: &Path, dir: &Path, extra: &[&str]) -> spawn::Proc {
+    spawn::Proc::spawn("run", &run_args(input, dir, extra))
+}
+
+/// `serve` of `dir` on `addr`, once it listens there (for at most `limit`).
+pub fn serve(dir: &Path, addr: &str, limit: Duration) -> spawn::Proc {
+    let args = [
+        "serve",
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--http-addr",
+        addr,
+    ];
+    spawn::Proc::serving("serve", &args, addr, limit)
+}
+
+fn run_args<'a>(input: &'a Path, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--input",
@@ -57,7 +79,7 @@ pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
         "--no-progress",
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
 }
 
 /// `run` with `--summary json`: its summary, checked against the schema.
