@@ -9,8 +9,7 @@
 //! `cargo bench --bench kafka`; `STOREPULSE_BENCH_ROWS` sets another size.
 
 mod common;
-#[allow(dead_code)]
-#[path = "../tests/common/kafka.rs"]
+#[path = "../tests/common/mod.rs"]
 mod harness;
 
 use std::time::{Duration, Instant};
@@ -178,7 +177,7 @@ fn main() {
     let rows = common::rows();
     let path = common::data_file(rows);
     let input = path.to_str().unwrap();
-    let broker = harness::Broker::start();
+    let broker = harness::kafka::Broker::start();
     broker.create_topic("purchases", PARTITIONS);
     println!("input: {input} ({rows} lines); tansu on {}", broker.addr);
 

@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::spawn::Proc;
 use common::{manifest, ok, query_csv, run, storepulse, wait_for_manifest};
 
 fn golden() -> PathBuf {
@@ -118,17 +118,8 @@ fn output_formats() {
     );
 }
 
-fn spawn_run(dir: &Path, extra: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args(["run", "--no-progress", "--input"])
-        .arg(golden())
-        .arg("--snapshot-dir")
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn spawn_run(dir: &Path, extra: &[&str]) -> Proc {
+    common::spawn_run(&golden(), dir, extra)
 }
 
 #[test]
@@ -150,12 +141,7 @@ fn snapshots_are_written_periodically_and_only_the_newest_kept() {
     wait_for_manifest(dir.path(), Duration::from_secs(60), |m| {
         m["id"].as_u64().unwrap_or(0) >= 3
     });
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    child.wait_ok(Duration::from_secs(60));
     let m = manifest(dir.path());
     assert!(
         m["id"].as_u64().unwrap() >= 4,
@@ -191,21 +177,16 @@ fn sigterm_drains_writes_a_final_snapshot_and_exits_zero() {
         m["counts"]["accepted"].as_u64().unwrap_or(0) >= 1
     });
     let seen = manifest(dir.path());
-    // SAFETY: signalling the child we started, by its id.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.signal(libc::SIGTERM);
     let started = Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let (status, out, err) = child.wait_exit(Duration::from_secs(60));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?} to stop",
         started.elapsed()
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    assert!(status.success(), "{err}\n{out}");
+    let summary = common::summary(&out);
     assert_eq!(summary["state"], "stopped_early", "{summary}");
     let m = manifest(dir.path());
     assert!(

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::http::{children, cpu_seconds, get, request, sql, status_kib, wait_until, workers};
-use common::kafka::Proc;
-use common::prometheus::free_port;
+use common::http::{connect, get, request, sql};
+use common::procfs::{children, cpu_seconds, status_kib, workers};
 use common::query_tables;
+use common::spawn::free_port;
+use common::wait::wait_until;
 
 /// Samples the resident memory of the query workers of `pid` until stopped; the largest
 /// seen, in KiB.
@@ -58,19 +59,14 @@ fn hostile_requests_leave_the_pipeline_alone() {
     let limit = format!("{LIMIT_MIB}MiB");
     // Paced to last about two minutes; stopped (SIGTERM) once the requests are done and
     // finished by `run --resume`.
-    let run = Proc::spawn(
-        "run",
+    let mut run = common::spawn_run(
+        &input,
+        &dir,
         &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
             "--speed",
             "200000",
             "--snapshot-interval",
             "1s",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--no-progress",
             "--metrics-addr",
             &metrics,
             "--http-addr",
@@ -87,9 +83,10 @@ fn hostile_requests_leave_the_pipeline_alone() {
             "3s",
         ],
     );
+    run.wait_listening(&page, Duration::from_secs(90));
     let pid = run.child.id();
     wait_until(Duration::from_secs(90), "the page's first snapshot", || {
-        TcpStream::connect(&page).is_ok() && get(&page, "/readyz").0 == 200
+        get(&page, "/readyz").0 == 200
     });
     // Enough customers that a self join of `rfm` is large.
     wait_until(Duration::from_secs(90), "200 customers", || {
@@ -242,7 +239,7 @@ fn hostile_requests_leave_the_pipeline_alone() {
     // while `/healthz` (page and metrics) is probed.
     let slow_conns: Vec<TcpStream> = (0..200)
         .map(|_| {
-            let mut s = TcpStream::connect(&page).unwrap();
+            let mut s = connect(&page).unwrap();
             s.write_all(b"GET /api/overview HTTP/1.1\r\nHo").unwrap();
             s
         })
@@ -317,30 +314,31 @@ fn hostile_requests_leave_the_pipeline_alone() {
         "slow connections were kept"
     );
     // Beyond the connection cap, a quick refusal.
-    let mut held: Vec<TcpStream> = (0..310)
-        .map(|_| TcpStream::connect(&page).unwrap())
-        .collect();
+    let mut held: Vec<TcpStream> = (0..310).map(|_| connect(&page).unwrap()).collect();
     for s in &held {
         s.set_nonblocking(true).unwrap();
     }
     let mut busy = 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while busy < 10 && Instant::now() < deadline {
-        held.retain_mut(|s| {
-            let mut buf = [0u8; 64];
-            match s.read(&mut buf) {
-                Ok(n) if n > 0 => {
-                    busy +=
-                        usize::from(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
-                    false
+    wait_until(
+        Duration::from_secs(10),
+        "10 connections refused beyond the cap",
+        || {
+            held.retain_mut(|s| {
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        busy += usize::from(
+                            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"),
+                        );
+                        false
+                    }
+                    _ => true,
                 }
-                _ => true,
-            }
-        });
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            });
+            busy >= 10
+        },
+    );
     drop(held);
-    assert!(busy >= 10, "{busy} connections refused beyond the cap");
     wait_until(
         Duration::from_secs(10),
         "the page to take connections again",
@@ -408,7 +406,6 @@ fn hostile_requests_leave_the_pipeline_alone() {
     assert!(outcome("answered") >= 3.0, "{text}");
 
     // The pipeline never noticed: stopped and resumed, its tables are exact.
-    let mut run = run;
     assert!(
         run.running(),
         "the run ended before the requests did: {}",
@@ -426,20 +423,8 @@ fn the_page_is_ready_only_with_a_snapshot_caches_overviews_and_never_serves_prun
     let dir = tmp.path().join("snaps");
     std::fs::create_dir_all(&dir).unwrap();
     let page = format!("127.0.0.1:{}", free_port());
-    let serve = Proc::spawn(
-        "serve",
-        &[
-            "serve",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            &page,
-        ],
-    );
+    let serve = common::serve(&dir, &page, Duration::from_secs(30));
     let pid = serve.child.id();
-    wait_until(Duration::from_secs(30), "serve to listen", || {
-        TcpStream::connect(&page).is_ok()
-    });
     // Up, but with nothing to answer from: not ready.
     assert_eq!(get(&page, "/healthz").0, 200);
     let (status, _, why) = get(&page, "/readyz");

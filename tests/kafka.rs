@@ -7,12 +7,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::kafka::{serial, total, wait_for, Proc};
+use common::kafka::{serial, total, wait_for};
 use common::kafka_cases::{
     accepted_in, accepted_total, assert_same_tables, paced_replay, process_args, replay, Case,
     LIMIT,
 };
 use common::query_csv;
+use common::spawn::Proc;
+use common::wait::wait_until_ok;
 
 #[test]
 fn replay_through_kafka_into_one_processor_equals_run() {
@@ -193,20 +195,14 @@ fn wait_until_shared(a: &Proc, b: &Proc) {
             .map(String::from)
             .unwrap_or_default()
     };
-    let deadline = Instant::now() + LIMIT;
-    while last(a).contains("[]")
-        || last(b).contains("[]")
-        || last(a).is_empty()
-        || last(b).is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the partitions were never shared:\n{}\n{}",
-            a.stderr(),
-            b.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ok(LIMIT, "the partitions to be shared", || {
+        let (la, lb) = (last(a), last(b));
+        if la.is_empty() || lb.is_empty() || la.contains("[]") || lb.contains("[]") {
+            Err(format!("{}\n{}", a.stderr(), b.stderr()))
+        } else {
+            Ok(())
+        }
+    });
 }
 
 #[test]
@@ -304,11 +300,7 @@ fn a_processor_outlives_its_broker_and_still_stops_cleanly() {
     });
     c.broker.stop();
     // The client retries; the processor neither crashes nor gives up.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !proc.stderr().contains("All broker connections are down") {
-        assert!(Instant::now() < deadline, "{}", proc.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    proc.wait_stderr("All broker connections are down", Duration::from_secs(30));
     assert!(proc.running(), "{}", proc.stderr());
     let start = Instant::now();
     let out = proc.terminate(LIMIT);

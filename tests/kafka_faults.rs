@@ -9,11 +9,13 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::kafka::{free_addr, partition_manifests, serial, total, wait_for, Broker, Proc};
+use common::kafka::{partition_manifests, serial, total, wait_for, Broker};
 use common::kafka_cases::{
     accepted_in, accepted_total, assert_same_tables, generate, paced_replay, process_args, replay,
     replay_args, Case, LIMIT,
 };
+use common::spawn::{free_addr, Proc};
+use common::wait::{wait_until, wait_until_ok};
 use common::{query_csv, storepulse};
 
 /// The replay's exit status and summary when it may fail.
@@ -28,14 +30,9 @@ fn replay_status(broker: &Broker, input: &Path, extra: &[&str]) -> (bool, String
 
 /// Waits until at least `n` messages are in `topic` (paced replays write one per batch).
 fn wait_for_messages(broker: &Broker, topic: &str, n: i64) {
-    let deadline = Instant::now() + LIMIT;
-    while broker.messages_in(topic) < n {
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} messages in {topic}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(LIMIT, format_args!("{n} messages in {topic}"), || {
+        broker.messages_in(topic) >= n
+    });
 }
 
 fn run_processor_to_end(c: &Case, extra: &[&str]) -> String {
@@ -439,24 +436,20 @@ fn a_second_processor_joins_mid_stream_and_leaves_again() {
     );
     // b takes some partitions over, applies events of them, then leaves while events
     // still flow.
-    let deadline = Instant::now() + LIMIT;
-    let taken: Vec<i64> = loop {
-        let line = b
-            .stderr()
+    let taken: Vec<i64> = wait_until_ok(LIMIT, "b to get a partition", || {
+        let log = b.stderr();
+        let line = log
             .lines()
             .rfind(|l| l.contains("assigned partitions=["))
-            .map(String::from);
-        if let Some(l) = line.filter(|l| !l.contains("[]")) {
-            let list = &l[l.find('[').unwrap() + 1..l.find(']').unwrap()];
-            break list.split(", ").map(|p| p.parse().unwrap()).collect();
+            .filter(|l| !l.contains("[]"));
+        match line {
+            Some(l) => {
+                let list = &l[l.find('[').unwrap() + 1..l.find(']').unwrap()];
+                Ok(list.split(", ").map(|p| p.parse().unwrap()).collect())
+            }
+            None => Err(log),
         }
-        assert!(
-            Instant::now() < deadline,
-            "b never got a partition:\n{}",
-            b.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     let snapshot_ids = |m: &[serde_json::Value]| -> Vec<u64> {
         taken
             .iter()

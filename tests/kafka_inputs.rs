@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{serial, Broker, Msg};
 use common::kafka_cases::{generate, replay};
+use common::wait::Deadline;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
@@ -164,13 +165,13 @@ fn watch(
     }
     ready.send(()).unwrap();
     let mut seen = Vec::with_capacity(expected);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // The consumer's poll is the wait: a sleep here would delay the arrivals measured.
+    let deadline = Deadline::after(Duration::from_secs(120));
     while seen.len() < expected {
-        assert!(
-            Instant::now() < deadline,
-            "watcher stalled at {}",
+        deadline.check(format_args!(
+            "{expected} events (the watcher has {})",
             seen.len()
-        );
+        ));
         if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
             let m = Msg::of(&m);
             if m.control.is_none() {

@@ -3,20 +3,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::spawn::storepulse_command;
 use common::{manifest, said};
 
 /// `run` over the golden input with `env` set (and nothing else); stdout and stderr.
 fn run(dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> (String, String) {
     let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/input.csv");
-    let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args(["run", "--input", input.to_str().unwrap(), "--snapshot-dir"])
+    let out = storepulse_command(&["run", "--input", input.to_str().unwrap(), "--snapshot-dir"])
         .arg(dir)
         .args(["--no-progress", "--metrics-addr", "127.0.0.1:0"])
         .args(extra)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().copied())
         .output()
         .unwrap();

@@ -4,12 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::ok;
-use common::prometheus::{get, promtool};
+use common::http::{get, header};
+use common::prometheus::promtool;
+use common::spawn::Proc;
+use common::wait::{wait_until, wait_until_ok};
+
+const LIMIT: Duration = Duration::from_secs(60);
 
 /// The value of the sample `name` (with its labels, if any) in an exposition.
 fn sample(text: &str, name: &str) -> Option<f64> {
@@ -26,61 +29,45 @@ fn promtool_check(text: &str) {
 #[test]
 fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "41", "--out", input]);
-    let snaps = tmp.path().join("snaps");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args([
-            "run",
-            "--no-progress",
+    let input = common::generate(tmp.path(), 6000, 41);
+    let child = common::spawn_run(
+        &input,
+        &tmp.path().join("snaps"),
+        &[
             "--rate",
             "2000",
             "--snapshot-interval",
             "200ms",
             "--summary",
             "json",
-        ])
-        .args([
             "--metrics-addr",
             "127.0.0.1:0",
-            "--input",
-            input,
-            "--snapshot-dir",
-        ])
-        .arg(&snaps)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = common::metrics_address_in(&line)
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+        ],
+    );
+    let addr = child.metrics_addr(LIMIT);
 
     assert_eq!(get(&addr, "/healthz").0, 200);
     // Event-time order reads the whole file before the first event is due: once events
     // flow, the line counters are final.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let (status, content_type, text) = get(&addr, "/metrics");
+    let text = wait_until_ok(LIMIT, "events applied and a snapshot", || {
+        let (status, head, text) = get(&addr, "/metrics");
         assert_eq!(status, 200);
-        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(
+            header(&head, "content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
         if sample(&text, "storepulse_events_applied_total").unwrap_or(0.0) > 0.0
             && sample(&text, "storepulse_snapshots_total").unwrap_or(0.0) > 0.0
         {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "no events applied: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    });
     assert_eq!(get(&addr, "/readyz").0, 200);
     promtool_check(&text);
 
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    let summary = common::summary(&child.wait_ok(LIMIT));
     let count = |key: &str| common::count(&summary, key) as f64;
     assert_eq!(
         sample(&text, "storepulse_lines_read_total"),
@@ -117,58 +104,30 @@ fn run_serves_metrics_that_promtool_accepts_and_that_match_its_summary() {
     assert!(!text.contains("storepulse_process_"));
 }
 
-/// The address `run` says its metrics are on (its first line on stderr).
-fn metrics_address(
-    child: &mut std::process::Child,
-) -> (String, BufReader<std::process::ChildStderr>) {
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = common::metrics_address_in(&line)
-        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
-    (addr, stderr)
-}
-
 #[test]
 fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "43", "--out", input]);
+    let input = common::generate(tmp.path(), 6000, 43);
     let snaps = tmp.path().join("snaps");
     let run = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_storepulse"))
-            .args([
-                "run",
-                "--no-progress",
-                "--rate",
-                "1500",
-                "--snapshot-interval",
-                "100ms",
-                "--summary",
-                "json",
-            ])
-            .args([
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--input",
-                input,
-                "--snapshot-dir",
-            ])
-            .arg(&snaps)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let mut args = vec![
+            "--rate",
+            "1500",
+            "--snapshot-interval",
+            "100ms",
+            "--summary",
+            "json",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        common::spawn_run(&input, &snaps, &args)
     };
     let first = run(&[]);
-    common::wait_for_manifest(&snaps, Duration::from_secs(60), |m| {
+    common::wait_for_manifest(&snaps, LIMIT, |m| {
         m["counts"]["accepted"].as_u64().unwrap_or(0) >= 2000
     });
-    // SAFETY: signalling the child we started, by its id.
-    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
-    assert!(first.wait_with_output().unwrap().status.success());
+    first.terminate(LIMIT);
     let stopped = common::manifest(&snaps);
     let restored_lines = stopped["counts"]["records"].as_f64().unwrap();
     let cents = |sql: &str| -> f64 {
@@ -179,17 +138,16 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
     let restored_revenue = cents("SELECT SUM(revenue) AS r FROM daily_sales");
     assert!(restored_revenue > 0.0);
 
-    let mut resumed = run(&["--resume"]);
-    let (addr, _stderr) = metrics_address(&mut resumed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
+    let resumed = run(&["--resume"]);
+    let addr = resumed.metrics_addr(LIMIT);
+    let text = wait_until_ok(LIMIT, "events applied", || {
         let (_, _, text) = get(&addr, "/metrics");
         if sample(&text, "storepulse_events_applied_total").unwrap_or(0.0) > 0.0 {
-            break text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "no events applied: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    });
     promtool_check(&text);
     assert_eq!(
         sample(&text, "storepulse_resumed_lines_read"),
@@ -199,10 +157,9 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
         sample(&text, "storepulse_resumed_revenue_cents"),
         Some(restored_revenue)
     );
-    let out = resumed.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let out = resumed.wait_ok(LIMIT);
     let total_revenue = cents("SELECT SUM(revenue) AS r FROM daily_sales");
-    let summary = common::summary(&String::from_utf8(out.stdout).unwrap());
+    let summary = common::summary(&out);
     let lines = common::count(&summary, "records") as f64;
     let read_here = summary["records_read_this_run"].as_u64().unwrap() as f64;
     // The counters hold only what this process did: the rest of the file.
@@ -221,55 +178,37 @@ fn a_resumed_run_counts_from_zero_and_reports_what_it_restored_as_gauges() {
 #[test]
 fn out_of_file_descriptors_the_metrics_endpoint_waits_and_comes_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    let input = input.to_str().unwrap();
-    ok(&["generate", "--rows", "6000", "--seed", "47", "--out", input]);
+    let input = common::generate(tmp.path(), 6000, 47);
     let snaps = tmp.path().join("snaps");
     // A few descriptors beyond what the run itself needs: connections use up the rest.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
+    let child = Proc::start(
+        "run",
+        Command::new("sh").arg("-c").arg(format!(
             "ulimit -n 40 && exec {} run --no-progress --rate 1000 --metrics-addr 127.0.0.1:0 \
-             --input {input} --snapshot-dir {}",
+             --input {} --snapshot-dir {}",
             env!("CARGO_BIN_EXE_storepulse"),
+            input.display(),
             snaps.display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (addr, _stderr) = metrics_address(&mut child);
+        )),
+    );
+    let addr = child.metrics_addr(LIMIT);
     assert_eq!(get(&addr, "/healthz").0, 200);
     // The endpoint is up before the input is open: wait until lines are read, or the
     // connections below may take the descriptor the input needs.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while sample(&get(&addr, "/metrics").2, "storepulse_lines_read_total").unwrap_or(0.0) == 0.0 {
-        assert!(Instant::now() < deadline, "the run read no line");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut held = Vec::new();
-    for _ in 0..80 {
-        if let Ok(s) = std::net::TcpStream::connect(&addr) {
-            held.push(s);
-        }
-    }
+    wait_until(Duration::from_secs(20), "the run to read a line", || {
+        sample(&get(&addr, "/metrics").2, "storepulse_lines_read_total").unwrap_or(0.0) > 0.0
+    });
+    let held: Vec<_> = (0..80)
+        .filter_map(|_| common::http::connect(&addr).ok())
+        .collect();
     // The server accepts until it has no descriptor left, then waits; it must still be
     // there once they are given back.
     std::thread::sleep(Duration::from_millis(300));
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ok = std::net::TcpStream::connect(&addr).is_ok() && get(&addr, "/metrics").0 == 200;
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the metrics endpoint did not come back"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // SAFETY: signalling the child we started, by its id.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    wait_until(
+        Duration::from_secs(20),
+        "the metrics endpoint to come back",
+        || common::http::connect(&addr).is_ok() && get(&addr, "/metrics").0 == 200,
+    );
+    child.terminate(LIMIT);
 }

@@ -8,11 +8,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::kafka::{serial, Broker, Proc};
+use common::http::get;
+use common::kafka::{serial, Broker};
 use common::ok;
-use common::prometheus::{dashboard_exprs, free_port, get, promtool, Prometheus};
+use common::prometheus::{dashboard_exprs, promtool, Prometheus};
+use common::spawn::{free_port, Proc};
+use common::wait::wait_until;
 
 fn project(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -47,15 +50,6 @@ const READER_REASONS: [&str; 8] = [
     "invalid_price",
     "invalid_user_id",
 ];
-
-/// Waits (boundedly) until `done` holds.
-fn wait(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
 
 #[test]
 fn the_scrape_config_passes_promtool() {
@@ -145,7 +139,7 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
         ],
     );
 
-    wait(Duration::from_secs(120), "four scrapes of each job", || {
+    wait_until(Duration::from_secs(120), "four scrapes of each job", || {
         let scrapes = prometheus.query("count_over_time(up{job=~\"storepulse-.*\"}[5m]) >= 4");
         let up = prometheus.query("up{job=~\"storepulse-.*\"} == 1");
         scrapes.len() == 3 && up.len() == 3
@@ -228,7 +222,7 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     assert!(sent > 19_000.0, "{replay_summary}");
     let watermarks = replay_summary["watermarks"].as_u64().unwrap() as f64;
     assert!(watermarks >= 1.0, "{replay_summary}");
-    wait(Duration::from_secs(60), "the processor's counters", || {
+    wait_until(Duration::from_secs(60), "the processor's counters", || {
         let q = |e: &str| prometheus.value(e).unwrap_or(0.0);
         q("sum(storepulse_events_applied_total{job=\"storepulse-process\"})") == sent
             && q("sum(storepulse_messages_consumed_total{job=\"storepulse-process\"})")
@@ -255,7 +249,7 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             .collect()
     };
     let mut body = String::new();
-    wait(
+    wait_until(
         Duration::from_secs(60),
         "the page on the final snapshots",
         || {

@@ -7,17 +7,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::browser::Browser;
-use common::kafka::Proc;
-use common::prometheus::{free_port, get};
+use common::http::{get, post_json as post};
 use common::query_csv;
+use common::spawn::free_port;
+use common::wait::wait_until;
 
 /// CSV rows of a query (header dropped), each split on commas (the values compared here
 /// hold none).
@@ -27,22 +26,6 @@ fn rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
         .skip(1)
         .map(|l| l.split(',').map(String::from).collect())
         .collect()
-}
-
-fn post(addr: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, reply) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(reply).unwrap())
 }
 
 /// The bars of a chart as (name, value) pairs.
@@ -68,30 +51,24 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     let dir = tmp.path().join("snaps");
     let addr = format!("127.0.0.1:{}", free_port());
     // About 25 s of replay with a snapshot every second.
-    let run = Proc::spawn(
-        "run",
+    let mut run = common::spawn_run(
+        &input,
+        &dir,
         &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
             "--speed",
             "1100000",
             "--snapshot-interval",
             "1s",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--no-progress",
             "--metrics-addr",
             "127.0.0.1:0",
             "--http-addr",
             &addr,
         ],
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(&addr).is_err() || get(&addr, "/api/snapshot").0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "no snapshot served");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    run.wait_listening(&addr, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "a snapshot served", || {
+        get(&addr, "/api/snapshot").0 == 200
+    });
 
     let b = Browser::start(1280, 2400);
     b.goto(&format!("http://{addr}/"));
@@ -102,18 +79,12 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     b.eval("window.loadedOnce = true; return 1;", json!([]));
     // While the run goes on, the page moves to each new snapshot by itself.
     let mut versions = std::collections::BTreeSet::new();
-    let mut run = Some(run);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while run.as_mut().is_some_and(|r| r.running()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the run did not finish"
-        );
+    wait_until(Duration::from_secs(120), "the run to finish", || {
         let v = b.eval("return document.body.dataset.version;", json!([]));
         versions.insert(v.as_str().unwrap_or_default().to_string());
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    run.take().unwrap().wait_ok(Duration::from_secs(30));
+        !run.running()
+    });
+    run.wait_ok(Duration::from_secs(30));
     assert!(versions.len() >= 3, "the page showed only {versions:?}");
     assert_eq!(
         b.eval("return window.loadedOnce === true;", json!([])),
@@ -125,21 +96,10 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
     // put while the page is compared with `query`.
     let run_addr = addr;
     let addr = format!("127.0.0.1:{}", free_port());
-    let _serve = Proc::spawn(
-        "serve",
-        &[
-            "serve",
-            "--snapshot-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            &addr,
-        ],
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(&addr).is_err() || get(&addr, "/api/snapshot").0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "serve did not answer");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let _serve = common::serve(&dir, &addr, Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "serve to answer", || {
+        get(&addr, "/api/snapshot").0 == 200
+    });
     b.goto(&format!("http://{addr}/"));
     let latest = std::fs::read_to_string(dir.join("LATEST"))
         .unwrap()

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{manifest, ok, query_tables, run, run_json, storepulse, wait_for_manifest};
@@ -28,26 +27,22 @@ fn a_stopped_run_resumes_exactly_with_its_dead_letters() {
         run(&input, &whole, &["--order", order]);
 
         let cut = tmp.path().join(format!("cut-{order}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-            .args(["run", "--no-progress", "--order", order, "--rate", "1000"])
-            .args(["--snapshot-interval", "50ms", "--input", input_arg])
-            .arg("--snapshot-dir")
-            .arg(&cut)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = common::spawn_run(
+            &input,
+            &cut,
+            &[
+                "--order",
+                order,
+                "--rate",
+                "1000",
+                "--snapshot-interval",
+                "50ms",
+            ],
+        );
         wait_for_manifest(&cut, Duration::from_secs(60), |m| {
             m["counts"]["accepted"].as_u64().unwrap_or(0) >= 1000
         });
-        // SAFETY: signalling the child we started, by its id.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        child.terminate(Duration::from_secs(60));
         let stopped = manifest(&cut);
         assert_eq!(stopped["input"]["complete"], false, "{order}: {stopped}");
         let applied = stopped["input"]["events_applied"].as_u64().unwrap();
@@ -119,29 +114,26 @@ fn a_killed_run_resumes_from_its_snapshot_and_cuts_its_dead_letters_back() {
         attempt += 1;
         assert!(attempt <= 5, "never killed past a snapshot's dead letters");
         let cut = tmp.path().join(format!("cut-{attempt}"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-            .args(["run", "--no-progress", "--order", "file", "--rate", "20000"])
-            .args([
+        let child = common::spawn_run(
+            &input,
+            &cut,
+            &[
+                "--order",
+                "file",
+                "--rate",
+                "20000",
                 "--snapshot-interval",
                 "500ms",
                 "--metrics-addr",
                 "127.0.0.1:0",
-            ])
-            .arg("--input")
-            .arg(&input)
-            .arg("--snapshot-dir")
-            .arg(&cut)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            ],
+        );
         let rejected_len = || std::fs::metadata(cut.join("rejected.csv")).map_or(0, |m| m.len());
         wait_for_manifest(&cut, Duration::from_secs(60), |m| {
             m["counts"]["accepted"].as_u64().unwrap_or(0) > 0
                 && rejected_len() > m["input"]["rejected_bytes"].as_u64().unwrap_or(u64::MAX)
         });
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.kill9();
         let snap = manifest(&cut);
         let covered = snap["input"]["rejected_bytes"].as_u64().unwrap();
         if rejected_len() > covered {

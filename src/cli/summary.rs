@@ -104,7 +104,7 @@ pub fn run(outcome: &DriverOutcome, wall: Duration, dir: &Path) -> Value {
     let m = &outcome.manifest;
     let core = &outcome.core;
     let days: Vec<i32> = core.days().map(|d| d.0).collect();
-    let day = |d: Option<&i32>| d.map(|&d| super::run::day_string(d));
+    let day = |d: Option<&i32>| d.map(|&d| super::text::day_string(d));
     let (lines_read, events_applied) = match &m.input {
         InputPosition::File {
             lines_read,
@@ -141,7 +141,7 @@ pub fn run(outcome: &DriverOutcome, wall: Duration, dir: &Path) -> Value {
         "longest_snapshot_write_seconds": secs(outcome.longest_write),
         "last_snapshot_seconds": secs(outcome.last_write),
         "state_bytes": core.memory().total(),
-        "peak_memory_bytes": super::run::peak_memory_kib().map(|k| k * 1024),
+        "peak_memory_bytes": super::text::peak_memory_kib().map(|k| k * 1024),
     })
 }
 

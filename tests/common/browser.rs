@@ -3,14 +3,14 @@
 //! as `.ci/run` does). ChromeDriver listens on a free loopback port and is stopped when
 //! dropped.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::prometheus::free_port;
+use super::http;
+use super::spawn::{free_port, Server};
+use super::wait::wait_until_ok;
 
 pub fn ensure_installed() {
     let found = |bin: &str| std::path::Path::new(bin).exists();
@@ -20,39 +20,21 @@ pub fn ensure_installed() {
     super::apt_install("chromium chromium-driver");
 }
 
-/// One HTTP/1.1 request (ChromeDriver refuses 1.0; it replies with a length, not chunks)
-/// with a JSON body; returns the JSON reply.
+/// One WebDriver call with a JSON body; returns the JSON reply.
 fn request(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    // ChromeDriver may keep the connection open: read exactly Content-Length bytes.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no content-length: {head}"));
-    let mut reply = vec![0u8; length];
-    s.read_exact(&mut reply).unwrap();
-    serde_json::from_slice(&reply)
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}: {}", String::from_utf8_lossy(&reply)))
+    let (_, _, reply) = http::request(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{method} {path}: {e}: {reply}"))
 }
 
 pub struct Browser {
-    driver: Child,
+    driver: Server,
     addr: String,
     session: String,
 }
@@ -62,24 +44,22 @@ impl Browser {
     pub fn start(width: u32, height: u32) -> Browser {
         ensure_installed();
         let port = free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let addr = format!("127.0.0.1:{port}");
+        let driver = Server::start(
+            "chromedriver",
+            Command::new("/usr/bin/chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            &addr,
+            Duration::from_secs(30),
+        );
         // Owned from here on, so that a failure below still stops the driver.
         let mut browser = Browser {
             driver,
-            addr: format!("127.0.0.1:{port}"),
+            addr: addr.clone(),
             session: String::new(),
         };
-        let addr = browser.addr.clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -122,15 +102,14 @@ impl Browser {
 
     /// Waits (boundedly) until `script` returns something truthy; returns it.
     pub fn wait_for(&self, script: &str, limit: Duration) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
+        wait_until_ok(limit, script, || {
             let v = self.eval(script, json!([]));
-            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
-                return v;
+            if v.is_null() || v == json!(false) || v == json!("") || v == json!(0) {
+                Err(v)
+            } else {
+                Ok(v)
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {script}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 
     /// The browser console's entries since the last call: (level, message).
@@ -164,7 +143,6 @@ impl Drop for Browser {
             let path = format!("/session/{}", self.session);
             let _ = std::panic::catch_unwind(|| request(&self.addr, "DELETE", &path, None));
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.driver.stop();
     }
 }

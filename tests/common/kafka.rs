@@ -2,10 +2,8 @@
 //! loopback port, stopped when dropped. Installed with `cargo install` when missing (CI
 //! installs it up front in `.ci/run`).
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::spawn::{free_addr, Server};
+use super::wait::{wait_until, Deadline};
 
 /// Kafka tests run one at a time: each starts a broker and several processes, and two
 /// cores do not carry more without timing out.
@@ -38,18 +39,8 @@ fn tansu_binary() -> PathBuf {
     installed
 }
 
-/// A free loopback address for a broker to listen on later.
-pub fn free_addr() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 pub struct Broker {
-    child: Child,
+    server: Server,
     pub addr: String,
     _dir: tempfile::TempDir,
 }
@@ -60,7 +51,7 @@ impl Broker {
         Broker::start_on(&free_addr())
     }
 
-    /// Starts a broker on `addr` (see [`free_addr`]) and waits until it accepts connections.
+    /// Starts a broker on `addr` (see [`super::spawn::free_addr`]) and waits until it accepts connections.
     pub fn start_on(addr: &str) -> Broker {
         let bin = tansu_binary();
         let addr = addr.to_string();
@@ -68,56 +59,48 @@ impl Broker {
         // tansu reads a `.env` in its working directory: give it an empty one.
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu");
-        let broker = Broker {
-            child,
+        let server = Server::start(
+            "tansu",
+            Command::new(bin)
+                .args([
+                    "broker",
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .current_dir(dir.path())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log),
+            &addr,
+            Duration::from_secs(30),
+        );
+        Broker {
+            server,
             addr,
             _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not listen on {}",
-                broker.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        broker
     }
 
     /// Stops the broker (its in-memory data goes with it).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.stop();
     }
 
     /// SIGSTOP: the broker keeps its connections and data but answers nothing.
     pub fn pause(&self) {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGSTOP);
+            libc::kill(self.server.id() as i32, libc::SIGSTOP);
         }
     }
 
     /// SIGCONT after [`Broker::pause`].
     pub fn resume(&self) {
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGCONT);
+            libc::kill(self.server.id() as i32, libc::SIGCONT);
         }
     }
 
@@ -252,10 +235,10 @@ impl Broker {
             tpl.add_partition_offset(topic, p, Offset::Offset(low))
                 .unwrap();
             c.assign(&tpl).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Deadline::after(Duration::from_secs(60));
             let mut quiet_since = Instant::now();
             while quiet_since.elapsed() < Duration::from_millis(1500) {
-                assert!(Instant::now() < deadline, "reading {topic}/{p} timed out");
+                deadline.check(format_args!("{topic}/{p} to be read"));
                 if let Some(m) = c.poll(Duration::from_millis(100)) {
                     out.push(Msg::of(&m.unwrap()));
                     quiet_since = Instant::now();
@@ -298,174 +281,6 @@ impl Msg {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `storepulse` process in the background, killed when dropped. Its stderr is
-/// collected as it comes.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-    stderr: std::sync::Arc<Mutex<String>>,
-}
-
-impl Proc {
-    pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn storepulse");
-        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
-        let (pipe, sink) = (child.stderr.take().unwrap(), stderr.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc {
-            child,
-            name: name.into(),
-            stderr,
-        }
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// The stderr collected so far and from now on, readable after the process is gone.
-    pub fn stderr_log(&self) -> std::sync::Arc<Mutex<String>> {
-        self.stderr.clone()
-    }
-
-    /// Waits for the process to exit by itself, boundedly; returns stdout, insisting on
-    /// success.
-    pub fn wait_ok(mut self, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let out = read(self.child.stdout.take());
-                // The reader thread collects stderr until the pipe closes.
-                std::thread::sleep(Duration::from_millis(100));
-                let err = self.stderr();
-                assert!(
-                    status.success(),
-                    "{} failed ({status}):\n{err}\n{out}",
-                    self.name
-                );
-                return out;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let err = self.stderr();
-                panic!("{} did not finish in {limit:?}:\n{err}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for the process to exit by itself, boundedly; returns its status, stdout and
-    /// stderr, whatever the status.
-    pub fn wait_exit(mut self, limit: Duration) -> (std::process::ExitStatus, String, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let out = read(self.child.stdout.take());
-                // The reader thread collects stderr until the pipe closes.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, out, self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not finish in {limit:?}:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits (boundedly) until one line of the stderr collected so far contains every one
-    /// of `parts`.
-    pub fn wait_said(&self, parts: &[&str], limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self
-            .stderr()
-            .lines()
-            .any(|l| parts.iter().all(|p| l.contains(p)))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{} never said {parts:?} in one line:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits (boundedly) until the stderr collected so far contains `text`.
-    pub fn wait_stderr(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.stderr().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "{} never said `{text}`:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL: no final snapshot, no goodbye to the group.
-    pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    pub fn terminate(self, limit: Duration) -> String {
-        let pid = self.child.id() as i32;
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        self.wait_ok(limit)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read(pipe: Option<impl std::io::Read>) -> String {
-    let mut s = String::new();
-    if let Some(p) = pipe {
-        for line in BufReader::new(p).lines() {
-            s.push_str(&line.unwrap_or_default());
-            s.push('\n');
-        }
-    }
-    s
-}
-
 /// The partitions' latest manifests under a `process` snapshot folder.
 pub fn partition_manifests(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -492,14 +307,7 @@ pub fn wait_for(
     what: &str,
     pred: impl Fn(&[serde_json::Value]) -> bool,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if pred(&partition_manifests(dir)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(limit, what, || pred(&partition_manifests(dir)));
 }
 
 /// Sum of a count over the partitions' manifests.

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use super::generate;
-use super::kafka::{Broker, Proc};
+use super::kafka::Broker;
+use super::spawn::Proc;
 use super::{ok, query_tables, run, summary};
 
 pub const LIMIT: Duration = Duration::from_secs(180);

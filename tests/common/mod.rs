@@ -3,13 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub fn storepulse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
+    spawn::storepulse_command(args)
         .output()
         .expect("run storepulse")
 }
@@ -50,7 +47,29 @@ pub fn query_csv(dir: &Path, sql: &str) -> String {
     ])
 }
 
+/// `run` of `input` into `dir` with `extra` flags; insists on success, returns stdout.
 pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
+    ok(&run_args(input, dir, extra))
+}
+
+/// The same `run` in the background (named `run` in messages).
+pub fn spawn_run(input: &Path, dir: &Path, extra: &[&str]) -> spawn::Proc {
+    spawn::Proc::spawn("run", &run_args(input, dir, extra))
+}
+
+/// `serve` of `dir` on `addr`, once it listens there (for at most `limit`).
+pub fn serve(dir: &Path, addr: &str, limit: Duration) -> spawn::Proc {
+    let args = [
+        "serve",
+        "--snapshot-dir",
+        dir.to_str().unwrap(),
+        "--http-addr",
+        addr,
+    ];
+    spawn::Proc::serving("serve", &args, addr, limit)
+}
+
+fn run_args<'a>(input: &'a Path, dir: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "run",
         "--input",
@@ -60,7 +79,7 @@ pub fn run(input: &Path, dir: &Path, extra: &[&str]) -> String {
         "--no-progress",
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
 }
 
 /// `run` with `--summary json`: its summary, checked against the schema.
@@ -153,7 +172,10 @@ pub mod browser;
 pub mod http;
 pub mod kafka;
 pub mod kafka_cases;
+pub mod procfs;
 pub mod prometheus;
+pub mod spawn;
+pub mod wait;
 
 /// A generated input of `rows` lines (`storepulse generate`) at `dir/input.csv`.
 pub fn generate(dir: &Path, rows: u64, seed: u64) -> PathBuf {
@@ -172,19 +194,18 @@ pub fn generate(dir: &Path, rows: u64, seed: u64) -> PathBuf {
 
 /// Polls `dir`'s latest manifest until `done` holds, for at most `limit`.
 pub fn wait_for_manifest(dir: &Path, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let m = std::fs::read_to_string(dir.join("LATEST"))
-            .ok()
-            .and_then(|name| std::fs::read(dir.join(name.trim()).join("manifest.json")).ok())
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-        if m.as_ref().is_some_and(&done) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up waiting; last manifest {m:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait::wait_until_ok(
+        limit,
+        format_args!("a manifest in {}", dir.display()),
+        || {
+            let m = std::fs::read_to_string(dir.join("LATEST"))
+                .ok()
+                .and_then(|name| std::fs::read(dir.join(name.trim()).join("manifest.json")).ok())
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+            match m {
+                Some(m) if done(&m) => Ok(()),
+                m => Err(format!("{m:?}")),
+            }
+        },
+    );
 }

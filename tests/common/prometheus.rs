@@ -1,12 +1,15 @@
 //! A real Prometheus for tests: Debian's `prometheus` package (installed when missing, as
 //! `.ci/run` does), started on a free loopback port with a given scrape config and stopped
-//! when dropped; plus plain HTTP helpers for its API and for metrics endpoints.
+//! when dropped; its HTTP API through the tests' HTTP client.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::http::get;
+use super::spawn::{free_addr, Server};
+use super::wait::wait_until_ok;
 
 /// Installs Debian's `prometheus` package when `promtool` or `prometheus` is missing.
 pub fn ensure_installed() {
@@ -44,35 +47,6 @@ pub fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
     (out.status.success(), said)
 }
 
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP/1.0 GET (no chunked replies); returns (status, content type, body).
-pub fn get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(String::from)
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
 /// Percent-encodes a query-string value.
 pub fn encode(s: &str) -> String {
     s.bytes()
@@ -86,7 +60,7 @@ pub fn encode(s: &str) -> String {
 }
 
 pub struct Prometheus {
-    child: Child,
+    _server: Server,
     pub addr: String,
     _dir: tempfile::TempDir,
 }
@@ -99,37 +73,35 @@ impl Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("prometheus.yml");
         std::fs::write(&file, config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = free_addr();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
+        let server = Server::start(
+            "prometheus",
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(log),
+            &addr,
+            Duration::from_secs(60),
+        );
         let p = Prometheus {
-            child,
+            _server: server,
             addr,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = TcpStream::connect(&p.addr).is_ok() && get(&p.addr, "/-/ready").0 == 200;
-            if ready {
-                return p;
+        wait_until_ok(Duration::from_secs(60), "prometheus to be ready", || {
+            if get(&p.addr, "/-/ready").0 == 200 {
+                Ok(())
+            } else {
+                Err(p.log())
             }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready: {}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        });
+        p
     }
 
     pub fn log(&self) -> String {
@@ -153,13 +125,6 @@ impl Prometheus {
         let v = r.first()?["value"][1].as_str()?.parse().ok();
         assert!(r.len() <= 1, "{expr} gave {} series", r.len());
         v
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,132 @@
+//! `storepulse process`: flags, validation into a [`ProcessConfig`], the consuming run and
+//! its summary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::flags::{core, stall, KafkaArgs, PageArgs, WindowArgs};
+use super::{parse_duration, serve_metrics};
+use crate::kafka::consume::{self, ProcessConfig};
+use crate::snapshot::WindowConfig;
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group; processors of one group share the partitions.
+    #[arg(long, env = "STOREPULSE_GROUP", default_value = "storepulse")]
+    pub group: String,
+    /// Static group membership (`group.instance.id`): a processor restarted with the same
+    /// id gets its partitions back at once instead of after the session timeout.
+    #[arg(long, env = "STOREPULSE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Folder for the partitions' snapshots (one topic per folder; not the folder of
+    /// `run`'s snapshots: the two cannot be merged).
+    #[arg(
+        long,
+        env = "STOREPULSE_SNAPSHOT_DIR",
+        default_value = "snapshots-kafka"
+    )]
+    pub snapshot_dir: PathBuf,
+    /// How many snapshots to keep per partition.
+    #[arg(long, env = "STOREPULSE_KEEP_SNAPSHOTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_snapshots: u64,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Take these partitions of the topic without the group's rebalancing: `all`, or a
+    /// list such as `0,2,5` (a static assignment, as Flink and Arroyo use: no rebalance
+    /// pauses, and a broker outage is only a pause). Processes must not overlap; the group
+    /// still receives the committed offsets, for lag monitoring.
+    #[arg(long, env = "STOREPULSE_ASSIGN", value_name = "all|P,P,...", value_parser = parse_assignment)]
+    pub assign: Option<Assignment>,
+    /// Exit once every partition this process owns has reached the replayer's end of input.
+    #[arg(long, env = "STOREPULSE_STOP_AT_END")]
+    pub stop_at_end: bool,
+    /// Serve /metrics, /healthz and /readyz here (port 0: any free port).
+    #[arg(
+        long,
+        env = "STOREPULSE_METRICS_ADDR",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub page: PageArgs,
+    /// /healthz fails when the processor has made no progress for this long while its
+    /// consumer lag is above 0 (0s: never).
+    #[arg(long, env = "STOREPULSE_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: std::time::Duration,
+    /// /readyz fails once the broker has been unreachable this long.
+    #[arg(long, env = "STOREPULSE_BROKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub broker_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub summary: super::summary::SummaryArgs,
+}
+
+/// `--assign`: the partitions, none meaning all.
+#[derive(Debug, Clone)]
+pub struct Assignment(pub Vec<i32>);
+
+/// `--assign`: `all` (an empty list) or partition numbers.
+fn parse_assignment(text: &str) -> Result<Assignment, String> {
+    if text.trim() == "all" {
+        return Ok(Assignment(Vec::new()));
+    }
+    let mut v: Vec<i32> = text
+        .split(',')
+        .map(|p| match p.trim().parse::<i32>() {
+            Ok(n) if n >= 0 => Ok(n),
+            _ => Err(format!(
+                "`{p}` is not a partition number (use `all` or e.g. `0,2,5`)"
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    v.sort_unstable();
+    v.dedup();
+    Ok(Assignment(v))
+}
+
+pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
+    let core = core(&args.window);
+    let config = ProcessConfig {
+        connection: args.kafka.connection()?,
+        topic: args.kafka.topic.clone(),
+        group: args.group.clone(),
+        instance_id: args.instance_id.clone(),
+        snapshot_dir: args.snapshot_dir.clone(),
+        snapshot_interval: args.window.snapshot_interval(),
+        keep_snapshots: args.keep_snapshots as usize,
+        core,
+        window: WindowConfig::of(&core, "set by the replayer".into()),
+        stop_at_end: args.stop_at_end,
+        assignment: args.assign.clone().map(|a| a.0),
+    };
+    crate::metrics::health::get().configure(crate::metrics::health::HealthConfig {
+        stall_timeout: stall(args.stall_timeout),
+        broker_timeout: args.broker_timeout,
+        needs_partitions: true,
+    });
+    let _metrics = serve_metrics("process", args.metrics_addr);
+    let _page = args.page.start("process", &args.snapshot_dir);
+    let shutdown = crate::shutdown::install();
+    let start = std::time::Instant::now();
+    tracing::info!(
+        group = %config.group,
+        topic = %config.topic,
+        brokers = %config.connection.brokers,
+        snapshot_dir = %config.snapshot_dir.display(),
+        "processing"
+    );
+    let outcome = consume::process(config.clone(), shutdown)?;
+    let wall = start.elapsed();
+    let json = super::summary::process(&outcome, wall, &config.snapshot_dir);
+    crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
+        .context("writing the summary")?;
+    if args.summary.json() {
+        print!("{}", super::summary::line(&json));
+    } else {
+        print!("{}", super::text::process(&config, &outcome, wall));
+    }
+    Ok(())
+}
