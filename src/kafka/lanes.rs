@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 
-use super::consume::{ProcessConfig, ProcessError, ProcessOutcome};
 use super::dead_letters::DeadLetters;
 use super::observe::{self, Progress};
 use super::partition::{PartitionState, Verdict};
+use super::processor::{ProcessConfig, ProcessError, ProcessOutcome};
 use super::{DeadLetter, CONTROL_HEADER};
 use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;

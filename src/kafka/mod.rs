@@ -13,6 +13,7 @@ mod dead_letters;
 mod lanes;
 mod observe;
 pub mod partition;
+mod processor;
 pub mod publish;
 mod rebalance;
 

@@ -20,9 +20,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::consume::{ProcessConfig, ProcessError};
 use super::lanes::{drain, Commits, Input};
 use super::partition_count;
+use super::processor::{ProcessConfig, ProcessError};
 use crate::snapshot;
 
 pub(super) struct Ctx {
