@@ -217,6 +217,10 @@ impl WireEventRef<'_> {
     }
 }
 
+mod fast;
+
+pub use fast::decode;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,7 +177,7 @@ impl PartitionState {
             return Step::Done(self.control(kind, payload));
         }
         self.records += 1;
-        let wire: WireEventRef = match serde_json::from_slice(payload) {
+        let wire: WireEventRef = match storepulse_replay::wire::decode(payload) {
             Ok(w) => w,
             Err(e) => return Step::Done(self.undecodable(payload, e)),
         };
