@@ -19,6 +19,9 @@ pub fn decode(bytes: &[u8]) -> Result<WireEventRef<'_>, serde_json::Error> {
 }
 
 struct Cursor<'a> {
+    /// The whole message, checked as UTF-8 once: a string cut at its quotes (ASCII) is then
+    /// UTF-8 too.
+    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -39,18 +42,17 @@ impl<'a> Cursor<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters, in UTF-8.
+    /// A string without escapes or control characters.
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
-        let rest = &self.b[self.i..];
-        let end = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if rest[end] != b'"' {
+        let start = self.i;
+        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
+        let text = &self.b[start..end];
+        if self.b[end] != b'"' || text.iter().any(|&c| c < 0x20) {
             return None;
         }
-        self.i += end + 1;
-        std::str::from_utf8(&rest[..end]).ok()
+        self.i = end + 1;
+        self.s.get(start..end)
     }
 
     /// An unsigned integer as JSON writes one: digits, no leading zero, sign, fraction or
@@ -84,7 +86,8 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 }
 
 fn fast(bytes: &[u8]) -> Option<WireEventRef<'_>> {
-    let mut c = Cursor { b: bytes, i: 0 };
+    let s = std::str::from_utf8(bytes).ok()?;
+    let mut c = Cursor { s, b: bytes, i: 0 };
     let (mut version, mut line) = (None, None);
     let [mut event_id, mut event_time, mut order_id, mut product_id, mut category_id, mut category_code, mut brand, mut price, mut user_id] =
         [None; 9];
