@@ -7,11 +7,13 @@
 //! snapshot is durable, as a progress report for lag monitoring.
 //!
 //! This thread polls: it copies the messages polled into batches for the driver's thread,
-//! and its rebalance callbacks hand partitions over in band, waiting for the driver, so no
-//! message is in flight elsewhere when partitions change hands. Nothing here waits for the
-//! brokers: the processor starts without them (and says so), keeps its state through an
-//! outage, and its dead letters are retried (on the driver's thread) while the snapshots
-//! they hold back wait.
+//! and its rebalance callbacks hand partitions over in band, waiting for the driver's
+//! answer. Batches handed over before a rebalance are applied before it; a batch being
+//! gathered when partitions change hands is dropped (its messages are read again from the
+//! snapshots' offsets), so the driver never applies a message of an earlier assignment
+//! after the change. The processor starts without its brokers (it waits for them, saying
+//! so), keeps its state through an outage, and its dead letters are retried (on the
+//! driver's thread) while the snapshots they hold back wait.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,6 +155,7 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
     let mut polled: BTreeMap<i32, i64> = BTreeMap::new();
     let mut errors = Repeats::new(Duration::from_secs(10));
     let mut alive = true;
+    let mut generation = ctx.generation();
     while alive && !shutdown.load(Ordering::SeqCst) {
         if let Some(e) = ctx.error() {
             return Err(e);
@@ -162,7 +165,14 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
         } else {
             Duration::ZERO
         };
-        match consumer.poll(wait) {
+        let polled_now = consumer.poll(wait);
+        // Partitions changed hands inside this poll: what was polled before is not the
+        // driver's to apply (each partition is read again from its snapshot's offset).
+        if ctx.generation() != generation {
+            generation = ctx.generation();
+            batch.clear();
+        }
+        match polled_now {
             Some(Ok(m)) => {
                 polled.insert(m.partition(), m.offset() + 1);
                 batch.push(&m);

@@ -20,10 +20,23 @@ use crate::logs::Repeats;
 /// What is not delivered yet.
 #[derive(Debug, Default)]
 struct Pending {
-    /// Dead letters enqueued or waiting for a retry, not yet delivered, per partition.
+    /// Dead letters enqueued or waiting for a retry, not yet delivered, per partition,
+    /// sent since the partition was last taken here.
     outstanding: BTreeMap<i32, u64>,
-    /// Failed or never enqueued: (partition, key, value), oldest first.
-    retry: Vec<(i32, Vec<u8>, Vec<u8>)>,
+    /// How many times each partition was forgotten: a dead letter sent before is still
+    /// delivered, but no longer counts for the partition's snapshots.
+    epochs: BTreeMap<i32, u32>,
+    /// Failed or never enqueued: (whose, key, value), oldest first.
+    retry: Vec<(usize, Vec<u8>, Vec<u8>)>,
+}
+
+/// A dead letter's partition and its epoch, as the producer carries them.
+fn whose(partition: i32, epoch: u32) -> usize {
+    ((epoch as usize) << 32) | partition as u32 as usize
+}
+
+fn partition_epoch(whose: usize) -> (i32, u32) {
+    (whose as u32 as i32, (whose >> 32) as u32)
 }
 
 #[derive(Debug, Default)]
@@ -49,22 +62,25 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    /// The partition of the message the dead letter is about.
+    /// The partition of the message the dead letter is about, and its epoch ([`whose`]).
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, partition: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, whose: usize) {
         self.counts.note(result);
-        let p = partition as i32;
+        let (p, epoch) = partition_epoch(whose);
         let mut pending = self.lock();
         match result {
             Ok(_) => {
+                if pending.epochs.get(&p).copied().unwrap_or(0) != epoch {
+                    return;
+                }
                 if let Some(n) = pending.outstanding.get_mut(&p) {
                     *n = n.saturating_sub(1);
                 }
             }
             Err((_, m)) => {
                 let (key, value) = (m.key().unwrap_or_default(), m.payload().unwrap_or_default());
-                pending.retry.push((p, key.to_vec(), value.to_vec()));
+                pending.retry.push((whose, key.to_vec(), value.to_vec()));
             }
         }
     }
@@ -101,19 +117,20 @@ impl DeadLetters {
     /// Hands the dead letter of a message of `partition` over; never blocks.
     pub fn send(&self, partition: i32, record: &DeadLetter) {
         let value = serde_json::to_vec(record).expect("dead letter serializes");
-        *self
-            .producer
-            .context()
-            .lock()
-            .outstanding
-            .entry(partition)
-            .or_default() += 1;
-        self.enqueue(partition, record.reason.as_bytes(), value);
+        let whose = {
+            let mut pending = self.producer.context().lock();
+            *pending.outstanding.entry(partition).or_default() += 1;
+            whose(
+                partition,
+                pending.epochs.get(&partition).copied().unwrap_or(0),
+            )
+        };
+        self.enqueue(whose, record.reason.as_bytes(), value);
         self.producer.poll(Duration::ZERO);
     }
 
-    fn enqueue(&self, partition: i32, key: &[u8], value: Vec<u8>) {
-        let r = BaseRecord::with_opaque_to(&self.topic, partition as usize)
+    fn enqueue(&self, whose: usize, key: &[u8], value: Vec<u8>) {
+        let r = BaseRecord::with_opaque_to(&self.topic, whose)
             .key(key)
             .payload(value.as_slice());
         if let Err((e, _)) = self.producer.send(r) {
@@ -122,7 +139,7 @@ impl DeadLetters {
             if let Ok(mut last) = ctx.counts.last_error.lock() {
                 *last = Some(e.to_string());
             }
-            ctx.lock().retry.push((partition, key.to_vec(), value));
+            ctx.lock().retry.push((whose, key.to_vec(), value));
         }
     }
 
@@ -130,8 +147,8 @@ impl DeadLetters {
     pub fn retry(&self) {
         self.producer.poll(Duration::ZERO);
         let failed = std::mem::take(&mut self.producer.context().lock().retry);
-        for (p, key, value) in failed {
-            self.enqueue(p, &key, value);
+        for (whose, key, value) in failed {
+            self.enqueue(whose, &key, value);
         }
     }
 
@@ -143,10 +160,13 @@ impl DeadLetters {
     }
 
     /// Forgets a partition given up: its new owner reads its messages again from the last
-    /// snapshot and sends their dead letters itself.
+    /// snapshot and sends their dead letters itself. Those sent before are still delivered
+    /// (a dead letter may go twice, never be lost), but if the partition comes back here
+    /// they do not count for its snapshots.
     pub fn forget(&self, partition: i32) {
         let mut pending = self.producer.context().lock();
         pending.outstanding.remove(&partition);
+        *pending.epochs.entry(partition).or_default() += 1;
     }
 
     /// Waits, retrying, until `partitions` have no dead letter outstanding or `limit`
@@ -187,5 +207,18 @@ impl DeadLetters {
 
     pub fn counts(&self) -> &Deliveries {
         &self.producer.context().counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_partition_and_epoch_travel_together() {
+        for (p, e) in [(0, 0), (7, 3), (i32::MAX, u32::MAX), (1, 1 << 20)] {
+            assert_eq!(partition_epoch(whose(p, e)), (p, e));
+        }
+        assert_ne!(whose(1, 0), whose(1, 1));
     }
 }

@@ -90,6 +90,11 @@ impl Batch {
         std::mem::replace(self, empty)
     }
 
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.messages.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Mutex, MutexGuard};
 
@@ -35,6 +35,8 @@ pub(super) struct Ctx {
     assigned: Mutex<BTreeMap<i32, Option<i64>>>,
     /// The topic's partition count, read when partitions are taken.
     partitions: AtomicI32,
+    /// Counts rebalances: messages polled before one are not handed to the driver.
+    generation: AtomicU64,
     commits: Commits,
 }
 
@@ -87,6 +89,7 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.take(consumer, tpl),
             _ => {
@@ -117,6 +120,7 @@ impl Ctx {
             error: Mutex::new(None),
             assigned: Mutex::new(BTreeMap::new()),
             partitions: AtomicI32::new(0),
+            generation: AtomicU64::new(0),
             commits,
         }
     }
@@ -128,6 +132,13 @@ impl Ctx {
     /// The first error a callback met, if any.
     pub fn error(&self) -> Option<ProcessError> {
         lock(&self.error).take()
+    }
+
+    /// How many rebalances there were: a batch polled under another assignment is dropped
+    /// unsent (its messages are read again from the snapshots' offsets, by whichever
+    /// process owns their partitions now).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The owned partitions and the offsets they were assigned at.

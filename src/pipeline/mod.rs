@@ -243,6 +243,15 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
+        // Its previous snapshot may have finished since the interval began: collected
+        // first, for the store is with the writer until then.
+        let Some(slot) = self.lanes.get_mut(&key) else {
+            return Ok(());
+        };
+        if let Some(w) = slot.store.finished(false)? {
+            self.timings.longest_write = self.timings.longest_write.max(w.took);
+            self.published(pipeline, vec![(key, w)])?;
+        }
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
         };
