@@ -63,20 +63,11 @@ pub fn process(
         Ok(c) => c,
         Err(e) => return Err(abort(&tx, driver, e)),
     };
-    drop(tx);
-    match poll(&consumer, &shutdown) {
-        Ok(()) => {}
-        Err(e) => {
-            let ctx = consumer.context();
-            ctx.send(Input::Abort);
-            return Err(match driver.join().expect("the driver thread panicked") {
-                Err(driver_error) => driver_error,
-                Ok(_) => e,
-            });
-        }
+    if let Err(e) = poll(&consumer, &shutdown) {
+        return Err(abort(&tx, driver, e));
     }
     let ctx = consumer.context();
-    ctx.send(Input::Shutdown);
+    let _ = tx.send(Input::Shutdown);
     let ended = driver.join().expect("the driver thread panicked")?;
     ctx.commit_published(&consumer);
     let Ended {
@@ -104,11 +95,13 @@ pub fn process(
     Ok(outcome)
 }
 
-/// Stops the driver after a failure before polling began.
+/// Stops the driver after a failure: its own error, if it failed first, is the cause.
 fn abort(tx: &SyncSender<Input>, driver: DriverThread, e: ProcessError) -> ProcessError {
     let _ = tx.send(Input::Abort);
-    let _ = driver.join();
-    e
+    match driver.join().expect("the driver thread panicked") {
+        Err(driver_error) => driver_error,
+        Ok(_) => e,
+    }
 }
 
 /// The group member (or, with `--assign`, the static consumer), its partitions taken.

@@ -110,7 +110,6 @@ pub struct Timings {
     /// The time the last snapshot of a lane took (the stream had ended: it is on the
     /// critical path).
     pub last_write: Duration,
-    pub published: u64,
 }
 
 /// The lanes and their snapshots, as a [`Pipeline`] sees them while it applies input.
@@ -170,14 +169,7 @@ impl<P: Pipeline> Driver<P> {
             match flow {
                 Flow::Continue => {}
                 Flow::End => break,
-                Flow::Abort => {
-                    return Ok(Ended {
-                        pipeline: self.pipeline,
-                        lanes: self.state.lanes,
-                        timings: self.state.timings,
-                        waiting: Vec::new(),
-                    })
-                }
+                Flow::Abort => return Ok(self.ended(Vec::new())),
             }
             let now = Instant::now();
             if now >= last_tick + TICK {
@@ -196,12 +188,16 @@ impl<P: Pipeline> Driver<P> {
         self.pipeline.finishing(&self.state.lanes);
         let waiting = self.state.last(&mut self.pipeline)?;
         self.pipeline.tick(&mut self.state.lanes);
-        Ok(Ended {
+        Ok(self.ended(waiting))
+    }
+
+    fn ended(self, waiting: Vec<i32>) -> Ended<P> {
+        Ended {
             pipeline: self.pipeline,
             lanes: self.state.lanes,
             timings: self.state.timings,
             waiting,
-        })
+        }
     }
 }
 
@@ -211,14 +207,20 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        let mut published = Vec::new();
+        let published = self.finished(false)?;
+        self.published(pipeline, published)
+    }
+
+    /// The snapshots written beside the stream that are done (with `wait`, all of them).
+    fn finished(&mut self, wait: bool) -> Result<Vec<(i32, Written)>, SnapshotError> {
+        let mut done = Vec::new();
         for (&key, slot) in self.lanes.iter_mut() {
-            if let Some(w) = slot.store.finished(false)? {
+            if let Some(w) = slot.store.finished(wait)? {
                 self.timings.longest_write = self.timings.longest_write.max(w.took);
-                published.push((key, w));
+                done.push((key, w));
             }
         }
-        self.published(pipeline, published)
+        Ok(done)
     }
 
     fn published<P>(
@@ -229,7 +231,6 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        self.timings.published += written.len() as u64;
         if written.is_empty() {
             return Ok(());
         }
@@ -275,13 +276,7 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        let mut published = Vec::new();
-        for (&key, slot) in self.lanes.iter_mut() {
-            if let Some(w) = slot.store.finished(true)? {
-                self.timings.longest_write = self.timings.longest_write.max(w.took);
-                published.push((key, w));
-            }
-        }
+        let mut published = self.finished(true)?;
         let mut waiting = Vec::new();
         for (&key, slot) in self.lanes.iter_mut() {
             if !slot.dirty {
