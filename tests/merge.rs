@@ -9,6 +9,7 @@ use std::path::Path;
 use common::{feed, query_csv, query_tables, storepulse};
 use storepulse::aggregate::{Core, CoreConfig};
 use storepulse::replay::{read_all, sort_by_event_time, ReaderConfig};
+use storepulse::snapshot::view::{self, Reading};
 use storepulse::snapshot::{
     partition_dir, Counts, InputPosition, SnapshotMeta, SnapshotStore, WindowConfig,
 };
@@ -116,6 +117,21 @@ fn split_equals_whole(n: u64, finish: bool) {
     );
     for (x, y) in a.iter().zip(&b) {
         assert!(x.lines().count() > 10);
+        assert_eq!(x, y);
+    }
+    // The merged view is read instead of the partitions, with the same tables.
+    let parts = parts_dir.path();
+    assert!(matches!(view::reading(parts).unwrap(), Reading::Merge(_)));
+    let published = view::publish(parts, false)
+        .unwrap()
+        .expect("a complete set");
+    let Reading::Files(read) = view::reading(parts).unwrap() else {
+        panic!("the view is not read");
+    };
+    assert_eq!(read.manifest, published);
+    assert_eq!(published.tables.len(), 4, "the query tables alone");
+    assert_eq!(published.counts.accepted, whole.accepted());
+    for (x, y) in a.iter().zip(&query_tables(parts)) {
         assert_eq!(x, y);
     }
 }
@@ -239,4 +255,54 @@ fn snapshots_that_are_not_one_set_are_refused_with_the_difference_named() {
         .write(&core, meta(&core, file))
         .unwrap();
     refused(mixed.path(), &["both a `run` snapshot", "partitions/"]);
+}
+
+#[test]
+fn a_merged_view_covers_a_complete_set_and_is_read_while_it_is_the_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sql = "SELECT SUM(orders) AS orders FROM daily_sales";
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
+    assert_eq!(
+        view::publish(d, false).unwrap(),
+        None,
+        "partition 1 is missing"
+    );
+    write_partition(d, "purchases", 1, 2, &finished_part(1, 2));
+    let first = view::publish(d, false).unwrap().expect("a complete set");
+    let InputPosition::View {
+        topic,
+        partitions,
+        parts,
+    } = &first.input
+    else {
+        panic!("{:?}", first.input);
+    };
+    assert_eq!((topic.as_str(), *partitions), ("purchases", 2));
+    let ids: Vec<(i32, u64)> = parts.iter().map(|v| (v.partition, v.snapshot)).collect();
+    assert_eq!(ids, [(0, 1), (1, 1)]);
+    assert_eq!(view::publish(d, false).unwrap(), None, "already merged");
+    let orders = query_csv(d, sql);
+    let read_view = |d: &Path| matches!(view::reading(d).unwrap(), Reading::Files(_));
+    assert!(read_view(d));
+
+    // A newer snapshot of partition 0 (other numbers: every order of the file): the view
+    // no longer merges the latest, so the partitions are merged until the next view.
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 1));
+    assert!(!read_view(d));
+    let newer = query_csv(d, sql);
+    assert_ne!(newer, orders);
+    let second = view::publish(d, false).unwrap().expect("a newer set");
+    assert!(matches!(&second.input, InputPosition::View { parts, .. } if parts[0].snapshot == 2));
+    assert!(read_view(d));
+    assert_eq!(query_csv(d, sql), newer);
+
+    // A folder emptied and filled again up to the same snapshot ids, with other numbers:
+    // the view merges other snapshots and is not read.
+    std::fs::remove_dir_all(d.join(storepulse::snapshot::PARTITIONS_DIR)).unwrap();
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
+    write_partition(d, "purchases", 1, 2, &finished_part(1, 2));
+    assert!(!read_view(d));
+    assert_eq!(query_csv(d, sql), orders);
 }

@@ -33,6 +33,10 @@ pub struct ProcessArgs {
     /// How many snapshots to keep per partition.
     #[arg(long, env = "STOREPULSE_KEEP_SNAPSHOTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_snapshots: u64,
+    /// Publish the merged view of all partitions (what `query` and `serve` read) at most
+    /// this often while consuming, beside the stream; one more at the end.
+    #[arg(long, env = "STOREPULSE_VIEW_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub view_interval: std::time::Duration,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Take these partitions of the topic without the group's rebalancing: `all`, or a
@@ -97,6 +101,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         snapshot_dir: args.snapshot_dir.clone(),
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.keep_snapshots as usize,
+        view_interval: args.view_interval,
         core,
         window: WindowConfig::of(&core, "set by the replayer".into()),
         stop_at_end: args.stop_at_end,

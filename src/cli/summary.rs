@@ -111,7 +111,7 @@ pub fn run(outcome: &DriverOutcome, wall: Duration, dir: &Path) -> Value {
             events_applied,
             ..
         } => (*lines_read, *events_applied),
-        InputPosition::Kafka { .. } => (0, 0),
+        InputPosition::Kafka { .. } | InputPosition::View { .. } => (0, 0),
     };
     let applied = m.counts.accepted + late(&m.counts.rejected);
     let wall = secs(wall);
@@ -223,7 +223,7 @@ pub fn process(o: &ProcessOutcome, wall: Duration, dir: &Path) -> Value {
                 end_of_input,
                 ..
             } => (*next_offset, *end_of_input),
-            InputPosition::File { .. } => (0, false),
+            InputPosition::File { .. } | InputPosition::View { .. } => (0, false),
         };
         partitions.push(json!({
             "partition": p,

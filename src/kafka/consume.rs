@@ -87,11 +87,15 @@ pub fn process(
     }
     // The partitions' folders are unlocked before the group is left.
     drop(lanes);
-    let mut outcome = pipeline.outcome;
+    let Partitions { outcome, view, .. } = pipeline;
+    let mut outcome = outcome;
     outcome.not_final = waiting;
     outcome.longest_snapshot = timings.longest_pause;
     consumer.unsubscribe();
     leave_group(consumer, FINAL_CLOSE_WAIT);
+    // Once the group is left (its partitions go on elsewhere at once): the view of the
+    // latest set, which covers this process's last snapshots.
+    outcome.views = view.finish()?;
     Ok(outcome)
 }
 

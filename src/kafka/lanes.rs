@@ -27,8 +27,8 @@ use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
-    self, load_seen, load_state, partition_dir, Beside, InputPosition, SnapshotError, SnapshotMeta,
-    SnapshotStore, Written,
+    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, SnapshotError,
+    SnapshotMeta, SnapshotStore, Written,
 };
 
 /// How long the end of a run waits for undelivered dead letters before it gives up the
@@ -174,11 +174,14 @@ pub(super) struct Partitions {
     /// Reused per batch.
     verdicts: Vec<Verdict>,
     by_partition: BTreeMap<i32, Vec<usize>>,
+    /// Publishes the merged view of the topic beside the stream.
+    pub view: view::Periodic,
 }
 
 impl Partitions {
     pub fn new(config: ProcessConfig, dead_letters: DeadLetters, commits: Commits) -> Self {
         Self {
+            view: view::Periodic::new(&config.snapshot_dir, config.view_interval),
             config,
             dead_letters,
             outcome: ProcessOutcome::default(),
@@ -468,6 +471,7 @@ impl Pipeline for Partitions {
             self.outcome.last.insert(p, w.manifest);
         }
         SnapshotPublished { took, bytes }.emit();
+        self.view.poke();
         observe::state_bytes(lanes.values().map(|s| &s.lane.state));
         observe::score_segments(lanes.values().map(|s| &s.lane.state));
         Ok(())

@@ -22,6 +22,8 @@ pub struct ProcessConfig {
     pub snapshot_dir: PathBuf,
     pub snapshot_interval: Duration,
     pub keep_snapshots: usize,
+    /// The merged view is published at most this often (see `snapshot::view`).
+    pub view_interval: Duration,
     pub core: CoreConfig,
     pub window: WindowConfig,
     /// Stop once every owned partition has applied an `end_of_input` as its last message
@@ -103,4 +105,6 @@ pub struct ProcessOutcome {
     /// Partitions whose final snapshot could not be written because some of their dead
     /// letters were not delivered (their previous snapshot stands).
     pub not_final: Vec<i32>,
+    /// Merged views of the topic this process published (see `snapshot::view`).
+    pub views: u64,
 }

@@ -21,7 +21,8 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::aggregate::rfm::{self, segment};
-use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError, SnapshotSet};
+use crate::snapshot::view::Reading;
+use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -48,8 +49,8 @@ pub enum Format {
     Json,
 }
 
-/// A session over the latest published snapshot: one for `run`, or the merge of every
-/// partition's latest for `process`.
+/// A session over the latest published snapshot: one for `run`; for `process`, the
+/// topic's merged view, or the merge of every partition's latest when no view is usable.
 pub struct Session {
     ctx: SessionContext,
     pub parts: Vec<Published>,
@@ -58,43 +59,46 @@ pub struct Session {
 impl Session {
     /// Opens the latest snapshot(s) in `dir` and registers the tables.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
-        let set = snapshot::latest_parts(dir)?;
-        let parts = set.snapshots();
+        let reading = snapshot::view::reading(dir)?;
+        let parts = reading.snapshots();
         let ctx = SessionContext::new();
-        if let SnapshotSet::Run(snapshot) = &set {
-            for table in QUERY_TABLES {
-                let path = snapshot.table_path(table).ok_or_else(|| {
-                    QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
-                })?;
-                ctx.register_parquet(
-                    table,
-                    path.to_string_lossy().as_ref(),
-                    ParquetReadOptions::default(),
-                )
-                .await?;
+        match &reading {
+            Reading::Files(snapshot) => {
+                for table in QUERY_TABLES {
+                    let path = snapshot.table_path(table).ok_or_else(|| {
+                        QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
+                    })?;
+                    ctx.register_parquet(
+                        table,
+                        path.to_string_lossy().as_ref(),
+                        ParquetReadOptions::default(),
+                    )
+                    .await?;
+                }
             }
-        } else if let SnapshotSet::Topic(topic) = &set {
-            let missing = topic.missing();
-            if !missing.is_empty() {
-                tracing::warn!(
-                    partitions = ?missing,
-                    topic = %topic.topic,
-                    of = topic.partitions,
-                    "these partitions have no snapshot yet: their events are missing and no \
-                     day is final"
-                );
-            }
-            let core = snapshot::load_merged(topic)?;
-            let rfm = core.rfm();
-            let batches = [
-                tables::daily_sales(&core)?,
-                tables::daily_group_sales(&core, false)?,
-                tables::daily_group_sales(&core, true)?,
-                tables::rfm(rfm)?,
-            ];
-            for (table, batch) in QUERY_TABLES.iter().zip(batches) {
-                let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-                ctx.register_table(*table, Arc::new(mem))?;
+            Reading::Merge(topic) => {
+                let missing = topic.missing();
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        partitions = ?missing,
+                        topic = %topic.topic,
+                        of = topic.partitions,
+                        "these partitions have no snapshot yet: their events are missing and \
+                         no day is final"
+                    );
+                }
+                let core = snapshot::load_merged(topic)?;
+                let rfm = core.rfm();
+                let batches = [
+                    tables::daily_sales(&core)?,
+                    tables::daily_group_sales(&core, false)?,
+                    tables::daily_group_sales(&core, true)?,
+                    tables::rfm(rfm)?,
+                ];
+                for (table, batch) in QUERY_TABLES.iter().zip(batches) {
+                    let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+                    ctx.register_table(*table, Arc::new(mem))?;
+                }
             }
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;

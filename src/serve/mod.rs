@@ -231,7 +231,7 @@ async fn reload(state: Arc<State>) {
 /// could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
     let dir = state.dir.clone();
-    let found = tokio::task::spawn_blocking(move || crate::snapshot::latest_parts(&dir)).await;
+    let found = tokio::task::spawn_blocking(move || crate::snapshot::view::reading(&dir)).await;
     match found {
         Ok(Ok(set)) => {
             let parts = set.snapshots();

@@ -75,7 +75,12 @@ impl Published {
         let optional = self
             .table_path(tables::STATE_SEEN)
             .map(|_| tables::STATE_SEEN);
-        for table in REQUIRED.into_iter().chain(optional) {
+        // A merged view holds the query tables alone.
+        let required: &[&str] = match self.manifest.input {
+            InputPosition::View { .. } => &tables::QUERY_TABLES,
+            _ => &REQUIRED,
+        };
+        for table in required.iter().copied().chain(optional) {
             let path = self
                 .table_path(table)
                 .ok_or_else(|| SnapshotError::Incomplete(self.path.clone(), table.to_string()))?;
@@ -322,7 +327,7 @@ pub fn latest_parts(dir: &Path) -> Result<SnapshotSet, SnapshotError> {
     }))
 }
 
-/// The `LATEST` pointers of `dir` (the run's, or every partition's) as one string: it
+/// The `LATEST` pointers of `dir` (the run's, or every partition's and the merged view's) as one string: it
 /// changes whenever a snapshot is published, and reading it costs a few small files.
 pub fn pointers(dir: &Path) -> String {
     let mut v = fs::read_to_string(dir.join(LATEST_FILE))
@@ -336,6 +341,9 @@ pub fn pointers(dir: &Path) -> String {
                 v.push_str(&format!("|{}:{}", p.display(), s.trim()));
             }
         }
+    }
+    if let Ok(s) = fs::read_to_string(super::view::view_dir(dir).join(LATEST_FILE)) {
+        v.push_str(&format!("|merged:{}", s.trim()));
     }
     v
 }

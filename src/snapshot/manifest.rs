@@ -73,6 +73,25 @@ pub enum InputPosition {
         #[serde(default)]
         inputs: BTreeMap<String, u64>,
     },
+    /// The merged view of one Kafka topic's partition snapshots (see `snapshot::view`):
+    /// the query tables of every partition's snapshot merged and scored once.
+    View {
+        topic: String,
+        partitions: i32,
+        /// The snapshot of each partition merged here, by partition.
+        parts: Vec<ViewPart>,
+    },
+}
+
+/// One partition's snapshot merged into a view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewPart {
+    pub partition: i32,
+    /// The snapshot's id in the partition's folder.
+    pub snapshot: u64,
+    /// When the snapshot was written: with the id, it tells a snapshot from one of a
+    /// folder emptied and filled again.
+    pub created_at: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +111,21 @@ pub struct Counts {
     pub duplicates: u64,
     /// Rejected lines per reason (`late_event` included).
     pub rejected: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// Adds the counts of another part of the input (a partition's).
+    pub fn add(&mut self, o: &Counts) {
+        self.records += o.records;
+        self.accepted += o.accepted;
+        self.pending += o.pending;
+        self.repaired += o.repaired;
+        self.blank += o.blank;
+        self.duplicates += o.duplicates;
+        for (reason, n) in &o.rejected {
+            *self.rejected.entry(reason.clone()).or_default() += n;
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

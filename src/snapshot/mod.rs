@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod rejected;
 mod summary;
 pub mod tables;
+pub mod view;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -32,7 +33,7 @@ pub use find::{
     TopicSet,
 };
 pub use load::{load_merged, load_seen, load_state};
-pub use manifest::{Counts, InputPosition, Manifest, TableFile, WindowConfig};
+pub use manifest::{Counts, InputPosition, Manifest, TableFile, ViewPart, WindowConfig};
 pub use rejected::RejectedSink;
 pub use summary::{write_summary, SUMMARY_FILE};
 
@@ -140,13 +141,23 @@ impl SnapshotStore {
     /// Opens (creating) the folder, removes unfinished `.tmp-snap-*` leftovers and continues
     /// the numbering after the highest snapshot present.
     pub fn open(dir: &Path, keep: usize) -> Result<Self, SnapshotError> {
+        Self::open_locked(dir, keep, false)
+    }
+
+    /// Like [`SnapshotStore::open`]; with `wait`, waits for another process's lock instead
+    /// of refusing.
+    fn open_locked(dir: &Path, keep: usize, wait: bool) -> Result<Self, SnapshotError> {
         fs::create_dir_all(dir).map_err(io_err("creating snapshot folder", dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(io_err("creating", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(SnapshotError::Locked(dir.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
+        if wait {
+            lock.lock().map_err(io_err("locking", &lock_path))?;
+        } else {
+            match lock.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Err(SnapshotError::Locked(dir.into())),
+                Err(fs::TryLockError::Error(e)) => return Err(io_err("locking", &lock_path)(e)),
+            }
         }
         let mut max_id = 0;
         for entry in fs::read_dir(dir).map_err(io_err("listing", dir))? {
@@ -182,7 +193,7 @@ impl SnapshotStore {
         meta: SnapshotMeta,
         give_up: &AtomicBool,
     ) -> Result<Manifest, SnapshotError> {
-        let written = self.write_tables(core, seen, meta, Some(give_up));
+        let written = self.write_tables(core, seen, meta, Tables::Beside(give_up));
         if matches!(written, Err(SnapshotError::Superseded)) {
             let _ = fs::remove_dir_all(self.tmp_dir(self.next_id));
         }
@@ -201,20 +212,35 @@ impl SnapshotStore {
         seen: Option<&Seen>,
         meta: SnapshotMeta,
     ) -> Result<Manifest, SnapshotError> {
-        self.write_tables(core, seen, meta, None)
+        self.write_tables(core, seen, meta, Tables::All)
     }
 
-    /// Writes and publishes one snapshot. Beside a stream (`give_up` given) the tables are
-    /// written one after the other, checking `give_up` between them; else the two large
-    /// ones are built and written on two threads.
+    /// Writes and publishes the query tables of `core` alone (no state to resume from):
+    /// the merged view of a topic's partitions (see [`view`]).
+    fn write_query_tables(
+        &mut self,
+        core: &Core,
+        meta: SnapshotMeta,
+    ) -> Result<Manifest, SnapshotError> {
+        self.write_tables(core, None, meta, Tables::Query)
+    }
+
+    /// Writes and publishes one snapshot. Beside a stream the tables are written one after
+    /// the other, checking `give_up` between them; else the two large ones are built and
+    /// written on two threads.
     fn write_tables(
         &mut self,
         core: &Core,
         seen: Option<&Seen>,
         meta: SnapshotMeta,
-        give_up: Option<&AtomicBool>,
+        which: Tables<'_>,
     ) -> Result<Manifest, SnapshotError> {
-        let parallel = give_up.is_none();
+        let (give_up, state) = match which {
+            Tables::All => (None, true),
+            Tables::Beside(g) => (Some(g), true),
+            Tables::Query => (None, false),
+        };
+        let parallel = give_up.is_none() && state;
         let go_on = || match give_up {
             Some(g) if g.load(Ordering::Relaxed) => Err(SnapshotError::Superseded),
             _ => Ok(()),
@@ -259,15 +285,20 @@ impl SnapshotStore {
                 tables::DAILY_BRAND_SALES,
                 tables::daily_group_sales(core, true),
             )?;
-            add(tables::STATE_OPEN_SETS, tables::state_open_sets(core))?;
+            if state {
+                add(tables::STATE_OPEN_SETS, tables::state_open_sets(core))?;
+            }
             if let Some(seen) = seen {
                 add(tables::STATE_SEEN, tables::state_seen(seen))?;
             }
-            let (name, file) = match writer {
-                Some(writer) => writer.join().expect("the snapshot table writer panicked"),
-                None => pairs(),
-            }?;
-            files.insert(name, file);
+            let pairs = match writer {
+                Some(writer) => Some(writer.join().expect("the snapshot table writer panicked")),
+                None => state.then(pairs),
+            };
+            if let Some(pairs) = pairs {
+                let (name, file) = pairs?;
+                files.insert(name, file);
+            }
             Ok::<_, SnapshotError>((customers, segments, files))
         })?;
         let manifest = Manifest {
@@ -325,6 +356,16 @@ impl SnapshotStore {
         }
         Ok(())
     }
+}
+
+/// Which tables a snapshot holds and how they are written.
+enum Tables<'a> {
+    /// Every table, the two large ones on two threads.
+    All,
+    /// Every table one after the other, beside a stream that may give it up.
+    Beside(&'a AtomicBool),
+    /// The query tables only (a merged view).
+    Query,
 }
 
 fn parse_id(name: &str) -> Option<u64> {

@@ -8,10 +8,24 @@ pub use super::generate;
 use super::kafka::Broker;
 use super::spawn::Proc;
 use super::{ok, query_tables, run, summary};
+use storepulse::snapshot::SnapshotSet;
 
 pub const LIMIT: Duration = Duration::from_secs(180);
 
+/// `query` over `got` gives `run`'s tables in `want`; when `got` is a topic's folder,
+/// through the merged view the last processor published, which merges the partitions'
+/// latest snapshots.
 pub fn assert_same_tables(want: &Path, got: &Path) {
+    use storepulse::snapshot::{self, view};
+    if got.join(snapshot::PARTITIONS_DIR).is_dir() {
+        let SnapshotSet::Topic(set) = snapshot::latest_parts(got).unwrap() else {
+            panic!("{} holds no topic", got.display());
+        };
+        let view = view::current(got, &set).expect("a merged view of the latest snapshots");
+        assert!(
+            matches!(view::reading(got).unwrap(), view::Reading::Files(v) if v.path == view.path)
+        );
+    }
     let (a, b) = (query_tables(want), query_tables(got));
     for (i, name) in [
         "daily_sales",

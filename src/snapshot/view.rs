@@ -1,0 +1,219 @@
+//! The merged view of a Kafka topic's partitions. `process` keeps one snapshot folder per
+//! partition; reading them means loading every partition, merging and scoring (seconds and
+//! most of a gigabyte at a few million customers). A processor publishes the merge once, in
+//! `<dir>/merged/`, as a snapshot of the four query tables, so `query` and `serve` read it
+//! as cheaply as a `run` snapshot.
+//!
+//! A view records which snapshot of each partition it merges (id and time written).
+//! Readers use it only while those are still every partition's latest, so a view never
+//! answers other than the merge would; otherwise they merge as before. A processor writes
+//! one at most once per `--view-interval` beside its stream, and one at its end, waiting
+//! for another process that writes one; the last processor of a group to end writes the
+//! final view, so a finished topic is read through its view.
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::find::latest;
+use super::{
+    latest_parts, load_merged, Counts, InputPosition, Manifest, Published, SnapshotError,
+    SnapshotMeta, SnapshotSet, SnapshotStore, TopicSet, ViewPart,
+};
+
+/// The view's folder below a `process` snapshot folder.
+pub const VIEW_DIR: &str = "merged";
+
+/// How many views a folder keeps: a reader still loading the previous one finds it.
+const KEEP: usize = 3;
+
+/// A set merged again when a partition published while the view was written, at most.
+const CATCH_UP: usize = 3;
+
+pub fn view_dir(dir: &Path) -> PathBuf {
+    dir.join(VIEW_DIR)
+}
+
+/// By partition, the id of its snapshot in `set`.
+fn ids(set: &TopicSet) -> Vec<ViewPart> {
+    let mut ids: Vec<ViewPart> = set
+        .parts
+        .iter()
+        .map(|(p, s)| ViewPart {
+            partition: *p,
+            snapshot: s.manifest.id,
+            created_at: s.manifest.created_at.clone(),
+        })
+        .collect();
+    ids.sort_unstable_by_key(|v| v.partition);
+    ids
+}
+
+/// The view in `dir` that merges exactly the snapshots of `set`, verified (format,
+/// tables); none when the newest view merges others or is not readable.
+pub fn current(dir: &Path, set: &TopicSet) -> Option<Published> {
+    let view = latest(&view_dir(dir)).ok()?;
+    if !is_current(&view, set) {
+        return None;
+    }
+    match view.verify() {
+        Ok(()) => Some(view),
+        Err(e) => {
+            tracing::warn!(error = %e, "the merged view is not readable; merging the partitions");
+            None
+        }
+    }
+}
+
+/// Whether `view` merges exactly the snapshots of `set`.
+fn is_current(view: &Published, set: &TopicSet) -> bool {
+    matches!(&view.manifest.input, InputPosition::View { topic, partitions, parts }
+        if *topic == set.topic && *partitions == set.partitions && *parts == ids(set))
+}
+
+/// Publishes the merged view of the partition snapshots in `dir` when every partition has
+/// one and the newest view does not merge exactly these. Returns the view written, if
+/// any: none when the set is incomplete or already merged, or when (without `wait`)
+/// another process is writing a view.
+pub fn publish(dir: &Path, wait: bool) -> Result<Option<Manifest>, SnapshotError> {
+    let mut store = match SnapshotStore::open_locked(&view_dir(dir), KEEP, wait) {
+        Ok(store) => store,
+        Err(SnapshotError::Locked(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut written = None;
+    for _ in 0..CATCH_UP {
+        let SnapshotSet::Topic(set) = latest_parts(dir)? else {
+            return Ok(written);
+        };
+        if !set.missing().is_empty() {
+            return Ok(written);
+        }
+        if latest(&view_dir(dir)).is_ok_and(|v| is_current(&v, &set)) {
+            return Ok(written);
+        }
+        let started = Instant::now();
+        let core = load_merged(&set)?;
+        let mut counts = Counts::default();
+        for (_, part) in &set.parts {
+            counts.add(&part.manifest.counts);
+        }
+        let meta = SnapshotMeta {
+            input: InputPosition::View {
+                topic: set.topic.clone(),
+                partitions: set.partitions,
+                parts: ids(&set),
+            },
+            counts,
+            config: set.parts[0].1.manifest.config.clone(),
+        };
+        let manifest = store.write_query_tables(&core, meta)?;
+        tracing::info!(
+            view = manifest.id,
+            customers = manifest.customers,
+            millis = started.elapsed().as_millis() as u64,
+            "merged view published"
+        );
+        written = Some(manifest);
+    }
+    Ok(written)
+}
+
+/// A processor's view writer: one view at a time on a thread of its own, at most once per
+/// interval, and a last one at the end.
+pub struct Periodic {
+    dir: PathBuf,
+    every: Duration,
+    last: Option<Instant>,
+    job: Option<JoinHandle<Result<Option<Manifest>, SnapshotError>>>,
+    /// Views this processor published.
+    pub published: u64,
+}
+
+impl Periodic {
+    pub fn new(dir: &Path, every: Duration) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            every,
+            last: None,
+            job: None,
+            published: 0,
+        }
+    }
+
+    /// After a partition's snapshot is published: starts a view when one is due and none
+    /// is being written.
+    pub fn poke(&mut self) {
+        if self.job.as_ref().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        self.collect();
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let dir = self.dir.clone();
+        let job = std::thread::Builder::new()
+            .name("storepulse-view".into())
+            .spawn(move || publish(&dir, false));
+        match job {
+            Ok(job) => self.job = Some(job),
+            Err(e) => tracing::warn!(error = %e, "could not start the merged view's writer"),
+        }
+    }
+
+    fn collect(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        match job.join() {
+            Ok(Ok(Some(_))) => self.published += 1,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "the merged view was not published; queries merge the partitions meanwhile"
+            ),
+            Err(_) => tracing::warn!("the merged view's writer panicked"),
+        }
+    }
+
+    /// At the end, once this processor's last snapshots are published: waits for the view
+    /// being written, then publishes the view of the latest set (waiting for another
+    /// process that writes one). Returns the views this processor published.
+    pub fn finish(mut self) -> Result<u64, SnapshotError> {
+        self.collect();
+        if publish(&self.dir, true)?.is_some() {
+            self.published += 1;
+        }
+        Ok(self.published)
+    }
+}
+
+/// What `query` and `serve` read in a snapshot folder.
+#[derive(Debug, Clone)]
+pub enum Reading {
+    /// One snapshot's query tables: a `run` snapshot, or a topic's merged view.
+    Files(Box<Published>),
+    /// A topic's partitions, to be merged (no merged view is usable).
+    Merge(TopicSet),
+}
+
+impl Reading {
+    /// The snapshots read.
+    pub fn snapshots(&self) -> Vec<Published> {
+        match self {
+            Reading::Files(p) => vec![(**p).clone()],
+            Reading::Merge(t) => t.parts.iter().map(|(_, p)| p.clone()).collect(),
+        }
+    }
+}
+
+/// What to read in `dir`: the latest `run` snapshot; for a topic, its merged view when
+/// it merges exactly the partitions' latest snapshots, else those snapshots to merge.
+pub fn reading(dir: &Path) -> Result<Reading, SnapshotError> {
+    match latest_parts(dir)? {
+        SnapshotSet::Run(p) => Ok(Reading::Files(p)),
+        SnapshotSet::Topic(set) => Ok(match current(dir, &set) {
+            Some(view) => Reading::Files(Box::new(view)),
+            None => Reading::Merge(set),
+        }),
+    }
+}
