@@ -92,6 +92,7 @@ fn parse_assignment(text: &str) -> Result<Assignment, String> {
 }
 
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
+    super::local_only(&args.snapshot_dir, "process")?;
     let core = core(&args.window);
     let config = ProcessConfig {
         connection: args.kafka.connection()?,

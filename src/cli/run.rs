@@ -13,6 +13,7 @@ use super::flags::{
 };
 use super::{parse_duration, serve_metrics};
 use crate::ingest::embedded::{self, RunConfig};
+use crate::snapshot::Location;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -50,9 +51,23 @@ pub struct RunArgs {
 }
 
 pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
+    let (snapshot_dir, remote) = match Location::parse(&args.snapshots.snapshot_dir)? {
+        Location::Dir(dir) => (dir, None),
+        Location::Bucket(bucket) => {
+            let staging = staging_dir(&bucket);
+            if args.resume {
+                anyhow::bail!(
+                    "--resume from a bucket ({}) is not supported yet: a run to a bucket \
+                     starts over",
+                    bucket.url
+                );
+            }
+            (staging, Some(bucket))
+        }
+    };
     Ok(RunConfig {
         input: args.input.clone(),
-        snapshot_dir: args.snapshots.snapshot_dir.clone(),
+        snapshot_dir,
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
         pace: pace(&args.pace)?,
@@ -62,7 +77,20 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         resume: args.resume,
         memory_limit: args.pace.memory_limit,
+        remote,
     })
+}
+
+/// The local folder a run to `bucket` writes its snapshots in before publishing them
+/// there: this process's own, under `TMPDIR`, removed when the run has ended.
+fn staging_dir(bucket: &crate::snapshot::Bucket) -> PathBuf {
+    let name: String = bucket
+        .url
+        .trim_start_matches("s3://")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    std::env::temp_dir().join(format!("storepulse-{name}-{}", std::process::id()))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -80,23 +108,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         crate::metrics::events::RunResumed.emit();
     }
     let _metrics = serve_metrics("run", args.metrics_addr);
-    let _page = args.page.start("run", &args.snapshots.snapshot_dir);
+    let _page = args.page.start("run", &config.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = Instant::now();
     crate::metrics::set_ready(true);
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
     let json = super::summary::run(&outcome, wall, &config.snapshot_dir);
-    crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
-        .context("writing the summary")?;
+    let summary = crate::snapshot::write_summary(
+        &config.snapshot_dir,
+        super::summary::line(&json).as_bytes(),
+    )
+    .context("writing the summary")?;
+    if let Some(bucket) = &config.remote {
+        crate::snapshot::remote::put_file(bucket, &summary).context("publishing the summary")?;
+        let _ = std::fs::remove_dir_all(&config.snapshot_dir);
+    }
     if args.summary.json() {
         print!("{}", super::summary::line(&json));
         return Ok(());
     }
     print!("{}", super::text::run(&outcome, wall.as_secs_f64()));
-    let dir = config.snapshot_dir.display();
+    let dir = match &config.remote {
+        Some(bucket) => bucket.url.clone(),
+        None => config.snapshot_dir.display().to_string(),
+    };
     println!("snapshots in {dir}/ (rejected lines in {dir}/rejected.csv); try:");
-    let flag = if config.snapshot_dir == std::path::Path::new("snapshots") {
+    let flag = if args.snapshots.snapshot_dir == std::path::Path::new("snapshots") {
         String::new()
     } else {
         format!("--snapshot-dir {dir} ")

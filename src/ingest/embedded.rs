@@ -38,6 +38,8 @@ pub struct RunConfig {
     pub resume: bool,
     /// Bytes of events held for the event-time sort (`--memory-limit`).
     pub memory_limit: usize,
+    /// A bucket prefix every snapshot is published to after `snapshot_dir`.
+    pub remote: Option<crate::snapshot::Bucket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +68,11 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         source,
     })?;
     // The folder's lock is held before the snapshot to resume from is chosen.
-    let store = SnapshotStore::open(&config.snapshot_dir, config.keep_snapshots)?;
+    let mut store = SnapshotStore::open(&config.snapshot_dir, config.keep_snapshots)?;
+    if let Some(bucket) = &config.remote {
+        let publisher = crate::snapshot::Publisher::open(bucket.clone(), config.keep_snapshots)?;
+        store = store.with_remote(publisher)?;
+    }
     let window = WindowConfig::of(
         &config.core,
         crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),

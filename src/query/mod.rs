@@ -9,7 +9,7 @@ mod limits;
 pub use json::JsonRows;
 pub use limits::{Limits, MAX_SERIES_ROWS};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
@@ -18,11 +18,13 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::aggregate::rfm::{self, segment};
 use crate::snapshot::view::Reading;
 use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
+use crate::snapshot::{Bucket, Location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -59,6 +61,9 @@ pub struct Session {
 impl Session {
     /// Opens the latest snapshot(s) in `dir` and registers the tables.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
+        if let Location::Bucket(bucket) = Location::parse(dir)? {
+            return Self::open_bucket(&bucket).await;
+        }
         let reading = snapshot::view::reading(dir)?;
         let parts = reading.snapshots();
         let ctx = SessionContext::new();
@@ -103,6 +108,44 @@ impl Session {
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session { ctx, parts })
+    }
+
+    /// Registers the query tables of the snapshot a bucket's `LATEST` names, read by
+    /// DataFusion from the store directly (nothing is copied to local disk first).
+    async fn open_bucket(bucket: &Bucket) -> Result<Session, QueryError> {
+        let (name, manifest) = snapshot::remote::latest(bucket).await?;
+        let path = PathBuf::from(format!("{}/{name}", bucket.url));
+        if manifest.format != snapshot::manifest::FORMAT_VERSION {
+            return Err(SnapshotError::Damaged {
+                path,
+                what: format!(
+                    "format {} (this build reads format {})",
+                    manifest.format,
+                    snapshot::manifest::FORMAT_VERSION
+                ),
+            }
+            .into());
+        }
+        let ctx = SessionContext::new();
+        let url = ObjectStoreUrl::parse(format!("s3://{}", bucket.bucket))?;
+        ctx.register_object_store(url.as_ref(), bucket.store.clone());
+        for table in QUERY_TABLES {
+            let file = manifest.tables.get(table).ok_or_else(|| {
+                QueryError::MissingTable(path.display().to_string(), table.into())
+            })?;
+            let key = bucket.key(&format!("{name}/{}", file.file));
+            ctx.register_parquet(
+                table,
+                bucket.object_url(&key),
+                ParquetReadOptions::default(),
+            )
+            .await?;
+        }
+        ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
+        Ok(Session {
+            ctx,
+            parts: vec![Published { path, manifest }],
+        })
     }
 
     /// Runs one read-only statement.

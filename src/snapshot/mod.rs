@@ -9,6 +9,7 @@ mod find;
 mod load;
 pub mod manifest;
 pub mod rejected;
+pub mod remote;
 mod summary;
 pub mod tables;
 pub mod view;
@@ -35,6 +36,7 @@ pub use find::{
 pub use load::{load_merged, load_seen, load_state};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, ViewPart, WindowConfig};
 pub use rejected::RejectedSink;
+pub use remote::{Bucket, Location, Publisher};
 pub use summary::{write_summary, SUMMARY_FILE};
 
 pub const LATEST_FILE: &str = "LATEST";
@@ -80,6 +82,19 @@ pub enum SnapshotError {
         what: String,
         found: String,
     },
+    #[error("{0}")]
+    Config(String),
+    #[error("{what} {url}: {source}")]
+    Store {
+        what: &'static str,
+        url: String,
+        source: Box<object_store::Error>,
+    },
+    #[error(
+        "another writer published to {url} since this one did, so this one stops writing \
+         there (it never replaces newer state): {detail}"
+    )]
+    Fenced { url: String, detail: String },
     /// A snapshot beside the stream was given up unpublished: a newer one replaces it.
     #[error("the snapshot was given up for a newer one")]
     Superseded,
@@ -135,6 +150,8 @@ pub struct SnapshotStore {
     keep: usize,
     next_id: u64,
     _lock: File,
+    /// Where each snapshot is published after the folder, if anywhere.
+    remote: Option<Publisher>,
 }
 
 impl SnapshotStore {
@@ -174,7 +191,16 @@ impl SnapshotStore {
             keep: keep.max(1),
             next_id: max_id + 1,
             _lock: lock,
+            remote: None,
         })
+    }
+
+    /// Publishes every snapshot to `remote` too, once it is published in the folder (see
+    /// [`remote`]); the numbering continues after the highest there.
+    pub fn with_remote(mut self, remote: Publisher) -> Result<Self, SnapshotError> {
+        self.next_id = self.next_id.max(remote.next_id()?);
+        self.remote = Some(remote);
+        Ok(self)
     }
 
     /// Writes and publishes one snapshot of `core`; returns its manifest.
@@ -329,6 +355,10 @@ impl SnapshotStore {
         replace_durable(&self.dir, LATEST_FILE, format!("{name}\n").as_bytes())?;
         self.next_id += 1;
         self.prune()?;
+        if let Some(remote) = &mut self.remote {
+            let rejected = self.dir.join(rejected::REJECTED_FILE);
+            remote.publish(&dest, &name, &manifest, &[rejected])?;
+        }
         tracing::debug!(
             snapshot = id,
             path = %dest.display(),

@@ -1,0 +1,243 @@
+//! Snapshots in a bucket, against a real S3-protocol server on loopback (s3s over a
+//! temporary folder, linked into this test): `run` publishes to it and `query` reads from
+//! it, and a second writer of one prefix is fenced by the conditional pointer put.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::spawn::storepulse_command;
+use storepulse::aggregate::{Core, CoreConfig};
+use storepulse::snapshot::{
+    Counts, InputPosition, Publisher, SnapshotError, SnapshotMeta, SnapshotStore, WindowConfig,
+};
+
+fn with_env(server: &s3::Server, args: &[&str]) -> Output {
+    let mut cmd = storepulse_command(args);
+    for (k, v) in server.env() {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok_with_env(server: &s3::Server, args: &[&str]) -> String {
+    let out = with_env(server, args);
+    assert!(
+        out.status.success(),
+        "storepulse {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const TABLES: [&str; 4] = [
+    "SELECT * FROM daily_sales ORDER BY day",
+    "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+    "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+    "SELECT * FROM rfm ORDER BY user_id",
+];
+
+#[test]
+fn run_to_a_bucket_then_query_from_it_equals_the_local_run() {
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 20_000, 19);
+    let local = tmp.path().join("local");
+    common::run(&input, &local, &["--max"]);
+
+    let url = server.url("runs/first");
+    let input_arg = input.to_str().unwrap();
+    let printed = ok_with_env(
+        &server,
+        &[
+            "run",
+            "--input",
+            input_arg,
+            "--max",
+            "--no-progress",
+            "--snapshot-dir",
+            &url,
+            "--keep-snapshots",
+            "2",
+        ],
+    );
+    assert!(
+        printed.contains(&format!("snapshots in {url}/")),
+        "{printed}"
+    );
+    for sql in TABLES {
+        let want = common::query_csv(&local, sql);
+        assert!(want.lines().count() > 10, "{want}");
+        let got = ok_with_env(
+            &server,
+            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
+        );
+        assert_eq!(got, want, "{sql}");
+    }
+
+    // What the bucket holds: the pointer names a snapshot whose tables and manifest are
+    // there, with the dead letters and the summary beside them.
+    let pointer = std::fs::read_to_string(server.file("runs/first/LATEST")).unwrap();
+    let name = pointer.lines().next().unwrap();
+    assert!(
+        pointer.lines().nth(1).unwrap().starts_with("writer "),
+        "{pointer}"
+    );
+    let objects = s3::objects(&server.file("runs/first"));
+    for file in [
+        "manifest.json",
+        "rfm.parquet",
+        "daily_sales.parquet",
+        "state_customer_orders.parquet",
+    ] {
+        assert!(objects.contains(&format!("{name}/{file}")), "{objects:?}");
+    }
+    for file in ["LATEST", "rejected.csv", "summary.json"] {
+        assert!(objects.contains(&file.to_string()), "{objects:?}");
+    }
+    let local_rejected = std::fs::read(local.join("rejected.csv")).unwrap();
+    assert_eq!(
+        std::fs::read(server.file("runs/first/rejected.csv")).unwrap(),
+        local_rejected
+    );
+
+    // Two more runs to the same prefix publish after the first (one writer at a time
+    // continues from the pointer), and only the newest two snapshots are kept.
+    for _ in 0..2 {
+        ok_with_env(
+            &server,
+            &[
+                "run",
+                "--input",
+                input_arg,
+                "--max",
+                "--no-progress",
+                "--snapshot-dir",
+                &url,
+                "--keep-snapshots",
+                "2",
+            ],
+        );
+    }
+    let folders: std::collections::BTreeSet<String> = s3::objects(&server.file("runs/first"))
+        .iter()
+        .filter_map(|o| o.split_once('/').map(|(d, _)| d.to_string()))
+        .collect();
+    assert_eq!(folders.len(), 2, "{folders:?}");
+    assert!(!folders.iter().any(|f| f.as_str() == name), "{folders:?}");
+    let newest = std::fs::read_to_string(server.file("runs/first/LATEST")).unwrap();
+    let newest = newest.lines().next().unwrap();
+    assert!(newest.starts_with("snap-000003-"), "{newest}");
+    assert!(folders.contains(newest));
+    for sql in TABLES {
+        let got = ok_with_env(
+            &server,
+            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
+        );
+        assert_eq!(got, common::query_csv(&local, sql), "{sql}");
+    }
+}
+
+#[test]
+fn a_bucket_without_its_variables_is_refused_naming_them() {
+    let server = s3::Server::start("shop");
+    let url = server.url("x");
+    let out = storepulse_command(&["query", "--snapshot-dir", &url, "SELECT 1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AWS_ACCESS_KEY_ID is not set"), "{err}");
+
+    let mut cmd = storepulse_command(&["query", "--snapshot-dir", &url, "SELECT 1"]);
+    for (k, v) in server
+        .env()
+        .into_iter()
+        .filter(|(k, _)| *k != "AWS_ALLOW_HTTP")
+    {
+        cmd.env(k, v);
+    }
+    let err = String::from_utf8_lossy(&cmd.output().unwrap().stderr).into_owned();
+    assert!(err.contains("set AWS_ALLOW_HTTP=true"), "{err}");
+
+    // An empty prefix: no snapshot yet.
+    let out = with_env(&server, &["query", "--snapshot-dir", &url, "SELECT 1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no snapshot in s3://shop/x yet"), "{err}");
+
+    // Commands that keep local folders say so.
+    let out = with_env(&server, &["serve", "--snapshot-dir", &url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`serve` keeps its snapshots in a local folder so far"),
+        "{err}"
+    );
+}
+
+fn snapshot_of(dir: &Path, publisher: Publisher, events: u64) -> Result<u64, SnapshotError> {
+    let mut core = Core::new(CoreConfig::default());
+    let mut data = Vec::new();
+    storepulse::generate::generate(&mut data, events, 3).unwrap();
+    let all = storepulse::replay::read_all(data.as_slice(), &Default::default()).unwrap();
+    common::feed(&mut core, &all.dict, all.events);
+    let meta = SnapshotMeta {
+        input: InputPosition::File {
+            path: "generated".into(),
+            order: "file".into(),
+            lines_read: events,
+            events_applied: core.accepted(),
+            complete: true,
+            rejected_bytes: 0,
+        },
+        counts: Counts {
+            accepted: core.accepted(),
+            ..Counts::default()
+        },
+        config: WindowConfig::of(&CoreConfig::default(), "2000-01-01T00:00:00Z".into()),
+    };
+    SnapshotStore::open(dir, 3)?
+        .with_remote(publisher)?
+        .write(&core, meta)
+        .map(|m| m.id)
+}
+
+#[test]
+fn a_second_writer_of_one_prefix_is_fenced_and_never_replaces_the_pointer() {
+    let server = s3::Server::start("shop");
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bucket = server.prefix("shared");
+    // Both open the prefix while it is empty; the first to publish wins it.
+    let a = Publisher::open(bucket.clone(), 3).unwrap();
+    let b = Publisher::open(bucket.clone(), 3).unwrap();
+    let id = snapshot_of(a_dir.path(), a, 500).unwrap();
+    let pointer = std::fs::read_to_string(server.file("shared/LATEST")).unwrap();
+    assert!(pointer.starts_with(&format!("snap-{id:06}-")), "{pointer}");
+    let pointed = pointer.lines().next().unwrap().to_string();
+    let manifest = server.file(&format!("shared/{pointed}/manifest.json"));
+    let first_manifest = std::fs::read(&manifest).unwrap();
+    match snapshot_of(b_dir.path(), b, 800) {
+        Err(SnapshotError::Fenced { url, .. }) => assert_eq!(url, "s3://shop/shared"),
+        other => panic!("the second writer published: {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(server.file("shared/LATEST")).unwrap(),
+        pointer,
+        "the pointer is the first writer's"
+    );
+    // The fenced writer wrote into a folder of its own: the first's files are untouched.
+    assert_eq!(std::fs::read(&manifest).unwrap(), first_manifest);
+    // A writer that opens the prefix after a publish continues from its pointer.
+    let c = Publisher::open(bucket, 3).unwrap();
+    let next = snapshot_of(tempfile::tempdir().unwrap().path(), c, 900).unwrap();
+    assert!(next > id);
+    let pointer = std::fs::read_to_string(server.file("shared/LATEST")).unwrap();
+    assert!(
+        pointer.starts_with(&format!("snap-{next:06}-")),
+        "{pointer}"
+    );
+}

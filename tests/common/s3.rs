@@ -1,0 +1,167 @@
+//! An S3-protocol server (s3s over s3s-fs, a bucket being a folder) on a loopback port,
+//! inside the test process, on a runtime of its own; it stops when dropped.
+//!
+//! s3s-fs checks If-Match / If-None-Match and then writes, without a lock, so two
+//! conditional puts to one key could both pass. The server runs every mutating request
+//! (PUT, POST, DELETE) one at a time, which makes check and write one step, as S3 does.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use s3s::auth::SimpleAuth;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use storepulse::snapshot::Bucket;
+use tokio::sync::Mutex;
+
+pub const ACCESS_KEY: &str = "storepulse-test-key";
+pub const SECRET_KEY: &str = "storepulse-test-secret";
+
+#[derive(Clone)]
+struct Serialized {
+    inner: S3Service,
+    lock: Arc<Mutex<()>>,
+}
+
+type BoxFut = Pin<Box<dyn Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
+
+impl hyper::service::Service<http::Request<Incoming>> for Serialized {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = BoxFut;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        let mutating = !req.method().is_safe();
+        let inner = self.inner.clone();
+        let lock = self.lock.clone();
+        Box::pin(async move {
+            let _guard = if mutating {
+                Some(lock.lock().await)
+            } else {
+                None
+            };
+            hyper::service::Service::call(&inner, req).await
+        })
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    /// The server's root: `<root>/<bucket>/<key>`.
+    pub root: tempfile::TempDir,
+    pub bucket: String,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Server {
+    /// Starts the server on 127.0.0.1:0 with one (empty) bucket.
+    pub fn start(bucket: &str) -> Server {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(bucket)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let mut b = S3ServiceBuilder::new(fs);
+        b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let svc = Serialized {
+            inner: b.build(),
+            lock: Arc::new(Mutex::new(())),
+        };
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let svc = svc.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        });
+        Server {
+            addr,
+            root,
+            bucket: bucket.to_string(),
+            rt: Some(rt),
+        }
+    }
+
+    /// The standard variables that point `storepulse` at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://{}", self.addr)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+        ]
+    }
+
+    /// `s3://<bucket>/<prefix>`.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    /// Where the server keeps the object `key` of its bucket.
+    pub fn file(&self, key: &str) -> PathBuf {
+        self.root.path().join(&self.bucket).join(key)
+    }
+
+    /// A prefix of the bucket, with a store built as `storepulse` builds it from the
+    /// variables (given here directly: tests do not change their own environment).
+    pub fn prefix(&self, prefix: &str) -> Bucket {
+        let store = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_endpoint(format!("http://{}", self.addr))
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .build()
+            .unwrap();
+        Bucket {
+            url: self.url(prefix),
+            bucket: self.bucket.clone(),
+            prefix: object_store::path::Path::from(prefix),
+            store: Arc::new(store),
+        }
+    }
+}
+
+/// The objects below `dir` (a folder of the server's root), as relative paths, sorted.
+pub fn objects(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
