@@ -31,7 +31,7 @@ fn local_only(dir: &std::path::Path, command: &str) -> anyhow::Result<()> {
         crate::snapshot::Location::Dir(_) => Ok(()),
         crate::snapshot::Location::Bucket(b) => anyhow::bail!(
             "`{command}` keeps its snapshots in a local folder so far, not in a bucket ({}): \
-             `run` publishes to a bucket and `query` reads from one",
+             `run` and `process` publish to a bucket and `query` reads from one",
             b.url
         ),
     }

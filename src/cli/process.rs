@@ -92,14 +92,26 @@ fn parse_assignment(text: &str) -> Result<Assignment, String> {
 }
 
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
-    super::local_only(&args.snapshot_dir, "process")?;
+    let (snapshot_dir, remote) = match crate::snapshot::Location::parse(&args.snapshot_dir)? {
+        crate::snapshot::Location::Dir(dir) => (dir, None),
+        crate::snapshot::Location::Bucket(bucket) => {
+            if args.page.http_addr.is_some() {
+                anyhow::bail!(
+                    "--http-addr: the store page reads a local folder so far, not a bucket ({})",
+                    bucket.url
+                );
+            }
+            (bucket.work_dir(), Some(bucket))
+        }
+    };
     let core = core(&args.window);
     let config = ProcessConfig {
         connection: args.kafka.connection()?,
         topic: args.kafka.topic.clone(),
         group: args.group.clone(),
         instance_id: args.instance_id.clone(),
-        snapshot_dir: args.snapshot_dir.clone(),
+        snapshot_dir,
+        remote,
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.keep_snapshots as usize,
         view_interval: args.view_interval,
@@ -126,9 +138,13 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     );
     let outcome = consume::process(config.clone(), shutdown)?;
     let wall = start.elapsed();
-    let json = super::summary::process(&outcome, wall, &config.snapshot_dir);
+    let json = super::summary::process(&outcome, wall, &args.snapshot_dir);
     crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
         .context("writing the summary")?;
+    if config.remote.is_some() {
+        // The partitions' snapshots are in the bucket; this folder only staged them.
+        let _ = std::fs::remove_dir_all(&config.snapshot_dir);
+    }
     if args.summary.json() {
         print!("{}", super::summary::line(&json));
     } else {

@@ -54,7 +54,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     let (snapshot_dir, remote) = match Location::parse(&args.snapshots.snapshot_dir)? {
         Location::Dir(dir) => (dir, None),
         Location::Bucket(bucket) => {
-            let staging = staging_dir(&bucket);
+            let staging = bucket.work_dir();
             if args.resume {
                 anyhow::bail!(
                     "--resume from a bucket ({}) is not supported yet: a run to a bucket \
@@ -79,18 +79,6 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         memory_limit: args.pace.memory_limit,
         remote,
     })
-}
-
-/// The local folder a run to `bucket` writes its snapshots in before publishing them
-/// there: this process's own, under `TMPDIR`, removed when the run has ended.
-fn staging_dir(bucket: &crate::snapshot::Bucket) -> PathBuf {
-    let name: String = bucket
-        .url
-        .trim_start_matches("s3://")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    std::env::temp_dir().join(format!("storepulse-{name}-{}", std::process::id()))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -247,5 +247,6 @@ pub fn process(o: &ProcessOutcome, wall: Duration, dir: &Path) -> Value {
         "counts": counts(&total),
         "partitions": partitions,
         "not_final": o.not_final,
+        "fenced": o.fenced,
     })
 }

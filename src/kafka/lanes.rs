@@ -27,8 +27,8 @@ use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
-    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, SnapshotError,
-    SnapshotMeta, SnapshotStore, Written,
+    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, Published, Publisher,
+    SnapshotError, SnapshotMeta, SnapshotStore, Written,
 };
 
 /// How long the end of a run waits for undelivered dead letters before it gives up the
@@ -181,7 +181,12 @@ pub(super) struct Partitions {
 impl Partitions {
     pub fn new(config: ProcessConfig, dead_letters: DeadLetters, commits: Commits) -> Self {
         Self {
-            view: view::Periodic::new(&config.snapshot_dir, config.view_interval),
+            // A processor with a bucket holds only its own partitions locally: no view.
+            view: view::Periodic::new(
+                &config.snapshot_dir,
+                config.view_interval,
+                config.remote.is_none(),
+            ),
             config,
             dead_letters,
             outcome: ProcessOutcome::default(),
@@ -311,9 +316,24 @@ impl Partitions {
                 other => break other?,
             }
         };
-        // The newest snapshot that loads; damaged ones are skipped (the older one's offset
-        // is where reading resumes, so nothing is lost).
-        let found = snapshot::newest_good(&dir, |p| Ok((load_state(p)?, load_seen(p)?)));
+        let load = |p: &Published| Ok((load_state(p)?, load_seen(p)?));
+        let (store, found) = match &c.remote {
+            // From the bucket: the snapshot its pointer names, fetched into memory; this
+            // processor's publishes are conditional on that pointer (a processor that lost
+            // the partition since is refused).
+            Some(bucket) => {
+                let name = format!("{}/{}-{p}", snapshot::PARTITIONS_DIR, c.topic);
+                let publisher = Publisher::open(bucket.child(&name), c.keep_snapshots)?;
+                let found = match publisher.fetch_pointed()? {
+                    Some(published) => load(&published).map(|s| (published, s)),
+                    None => Err(SnapshotError::None(dir.clone())),
+                };
+                (store.with_remote(publisher)?, found)
+            }
+            // The newest snapshot that loads; damaged ones are skipped (the older one's
+            // offset is where reading resumes, so nothing is lost).
+            None => (store, snapshot::newest_good(&dir, load)),
+        };
         let (state, at_end) = match found {
             Ok((published, (state, seen))) => {
                 let InputPosition::Kafka {
@@ -487,6 +507,20 @@ impl Pipeline for Partitions {
     fn finishing(&mut self, lanes: &Lanes<Part>) {
         let parts: Vec<i32> = lanes.keys().copied().collect();
         self.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
+    }
+
+    fn fenced(&mut self, p: i32, why: &SnapshotError) {
+        tracing::warn!(
+            partition = p,
+            topic = %self.config.topic,
+            error = %why,
+            "gave up: another processor published this partition since this one took it \
+             (its session ended while this one was paused or cut off); its messages are \
+             read by the new owner"
+        );
+        observe::released(p);
+        self.dead_letters.forget(p);
+        self.outcome.fenced.push(p);
     }
 }
 

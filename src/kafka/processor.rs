@@ -20,6 +20,9 @@ pub struct ProcessConfig {
     /// `group.instance.id`, for static membership.
     pub instance_id: Option<String>,
     pub snapshot_dir: PathBuf,
+    /// A bucket prefix the partitions' snapshots are published to (after `snapshot_dir`,
+    /// then this processor's working folder) and taken from.
+    pub remote: Option<crate::snapshot::Bucket>,
     pub snapshot_interval: Duration,
     pub keep_snapshots: usize,
     /// The merged view is published at most this often (see `snapshot::view`).
@@ -107,4 +110,6 @@ pub struct ProcessOutcome {
     pub not_final: Vec<i32>,
     /// Merged views of the topic this process published (see `snapshot::view`).
     pub views: u64,
+    /// Partitions dropped because another processor had published them since (fenced).
+    pub fenced: Vec<i32>,
 }

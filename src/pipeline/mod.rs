@@ -96,6 +96,10 @@ pub trait Pipeline {
 
     /// Before the last snapshots: a last chance for what they wait for.
     fn finishing(&mut self, _lanes: &Lanes<Self::Lane>) {}
+
+    /// Lane `key` was dropped: its snapshot was refused because another writer published
+    /// that lane's state since ([`SnapshotError::Fenced`]).
+    fn fenced(&mut self, _key: i32, _why: &SnapshotError) {}
 }
 
 /// How long snapshots stopped the stream and took.
@@ -207,20 +211,48 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        let published = self.finished(false)?;
+        let published = self.finished(pipeline, false)?;
         self.published(pipeline, published)
     }
 
     /// The snapshots written beside the stream that are done (with `wait`, all of them).
-    fn finished(&mut self, wait: bool) -> Result<Vec<(i32, Written)>, SnapshotError> {
+    /// A lane whose snapshot was fenced is dropped (see [`Snapshots::drop_fenced`]).
+    fn finished<P>(
+        &mut self,
+        pipeline: &mut P,
+        wait: bool,
+    ) -> Result<Vec<(i32, Written)>, SnapshotError>
+    where
+        P: Pipeline<Lane = L>,
+    {
         let mut done = Vec::new();
+        let mut fenced = Vec::new();
         for (&key, slot) in self.lanes.iter_mut() {
-            if let Some(w) = slot.store.finished(wait)? {
-                self.timings.longest_write = self.timings.longest_write.max(w.took);
-                done.push((key, w));
+            match slot.store.finished(wait) {
+                Ok(Some(w)) => {
+                    self.timings.longest_write = self.timings.longest_write.max(w.took);
+                    done.push((key, w));
+                }
+                Ok(None) => {}
+                Err(e @ SnapshotError::Fenced { .. }) => fenced.push((key, e)),
+                Err(e) => return Err(e),
             }
         }
+        for (key, e) in fenced {
+            self.drop_fenced(pipeline, key, e);
+        }
         Ok(done)
+    }
+
+    /// Drops lane `key`, whose snapshot another writer's newer one fenced: its state is
+    /// not this process's to publish any more (its new owner has it).
+    fn drop_fenced<P>(&mut self, pipeline: &mut P, key: i32, e: SnapshotError)
+    where
+        P: Pipeline<Lane = L>,
+    {
+        tracing::warn!(lane = key, error = %e, "dropped: another writer owns it now");
+        self.lanes.remove(&key);
+        pipeline.fenced(key, &e);
     }
 
     fn published<P>(
@@ -249,9 +281,14 @@ impl<L: Lane> Snapshots<L> {
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
         };
-        if let Some(w) = slot.store.finished(false)? {
-            self.timings.longest_write = self.timings.longest_write.max(w.took);
-            self.published(pipeline, vec![(key, w)])?;
+        match slot.store.finished(false) {
+            Ok(Some(w)) => {
+                self.timings.longest_write = self.timings.longest_write.max(w.took);
+                self.published(pipeline, vec![(key, w)])?;
+            }
+            Ok(None) => {}
+            Err(e @ SnapshotError::Fenced { .. }) => self.drop_fenced(pipeline, key, e),
+            Err(e) => return Err(e.into()),
         }
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
@@ -276,8 +313,9 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        let mut published = self.finished(true)?;
+        let mut published = self.finished(pipeline, true)?;
         let mut waiting = Vec::new();
+        let mut fenced = Vec::new();
         for (&key, slot) in self.lanes.iter_mut() {
             if !slot.dirty {
                 continue;
@@ -287,11 +325,18 @@ impl<L: Lane> Snapshots<L> {
                 continue;
             }
             let meta = pipeline.meta(key, &slot.lane)?;
-            let w = slot
+            match slot
                 .store
-                .write_now(slot.lane.core(), slot.lane.seen(), meta)?;
-            published.push((key, w));
+                .write_now(slot.lane.core(), slot.lane.seen(), meta)
+            {
+                Ok(w) => published.push((key, w)),
+                Err(e @ SnapshotError::Fenced { .. }) => fenced.push((key, e)),
+                Err(e) => return Err(e.into()),
+            }
             slot.dirty = false;
+        }
+        for (key, e) in fenced {
+            self.drop_fenced(pipeline, key, e);
         }
         self.published(pipeline, published)?;
         Ok(waiting)

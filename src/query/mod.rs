@@ -81,30 +81,7 @@ impl Session {
                     .await?;
                 }
             }
-            Reading::Merge(topic) => {
-                let missing = topic.missing();
-                if !missing.is_empty() {
-                    tracing::warn!(
-                        partitions = ?missing,
-                        topic = %topic.topic,
-                        of = topic.partitions,
-                        "these partitions have no snapshot yet: their events are missing and \
-                         no day is final"
-                    );
-                }
-                let core = snapshot::load_merged(topic)?;
-                let rfm = core.rfm();
-                let batches = [
-                    tables::daily_sales(&core)?,
-                    tables::daily_group_sales(&core, false)?,
-                    tables::daily_group_sales(&core, true)?,
-                    tables::rfm(rfm)?,
-                ];
-                for (table, batch) in QUERY_TABLES.iter().zip(batches) {
-                    let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-                    ctx.register_table(*table, Arc::new(mem))?;
-                }
-            }
+            Reading::Merge(topic) => register_merge(&ctx, topic)?,
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session { ctx, parts })
@@ -113,7 +90,10 @@ impl Session {
     /// Registers the query tables of the snapshot a bucket's `LATEST` names, read by
     /// DataFusion from the store directly (nothing is copied to local disk first).
     async fn open_bucket(bucket: &Bucket) -> Result<Session, QueryError> {
-        let (name, manifest) = snapshot::remote::latest(bucket).await?;
+        let (name, manifest) = match snapshot::remote::latest(bucket).await {
+            Err(SnapshotError::None(_)) => return Self::open_bucket_topic(bucket).await,
+            found => found?,
+        };
         let path = PathBuf::from(format!("{}/{name}", bucket.url));
         if manifest.format != snapshot::manifest::FORMAT_VERSION {
             return Err(SnapshotError::Damaged {
@@ -144,7 +124,28 @@ impl Session {
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {
             ctx,
-            parts: vec![Published { path, manifest }],
+            parts: vec![Published {
+                path,
+                manifest,
+                fetched: None,
+            }],
+        })
+    }
+
+    /// The partitions of one topic under `<bucket>/partitions/`, each one's latest snapshot
+    /// fetched into memory and merged.
+    async fn open_bucket_topic(bucket: &Bucket) -> Result<Session, QueryError> {
+        let parts = snapshot::remote::fetch_partitions(bucket).await?;
+        if parts.is_empty() {
+            return Err(SnapshotError::None(PathBuf::from(&bucket.url)).into());
+        }
+        let set = snapshot::TopicSet::of(Path::new(&bucket.url), parts)?;
+        let ctx = SessionContext::new();
+        register_merge(&ctx, &set)?;
+        ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
+        Ok(Session {
+            ctx,
+            parts: set.parts.into_iter().map(|(_, p)| p).collect(),
         })
     }
 
@@ -175,6 +176,32 @@ impl Session {
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
+}
+
+/// Registers the four tables of the merge of `topic`'s partition snapshots.
+fn register_merge(ctx: &SessionContext, topic: &snapshot::TopicSet) -> Result<(), QueryError> {
+    let missing = topic.missing();
+    if !missing.is_empty() {
+        tracing::warn!(
+            partitions = ?missing,
+            topic = %topic.topic,
+            of = topic.partitions,
+            "these partitions have no snapshot yet: their events are missing and no day is final"
+        );
+    }
+    let core = snapshot::load_merged(topic)?;
+    let rfm = core.rfm();
+    let batches = [
+        tables::daily_sales(&core)?,
+        tables::daily_group_sales(&core, false)?,
+        tables::daily_group_sales(&core, true)?,
+        tables::rfm(rfm)?,
+    ];
+    for (table, batch) in QUERY_TABLES.iter().zip(batches) {
+        let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        ctx.register_table(*table, Arc::new(mem))?;
+    }
+    Ok(())
 }
 
 /// Says plainly that the query interface is read-only.

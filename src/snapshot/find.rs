@@ -3,7 +3,7 @@
 //! processor's folder. Nothing here panics on what it reads: a damaged file is a
 //! [`SnapshotError`] that names it.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,8 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::manifest::{self, Manifest};
 use super::{
-    io_err, parse_id, tables, InputPosition, Published, SnapshotError, LATEST_FILE, PARTITIONS_DIR,
+    io_err, parse_id, tables, InputPosition, Published, SnapshotError, TableSource, LATEST_FILE,
+    PARTITIONS_DIR,
 };
 
 /// Tables every snapshot holds; `state_seen` is only in a Kafka partition's.
@@ -50,6 +51,7 @@ fn open(path: &Path) -> Result<Published, SnapshotError> {
     Ok(Published {
         path: path.to_path_buf(),
         manifest,
+        fetched: None,
     })
 }
 
@@ -81,14 +83,16 @@ impl Published {
             _ => &REQUIRED,
         };
         for table in required.iter().copied().chain(optional) {
-            let path = self
-                .table_path(table)
-                .ok_or_else(|| SnapshotError::Incomplete(self.path.clone(), table.to_string()))?;
-            let file = File::open(&path).map_err(io_err("opening", &path))?;
-            let found = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(|e| damaged(&path, format!("not readable as Parquet: {e}")))?
-                .schema()
-                .clone();
+            let (path, source) = self.table_source(table)?;
+            let found = match source {
+                TableSource::File(f) => {
+                    ParquetRecordBatchReaderBuilder::try_new(f).map(|b| b.schema().clone())
+                }
+                TableSource::Bytes(b) => {
+                    ParquetRecordBatchReaderBuilder::try_new(b).map(|b| b.schema().clone())
+                }
+            }
+            .map_err(|e| damaged(&path, format!("not readable as Parquet: {e}")))?;
             let want = tables::schema(table);
             let shape = |s: &datafusion::arrow::datatypes::Schema| {
                 s.fields()
@@ -176,6 +180,33 @@ pub struct TopicSet {
 }
 
 impl TopicSet {
+    /// The set of partition snapshots `parts` (each one's latest) found at `at`: refused,
+    /// naming the difference, when they are not of one topic and partition count.
+    pub fn of(at: &Path, parts: Vec<Published>) -> Result<TopicSet, SnapshotError> {
+        let mut shapes = Vec::new();
+        for s in &parts {
+            let InputPosition::Kafka {
+                topic,
+                partition,
+                partitions,
+                ..
+            } = &s.manifest.input
+            else {
+                return Err(SnapshotError::Damaged {
+                    path: s.path.clone(),
+                    what: "a snapshot below partitions/ that is not a partition's".into(),
+                });
+            };
+            shapes.push((topic.clone(), *partition, *partitions));
+        }
+        let SetShape { topic, partitions } = agreed_shape(at, &shapes)?;
+        Ok(TopicSet {
+            topic,
+            partitions,
+            parts: shapes.iter().map(|s| s.1).zip(parts).collect(),
+        })
+    }
+
     /// Partitions without a snapshot: while any is missing no day of the merge is final.
     pub fn missing(&self) -> Vec<i32> {
         (0..self.partitions)

@@ -2,7 +2,6 @@
 //! can resume from it exactly.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
@@ -12,20 +11,22 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use storepulse_replay::RejectReason;
 
-use super::{io_err, tables, Published, SnapshotError, TopicSet};
+use super::{tables, Published, SnapshotError, TableSource, TopicSet};
 use crate::aggregate::{Core, CoreConfig, CoreState, CustomerState, DayState, Seen, Totals};
 
 fn read(snapshot: &Published, table: &str) -> Result<Vec<RecordBatch>, SnapshotError> {
-    let path = snapshot
-        .table_path(table)
-        .ok_or_else(|| SnapshotError::Incomplete(snapshot.path.clone(), table.to_string()))?;
-    let file = File::open(&path).map_err(io_err("opening", &path))?;
+    let (path, source) = snapshot.table_source(table)?;
     let damaged = |e: &dyn std::fmt::Display| SnapshotError::Damaged {
         path: path.clone(),
         what: format!("not readable as Parquet: {e}"),
     };
-    ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
+    let reader = match source {
+        TableSource::File(f) => ParquetRecordBatchReaderBuilder::try_new(f).and_then(|b| b.build()),
+        TableSource::Bytes(b) => {
+            ParquetRecordBatchReaderBuilder::try_new(b).and_then(|b| b.build())
+        }
+    };
+    reader
         .map_err(|e| damaged(&e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| damaged(&e))

@@ -116,14 +116,46 @@ pub struct SnapshotMeta {
     pub config: WindowConfig,
 }
 
-/// A published snapshot found on disk.
+/// A published snapshot found on disk (or fetched from a bucket).
 #[derive(Debug, Clone)]
 pub struct Published {
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// The table files by name, when fetched from a bucket into memory; else they are read
+    /// from `path`.
+    pub fetched: Option<std::sync::Arc<std::collections::BTreeMap<String, bytes::Bytes>>>,
+}
+
+/// A table file's bytes: from the disk, or fetched.
+pub(crate) enum TableSource {
+    File(File),
+    Bytes(bytes::Bytes),
 }
 
 impl Published {
+    /// Where table `table`'s bytes are, and its path for messages.
+    pub(crate) fn table_source(
+        &self,
+        table: &str,
+    ) -> Result<(PathBuf, TableSource), SnapshotError> {
+        let entry = self
+            .manifest
+            .tables
+            .get(table)
+            .ok_or_else(|| SnapshotError::Incomplete(self.path.clone(), table.to_string()))?;
+        let path = self.path.join(&entry.file);
+        let source = match &self.fetched {
+            Some(files) => TableSource::Bytes(
+                files
+                    .get(&entry.file)
+                    .cloned()
+                    .ok_or_else(|| SnapshotError::Incomplete(self.path.clone(), table.into()))?,
+            ),
+            None => TableSource::File(File::open(&path).map_err(io_err("opening", &path))?),
+        };
+        Ok((path, source))
+    }
+
     pub fn table_path(&self, table: &str) -> Option<PathBuf> {
         self.manifest
             .tables

@@ -13,6 +13,7 @@
 //! did land (the store's retry then finds the condition false) is told apart by reading
 //! the pointer back: it names this writer.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use object_store::{
 };
 
 use super::manifest::{Manifest, MANIFEST_FILE};
-use super::{parse_id, SnapshotError, LATEST_FILE, PREFIX};
+use super::{parse_id, Published, SnapshotError, LATEST_FILE, PREFIX};
 
 /// The id of a bucket's snapshot folder, `snap-<id>-<writer>`.
 fn folder_id(name: &str) -> Option<u64> {
@@ -86,6 +87,27 @@ impl Bucket {
     pub fn key(&self, name: &str) -> Key {
         name.split('/')
             .fold(self.prefix.clone(), |k, part| k.clone().join(part))
+    }
+
+    /// The local folder a process writes its snapshots in before publishing them here:
+    /// its own, under `TMPDIR`, removed when it ends well.
+    pub fn work_dir(&self) -> PathBuf {
+        let name: String = self
+            .url
+            .trim_start_matches("s3://")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        std::env::temp_dir().join(format!("storepulse-{name}-{}", std::process::id()))
+    }
+
+    /// The prefix `sub` below this one.
+    pub fn child(&self, sub: &str) -> Bucket {
+        Bucket {
+            url: format!("{}/{sub}", self.url.trim_end_matches('/')),
+            prefix: self.key(sub),
+            ..self.clone()
+        }
     }
 
     /// `s3://bucket/<key>`, as DataFusion reads it through the registered store.
@@ -188,6 +210,8 @@ pub struct Publisher {
     writer: String,
     /// The ETag of the pointer this writer published last (or found at the start).
     pointer: Option<String>,
+    /// The snapshot the pointer named when this writer opened the prefix.
+    pointed: Option<String>,
     keep: usize,
 }
 
@@ -203,10 +227,14 @@ impl Publisher {
     pub fn open(bucket: Bucket, keep: usize) -> Result<Self, SnapshotError> {
         let rt = runtime()?;
         let latest = bucket.key(LATEST_FILE);
-        // GET, not HEAD: some servers answer a HEAD of a missing key with a body.
-        let pointer = match rt.block_on(bucket.store.get(&latest)) {
-            Ok(got) => got.meta.e_tag,
-            Err(object_store::Error::NotFound { .. }) => None,
+        let read = rt.block_on(async {
+            let got = bucket.store.get(&latest).await?;
+            let e_tag = got.meta.e_tag.clone();
+            Ok::<_, object_store::Error>((e_tag, got.bytes().await?))
+        });
+        let (pointer, pointed) = match read {
+            Ok((e_tag, text)) => (e_tag, Some(pointed_name(&text))),
+            Err(object_store::Error::NotFound { .. }) => (None, None),
             Err(e) => return Err(bucket.error("reading", &latest, e)),
         };
         let nanos = std::time::SystemTime::now()
@@ -218,8 +246,19 @@ impl Publisher {
             rt,
             writer,
             pointer,
+            pointed,
             keep: keep.max(2),
         })
+    }
+
+    /// The snapshot the pointer named when this writer opened the prefix, fetched into
+    /// memory (none when the prefix had none). Publishing after it is conditional on that
+    /// pointer: a writer that took over from an older state is refused.
+    pub fn fetch_pointed(&self) -> Result<Option<Published>, SnapshotError> {
+        match &self.pointed {
+            Some(name) => self.rt.block_on(fetch(&self.bucket, name)).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The id after the highest snapshot under the prefix.
@@ -371,6 +410,71 @@ pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
         .map_err(|e| bucket.error("writing", &key, e))
 }
 
+/// The snapshot a pointer's text names (its first line).
+fn pointed_name(text: &[u8]) -> String {
+    String::from_utf8_lossy(text)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+async fn get_bytes(bucket: &Bucket, key: &Key) -> Result<bytes::Bytes, SnapshotError> {
+    match bucket.store.get(key).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map_err(|e| bucket.error("reading", key, e)),
+        Err(e) => Err(bucket.error("reading", key, e)),
+    }
+}
+
+/// The snapshot `name` under `bucket`, manifest and tables fetched into memory.
+pub async fn fetch(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
+    let manifest_key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
+    let bytes = get_bytes(bucket, &manifest_key).await?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
+            path: PathBuf::from(bucket.object_url(&manifest_key)),
+            source,
+        })?;
+    let mut files = BTreeMap::new();
+    for table in manifest.tables.values() {
+        let key = bucket.key(&format!("{name}/{}", table.file));
+        files.insert(table.file.clone(), get_bytes(bucket, &key).await?);
+    }
+    Ok(Published {
+        path: PathBuf::from(format!("{}/{name}", bucket.url)),
+        manifest,
+        fetched: Some(Arc::new(files)),
+    })
+}
+
+/// The latest snapshot of each partition below `<bucket>/partitions/`, fetched into
+/// memory, by partition folder name.
+pub async fn fetch_partitions(bucket: &Bucket) -> Result<Vec<Published>, SnapshotError> {
+    let parts = bucket.child(super::PARTITIONS_DIR);
+    let listed = bucket
+        .store
+        .list_with_delimiter(Some(&parts.prefix))
+        .await
+        .map_err(|e| bucket.error("listing", &parts.prefix, e))?;
+    let mut out = Vec::new();
+    for folder in listed.common_prefixes {
+        let Some(name) = folder.filename() else {
+            continue;
+        };
+        let part = parts.child(name);
+        match latest(&part).await {
+            Ok((pointed, _)) => out.push(fetch(&part, &pointed).await?),
+            Err(SnapshotError::None(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 /// The snapshot a bucket's `LATEST` points at: its name and manifest.
 pub async fn latest(bucket: &Bucket) -> Result<(String, Manifest), SnapshotError> {
     let key = bucket.key(LATEST_FILE);
@@ -386,13 +490,7 @@ pub async fn latest(bucket: &Bucket) -> Result<(String, Manifest), SnapshotError
             Err(e) => Err(bucket.error("reading", &key, e)),
         }
     };
-    let pointer = get(key).await?;
-    let name = String::from_utf8_lossy(&pointer)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let name = pointed_name(&get(key).await?);
     let manifest_key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
     let bytes = get(manifest_key.clone()).await?;
     let manifest = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {

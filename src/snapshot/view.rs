@@ -128,22 +128,29 @@ pub struct Periodic {
     job: Option<JoinHandle<Result<Option<Manifest>, SnapshotError>>>,
     /// Views this processor published.
     pub published: u64,
+    /// Whether views are written at all.
+    on: bool,
 }
 
 impl Periodic {
-    pub fn new(dir: &Path, every: Duration) -> Self {
+    /// A writer of views of `dir`, at most once per `every`; none at all unless `on`.
+    pub fn new(dir: &Path, every: Duration, on: bool) -> Self {
         Self {
             dir: dir.to_path_buf(),
             every,
             last: None,
             job: None,
             published: 0,
+            on,
         }
     }
 
     /// After a partition's snapshot is published: starts a view when one is due and none
     /// is being written.
     pub fn poke(&mut self) {
+        if !self.on {
+            return;
+        }
         if self.job.as_ref().is_some_and(|j| !j.is_finished()) {
             return;
         }
@@ -180,6 +187,9 @@ impl Periodic {
     /// process that writes one). Returns the views this processor published.
     pub fn finish(mut self) -> Result<u64, SnapshotError> {
         self.collect();
+        if !self.on {
+            return Ok(0);
+        }
         if publish(&self.dir, true)?.is_some() {
             self.published += 1;
         }

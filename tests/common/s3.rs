@@ -5,6 +5,8 @@
 //! conditional puts to one key could both pass. The server runs every mutating request
 //! (PUT, POST, DELETE) one at a time, which makes check and write one step, as S3 does.
 
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

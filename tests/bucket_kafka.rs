@@ -1,0 +1,196 @@
+//! Processors with no shared disk, one bucket: each keeps its partitions' snapshots in a
+//! working folder of its own (its own `TMPDIR`) and publishes them to an S3-protocol server
+//! on loopback (s3s, linked into this test), through a real Kafka-protocol broker (tansu).
+//! A processor killed with -9 and restarted, and a paused one that comes back after
+//! another took its partitions over (fenced by the conditional pointer put): the tables
+//! read back from the bucket equal `run` on the same file.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::kafka::serial;
+use common::kafka_cases::{accepted_in, paced_replay, Case, LIMIT};
+use common::spawn::{storepulse_command, Proc};
+use common::wait::wait_until;
+
+/// `process` of `case` into the bucket prefix `url`, with `tmp` as its `TMPDIR`.
+fn processor(server: &s3::Server, c: &Case, url: &str, tmp: &Path, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "process",
+        "--brokers",
+        &c.broker.addr,
+        "--snapshot-dir",
+        url,
+        "--kafka-option",
+        "compression.type=none",
+        "--snapshot-interval",
+        "100ms",
+        "--summary",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = storepulse_command(&args);
+    for (k, v) in server.env() {
+        cmd.env(k, v);
+    }
+    cmd.env("TMPDIR", tmp);
+    cmd
+}
+
+/// The manifests of the snapshots the partitions' pointers name in the bucket.
+fn pointed_manifests(server: &s3::Server, prefix: &str) -> Vec<serde_json::Value> {
+    let parts = server.file(&format!("{prefix}/partitions"));
+    let mut out = Vec::new();
+    for dir in std::fs::read_dir(parts).into_iter().flatten().flatten() {
+        let Ok(pointer) = std::fs::read_to_string(dir.path().join("LATEST")) else {
+            continue;
+        };
+        let name = pointer.lines().next().unwrap_or_default();
+        if let Ok(text) = std::fs::read_to_string(dir.path().join(name).join("manifest.json")) {
+            out.push(serde_json::from_str(&text).unwrap());
+        }
+    }
+    out
+}
+
+fn accepted(server: &s3::Server, prefix: &str) -> u64 {
+    pointed_manifests(server, prefix)
+        .iter()
+        .map(|m| m["counts"]["accepted"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The four tables through `query` from the bucket equal `run`'s.
+fn assert_tables_equal_run(server: &s3::Server, c: &Case, url: &str) {
+    for sql in [
+        "SELECT * FROM daily_sales ORDER BY day",
+        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+        "SELECT * FROM rfm ORDER BY user_id",
+    ] {
+        let want = common::query_csv(&c.want, sql);
+        assert!(want.lines().count() > 1, "{sql}: empty");
+        let mut cmd = storepulse_command(&["query", "--format", "csv", "--snapshot-dir", url, sql]);
+        for (k, v) in server.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{sql}");
+    }
+}
+
+#[test]
+fn two_processors_without_shared_disk_one_killed_and_restarted_equal_run() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(12_000, 31, 4);
+    let url = server.url("kafka");
+    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let with = |id: &'static str, home: &Path| {
+        let extra = ["--stop-at-end", "--instance-id", id];
+        processor(&server, &c, &url, home, &extra)
+    };
+    let a = Proc::start("processor a", &mut with("a", homes[0].path()));
+    let b = Proc::start("processor b", &mut with("b", homes[1].path()));
+    let replayer = paced_replay(&c.broker, &c.input, "2000");
+    wait_until(LIMIT, "events published to the bucket", || {
+        accepted(&server, "kafka") > 3_000
+    });
+    b.kill9();
+    assert!(accepted(&server, "kafka") < 11_000, "killed too late");
+    let b2 = Proc::start("processor b restarted", &mut with("b", homes[2].path()));
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    let (out_a, out_b) = (a.wait_ok(LIMIT), b2.wait_ok(LIMIT));
+    for out in [&out_a, &out_b] {
+        let out = common::summary(out);
+        assert_eq!(out["snapshot_dir"], url.as_str(), "{out}");
+    }
+    let m = pointed_manifests(&server, "kafka");
+    assert_eq!(m.len(), 4, "every partition in the bucket");
+    assert_eq!(accepted(&server, "kafka"), accepted_in(&summary));
+    let duplicates: u64 = m
+        .iter()
+        .map(|m| m["counts"]["duplicates"].as_u64().unwrap())
+        .sum();
+    assert_eq!(duplicates, 0, "no message applied twice");
+    // The working folders were only staging: the processors that ended left nothing
+    // there (the killed one's folder stays; the restarted one did not need it).
+    for home in [&homes[0], &homes[2]] {
+        let left: Vec<_> = std::fs::read_dir(home.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    assert_tables_equal_run(&server, &c, &url);
+}
+
+#[test]
+fn a_paused_processor_whose_partitions_were_taken_over_is_fenced_and_changes_nothing() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(9_000, 32, 2);
+    let url = server.url("zombie");
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Static assignments that overlap, as after a paused owner's partitions were given to
+    // another: only the conditional put keeps the older owner from publishing.
+    let a = Proc::start(
+        "processor a",
+        &mut processor(&server, &c, &url, home_a.path(), &["--assign", "all"]),
+    );
+    let replayer = paced_replay(&c.broker, &c.input, "2000");
+    wait_until(LIMIT, "events published by a", || {
+        accepted(&server, "zombie") > 1_500
+    });
+    a.signal(libc::SIGSTOP);
+    let before = accepted(&server, "zombie");
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    assert!(before < accepted_in(&summary), "a was paused mid-stream");
+    let b = Proc::start(
+        "processor b",
+        &mut processor(
+            &server,
+            &c,
+            &url,
+            home_b.path(),
+            &["--assign", "all", "--stop-at-end"],
+        ),
+    );
+    b.wait_ok(LIMIT);
+    let pointers = |s: &s3::Server| {
+        (0..2)
+            .map(|p| {
+                std::fs::read_to_string(s.file(&format!("zombie/partitions/purchases-{p}/LATEST")))
+                    .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let taken_over = pointers(&server);
+    assert_eq!(accepted(&server, "zombie"), accepted_in(&summary));
+
+    // Back from its pause, a reads on and tries to publish: refused, it drops both
+    // partitions and says so.
+    a.signal(libc::SIGCONT);
+    for p in 0..2 {
+        a.wait_stderr(&format!("partition={p}"), LIMIT);
+    }
+    wait_until(LIMIT, "a to drop both partitions", || {
+        a.stderr()
+            .matches("gave up: another processor published this partition")
+            .count()
+            >= 2
+    });
+    assert_eq!(pointers(&server), taken_over, "the pointers are still b's");
+    let out = a.terminate(LIMIT);
+    assert!(
+        common::summary(&out)["fenced"] == serde_json::json!([0, 1]),
+        "{out}"
+    );
+    assert_tables_equal_run(&server, &c, &url);
+}
