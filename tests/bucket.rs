@@ -241,3 +241,70 @@ fn a_second_writer_of_one_prefix_is_fenced_and_never_replaces_the_pointer() {
         "{pointer}"
     );
 }
+
+#[test]
+fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
+    use std::sync::atomic::Ordering;
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 20_000, 23);
+    let local = tmp.path().join("local");
+    common::run(&input, &local, &["--max"]);
+    // Each request is tried twice here: five 503s in a row fail at least two periodic
+    // snapshots (tried again at the next interval), and the first pointer put that lands
+    // is answered 500, so its retry finds the condition false and reads the pointer back.
+    server.faults.before.store(5, Ordering::SeqCst);
+    server.faults.after_pointer.store(1, Ordering::SeqCst);
+    let url = server.url("faulty");
+    let mut cmd = storepulse_command(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--rate",
+        "10000",
+        "--no-progress",
+        "--snapshot-interval",
+        "100ms",
+        "--snapshot-dir",
+        &url,
+    ]);
+    cmd.envs(server.env()).env("STOREPULSE_STORE_RETRIES", "1");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(server.faults.injected.load(Ordering::SeqCst), 6, "{err}");
+    assert!(
+        err.matches("a snapshot could not be published; the next interval tries again")
+            .count()
+            >= 2,
+        "{err}"
+    );
+    for sql in TABLES {
+        let got = ok_with_env(
+            &server,
+            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
+        );
+        assert_eq!(got, common::query_csv(&local, sql), "{sql}");
+    }
+    // Nothing half: every snapshot folder with a manifest holds every file it lists, and
+    // the pointer names one of them.
+    let root = server.file("faulty");
+    let objects = s3::objects(&root);
+    let manifests: Vec<&String> = objects
+        .iter()
+        .filter(|o| o.ends_with("/manifest.json"))
+        .collect();
+    assert!(!manifests.is_empty());
+    for m in &manifests {
+        let folder = m.trim_end_matches("/manifest.json");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(m)).unwrap()).unwrap();
+        for t in manifest["tables"].as_object().unwrap().values() {
+            let file = format!("{folder}/{}", t["file"].as_str().unwrap());
+            assert!(objects.contains(&file), "{file} missing: {objects:?}");
+        }
+    }
+    let pointer = std::fs::read_to_string(root.join("LATEST")).unwrap();
+    let pointed = format!("{}/manifest.json", pointer.lines().next().unwrap());
+    assert!(objects.contains(&pointed), "{pointer}");
+}

@@ -509,7 +509,7 @@ impl Pipeline for Partitions {
         self.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
     }
 
-    fn fenced(&mut self, p: i32, why: &SnapshotError) {
+    fn fenced(&mut self, p: i32, why: &SnapshotError) -> bool {
         tracing::warn!(
             partition = p,
             topic = %self.config.topic,
@@ -521,6 +521,7 @@ impl Pipeline for Partitions {
         observe::released(p);
         self.dead_letters.forget(p);
         self.outcome.fenced.push(p);
+        true
     }
 }
 

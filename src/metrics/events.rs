@@ -111,6 +111,16 @@ impl SnapshotPublished {
     }
 }
 
+/// A periodic snapshot could not be published (the store failed beyond its retries); it
+/// is tried again at the next interval.
+pub struct SnapshotFailed;
+
+impl SnapshotFailed {
+    pub fn emit(self) {
+        get().snapshot_failures.inc();
+    }
+}
+
 /// Customers were scored: how many, and how many fall in each segment.
 pub struct SegmentsScored<I> {
     pub customers: Option<usize>,

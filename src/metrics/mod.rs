@@ -53,6 +53,7 @@ pub struct Metrics {
     snapshot_size: IntGauge,
     snapshot_last_success: Gauge,
     snapshots: IntCounter,
+    snapshot_failures: IntCounter,
     target_speed: Gauge,
     target_rate: Gauge,
     achieved_speed: Gauge,
@@ -243,6 +244,11 @@ impl Metrics {
                 "Wall time the last snapshot was published, seconds since the epoch.",
             )?,
             snapshots: counter(r, "snapshots_total", "Snapshots published.")?,
+            snapshot_failures: counter(
+                r,
+                "snapshot_failures_total",
+                "Periodic snapshots not published (a store error beyond its retries); each is tried again at the next interval.",
+            )?,
             target_speed: gauge(
                 r,
                 "replay_target_speed_ratio",

@@ -32,7 +32,14 @@ pub struct Slot<L> {
     pub lane: L,
     store: Beside,
     dirty: bool,
+    /// Periodic snapshots of this lane that could not be published, in a row.
+    failed: u32,
 }
+
+/// A lane's periodic snapshots that may fail to be published in a row (a store that is
+/// away) before the command stops with the error; each is tried again at the next
+/// interval, and the stream goes on meanwhile.
+pub const MAX_FAILED_SNAPSHOTS: u32 = 30;
 
 impl<L> Slot<L> {
     pub fn new(lane: L, store: Beside) -> Self {
@@ -40,7 +47,27 @@ impl<L> Slot<L> {
             lane,
             store,
             dirty: false,
+            failed: 0,
         }
+    }
+
+    /// A periodic snapshot of this lane could not be published: counted, said, and the
+    /// lane is snapshotted again at the next interval; an error once too many failed in a
+    /// row.
+    fn failed(&mut self, key: i32, e: SnapshotError) -> Result<(), SnapshotError> {
+        self.failed += 1;
+        self.dirty = true;
+        crate::metrics::events::SnapshotFailed.emit();
+        if self.failed > MAX_FAILED_SNAPSHOTS {
+            return Err(e);
+        }
+        tracing::warn!(
+            lane = key,
+            error = %e,
+            in_a_row = self.failed,
+            "a snapshot could not be published; the next interval tries again"
+        );
+        Ok(())
     }
 
     /// The lane changed: its next snapshot is due at the next interval.
@@ -97,9 +124,12 @@ pub trait Pipeline {
     /// Before the last snapshots: a last chance for what they wait for.
     fn finishing(&mut self, _lanes: &Lanes<Self::Lane>) {}
 
-    /// Lane `key` was dropped: its snapshot was refused because another writer published
-    /// that lane's state since ([`SnapshotError::Fenced`]).
-    fn fenced(&mut self, _key: i32, _why: &SnapshotError) {}
+    /// Lane `key`'s snapshot was refused because another writer published that lane's
+    /// state since ([`SnapshotError::Fenced`]): whether the lane is dropped and the rest go
+    /// on (else the driver stops with the error).
+    fn fenced(&mut self, _key: i32, _why: &SnapshotError) -> bool {
+        false
+    }
 }
 
 /// How long snapshots stopped the stream and took.
@@ -231,28 +261,37 @@ impl<L: Lane> Snapshots<L> {
             match slot.store.finished(wait) {
                 Ok(Some(w)) => {
                     self.timings.longest_write = self.timings.longest_write.max(w.took);
+                    slot.failed = 0;
                     done.push((key, w));
                 }
                 Ok(None) => {}
                 Err(e @ SnapshotError::Fenced { .. }) => fenced.push((key, e)),
+                Err(e @ SnapshotError::Store { .. }) => slot.failed(key, e)?,
                 Err(e) => return Err(e),
             }
         }
         for (key, e) in fenced {
-            self.drop_fenced(pipeline, key, e);
+            self.drop_fenced(pipeline, key, e)?;
         }
         Ok(done)
     }
 
     /// Drops lane `key`, whose snapshot another writer's newer one fenced: its state is
     /// not this process's to publish any more (its new owner has it).
-    fn drop_fenced<P>(&mut self, pipeline: &mut P, key: i32, e: SnapshotError)
+    fn drop_fenced<P>(
+        &mut self,
+        pipeline: &mut P,
+        key: i32,
+        e: SnapshotError,
+    ) -> Result<(), SnapshotError>
     where
         P: Pipeline<Lane = L>,
     {
-        tracing::warn!(lane = key, error = %e, "dropped: another writer owns it now");
+        if !pipeline.fenced(key, &e) {
+            return Err(e);
+        }
         self.lanes.remove(&key);
-        pipeline.fenced(key, &e);
+        Ok(())
     }
 
     fn published<P>(
@@ -284,10 +323,12 @@ impl<L: Lane> Snapshots<L> {
         match slot.store.finished(false) {
             Ok(Some(w)) => {
                 self.timings.longest_write = self.timings.longest_write.max(w.took);
+                slot.failed = 0;
                 self.published(pipeline, vec![(key, w)])?;
             }
             Ok(None) => {}
-            Err(e @ SnapshotError::Fenced { .. }) => self.drop_fenced(pipeline, key, e),
+            Err(e @ SnapshotError::Fenced { .. }) => self.drop_fenced(pipeline, key, e)?,
+            Err(e @ SnapshotError::Store { .. }) => slot.failed(key, e)?,
             Err(e) => return Err(e.into()),
         }
         let Some(slot) = self.lanes.get_mut(&key) else {
@@ -336,7 +377,7 @@ impl<L: Lane> Snapshots<L> {
             slot.dirty = false;
         }
         for (key, e) in fenced {
-            self.drop_fenced(pipeline, key, e);
+            self.drop_fenced(pipeline, key, e)?;
         }
         self.published(pipeline, published)?;
         Ok(waiting)

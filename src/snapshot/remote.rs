@@ -124,16 +124,20 @@ impl Bucket {
     }
 }
 
-/// Retries of transient store errors (5xx, timeouts, throttling): up to 6 over at most a
-/// minute, with exponential backoff from 100 ms.
+/// Retries of transient store errors (5xx, timeouts, throttling): up to 6 (or
+/// `STOREPULSE_STORE_RETRIES`) over at most a minute, with exponential backoff from 100 ms.
 fn retry() -> RetryConfig {
+    let retries = std::env::var("STOREPULSE_STORE_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             base: 2.0,
         },
-        max_retries: 6,
+        max_retries: retries,
         retry_timeout: Duration::from_secs(60),
     }
 }
@@ -333,48 +337,59 @@ impl Publisher {
         let b = &self.bucket;
         let key = b.key(LATEST_FILE);
         let text = pointer_text(name, &self.writer);
-        let mode = match &self.pointer {
-            None => PutMode::Create,
-            Some(e_tag) => PutMode::Update(UpdateVersion {
-                e_tag: Some(e_tag.clone()),
-                version: None,
-            }),
-        };
-        let opts = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
-        let put = b
-            .store
-            .put_opts(&key, PutPayload::from(text.clone().into_bytes()), opts);
-        match self.rt.block_on(put) {
-            Ok(done) => {
-                self.pointer = done.e_tag;
-                Ok(())
-            }
-            Err(
-                e @ (object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }),
-            ) => {
-                // Ours, if an answer was lost after it landed; else another writer's.
-                let found = self.rt.block_on(async {
-                    let got = b.store.get(&key).await?;
-                    let e_tag = got.meta.e_tag.clone();
-                    Ok::<_, object_store::Error>((got.bytes().await?, e_tag))
-                });
-                match found {
-                    Ok((bytes, e_tag)) if bytes.as_ref() == text.as_bytes() => {
-                        self.pointer = e_tag;
-                        Ok(())
-                    }
-                    _ => Err(SnapshotError::Fenced {
-                        url: b.url.clone(),
-                        detail: e.to_string(),
-                    }),
+        let mine = format!("writer {}", self.writer);
+        // Twice at most: once more when the pointer turns out to be this writer's own
+        // earlier one, whose answer was lost (its ETag was never learnt).
+        for _ in 0..2 {
+            let mode = match &self.pointer {
+                None => PutMode::Create,
+                Some(e_tag) => PutMode::Update(UpdateVersion {
+                    e_tag: Some(e_tag.clone()),
+                    version: None,
+                }),
+            };
+            let opts = PutOptions {
+                mode,
+                ..PutOptions::default()
+            };
+            let put = b
+                .store
+                .put_opts(&key, PutPayload::from(text.clone().into_bytes()), opts);
+            let refused = match self.rt.block_on(put) {
+                Ok(done) => {
+                    self.pointer = done.e_tag;
+                    return Ok(());
                 }
+                Err(
+                    e @ (object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. }),
+                ) => e,
+                Err(e) => return Err(b.error("publishing", &key, e)),
+            };
+            // This very put, landed with its answer lost; an earlier one of this writer
+            // likewise; or another writer's pointer.
+            let found = self.rt.block_on(async {
+                let got = b.store.get(&key).await?;
+                let e_tag = got.meta.e_tag.clone();
+                Ok::<_, object_store::Error>((got.bytes().await?, e_tag))
+            });
+            let (bytes, e_tag) = found.map_err(|e| b.error("reading", &key, e))?;
+            if bytes.as_ref() == text.as_bytes() {
+                self.pointer = e_tag;
+                return Ok(());
             }
-            Err(e) => Err(b.error("publishing", &key, e)),
+            if !String::from_utf8_lossy(&bytes).lines().any(|l| l == mine) {
+                return Err(SnapshotError::Fenced {
+                    url: b.url.clone(),
+                    detail: refused.to_string(),
+                });
+            }
+            self.pointer = e_tag;
         }
+        Err(SnapshotError::Fenced {
+            url: b.url.clone(),
+            detail: "the pointer changed twice under this writer's own".into(),
+        })
     }
 
     /// Removes all but the newest `keep` snapshots under the prefix.

@@ -3,7 +3,8 @@
 //!
 //! s3s-fs checks If-Match / If-None-Match and then writes, without a lock, so two
 //! conditional puts to one key could both pass. The server runs every mutating request
-//! (PUT, POST, DELETE) one at a time, which makes check and write one step, as S3 does.
+//! (PUT, POST, DELETE) one at a time, which makes check and write one step, as S3 does,
+//! and can fail some of them on purpose ([`Faults`]).
 
 #![allow(dead_code)]
 
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -28,6 +30,31 @@ pub const SECRET_KEY: &str = "storepulse-test-secret";
 struct Serialized {
     inner: S3Service,
     lock: Arc<Mutex<()>>,
+    faults: Arc<Faults>,
+}
+
+/// Faults of mutating requests, set by a test: the next `before` ones are answered 503
+/// without reaching the store; the next `after_pointer` puts of a `LATEST` take effect and
+/// are then answered 500, as when an answer is lost after the write.
+#[derive(Default)]
+pub struct Faults {
+    pub before: AtomicUsize,
+    pub after_pointer: AtomicUsize,
+    /// Requests answered with a fault so far.
+    pub injected: AtomicUsize,
+}
+
+fn take(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+fn error_response(status: u16, code: &str) -> s3s::HttpResponse {
+    let body =
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code></Error>");
+    let mut r = http::Response::new(s3s::Body::from(body));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r
 }
 
 type BoxFut = Pin<Box<dyn Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
@@ -39,15 +66,29 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let mutating = !req.method().is_safe();
+        let pointer = req.method() == http::Method::PUT && req.uri().path().ends_with("/LATEST");
         let inner = self.inner.clone();
         let lock = self.lock.clone();
+        let faults = self.faults.clone();
         Box::pin(async move {
             let _guard = if mutating {
                 Some(lock.lock().await)
             } else {
                 None
             };
-            hyper::service::Service::call(&inner, req).await
+            if mutating && take(&faults.before) {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                // The body is read first: answering early closes the connection under the
+                // client.
+                let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                return Ok(error_response(503, "SlowDown"));
+            }
+            let resp = hyper::service::Service::call(&inner, req).await?;
+            if pointer && resp.status().is_success() && take(&faults.after_pointer) {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                return Ok(error_response(500, "InternalError"));
+            }
+            Ok(resp)
         })
     }
 }
@@ -57,6 +98,7 @@ pub struct Server {
     /// The server's root: `<root>/<bucket>/<key>`.
     pub root: tempfile::TempDir,
     pub bucket: String,
+    pub faults: Arc<Faults>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -81,9 +123,11 @@ impl Server {
         let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
         let mut b = S3ServiceBuilder::new(fs);
         b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let faults = Arc::new(Faults::default());
         let svc = Serialized {
             inner: b.build(),
             lock: Arc::new(Mutex::new(())),
+            faults: faults.clone(),
         };
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -103,6 +147,7 @@ impl Server {
             addr,
             root,
             bucket: bucket.to_string(),
+            faults,
             rt: Some(rt),
         }
     }
