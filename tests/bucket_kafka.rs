@@ -64,14 +64,60 @@ fn accepted(server: &s3::Server, prefix: &str) -> u64 {
         .sum()
 }
 
-/// The four tables through `query` from the bucket equal `run`'s.
+/// The four tables through `query` from the bucket equal `run`'s, read through the merged
+/// view the last processor published, which merges the partitions' latest snapshots.
 fn assert_tables_equal_run(server: &s3::Server, c: &Case, url: &str) {
-    for sql in [
+    let prefix = url.rsplit('/').next().unwrap();
+    let pointer = std::fs::read_to_string(server.file(&format!("{prefix}/merged/LATEST")))
+        .expect("a merged view in the bucket");
+    let name = pointer.lines().next().unwrap();
+    let view: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(server.file(&format!("{prefix}/merged/{name}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut merged: Vec<(i64, u64)> = view["input"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["snapshot"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut latest: Vec<(i64, u64)> = pointed_manifests(server, prefix)
+        .iter()
+        .map(|m| {
+            (
+                m["input"]["partition"].as_i64().unwrap(),
+                m["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    merged.sort_unstable();
+    latest.sort_unstable();
+    assert_eq!(
+        merged, latest,
+        "the view merges every partition's latest snapshot"
+    );
+    // Through the view, then (its pointer removed) through the merge of the partitions.
+    let tables = [
         "SELECT * FROM daily_sales ORDER BY day",
         "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
         "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
         "SELECT * FROM rfm ORDER BY user_id",
-    ] {
+    ];
+    let without_view = tables.iter().map(|_| false);
+    let with_view = tables.iter().map(|_| true);
+    for (sql, view) in tables
+        .iter()
+        .chain(&tables)
+        .zip(with_view.chain(without_view))
+    {
+        if !view {
+            let _ = std::fs::remove_file(server.file(&format!("{prefix}/merged/LATEST")));
+        }
         let want = common::query_csv(&c.want, sql);
         assert!(want.lines().count() > 1, "{sql}: empty");
         let mut cmd = storepulse_command(&["query", "--format", "csv", "--snapshot-dir", url, sql]);

@@ -181,11 +181,11 @@ pub(super) struct Partitions {
 impl Partitions {
     pub fn new(config: ProcessConfig, dead_letters: DeadLetters, commits: Commits) -> Self {
         Self {
-            // A processor with a bucket holds only its own partitions locally: no view.
             view: view::Periodic::new(
                 &config.snapshot_dir,
+                config.remote.clone(),
                 config.view_interval,
-                config.remote.is_none(),
+                true,
             ),
             config,
             dead_letters,

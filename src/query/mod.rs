@@ -107,20 +107,7 @@ impl Session {
             .into());
         }
         let ctx = SessionContext::new();
-        let url = ObjectStoreUrl::parse(format!("s3://{}", bucket.bucket))?;
-        ctx.register_object_store(url.as_ref(), bucket.store.clone());
-        for table in QUERY_TABLES {
-            let file = manifest.tables.get(table).ok_or_else(|| {
-                QueryError::MissingTable(path.display().to_string(), table.into())
-            })?;
-            let key = bucket.key(&format!("{name}/{}", file.file));
-            ctx.register_parquet(
-                table,
-                bucket.object_url(&key),
-                ParquetReadOptions::default(),
-            )
-            .await?;
-        }
+        register_bucket_files(&ctx, bucket, &name, &manifest).await?;
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {
             ctx,
@@ -132,21 +119,30 @@ impl Session {
         })
     }
 
-    /// The partitions of one topic under `<bucket>/partitions/`, each one's latest snapshot
-    /// fetched into memory and merged.
+    /// The partitions of one topic under `<bucket>/partitions/`: their merged view when it
+    /// merges exactly their latest snapshots, read from the store directly; else each
+    /// one's latest snapshot fetched into memory and merged.
     async fn open_bucket_topic(bucket: &Bucket) -> Result<Session, QueryError> {
-        let parts = snapshot::remote::fetch_partitions(bucket).await?;
-        if parts.is_empty() {
+        let Some((set, view)) = snapshot::view::bucket_set(bucket).await? else {
             return Err(SnapshotError::None(PathBuf::from(&bucket.url)).into());
-        }
-        let set = snapshot::TopicSet::of(Path::new(&bucket.url), parts)?;
+        };
         let ctx = SessionContext::new();
-        register_merge(&ctx, &set)?;
+        let parts = if let Some(view) = view {
+            let views = bucket.child(snapshot::view::VIEW_DIR);
+            let name = view.path.file_name().unwrap_or_default().to_string_lossy();
+            register_bucket_files(&ctx, &views, &name, &view.manifest).await?;
+            vec![view]
+        } else {
+            let mut parts = Vec::new();
+            for (p, s) in &set.parts {
+                parts.push((*p, snapshot::remote::fetch_tables(bucket, s).await?));
+            }
+            let set = snapshot::TopicSet { parts, ..set };
+            register_merge(&ctx, &set)?;
+            set.parts.into_iter().map(|(_, p)| p).collect()
+        };
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
-        Ok(Session {
-            ctx,
-            parts: set.parts.into_iter().map(|(_, p)| p).collect(),
-        })
+        Ok(Session { ctx, parts })
     }
 
     /// Runs one read-only statement.
@@ -176,6 +172,31 @@ impl Session {
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
+}
+
+/// Registers the four query tables of the snapshot `name` in `bucket`, read by DataFusion
+/// from the store directly.
+async fn register_bucket_files(
+    ctx: &SessionContext,
+    bucket: &Bucket,
+    name: &str,
+    manifest: &snapshot::Manifest,
+) -> Result<(), QueryError> {
+    let url = ObjectStoreUrl::parse(format!("s3://{}", bucket.bucket))?;
+    ctx.register_object_store(url.as_ref(), bucket.store.clone());
+    for table in QUERY_TABLES {
+        let file = manifest.tables.get(table).ok_or_else(|| {
+            QueryError::MissingTable(format!("{}/{name}", bucket.url), table.into())
+        })?;
+        let key = bucket.key(&format!("{name}/{}", file.file));
+        ctx.register_parquet(
+            table,
+            bucket.object_url(&key),
+            ParquetReadOptions::default(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Registers the four tables of the merge of `topic`'s partition snapshots.

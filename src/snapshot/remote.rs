@@ -466,9 +466,9 @@ pub async fn fetch(bucket: &Bucket, name: &str) -> Result<Published, SnapshotErr
     })
 }
 
-/// The latest snapshot of each partition below `<bucket>/partitions/`, fetched into
-/// memory, by partition folder name.
-pub async fn fetch_partitions(bucket: &Bucket) -> Result<Vec<Published>, SnapshotError> {
+/// The latest snapshot of each partition below `<bucket>/partitions/`: its manifest only
+/// (`fetched` is none: see [`fetch_tables`]).
+pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, SnapshotError> {
     let parts = bucket.child(super::PARTITIONS_DIR);
     let listed = bucket
         .store
@@ -482,12 +482,34 @@ pub async fn fetch_partitions(bucket: &Bucket) -> Result<Vec<Published>, Snapsho
         };
         let part = parts.child(name);
         match latest(&part).await {
-            Ok((pointed, _)) => out.push(fetch(&part, &pointed).await?),
+            Ok((pointed, manifest)) => out.push(Published {
+                path: PathBuf::from(format!("{}/{pointed}", part.url)),
+                manifest,
+                fetched: None,
+            }),
             Err(SnapshotError::None(_)) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(out)
+}
+
+/// `snapshot` (found by [`partition_pointers`] in `bucket`) with its tables fetched.
+pub async fn fetch_tables(
+    bucket: &Bucket,
+    snapshot: &Published,
+) -> Result<Published, SnapshotError> {
+    let url = snapshot.path.to_string_lossy();
+    let relative = url
+        .strip_prefix(&format!("{}/", bucket.url.trim_end_matches('/')))
+        .unwrap_or(&url);
+    let (folder, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+    fetch(&bucket.child(folder), name).await
+}
+
+/// Runs `future` on the store's runtime, from a thread that is not in a runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SnapshotError> {
+    Ok(runtime()?.block_on(future))
 }
 
 /// The snapshot a bucket's `LATEST` points at: its name and manifest.

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::find::latest;
+use super::remote::{self, Bucket, Publisher};
 use super::{
     latest_parts, load_merged, Counts, InputPosition, Manifest, Published, SnapshotError,
     SnapshotMeta, SnapshotSet, SnapshotStore, TopicSet, ViewPart,
@@ -92,29 +93,90 @@ pub fn publish(dir: &Path, wait: bool) -> Result<Option<Manifest>, SnapshotError
         if latest(&view_dir(dir)).is_ok_and(|v| is_current(&v, &set)) {
             return Ok(written);
         }
-        let started = Instant::now();
-        let core = load_merged(&set)?;
-        let mut counts = Counts::default();
-        for (_, part) in &set.parts {
-            counts.add(&part.manifest.counts);
-        }
-        let meta = SnapshotMeta {
-            input: InputPosition::View {
-                topic: set.topic.clone(),
-                partitions: set.partitions,
-                parts: ids(&set),
-            },
-            counts,
-            config: set.parts[0].1.manifest.config.clone(),
+        written = Some(write_view(&mut store, &set)?);
+    }
+    Ok(written)
+}
+
+/// Merges the snapshots of `set` (their tables loaded) and publishes the view in `store`.
+fn write_view(store: &mut SnapshotStore, set: &TopicSet) -> Result<Manifest, SnapshotError> {
+    let started = Instant::now();
+    let core = load_merged(set)?;
+    let mut counts = Counts::default();
+    for (_, part) in &set.parts {
+        counts.add(&part.manifest.counts);
+    }
+    let meta = SnapshotMeta {
+        input: InputPosition::View {
+            topic: set.topic.clone(),
+            partitions: set.partitions,
+            parts: ids(set),
+        },
+        counts,
+        config: set.parts[0].1.manifest.config.clone(),
+    };
+    let manifest = store.write_query_tables(&core, meta)?;
+    tracing::info!(
+        view = manifest.id,
+        customers = manifest.customers,
+        millis = started.elapsed().as_millis() as u64,
+        "merged view published"
+    );
+    Ok(manifest)
+}
+
+/// The partitions' latest snapshots in a bucket prefix (manifests only) and, when the
+/// view there merges exactly these, that view (manifest only). Errors when the partitions
+/// are not one topic's.
+pub async fn bucket_set(
+    bucket: &Bucket,
+) -> Result<Option<(TopicSet, Option<Published>)>, SnapshotError> {
+    let parts = remote::partition_pointers(bucket).await?;
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let set = TopicSet::of(Path::new(&bucket.url), parts)?;
+    let views = bucket.child(VIEW_DIR);
+    let view = match remote::latest(&views).await {
+        Ok((name, manifest)) => Some(Published {
+            path: PathBuf::from(format!("{}/{name}", views.url)),
+            manifest,
+            fetched: None,
+        }),
+        Err(SnapshotError::None(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let view = view.filter(|v| is_current(v, &set));
+    Ok(Some((set, view)))
+}
+
+/// Publishes the merged view of the partition snapshots in a bucket prefix when every
+/// partition has one and the view there does not merge exactly these: the snapshots are
+/// fetched into memory, merged, staged in `work` and published under `<prefix>/merged/`.
+/// Two processors that publish one at once: the conditional pointer put makes one win,
+/// the other looks again.
+pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest>, SnapshotError> {
+    let mut written = None;
+    for _ in 0..CATCH_UP {
+        let Some((set, current)) = remote::block_on(bucket_set(bucket))?? else {
+            return Ok(written);
         };
-        let manifest = store.write_query_tables(&core, meta)?;
-        tracing::info!(
-            view = manifest.id,
-            customers = manifest.customers,
-            millis = started.elapsed().as_millis() as u64,
-            "merged view published"
-        );
-        written = Some(manifest);
+        if !set.missing().is_empty() || current.is_some() {
+            return Ok(written);
+        }
+        let mut parts = Vec::new();
+        for (p, s) in &set.parts {
+            parts.push((*p, remote::block_on(remote::fetch_tables(bucket, s))??));
+        }
+        let set = TopicSet { parts, ..set };
+        let publisher = Publisher::open(bucket.child(VIEW_DIR), KEEP)?;
+        let mut store = SnapshotStore::open_locked(&view_dir(work), KEEP, true)?;
+        store = store.with_remote(publisher)?;
+        match write_view(&mut store, &set) {
+            Ok(m) => written = Some(m),
+            Err(SnapshotError::Fenced { .. }) => continue,
+            Err(e) => return Err(e),
+        }
     }
     Ok(written)
 }
@@ -123,6 +185,8 @@ pub fn publish(dir: &Path, wait: bool) -> Result<Option<Manifest>, SnapshotError
 /// interval, and a last one at the end.
 pub struct Periodic {
     dir: PathBuf,
+    /// The bucket views go to (staged in `dir`), if not `dir`.
+    bucket: Option<Bucket>,
     every: Duration,
     last: Option<Instant>,
     job: Option<JoinHandle<Result<Option<Manifest>, SnapshotError>>>,
@@ -133,10 +197,12 @@ pub struct Periodic {
 }
 
 impl Periodic {
-    /// A writer of views of `dir`, at most once per `every`; none at all unless `on`.
-    pub fn new(dir: &Path, every: Duration, on: bool) -> Self {
+    /// A writer of views of `dir` (or of `bucket`, staged in `dir`), at most once per
+    /// `every`; none at all unless `on`.
+    pub fn new(dir: &Path, bucket: Option<Bucket>, every: Duration, on: bool) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            bucket,
             every,
             last: None,
             job: None,
@@ -159,10 +225,13 @@ impl Periodic {
             return;
         }
         self.last = Some(Instant::now());
-        let dir = self.dir.clone();
+        let (dir, bucket) = (self.dir.clone(), self.bucket.clone());
         let job = std::thread::Builder::new()
             .name("storepulse-view".into())
-            .spawn(move || publish(&dir, false));
+            .spawn(move || match bucket {
+                Some(b) => publish_to_bucket(&b, &dir),
+                None => publish(&dir, false),
+            });
         match job {
             Ok(job) => self.job = Some(job),
             Err(e) => tracing::warn!(error = %e, "could not start the merged view's writer"),
@@ -190,7 +259,11 @@ impl Periodic {
         if !self.on {
             return Ok(0);
         }
-        if publish(&self.dir, true)?.is_some() {
+        let published = match &self.bucket {
+            Some(b) => publish_to_bucket(b, &self.dir)?,
+            None => publish(&self.dir, true)?,
+        };
+        if published.is_some() {
             self.published += 1;
         }
         Ok(self.published)
