@@ -25,18 +25,6 @@ pub use replay::ReplayArgs;
 pub use run::RunArgs;
 pub use serve::ServeArgs;
 
-/// Refuses a bucket where `command` reads or writes a local folder only, so far.
-fn local_only(dir: &std::path::Path, command: &str) -> anyhow::Result<()> {
-    match crate::snapshot::Location::parse(dir)? {
-        crate::snapshot::Location::Dir(_) => Ok(()),
-        crate::snapshot::Location::Bucket(b) => anyhow::bail!(
-            "`{command}` keeps its snapshots in a local folder so far, not in a bucket ({}): \
-             `run` and `process` publish to a bucket and `query` reads from one",
-            b.url
-        ),
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "storepulse",

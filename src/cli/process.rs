@@ -94,15 +94,7 @@ fn parse_assignment(text: &str) -> Result<Assignment, String> {
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let (snapshot_dir, remote) = match crate::snapshot::Location::parse(&args.snapshot_dir)? {
         crate::snapshot::Location::Dir(dir) => (dir, None),
-        crate::snapshot::Location::Bucket(bucket) => {
-            if args.page.http_addr.is_some() {
-                anyhow::bail!(
-                    "--http-addr: the store page reads a local folder so far, not a bucket ({})",
-                    bucket.url
-                );
-            }
-            (bucket.work_dir(), Some(bucket))
-        }
+        crate::snapshot::Location::Bucket(bucket) => (bucket.work_dir(), Some(bucket)),
     };
     let core = core(&args.window);
     let config = ProcessConfig {

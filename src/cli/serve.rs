@@ -19,7 +19,6 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    super::local_only(&args.snapshot_dir, "serve")?;
     let bound = crate::serve::start(
         args.snapshot_dir.clone(),
         args.http_addr,

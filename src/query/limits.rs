@@ -36,7 +36,9 @@ impl Session {
     /// The same tables in a context that enforces `limits` (the tables' providers are
     /// shared, nothing is read again).
     pub async fn limited(self, limits: Limits) -> Result<Session, QueryError> {
-        let ctx = limited_context(limits)?;
+        // The same object stores (a bucket's), for the tables read from them.
+        let stores = self.ctx.runtime_env().object_store_registry.clone();
+        let ctx = limited_context(limits, stores)?;
         for table in QUERY_TABLES.iter().copied().chain(["rfm_segments"]) {
             ctx.register_table(table, self.ctx.table_provider(table).await?)?;
         }
@@ -47,8 +49,12 @@ impl Session {
     }
 }
 
-fn limited_context(limits: Limits) -> Result<SessionContext> {
+fn limited_context(
+    limits: Limits,
+    stores: Arc<dyn datafusion::execution::object_store::ObjectStoreRegistry>,
+) -> Result<SessionContext> {
     let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(stores)
         .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_pool)))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_max_temp_directory_size(limits.spill),
@@ -161,12 +167,16 @@ mod tests {
     }
 
     async fn ctx() -> SessionContext {
-        limited_context(Limits {
+        let stores = SessionContext::new()
+            .runtime_env()
+            .object_store_registry
+            .clone();
+        let limits = Limits {
             memory_pool: 64 << 20,
             spill: 64 << 20,
             partitions: 2,
-        })
-        .unwrap()
+        };
+        limited_context(limits, stores).unwrap()
     }
 
     async fn run(

@@ -162,13 +162,13 @@ fn query_params(raw: Option<String>) -> HashMap<String, String> {
 /// pruned one is replaced by the newest first).
 async fn known(state: &Arc<super::State>) -> Result<Arc<super::Known>, ApiError> {
     if let Some(k) = state.known() {
-        if k.parts.iter().all(|p| p.path.is_dir()) {
+        if k.parts.iter().all(|p| p.present()) {
             return Ok(k);
         }
         super::refresh(state).await;
         if let Some(k) = state
             .known()
-            .filter(|k| k.parts.iter().all(|p| p.path.is_dir()))
+            .filter(|k| k.parts.iter().all(|p| p.present()))
         {
             return Ok(k);
         }

@@ -210,10 +210,7 @@ pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
-        let dir = state.dir.clone();
-        let v = tokio::task::spawn_blocking(move || crate::snapshot::pointers(&dir))
-            .await
-            .unwrap_or_default();
+        let v = crate::snapshot::view::pointers_at(&state.dir).await;
         if !v.is_empty() && v != seen {
             seen = v.clone();
             if refresh(&state).await {
@@ -230,10 +227,9 @@ async fn reload(state: Arc<State>) {
 /// Reads the manifests of the newest complete snapshot and makes it current; whether it
 /// could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
-    let dir = state.dir.clone();
-    let found = tokio::task::spawn_blocking(move || crate::snapshot::view::reading(&dir)).await;
+    let found = crate::snapshot::view::reading_at(&state.dir).await;
     match found {
-        Ok(Ok(set)) => {
+        Ok(set) => {
             let parts = set.snapshots();
             let version = version_of(&state.dir, &parts);
             *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Known {
@@ -248,12 +244,8 @@ pub(crate) async fn refresh(state: &Arc<State>) -> bool {
                 .retain(|(v, _), _| *v == version);
             true
         }
-        Ok(Err(e)) => {
-            state.set_problem(Some(state.scrub(&e.to_string())));
-            false
-        }
         Err(e) => {
-            state.set_problem(Some(e.to_string()));
+            state.set_problem(Some(state.scrub(&e.to_string())));
             false
         }
     }

@@ -121,17 +121,14 @@ async fn ensure<'a>(
     loaded: &'a mut Option<Loaded>,
     force: bool,
 ) -> Result<&'a Loaded, (u16, String)> {
-    let d = dir.to_path_buf();
-    let pointers = tokio::task::spawn_blocking(move || crate::snapshot::pointers(&d))
-        .await
-        .unwrap_or_default();
+    let pointers = crate::snapshot::view::pointers_at(dir).await;
     if pointers.is_empty() {
         return Err((503, "no snapshot yet".into()));
     }
     // Still the newest, and its folders still there (not pruned or removed under it).
     let current = loaded
         .as_ref()
-        .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.path.is_dir()));
+        .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.present()));
     if force || !current {
         *loaded = None;
         let session = Session::open(dir)

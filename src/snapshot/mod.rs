@@ -133,6 +133,14 @@ pub(crate) enum TableSource {
 }
 
 impl Published {
+    /// Whether the snapshot's files are still there: its folder, for one on disk (a pruned
+    /// one is gone); one in a bucket or in memory is taken to be.
+    pub fn present(&self) -> bool {
+        self.fetched.is_some()
+            || self.path.to_string_lossy().starts_with("s3://")
+            || self.path.is_dir()
+    }
+
     /// Where table `table`'s bytes are, and its path for messages.
     pub(crate) fn table_source(
         &self,

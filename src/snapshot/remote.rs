@@ -536,3 +536,35 @@ pub async fn latest(bucket: &Bucket) -> Result<(String, Manifest), SnapshotError
     })?;
     Ok((name, manifest))
 }
+
+/// The `LATEST` pointers of a bucket prefix (a run's, every partition's, the merged
+/// view's) as one string; empty when there is none or the store cannot be read.
+pub async fn pointers(bucket: &Bucket) -> String {
+    let text = |b: Bucket| async move {
+        get_bytes(&b, &b.key(LATEST_FILE))
+            .await
+            .map(|t| pointed_name(&t))
+            .unwrap_or_default()
+    };
+    let mut v = text(bucket.clone()).await;
+    let parts = bucket.child(super::PARTITIONS_DIR);
+    if let Ok(listed) = bucket.store.list_with_delimiter(Some(&parts.prefix)).await {
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        for name in names {
+            let t = text(parts.child(&name)).await;
+            if !t.is_empty() {
+                v.push_str(&format!("|{name}:{t}"));
+            }
+        }
+    }
+    let view = text(bucket.child(super::view::VIEW_DIR)).await;
+    if !view.is_empty() {
+        v.push_str(&format!("|merged:{view}"));
+    }
+    v
+}

@@ -300,3 +300,43 @@ pub fn reading(dir: &Path) -> Result<Reading, SnapshotError> {
         }),
     }
 }
+
+/// [`reading`] of a folder or a bucket prefix, for async callers (the page).
+pub async fn reading_at(dir: &Path) -> Result<Reading, SnapshotError> {
+    let bucket = match super::Location::parse(dir)? {
+        super::Location::Dir(d) => {
+            return tokio::task::spawn_blocking(move || reading(&d))
+                .await
+                .unwrap_or_else(|e| Err(SnapshotError::Config(e.to_string())));
+        }
+        super::Location::Bucket(b) => b,
+    };
+    match remote::latest(&bucket).await {
+        Ok((name, manifest)) => {
+            return Ok(Reading::Files(Box::new(Published {
+                path: PathBuf::from(format!("{}/{name}", bucket.url)),
+                manifest,
+                fetched: None,
+            })))
+        }
+        Err(SnapshotError::None(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match bucket_set(&bucket).await? {
+        Some((_, Some(view))) => Ok(Reading::Files(Box::new(view))),
+        Some((set, None)) => Ok(Reading::Merge(set)),
+        None => Err(SnapshotError::None(PathBuf::from(&bucket.url))),
+    }
+}
+
+/// [`super::pointers`] of a folder or a bucket prefix, for async callers (the page): it
+/// changes whenever a snapshot or a view is published.
+pub async fn pointers_at(dir: &Path) -> String {
+    match super::Location::parse(dir) {
+        Ok(super::Location::Bucket(b)) => remote::pointers(&b).await,
+        Ok(super::Location::Dir(d)) => tokio::task::spawn_blocking(move || super::pointers(&d))
+            .await
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
