@@ -53,17 +53,7 @@ pub struct RunArgs {
 pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
     let (snapshot_dir, remote) = match Location::parse(&args.snapshots.snapshot_dir)? {
         Location::Dir(dir) => (dir, None),
-        Location::Bucket(bucket) => {
-            let staging = bucket.work_dir();
-            if args.resume {
-                anyhow::bail!(
-                    "--resume from a bucket ({}) is not supported yet: a run to a bucket \
-                     starts over",
-                    bucket.url
-                );
-            }
-            (staging, Some(bucket))
-        }
+        Location::Bucket(bucket) => (bucket.work_dir(), Some(bucket)),
     };
     Ok(RunConfig {
         input: args.input.clone(),

@@ -507,6 +507,20 @@ pub async fn fetch_tables(
     fetch(&bucket.child(folder), name).await
 }
 
+/// The object `name` under `bucket`'s prefix; none when it is not there.
+pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes>, SnapshotError> {
+    let key = bucket.key(name);
+    match bucket.store.get(&key).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| bucket.error("reading", &key, e)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(bucket.error("reading", &key, e)),
+    }
+}
+
 /// Runs `future` on the store's runtime, from a thread that is not in a runtime.
 pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SnapshotError> {
     Ok(runtime()?.block_on(future))

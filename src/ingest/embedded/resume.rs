@@ -19,13 +19,20 @@ pub struct ResumePoint {
 
 pub fn point(config: &RunConfig, window: &WindowConfig) -> Result<ResumePoint, RunError> {
     let dir = &config.snapshot_dir;
-    let (published, state) = match snapshot::newest_good(dir, snapshot::load_state) {
+    let found = match &config.remote {
+        Some(bucket) => from_bucket(bucket, dir),
+        None => snapshot::newest_good(dir, snapshot::load_state),
+    };
+    let (published, state) = match found {
         Ok(found) => found,
         Err(SnapshotError::None(_)) => {
+            let at = config
+                .remote
+                .as_ref()
+                .map_or_else(|| dir.display().to_string(), |b| b.url.clone());
             return Err(RunError::Resume(format!(
-                "no snapshot in {} to resume from",
-                dir.display()
-            )))
+                "no snapshot in {at} to resume from"
+            )));
         }
         Err(e) => return Err(e.into()),
     };
@@ -41,6 +48,27 @@ pub fn point(config: &RunConfig, window: &WindowConfig) -> Result<ResumePoint, R
         },
         read,
     })
+}
+
+/// The snapshot a bucket's pointer names, fetched into memory, with its state; the
+/// bucket's `rejected.csv` is copied into the local folder `dir` (it is cut back to what
+/// the snapshot covers, and continued there).
+fn from_bucket(
+    bucket: &snapshot::Bucket,
+    dir: &std::path::Path,
+) -> Result<(Published, crate::aggregate::CoreState), SnapshotError> {
+    use snapshot::remote;
+    let (name, _) = remote::block_on(remote::latest(bucket))??;
+    let published = remote::block_on(remote::fetch(bucket, &name))??;
+    let state = snapshot::load_state(&published)?;
+    let rejected = remote::block_on(remote::get_file(bucket, snapshot::rejected::REJECTED_FILE))??;
+    let path = dir.join(snapshot::rejected::REJECTED_FILE);
+    std::fs::write(&path, rejected.unwrap_or_default()).map_err(|source| SnapshotError::Io {
+        what: "writing",
+        path,
+        source,
+    })?;
+    Ok((published, state))
 }
 
 /// Lines read, events applied and dead-letter bytes of a snapshot this run may continue.
