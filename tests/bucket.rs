@@ -277,6 +277,7 @@ fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
     server.faults.before.store(5, Ordering::SeqCst);
     server.faults.after_pointer.store(1, Ordering::SeqCst);
     let url = server.url("faulty");
+    let metrics = common::spawn::free_addr();
     let mut cmd = storepulse_command(&[
         "run",
         "--input",
@@ -288,12 +289,34 @@ fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
         "100ms",
         "--snapshot-dir",
         &url,
+        "--metrics-addr",
+        &metrics,
     ]);
     cmd.envs(server.env()).env("STOREPULSE_STORE_RETRIES", "1");
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let mut run = common::spawn::Proc::start("run", &mut cmd);
+    // The counters, read while the run lasts (the faults come with its first snapshots).
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let (mut store_errors, mut failed) = (0, 0);
+    let started = std::time::Instant::now();
+    while run.running() && started.elapsed() < std::time::Duration::from_secs(60) {
+        if common::spawn::listening(&metrics) {
+            let (_, _, text) = common::http::get(&metrics, "/metrics");
+            store_errors = store_errors.max(counter(&text, "storepulse_store_errors_total"));
+            failed = failed.max(counter(&text, "storepulse_snapshot_failures_total"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = run.stderr_log();
+    run.wait_ok(std::time::Duration::from_secs(60));
+    let err = log.lock().unwrap().clone();
     assert_eq!(server.faults.injected.load(Ordering::SeqCst), 6, "{err}");
+    assert_eq!(store_errors, 6, "every 503 and the 500 counted: {err}");
+    assert!(failed >= 2, "{failed} failed snapshots counted: {err}");
     assert!(
         err.matches("a snapshot could not be published; the next interval tries again")
             .count()

@@ -121,6 +121,16 @@ impl SnapshotFailed {
     }
 }
 
+/// A request to the object store was answered 5xx or 429, or not at all (the store's
+/// client retries it, up to its limit).
+pub struct StoreError;
+
+impl StoreError {
+    pub fn emit(self) {
+        get().store_errors.inc();
+    }
+}
+
 /// Customers were scored: how many, and how many fall in each segment.
 pub struct SegmentsScored<I> {
     pub customers: Option<usize>,

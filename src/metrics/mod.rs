@@ -54,6 +54,7 @@ pub struct Metrics {
     snapshot_last_success: Gauge,
     snapshots: IntCounter,
     snapshot_failures: IntCounter,
+    store_errors: IntCounter,
     target_speed: Gauge,
     target_rate: Gauge,
     achieved_speed: Gauge,
@@ -244,6 +245,11 @@ impl Metrics {
                 "Wall time the last snapshot was published, seconds since the epoch.",
             )?,
             snapshots: counter(r, "snapshots_total", "Snapshots published.")?,
+            store_errors: counter(
+                r,
+                "store_errors_total",
+                "Object store requests answered 5xx or 429, or not answered; each is retried by the store client, up to its limit.",
+            )?,
             snapshot_failures: counter(
                 r,
                 "snapshot_failures_total",

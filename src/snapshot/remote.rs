@@ -19,7 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
 use object_store::path::Path as Key;
+use object_store::ClientOptions;
 use object_store::{
     BackoffConfig, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
     UpdateVersion,
@@ -142,6 +146,36 @@ fn retry() -> RetryConfig {
     }
 }
 
+/// The store's HTTP client, counting the answers that make it retry (5xx, 429) and the
+/// requests that got none, in `storepulse_store_errors_total`.
+#[derive(Debug)]
+struct Counting;
+
+#[derive(Debug)]
+struct CountingClient(HttpClient);
+
+#[async_trait::async_trait]
+impl HttpService for CountingClient {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let answer = self.0.execute(req).await;
+        let transient = match &answer {
+            Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
+            Err(_) => true,
+        };
+        if transient {
+            crate::metrics::events::StoreError.emit();
+        }
+        answer
+    }
+}
+
+impl HttpConnector for Counting {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CountingClient(inner)))
+    }
+}
+
 /// The store of `bucket` from the standard environment, refusing up front what would
 /// only fail at the first request (or go to the cloud's instance metadata service).
 fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
@@ -165,6 +199,7 @@ fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
         }
     }
     let mut builder = AmazonS3Builder::from_env()
+        .with_http_connector(Counting)
         .with_bucket_name(bucket)
         .with_conditional_put(S3ConditionalPut::ETagMatch)
         .with_retry(retry());
