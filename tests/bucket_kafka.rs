@@ -234,9 +234,71 @@ fn a_paused_processor_whose_partitions_were_taken_over_is_fenced_and_changes_not
     });
     assert_eq!(pointers(&server), taken_over, "the pointers are still b's");
     let out = a.terminate(LIMIT);
-    assert!(
-        common::summary(&out)["fenced"] == serde_json::json!([0, 1]),
-        "{out}"
+    // (In the order their refused snapshots came back.)
+    let mut fenced: Vec<u64> = common::summary(&out)["fenced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    fenced.sort_unstable();
+    assert_eq!(fenced, [0, 1], "{out}");
+    assert_tables_equal_run(&server, &c, &url);
+}
+
+#[test]
+fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(6_000, 33, 1);
+    let url = server.url("damaged");
+    let home = tempfile::tempdir().unwrap();
+    let replayer = paced_replay(&c.broker, &c.input, "3000");
+    let first = Proc::start(
+        "first processor",
+        &mut processor(&server, &c, &url, home.path(), &["--assign", "all"]),
     );
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    wait_until(LIMIT, "every event published", || {
+        accepted(&server, "damaged") == accepted_in(&summary)
+    });
+    first.terminate(LIMIT);
+    // The newest snapshot loses a table.
+    let part = server.file("damaged/partitions/purchases-0");
+    let pointer = std::fs::read_to_string(part.join("LATEST")).unwrap();
+    let newest = pointer.lines().next().unwrap();
+    let kept = s3::objects(&part)
+        .iter()
+        .filter(|o| o.ends_with("/manifest.json"))
+        .count();
+    assert!(kept >= 2, "an older snapshot is kept: {kept}");
+    std::fs::write(part.join(newest).join("rfm.parquet"), b"damaged").unwrap();
+
+    let restarted = Proc::start(
+        "restarted processor",
+        &mut processor(
+            &server,
+            &c,
+            &url,
+            home.path(),
+            &["--assign", "all", "--stop-at-end"],
+        ),
+    );
+    let log = restarted.stderr_log();
+    restarted.wait_ok(LIMIT);
+    let err = log.lock().unwrap().clone();
+    assert!(
+        common::said(
+            &err,
+            &["skipping snapshot", newest, "not readable as Parquet"]
+        ),
+        "{err}"
+    );
+    let pointer_now = std::fs::read_to_string(part.join("LATEST")).unwrap();
+    assert_ne!(
+        pointer_now, pointer,
+        "a newer snapshot replaced the damaged one"
+    );
+    assert_eq!(accepted(&server, "damaged"), accepted_in(&summary));
     assert_tables_equal_run(&server, &c, &url);
 }

@@ -291,9 +291,15 @@ impl Partitions {
     ) -> Result<Vec<StartAt>, ProcessError> {
         let mut from = Vec::new();
         for p in partitions {
-            let (part, store) = self.open_part(p)?;
+            let (part, store, stale) = self.open_part(p)?;
             from.push((p, part.state.next_offset));
-            lanes.insert(p, Slot::new(part, store));
+            let mut slot = Slot::new(part, store);
+            if stale {
+                // Taken from an older snapshot than the pointer names (that one is damaged):
+                // published again at the next interval, so the pointer names a good one.
+                slot.touch();
+            }
+            lanes.insert(p, slot);
         }
         crate::metrics::set_ready(true);
         self.publish_metrics(lanes);
@@ -302,7 +308,9 @@ impl Partitions {
         Ok(from)
     }
 
-    fn open_part(&self, p: i32) -> Result<(Part, Beside), ProcessError> {
+    /// Opens partition `p`'s store and state; whether the state came from an older snapshot
+    /// than a bucket's pointer names.
+    fn open_part(&self, p: i32) -> Result<(Part, Beside, bool), ProcessError> {
         let c = &self.config;
         let dir = partition_dir(&c.snapshot_dir, &c.topic, p);
         // Another process on this machine may still be publishing its last snapshot of
@@ -317,17 +325,25 @@ impl Partitions {
             }
         };
         let load = |p: &Published| Ok((load_state(p)?, load_seen(p)?));
+        let mut stale = false;
         let (store, found) = match &c.remote {
-            // From the bucket: the snapshot its pointer names, fetched into memory; this
-            // processor's publishes are conditional on that pointer (a processor that lost
-            // the partition since is refused).
+            // From the bucket: the snapshot its pointer names (or the newest older one that
+            // loads), fetched into memory; this processor's publishes are conditional on
+            // that pointer (a processor that lost the partition since is refused).
             Some(bucket) => {
                 let name = format!("{}/{}-{p}", snapshot::PARTITIONS_DIR, c.topic);
                 let publisher = Publisher::open(bucket.child(&name), c.keep_snapshots)?;
-                let found = match publisher.fetch_pointed()? {
-                    Some(published) => load(&published).map(|s| (published, s)),
-                    None => Err(SnapshotError::None(dir.clone())),
+                let found = match publisher.fetch_newest_good(load) {
+                    Ok(Some(found)) => Ok(found),
+                    Ok(None) => Err(SnapshotError::None(dir.clone())),
+                    Err(e) => Err(e),
                 };
+                let name = |f: &(Published, _)| f.0.path.file_name().map(|n| n.to_os_string());
+                stale = found.as_ref().ok().and_then(name).is_some_and(|n| {
+                    publisher
+                        .pointed()
+                        .is_some_and(|pointed| n.to_string_lossy() != pointed)
+                });
                 (store.with_remote(publisher)?, found)
             }
             // The newest snapshot that loads; damaged ones are skipped (the older one's
@@ -374,7 +390,7 @@ impl Partitions {
             at_end,
             eof: false,
         };
-        Ok((part, Beside::new(store)))
+        Ok((part, Beside::new(store), stale))
     }
 
     /// Snapshots every owned partition whose dead letters are delivered (waiting for them

@@ -290,14 +290,42 @@ impl Publisher {
         })
     }
 
-    /// The snapshot the pointer named when this writer opened the prefix, fetched into
-    /// memory (none when the prefix had none). Publishing after it is conditional on that
-    /// pointer: a writer that took over from an older state is refused.
-    pub fn fetch_pointed(&self) -> Result<Option<Published>, SnapshotError> {
-        match &self.pointed {
-            Some(name) => self.rt.block_on(fetch(&self.bucket, name)).map(Some),
-            None => Ok(None),
+    /// The snapshot the pointer named when this writer opened the prefix.
+    pub fn pointed(&self) -> Option<&str> {
+        self.pointed.as_deref()
+    }
+
+    /// The newest snapshot for which `accept` succeeds, fetched into memory, with what it
+    /// returned: the one the pointer named when this writer opened the prefix, then the
+    /// older ones kept (a damaged one is skipped with a warning, as in a folder). None when
+    /// the prefix had none; the newest one's error when none is accepted. Publishing after
+    /// it stays conditional on the pointer found at the start.
+    pub fn fetch_newest_good<T>(
+        &self,
+        mut accept: impl FnMut(&Published) -> Result<T, SnapshotError>,
+    ) -> Result<Option<(Published, T)>, SnapshotError> {
+        let Some(pointed) = &self.pointed else {
+            return Ok(None);
+        };
+        let newest = folder_id(pointed).unwrap_or(u64::MAX);
+        let mut names = vec![pointed.clone()];
+        for (id, key) in self.ids()?.into_iter().rev() {
+            if let (true, Some(name)) = (id < newest, key.filename()) {
+                names.push(name.to_string());
+            }
         }
+        let mut first_error = None;
+        for name in names {
+            let found = self.rt.block_on(fetch(&self.bucket, &name));
+            match found.and_then(|p| accept(&p).map(|t| (p, t))) {
+                Ok(found) => return Ok(Some(found)),
+                Err(e) => {
+                    tracing::warn!(snapshot = %format!("{}/{name}", self.bucket.url), error = %e, "skipping snapshot");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.expect("the pointed snapshot was tried"))
     }
 
     /// The id after the highest snapshot under the prefix.
