@@ -373,7 +373,7 @@ pub fn pointers(dir: &Path) -> String {
             }
         }
     }
-    if let Ok(s) = fs::read_to_string(super::view::view_dir(dir).join(LATEST_FILE)) {
+    if let Ok(s) = fs::read_to_string(super::view_dir(dir).join(LATEST_FILE)) {
         v.push_str(&format!("|merged:{}", s.trim()));
     }
     v

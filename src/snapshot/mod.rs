@@ -179,6 +179,13 @@ pub fn partition_dir(base: &Path, topic: &str, partition: i32) -> PathBuf {
 }
 
 pub const PARTITIONS_DIR: &str = "partitions";
+
+/// The merged view's folder below a `process` snapshot folder (see [`view`]).
+pub const VIEW_DIR: &str = "merged";
+
+pub fn view_dir(dir: &Path) -> PathBuf {
+    dir.join(VIEW_DIR)
+}
 const LOCK_FILE: &str = ".lock";
 
 /// Writes snapshots into one folder and keeps the newest `keep` of them. The folder is

@@ -22,18 +22,13 @@ use super::{
     SnapshotMeta, SnapshotSet, SnapshotStore, TopicSet, ViewPart,
 };
 
-/// The view's folder below a `process` snapshot folder.
-pub const VIEW_DIR: &str = "merged";
+pub use super::{view_dir, VIEW_DIR};
 
 /// How many views a folder keeps: a reader still loading the previous one finds it.
 const KEEP: usize = 3;
 
 /// A set merged again when a partition published while the view was written, at most.
 const CATCH_UP: usize = 3;
-
-pub fn view_dir(dir: &Path) -> PathBuf {
-    dir.join(VIEW_DIR)
-}
 
 /// By partition, the id of its snapshot in `set`.
 fn ids(set: &TopicSet) -> Vec<ViewPart> {

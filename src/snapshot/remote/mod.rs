@@ -1,0 +1,240 @@
+//! Snapshots in object storage over the S3 protocol: a `--snapshot-dir` of the form
+//! `s3://bucket/prefix` (S3, MinIO, Ceph, R2, ...), configured from the standard
+//! environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`).
+//!
+//! A snapshot is written and published in a local folder first, as always; then its files
+//! are put under `<prefix>/snap-<N>-<writer>/` (a folder no other writer uses), the
+//! manifest last, and the bucket's `LATEST` pointer is
+//! replaced by a **conditional put**: If-None-Match for the first pointer, If-Match on the
+//! ETag of the pointer this writer published last for the next ones. A reader that follows
+//! `LATEST` never sees a part of a snapshot, and a second writer of one prefix is refused
+//! (it never overwrites the other's newer pointer). A lost answer to a pointer put that
+//! did land (the store's retry then finds the condition false) is told apart by reading
+//! the pointer back: it names this writer.
+
+//!
+//! `publisher.rs` writes (the conditional pointer, pruning), `read.rs` reads (pointers,
+//! manifests, tables fetched into memory).
+
+mod publisher;
+mod read;
+
+pub use publisher::Publisher;
+pub use read::{fetch, fetch_tables, get_file, latest, partition_pointers, pointers, put_file};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService, ReqwestConnector,
+};
+use object_store::path::Path as Key;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use super::SnapshotError;
+
+/// Where snapshots live: a local folder, or a prefix of a bucket.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Dir(PathBuf),
+    Bucket(Bucket),
+}
+
+impl Location {
+    /// A plain path, or `s3://bucket/prefix` (the store built from the environment).
+    pub fn parse(text: &Path) -> Result<Location, SnapshotError> {
+        let s = text.to_string_lossy();
+        let Some(rest) = s.strip_prefix("s3://") else {
+            if let Some((scheme, _)) = s.split_once("://") {
+                return Err(SnapshotError::Config(format!(
+                    "{s}: `{scheme}://` is not a snapshot location (a path, or s3://bucket/prefix)"
+                )));
+            }
+            return Ok(Location::Dir(text.to_path_buf()));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(SnapshotError::Config(format!("{s}: no bucket name")));
+        }
+        Ok(Location::Bucket(Bucket {
+            url: format!("s3://{bucket}/{}", prefix.trim_matches('/')),
+            bucket: bucket.to_string(),
+            prefix: Key::from(prefix.trim_matches('/')),
+            store: store_from_env(bucket)?,
+        }))
+    }
+}
+
+/// A prefix of a bucket, with the store that reaches it.
+#[derive(Clone)]
+pub struct Bucket {
+    /// `s3://bucket/prefix`, for messages.
+    pub url: String,
+    pub bucket: String,
+    pub prefix: Key,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Bucket {
+    /// The key of `name` below the prefix (`name` may hold `/`).
+    pub fn key(&self, name: &str) -> Key {
+        name.split('/')
+            .fold(self.prefix.clone(), |k, part| k.clone().join(part))
+    }
+
+    /// The local folder a process writes its snapshots in before publishing them here:
+    /// its own, under `TMPDIR`, removed when it ends well.
+    pub fn work_dir(&self) -> PathBuf {
+        let name: String = self
+            .url
+            .trim_start_matches("s3://")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        std::env::temp_dir().join(format!("storepulse-{name}-{}", std::process::id()))
+    }
+
+    /// The prefix `sub` below this one.
+    pub fn child(&self, sub: &str) -> Bucket {
+        Bucket {
+            url: format!("{}/{sub}", self.url.trim_end_matches('/')),
+            prefix: self.key(sub),
+            ..self.clone()
+        }
+    }
+
+    /// `s3://bucket/<key>`, as DataFusion reads it through the registered store.
+    pub fn object_url(&self, key: &Key) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn error(&self, what: &'static str, key: &Key, source: object_store::Error) -> SnapshotError {
+        SnapshotError::Store {
+            what,
+            url: self.object_url(key),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Retries of transient store errors (5xx, timeouts, throttling): up to 6 (or
+/// `STOREPULSE_STORE_RETRIES`) over at most a minute, with exponential backoff from 100 ms.
+fn retry() -> RetryConfig {
+    let retries = std::env::var("STOREPULSE_STORE_RETRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+        max_retries: retries,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
+
+/// The store's HTTP client, counting the answers that make it retry (5xx, 429) and the
+/// requests that got none, in `storepulse_store_errors_total`.
+#[derive(Debug)]
+struct Counting;
+
+#[derive(Debug)]
+struct CountingClient(HttpClient);
+
+#[async_trait::async_trait]
+impl HttpService for CountingClient {
+    async fn call(&self, req: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let answer = self.0.execute(req).await;
+        let transient = match &answer {
+            Ok(r) => r.status().is_server_error() || r.status().as_u16() == 429,
+            Err(_) => true,
+        };
+        if transient {
+            crate::metrics::events::StoreError.emit();
+        }
+        answer
+    }
+}
+
+impl HttpConnector for Counting {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = ReqwestConnector::default().connect(options)?;
+        Ok(HttpClient::new(CountingClient(inner)))
+    }
+}
+
+/// The store of `bucket` from the standard environment, refusing up front what would
+/// only fail at the first request (or go to the cloud's instance metadata service).
+fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        if var(key).is_none() {
+            return Err(SnapshotError::Config(format!(
+                "s3://{bucket}: {key} is not set (set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a store other than AWS)"
+            )));
+        }
+    }
+    let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
+    if let Some(e) = &endpoint {
+        let allowed = var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if e.starts_with("http://") && !allowed {
+            return Err(SnapshotError::Config(format!(
+                "AWS_ENDPOINT_URL={e} is plain HTTP: set AWS_ALLOW_HTTP=true for a local \
+                 endpoint"
+            )));
+        }
+    }
+    let mut builder = AmazonS3Builder::from_env()
+        .with_http_connector(Counting)
+        .with_bucket_name(bucket)
+        .with_conditional_put(S3ConditionalPut::ETagMatch)
+        .with_retry(retry());
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e);
+    }
+    if var("AWS_REGION").is_none() && var("AWS_DEFAULT_REGION").is_none() {
+        builder = builder.with_region("us-east-1");
+    }
+    let store = builder
+        .build()
+        .map_err(|e| SnapshotError::Config(format!("s3://{bucket}: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// The runtime of the store's calls from the synchronous snapshot writers: one for the
+/// process, whose worker keeps driving the connections the store's client pools (a pooled
+/// connection of a runtime no longer driven would hang its next request until a timeout).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, SnapshotError> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("storepulse-store")
+        .enable_all()
+        .build()
+        .map_err(|source| SnapshotError::Io {
+            what: "starting the object store client for",
+            path: PathBuf::new(),
+            source,
+        })?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Runs `future` on the store's runtime, from a thread that is not in a runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SnapshotError> {
+    Ok(runtime()?.block_on(future))
+}
