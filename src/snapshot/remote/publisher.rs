@@ -174,7 +174,7 @@ impl Publisher {
             put(b.key(&file), read(path)?)?;
         }
         self.replace_pointer(name)?;
-        self.prune()
+        self.prune(manifest.id)
     }
 
     fn replace_pointer(&mut self, name: &str) -> Result<(), SnapshotError> {
@@ -236,11 +236,15 @@ impl Publisher {
         })
     }
 
-    /// Removes all but the newest `keep` snapshots under the prefix.
-    fn prune(&self) -> Result<(), SnapshotError> {
+    /// Removes the snapshots `keep` or more ids older than `published` (the one this
+    /// writer just published): the previous ones stay for readers that followed their
+    /// pointer, and so do folders of other writers not older than that (never pointed
+    /// at, as when a writer was fenced, they go once they are as old).
+    fn prune(&self, published: u64) -> Result<(), SnapshotError> {
         let ids = self.ids()?;
         let b = &self.bucket;
-        for (_, folder) in &ids[..ids.len().saturating_sub(self.keep)] {
+        let keep = self.keep as u64;
+        for (_, folder) in ids.iter().filter(|(id, _)| id + keep <= published) {
             let listed = self
                 .rt
                 .block_on(b.store.list_with_delimiter(Some(folder)))
