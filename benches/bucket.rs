@@ -10,7 +10,6 @@ mod common;
 #[path = "../tests/common/s3.rs"]
 mod s3;
 
-use std::process::Command;
 use std::time::Instant;
 
 const REPEAT: usize = 3;
@@ -19,11 +18,7 @@ const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monet
 
 fn storepulse(server: &s3::Server, args: &[&str]) -> (f64, String) {
     let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_storepulse"))
-        .args(args)
-        .envs(server.env())
-        .output()
-        .unwrap();
+    let out = server.command(args).output().unwrap();
     let took = t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),

@@ -16,11 +16,7 @@ use storepulse::snapshot::{
 };
 
 fn with_env(server: &s3::Server, args: &[&str]) -> Output {
-    let mut cmd = storepulse_command(args);
-    for (k, v) in server.env() {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    server.command(args).output().unwrap()
 }
 
 fn ok_with_env(server: &s3::Server, args: &[&str]) -> String {
@@ -50,20 +46,23 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
 
     let url = server.url("runs/first");
     let input_arg = input.to_str().unwrap();
-    let printed = ok_with_env(
-        &server,
-        &[
-            "run",
-            "--input",
-            input_arg,
-            "--max",
-            "--no-progress",
-            "--snapshot-dir",
-            &url,
-            "--keep-snapshots",
-            "2",
-        ],
-    );
+    let run = || {
+        ok_with_env(
+            &server,
+            &[
+                "run",
+                "--input",
+                input_arg,
+                "--max",
+                "--no-progress",
+                "--snapshot-dir",
+                &url,
+                "--keep-snapshots",
+                "2",
+            ],
+        )
+    };
+    let printed = run();
     assert!(
         printed.contains(&format!("snapshots in {url}/")),
         "{printed}"
@@ -107,20 +106,7 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
     // Two more runs to the same prefix publish after the first (one writer at a time
     // continues from the pointer), and only the newest two snapshots are kept.
     for _ in 0..2 {
-        ok_with_env(
-            &server,
-            &[
-                "run",
-                "--input",
-                input_arg,
-                "--max",
-                "--no-progress",
-                "--snapshot-dir",
-                &url,
-                "--keep-snapshots",
-                "2",
-            ],
-        );
+        run();
     }
     let folders: std::collections::BTreeSet<String> = s3::objects(&server.file("runs/first"))
         .iter()
@@ -135,8 +121,7 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
 
     // The store page from the bucket: its snapshot is the newest, its answers the run's.
     let addr = common::spawn::free_addr();
-    let mut cmd = storepulse_command(&["serve", "--snapshot-dir", &url, "--http-addr", &addr]);
-    cmd.envs(server.env());
+    let mut cmd = server.command(&["serve", "--snapshot-dir", &url, "--http-addr", &addr]);
     let mut page = common::spawn::Proc::start("serve", &mut cmd);
     page.wait_listening(&addr, std::time::Duration::from_secs(60));
     let info = common::wait::wait_until_ok(
@@ -278,7 +263,7 @@ fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
     server.faults.after_pointer.store(1, Ordering::SeqCst);
     let url = server.url("faulty");
     let metrics = common::spawn::free_addr();
-    let mut cmd = storepulse_command(&[
+    let mut cmd = server.command(&[
         "run",
         "--input",
         input.to_str().unwrap(),
@@ -292,7 +277,7 @@ fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
         "--metrics-addr",
         &metrics,
     ]);
-    cmd.envs(server.env()).env("STOREPULSE_STORE_RETRIES", "1");
+    cmd.env("STOREPULSE_STORE_RETRIES", "1");
     let mut run = common::spawn::Proc::start("run", &mut cmd);
     // The counters, read while the run lasts (the faults come with its first snapshots).
     let counter = |text: &str, name: &str| -> u64 {
@@ -367,7 +352,7 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
         std::fs::create_dir_all(&dir).unwrap();
         dir
     };
-    let mut cmd = storepulse_command(&[
+    let mut cmd = server.command(&[
         "run",
         "--input",
         input_arg,
@@ -381,7 +366,7 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
         "--metrics-addr",
         "127.0.0.1:0",
     ]);
-    cmd.envs(server.env()).env("TMPDIR", home("first"));
+    cmd.env("TMPDIR", home("first"));
     let first = common::spawn::Proc::start("run", &mut cmd);
     let pointed = || -> Option<serde_json::Value> {
         let pointer = std::fs::read_to_string(server.file("resumed/LATEST")).ok()?;
@@ -399,7 +384,7 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
     assert_eq!(snap["input"]["complete"], false, "killed too late: {snap}");
 
     // Another machine, as it were: a fresh working folder; everything comes from the bucket.
-    let mut cmd = storepulse_command(&[
+    let mut cmd = server.command(&[
         "run",
         "--input",
         input_arg,
@@ -411,7 +396,7 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
         "--summary",
         "json",
     ]);
-    cmd.envs(server.env()).env("TMPDIR", home("second"));
+    cmd.env("TMPDIR", home("second"));
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),

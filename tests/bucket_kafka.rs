@@ -14,7 +14,7 @@ use std::process::Command;
 
 use common::kafka::serial;
 use common::kafka_cases::{accepted_in, paced_replay, Case, LIMIT};
-use common::spawn::{storepulse_command, Proc};
+use common::spawn::Proc;
 use common::wait::wait_until;
 
 /// `process` of `case` into the bucket prefix `url`, with `tmp` as its `TMPDIR`.
@@ -33,10 +33,7 @@ fn processor(server: &s3::Server, c: &Case, url: &str, tmp: &Path, extra: &[&str
         "json",
     ];
     args.extend_from_slice(extra);
-    let mut cmd = storepulse_command(&args);
-    for (k, v) in server.env() {
-        cmd.env(k, v);
-    }
+    let mut cmd = server.command(&args);
     cmd.env("TMPDIR", tmp);
     cmd
 }
@@ -120,11 +117,10 @@ fn assert_tables_equal_run(server: &s3::Server, c: &Case, url: &str) {
         }
         let want = common::query_csv(&c.want, sql);
         assert!(want.lines().count() > 1, "{sql}: empty");
-        let mut cmd = storepulse_command(&["query", "--format", "csv", "--snapshot-dir", url, sql]);
-        for (k, v) in server.env() {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
+        let out = server
+            .command(&["query", "--format", "csv", "--snapshot-dir", url, sql])
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",

@@ -208,15 +208,7 @@ pub fn process(o: &ProcessOutcome, wall: Duration, dir: &Path) -> Value {
     let mut partitions = Vec::new();
     for (p, m) in &o.last {
         let c = &m.counts;
-        total.records += c.records;
-        total.accepted += c.accepted;
-        total.pending += c.pending;
-        total.repaired += c.repaired;
-        total.blank += c.blank;
-        total.duplicates += c.duplicates;
-        for (reason, n) in &c.rejected {
-            *total.rejected.entry(reason.clone()).or_default() += n;
-        }
+        total.add(c);
         let (next_offset, end_of_input) = match &m.input {
             InputPosition::Kafka {
                 next_offset,

@@ -185,7 +185,6 @@ impl Partitions {
                 &config.snapshot_dir,
                 config.remote.clone(),
                 config.view_interval,
-                true,
             ),
             config,
             dead_letters,
@@ -338,12 +337,9 @@ impl Partitions {
                     Ok(None) => Err(SnapshotError::None(dir.clone())),
                     Err(e) => Err(e),
                 };
-                let name = |f: &(Published, _)| f.0.path.file_name().map(|n| n.to_os_string());
-                stale = found.as_ref().ok().and_then(name).is_some_and(|n| {
-                    publisher
-                        .pointed()
-                        .is_some_and(|pointed| n.to_string_lossy() != pointed)
-                });
+                stale = found
+                    .as_ref()
+                    .is_ok_and(|(p, _)| publisher.older_than_pointed(p));
                 (store.with_remote(publisher)?, found)
             }
             // The newest snapshot that loads; damaged ones are skipped (the older one's

@@ -61,9 +61,15 @@ pub struct Session {
 impl Session {
     /// Opens the latest snapshot(s) in `dir` and registers the tables.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
-        if let Location::Bucket(bucket) = Location::parse(dir)? {
-            return Self::open_bucket(&bucket).await;
-        }
+        Self::open_at(&Location::parse(dir)?).await
+    }
+
+    /// Opens the latest snapshot(s) at a folder or bucket prefix already parsed.
+    pub async fn open_at(at: &Location) -> Result<Session, QueryError> {
+        let dir = match at {
+            Location::Bucket(bucket) => return Self::open_bucket(bucket).await,
+            Location::Dir(dir) => dir.as_path(),
+        };
         let reading = snapshot::view::reading(dir)?;
         let parts = reading.snapshots();
         let ctx = SessionContext::new();
@@ -90,32 +96,17 @@ impl Session {
     /// Registers the query tables of the snapshot a bucket's `LATEST` names, read by
     /// DataFusion from the store directly (nothing is copied to local disk first).
     async fn open_bucket(bucket: &Bucket) -> Result<Session, QueryError> {
-        let (name, manifest) = match snapshot::remote::latest(bucket).await {
+        let latest = match snapshot::remote::latest(bucket).await {
             Err(SnapshotError::None(_)) => return Self::open_bucket_topic(bucket).await,
             found => found?,
         };
-        let path = PathBuf::from(format!("{}/{name}", bucket.url));
-        if manifest.format != snapshot::manifest::FORMAT_VERSION {
-            return Err(SnapshotError::Damaged {
-                path,
-                what: format!(
-                    "format {} (this build reads format {})",
-                    manifest.format,
-                    snapshot::manifest::FORMAT_VERSION
-                ),
-            }
-            .into());
-        }
+        latest.verify_format()?;
         let ctx = SessionContext::new();
-        register_bucket_files(&ctx, bucket, &name, &manifest).await?;
+        register_bucket_files(&ctx, bucket, &latest).await?;
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {
             ctx,
-            parts: vec![Published {
-                path,
-                manifest,
-                fetched: None,
-            }],
+            parts: vec![latest],
         })
     }
 
@@ -128,16 +119,11 @@ impl Session {
         };
         let ctx = SessionContext::new();
         let parts = if let Some(view) = view {
-            let views = bucket.child(snapshot::view::VIEW_DIR);
-            let name = view.path.file_name().unwrap_or_default().to_string_lossy();
-            register_bucket_files(&ctx, &views, &name, &view.manifest).await?;
+            let views = bucket.child(snapshot::VIEW_DIR);
+            register_bucket_files(&ctx, &views, &view).await?;
             vec![view]
         } else {
-            let mut parts = Vec::new();
-            for (p, s) in &set.parts {
-                parts.push((*p, snapshot::remote::fetch_tables(bucket, s).await?));
-            }
-            let set = snapshot::TopicSet { parts, ..set };
+            let set = snapshot::remote::fetch_set(bucket, set).await?;
             register_merge(&ctx, &set)?;
             set.parts.into_iter().map(|(_, p)| p).collect()
         };
@@ -174,14 +160,19 @@ impl Session {
     }
 }
 
-/// Registers the four query tables of the snapshot `name` in `bucket`, read by DataFusion
-/// from the store directly.
+/// Registers the four query tables of `snapshot`, found in `bucket` by
+/// [`snapshot::remote::latest`], read by DataFusion from the store directly.
 async fn register_bucket_files(
     ctx: &SessionContext,
     bucket: &Bucket,
-    name: &str,
-    manifest: &snapshot::Manifest,
+    snapshot: &Published,
 ) -> Result<(), QueryError> {
+    let name = snapshot
+        .path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let manifest = &snapshot.manifest;
     let url = ObjectStoreUrl::parse(format!("s3://{}", bucket.bucket))?;
     ctx.register_object_store(url.as_ref(), bucket.store.clone());
     for table in QUERY_TABLES {

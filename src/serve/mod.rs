@@ -81,6 +81,8 @@ pub(crate) type Overview = Arc<tokio::sync::OnceCell<api::Cached>>;
 
 pub(crate) struct State {
     pub dir: PathBuf,
+    /// `dir` parsed once: a folder, or a bucket prefix with its store.
+    pub location: crate::snapshot::Location,
     pub config: PageConfig,
     pub current: RwLock<Option<Arc<Known>>>,
     /// Why the newest snapshot could not be opened, when it could not.
@@ -119,12 +121,15 @@ pub fn start(dir: PathBuf, addr: SocketAddr, config: PageConfig) -> std::io::Res
         .build()?;
     let limits = config.connections;
     let exe = worker::executable()?;
+    let location =
+        crate::snapshot::Location::parse(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
     crate::http::spawn(addr, "storepulse-serve", runtime, limits, move || {
         let guard = guard::Guard::new(&config.allowed_hosts);
         let state = Arc::new(State {
             page: pool::Pool::new(&exe, &dir, &config, Role::Page),
             sql: pool::Pool::new(&exe, &dir, &config, Role::Sql),
             dir,
+            location,
             config,
             current: RwLock::new(None),
             problem: RwLock::new(None),
@@ -210,7 +215,7 @@ pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
-        let v = crate::snapshot::view::pointers_at(&state.dir).await;
+        let v = crate::snapshot::view::pointers_at(&state.location).await;
         if !v.is_empty() && v != seen {
             seen = v.clone();
             if refresh(&state).await {
@@ -227,7 +232,7 @@ async fn reload(state: Arc<State>) {
 /// Reads the manifests of the newest complete snapshot and makes it current; whether it
 /// could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
-    let found = crate::snapshot::view::reading_at(&state.dir).await;
+    let found = crate::snapshot::view::reading_at(&state.location).await;
     match found {
         Ok(set) => {
             let parts = set.snapshots();

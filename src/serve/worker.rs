@@ -82,13 +82,14 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         partitions: 2,
     };
     let mut loaded: Option<Loaded> = None;
+    let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lines() {
         let request: Request = serde_json::from_str(&line?)?;
         let dir = &args.snapshot_dir;
         let (status, version, body) = runtime.block_on(async {
-            match answer(dir, limits, &mut loaded, &request).await {
+            match answer((dir, &at), limits, &mut loaded, &request).await {
                 Ok((version, body)) => (200, version, body),
                 Err((status, message)) => (
                     status,
@@ -116,12 +117,12 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// Opens the newest snapshot unless the one loaded is still the newest.
 async fn ensure<'a>(
-    dir: &Path,
+    (dir, at): (&Path, &crate::snapshot::Location),
     limits: Limits,
     loaded: &'a mut Option<Loaded>,
     force: bool,
 ) -> Result<&'a Loaded, (u16, String)> {
-    let pointers = crate::snapshot::view::pointers_at(dir).await;
+    let pointers = crate::snapshot::view::pointers_at(at).await;
     if pointers.is_empty() {
         return Err((503, "no snapshot yet".into()));
     }
@@ -131,7 +132,7 @@ async fn ensure<'a>(
         .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.present()));
     if force || !current {
         *loaded = None;
-        let session = Session::open(dir)
+        let session = Session::open_at(at)
             .await
             .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?
             .limited(limits)
@@ -154,7 +155,7 @@ fn files_gone(message: &str) -> bool {
 }
 
 async fn answer(
-    dir: &Path,
+    dir: (&Path, &crate::snapshot::Location),
     limits: Limits,
     loaded: &mut Option<Loaded>,
     request: &Request,

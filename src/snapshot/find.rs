@@ -56,6 +56,21 @@ fn open(path: &Path) -> Result<Published, SnapshotError> {
 }
 
 impl Published {
+    /// Checks that the manifest is of this build's format.
+    pub fn verify_format(&self) -> Result<(), SnapshotError> {
+        if self.manifest.format == manifest::FORMAT_VERSION {
+            return Ok(());
+        }
+        Err(SnapshotError::Damaged {
+            path: self.path.clone(),
+            what: format!(
+                "format {} (this build reads format {})",
+                self.manifest.format,
+                manifest::FORMAT_VERSION
+            ),
+        })
+    }
+
     /// Checks what a reader relies on without reading the data: this build's format, every
     /// table present, and each Parquet file's schema equal to the contract's (names and
     /// types, in order). A snapshot that passes cannot make the loaders panic.
@@ -64,16 +79,7 @@ impl Published {
             path: path.to_path_buf(),
             what,
         };
-        if self.manifest.format != manifest::FORMAT_VERSION {
-            return Err(damaged(
-                &self.path,
-                format!(
-                    "format {} (this build reads format {})",
-                    self.manifest.format,
-                    manifest::FORMAT_VERSION
-                ),
-            ));
-        }
+        self.verify_format()?;
         let optional = self
             .table_path(tables::STATE_SEEN)
             .map(|_| tables::STATE_SEEN);
@@ -183,22 +189,10 @@ impl TopicSet {
     /// The set of partition snapshots `parts` (each one's latest) found at `at`: refused,
     /// naming the difference, when they are not of one topic and partition count.
     pub fn of(at: &Path, parts: Vec<Published>) -> Result<TopicSet, SnapshotError> {
-        let mut shapes = Vec::new();
-        for s in &parts {
-            let InputPosition::Kafka {
-                topic,
-                partition,
-                partitions,
-                ..
-            } = &s.manifest.input
-            else {
-                return Err(SnapshotError::Damaged {
-                    path: s.path.clone(),
-                    what: "a snapshot below partitions/ that is not a partition's".into(),
-                });
-            };
-            shapes.push((topic.clone(), *partition, *partitions));
-        }
+        let shapes = parts
+            .iter()
+            .map(kafka_shape)
+            .collect::<Result<Vec<_>, _>>()?;
         let SetShape { topic, partitions } = agreed_shape(at, &shapes)?;
         Ok(TopicSet {
             topic,
@@ -256,13 +250,8 @@ fn partition_folders(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// One partition's snapshot: (topic, partition, partition count), checked against the
-/// folder it was found in.
-fn partition_of(
-    dir: &Path,
-    folder: &Path,
-    s: &Published,
-) -> Result<(String, i32, i32), SnapshotError> {
+/// One partition's snapshot: (topic, partition, partition count).
+fn kafka_shape(s: &Published) -> Result<(String, i32, i32), SnapshotError> {
     let InputPosition::Kafka {
         topic,
         partition,
@@ -275,13 +264,25 @@ fn partition_of(
             what: "a snapshot below partitions/ that is not a partition's".into(),
         });
     };
-    if super::partition_dir(dir, topic, *partition) != folder {
+    Ok((topic.clone(), *partition, *partitions))
+}
+
+/// One partition's snapshot: (topic, partition, partition count), checked against the
+/// folder it was found in.
+fn partition_of(
+    dir: &Path,
+    folder: &Path,
+    s: &Published,
+) -> Result<(String, i32, i32), SnapshotError> {
+    let shape = kafka_shape(s)?;
+    let (topic, partition) = (&shape.0, shape.1);
+    if super::partition_dir(dir, topic, partition) != folder {
         return Err(SnapshotError::Damaged {
             path: s.path.clone(),
             what: format!("the snapshot of {topic}-{partition} in the folder of another"),
         });
     }
-    Ok((topic.clone(), *partition, *partitions))
+    Ok(shape)
 }
 
 /// The shape the partitions agree on; an error naming the difference when they do not.

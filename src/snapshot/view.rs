@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::find::latest;
-use super::remote::{self, Bucket, Publisher};
+use super::remote::{self, Bucket, Location, Publisher};
 use super::{
     latest_parts, load_merged, Counts, InputPosition, Manifest, Published, SnapshotError,
     SnapshotMeta, SnapshotSet, SnapshotStore, TopicSet, ViewPart,
@@ -133,11 +133,7 @@ pub async fn bucket_set(
     let set = TopicSet::of(Path::new(&bucket.url), parts)?;
     let views = bucket.child(VIEW_DIR);
     let view = match remote::latest(&views).await {
-        Ok((name, manifest)) => Some(Published {
-            path: PathBuf::from(format!("{}/{name}", views.url)),
-            manifest,
-            fetched: None,
-        }),
+        Ok(view) => Some(view),
         Err(SnapshotError::None(_)) => None,
         Err(e) => return Err(e),
     };
@@ -159,11 +155,7 @@ pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest
         if !set.missing().is_empty() || current.is_some() {
             return Ok(written);
         }
-        let mut parts = Vec::new();
-        for (p, s) in &set.parts {
-            parts.push((*p, remote::block_on(remote::fetch_tables(bucket, s))??));
-        }
-        let set = TopicSet { parts, ..set };
+        let set = remote::block_on(remote::fetch_set(bucket, set))??;
         let publisher = Publisher::open(bucket.child(VIEW_DIR), KEEP)?;
         let mut store = SnapshotStore::open_locked(&view_dir(work), KEEP, true)?;
         store = store.with_remote(publisher)?;
@@ -187,14 +179,12 @@ pub struct Periodic {
     job: Option<JoinHandle<Result<Option<Manifest>, SnapshotError>>>,
     /// Views this processor published.
     pub published: u64,
-    /// Whether views are written at all.
-    on: bool,
 }
 
 impl Periodic {
     /// A writer of views of `dir` (or of `bucket`, staged in `dir`), at most once per
-    /// `every`; none at all unless `on`.
-    pub fn new(dir: &Path, bucket: Option<Bucket>, every: Duration, on: bool) -> Self {
+    /// `every`.
+    pub fn new(dir: &Path, bucket: Option<Bucket>, every: Duration) -> Self {
         Self {
             dir: dir.to_path_buf(),
             bucket,
@@ -202,16 +192,12 @@ impl Periodic {
             last: None,
             job: None,
             published: 0,
-            on,
         }
     }
 
     /// After a partition's snapshot is published: starts a view when one is due and none
     /// is being written.
     pub fn poke(&mut self) {
-        if !self.on {
-            return;
-        }
         if self.job.as_ref().is_some_and(|j| !j.is_finished()) {
             return;
         }
@@ -251,9 +237,6 @@ impl Periodic {
     /// process that writes one). Returns the views this processor published.
     pub fn finish(mut self) -> Result<u64, SnapshotError> {
         self.collect();
-        if !self.on {
-            return Ok(0);
-        }
         let published = match &self.bucket {
             Some(b) => publish_to_bucket(b, &self.dir)?,
             None => publish(&self.dir, true)?,
@@ -297,27 +280,22 @@ pub fn reading(dir: &Path) -> Result<Reading, SnapshotError> {
 }
 
 /// [`reading`] of a folder or a bucket prefix, for async callers (the page).
-pub async fn reading_at(dir: &Path) -> Result<Reading, SnapshotError> {
-    let bucket = match super::Location::parse(dir)? {
-        super::Location::Dir(d) => {
+pub async fn reading_at(at: &Location) -> Result<Reading, SnapshotError> {
+    let bucket = match at {
+        Location::Dir(d) => {
+            let d = d.clone();
             return tokio::task::spawn_blocking(move || reading(&d))
                 .await
                 .unwrap_or_else(|e| Err(SnapshotError::Config(e.to_string())));
         }
-        super::Location::Bucket(b) => b,
+        Location::Bucket(b) => b,
     };
-    match remote::latest(&bucket).await {
-        Ok((name, manifest)) => {
-            return Ok(Reading::Files(Box::new(Published {
-                path: PathBuf::from(format!("{}/{name}", bucket.url)),
-                manifest,
-                fetched: None,
-            })))
-        }
+    match remote::latest(bucket).await {
+        Ok(latest) => return Ok(Reading::Files(Box::new(latest))),
         Err(SnapshotError::None(_)) => {}
         Err(e) => return Err(e),
     }
-    match bucket_set(&bucket).await? {
+    match bucket_set(bucket).await? {
         Some((_, Some(view))) => Ok(Reading::Files(Box::new(view))),
         Some((set, None)) => Ok(Reading::Merge(set)),
         None => Err(SnapshotError::None(PathBuf::from(&bucket.url))),
@@ -326,12 +304,14 @@ pub async fn reading_at(dir: &Path) -> Result<Reading, SnapshotError> {
 
 /// [`super::pointers`] of a folder or a bucket prefix, for async callers (the page): it
 /// changes whenever a snapshot or a view is published.
-pub async fn pointers_at(dir: &Path) -> String {
-    match super::Location::parse(dir) {
-        Ok(super::Location::Bucket(b)) => remote::pointers(&b).await,
-        Ok(super::Location::Dir(d)) => tokio::task::spawn_blocking(move || super::pointers(&d))
-            .await
-            .unwrap_or_default(),
-        Err(_) => String::new(),
+pub async fn pointers_at(at: &Location) -> String {
+    match at {
+        Location::Bucket(b) => remote::pointers(b).await,
+        Location::Dir(d) => {
+            let d = d.clone();
+            tokio::task::spawn_blocking(move || super::pointers(&d))
+                .await
+                .unwrap_or_default()
+        }
     }
 }

@@ -163,6 +163,17 @@ impl Server {
         ]
     }
 
+    /// `storepulse` with `args` in an environment of only `PATH` and the variables that
+    /// point it at this server (as the tests' `storepulse_command`; the benches use it too).
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env());
+        cmd
+    }
+
     /// `s3://<bucket>/<prefix>`.
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)

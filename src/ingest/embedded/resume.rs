@@ -58,8 +58,8 @@ fn from_bucket(
     dir: &std::path::Path,
 ) -> Result<(Published, crate::aggregate::CoreState), SnapshotError> {
     use snapshot::remote;
-    let (name, _) = remote::block_on(remote::latest(bucket))??;
-    let published = remote::block_on(remote::fetch(bucket, &name))??;
+    let latest = remote::block_on(remote::latest(bucket))??;
+    let published = remote::block_on(remote::fetch_tables(bucket, &latest))??;
     let state = snapshot::load_state(&published)?;
     let rejected = remote::block_on(remote::get_file(bucket, snapshot::rejected::REJECTED_FILE))??;
     let path = dir.join(snapshot::rejected::REJECTED_FILE);

@@ -21,7 +21,9 @@ mod publisher;
 mod read;
 
 pub use publisher::Publisher;
-pub use read::{fetch, fetch_tables, get_file, latest, partition_pointers, pointers, put_file};
+pub use read::{
+    fetch, fetch_set, fetch_tables, get_file, latest, partition_pointers, pointers, put_file,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

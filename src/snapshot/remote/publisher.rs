@@ -71,9 +71,11 @@ impl Publisher {
         })
     }
 
-    /// The snapshot the pointer named when this writer opened the prefix.
-    pub fn pointed(&self) -> Option<&str> {
-        self.pointed.as_deref()
+    /// Whether `snapshot` (fetched by [`Publisher::fetch_newest_good`]) is an older one
+    /// than the pointer named when this writer opened the prefix.
+    pub fn older_than_pointed(&self, snapshot: &Published) -> bool {
+        let name = snapshot.path.file_name().map(|n| n.to_string_lossy());
+        matches!((name, &self.pointed), (Some(n), Some(p)) if n != p.as_str())
     }
 
     /// The newest snapshot for which `accept` succeeds, fetched into memory, with what it

@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
-use crate::snapshot::{Published, SnapshotError, LATEST_FILE};
+use crate::snapshot::{Published, SnapshotError, TopicSet, LATEST_FILE};
 
 /// Puts one file (the run's `summary.json`) under `bucket`'s prefix.
 pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
@@ -45,25 +45,40 @@ async fn get_bytes(bucket: &Bucket, key: &Key) -> Result<bytes::Bytes, SnapshotE
     }
 }
 
-/// The snapshot `name` under `bucket`, manifest and tables fetched into memory.
-pub async fn fetch(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
-    let manifest_key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
-    let bytes = get_bytes(bucket, &manifest_key).await?;
+/// The manifest of the snapshot `name` under `bucket` (its tables not fetched).
+async fn manifest(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
+    let key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
+    let bytes = get_bytes(bucket, &key).await?;
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
-            path: PathBuf::from(bucket.object_url(&manifest_key)),
+            path: PathBuf::from(bucket.object_url(&key)),
             source,
         })?;
-    let mut files = BTreeMap::new();
-    for table in manifest.tables.values() {
-        let key = bucket.key(&format!("{name}/{}", table.file));
-        files.insert(table.file.clone(), get_bytes(bucket, &key).await?);
-    }
     Ok(Published {
         path: PathBuf::from(format!("{}/{name}", bucket.url)),
         manifest,
-        fetched: Some(Arc::new(files)),
+        fetched: None,
     })
+}
+
+/// `snapshot`, the snapshot `name` under `bucket`, with its tables fetched into memory.
+async fn with_tables(
+    bucket: &Bucket,
+    name: &str,
+    mut snapshot: Published,
+) -> Result<Published, SnapshotError> {
+    let mut files = BTreeMap::new();
+    for table in snapshot.manifest.tables.values() {
+        let key = bucket.key(&format!("{name}/{}", table.file));
+        files.insert(table.file.clone(), get_bytes(bucket, &key).await?);
+    }
+    snapshot.fetched = Some(Arc::new(files));
+    Ok(snapshot)
+}
+
+/// The snapshot `name` under `bucket`, manifest and tables fetched into memory.
+pub async fn fetch(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
+    with_tables(bucket, name, manifest(bucket, name).await?).await
 }
 
 /// The latest snapshot of each partition below `<bucket>/partitions/`: its manifest only
@@ -82,11 +97,7 @@ pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, Snaps
         };
         let part = parts.child(name);
         match latest(&part).await {
-            Ok((pointed, manifest)) => out.push(Published {
-                path: PathBuf::from(format!("{}/{pointed}", part.url)),
-                manifest,
-                fetched: None,
-            }),
+            Ok(snapshot) => out.push(snapshot),
             Err(SnapshotError::None(_)) => {}
             Err(e) => return Err(e),
         }
@@ -94,7 +105,8 @@ pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, Snaps
     Ok(out)
 }
 
-/// `snapshot` (found by [`partition_pointers`] in `bucket`) with its tables fetched.
+/// `snapshot` (found by [`latest`] or [`partition_pointers`] in `bucket`, its manifest
+/// read) with its tables fetched into memory.
 pub async fn fetch_tables(
     bucket: &Bucket,
     snapshot: &Published,
@@ -104,7 +116,21 @@ pub async fn fetch_tables(
         .strip_prefix(&format!("{}/", bucket.url.trim_end_matches('/')))
         .unwrap_or(&url);
     let (folder, name) = relative.rsplit_once('/').unwrap_or(("", relative));
-    fetch(&bucket.child(folder), name).await
+    let folder = match folder {
+        "" => bucket.clone(),
+        f => bucket.child(f),
+    };
+    with_tables(&folder, name, snapshot.clone()).await
+}
+
+/// `set` (found by [`partition_pointers`] in `bucket`) with every snapshot's tables
+/// fetched into memory.
+pub async fn fetch_set(bucket: &Bucket, set: TopicSet) -> Result<TopicSet, SnapshotError> {
+    let mut parts = Vec::new();
+    for (p, s) in &set.parts {
+        parts.push((*p, fetch_tables(bucket, s).await?));
+    }
+    Ok(TopicSet { parts, ..set })
 }
 
 /// The object `name` under `bucket`'s prefix; none when it is not there.
@@ -121,29 +147,13 @@ pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes
     }
 }
 
-/// The snapshot a bucket's `LATEST` points at: its name and manifest.
-pub async fn latest(bucket: &Bucket) -> Result<(String, Manifest), SnapshotError> {
-    let key = bucket.key(LATEST_FILE);
-    let get = |key: Key| async move {
-        match bucket.store.get(&key).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| bucket.error("reading", &key, e)),
-            Err(object_store::Error::NotFound { .. }) => {
-                Err(SnapshotError::None(PathBuf::from(&bucket.url)))
-            }
-            Err(e) => Err(bucket.error("reading", &key, e)),
-        }
+/// The snapshot a bucket's `LATEST` points at, its manifest read (its tables not
+/// fetched: see [`fetch_tables`]); [`SnapshotError::None`] when there is no pointer.
+pub async fn latest(bucket: &Bucket) -> Result<Published, SnapshotError> {
+    let Some(pointer) = get_file(bucket, LATEST_FILE).await? else {
+        return Err(SnapshotError::None(PathBuf::from(&bucket.url)));
     };
-    let name = pointed_name(&get(key).await?);
-    let manifest_key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
-    let bytes = get(manifest_key.clone()).await?;
-    let manifest = serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Manifest {
-        path: PathBuf::from(bucket.object_url(&manifest_key)),
-        source,
-    })?;
-    Ok((name, manifest))
+    manifest(bucket, &pointed_name(&pointer)).await
 }
 
 /// The `LATEST` pointers of a bucket prefix (a run's, every partition's, the merged
