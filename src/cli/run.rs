@@ -107,11 +107,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("{}", super::text::run(&outcome, wall.as_secs_f64()));
-    let dir = match &config.remote {
-        Some(bucket) => bucket.url.clone(),
-        None => config.snapshot_dir.display().to_string(),
+    let (dir, rejected) = match &config.remote {
+        Some(bucket) => (
+            bucket.url.clone(),
+            format!(
+                "{}/rejected/, in the pieces each manifest lists",
+                bucket.url
+            ),
+        ),
+        None => {
+            let dir = config.snapshot_dir.display().to_string();
+            (dir.clone(), format!("{dir}/rejected.csv"))
+        }
     };
-    println!("snapshots in {dir}/ (rejected lines in {dir}/rejected.csv); try:");
+    println!("snapshots in {dir}/ (rejected lines in {rejected}); try:");
     let flag = if args.snapshots.snapshot_dir == std::path::Path::new("snapshots") {
         String::new()
     } else {

@@ -70,7 +70,11 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     // The folder's lock is held before the snapshot to resume from is chosen.
     let mut store = SnapshotStore::open(&config.snapshot_dir, config.keep_snapshots)?;
     if let Some(bucket) = &config.remote {
-        let publisher = crate::snapshot::Publisher::open(bucket.clone(), config.keep_snapshots)?;
+        // One set per prefix: never beside a topic's partitions.
+        crate::snapshot::remote::check_run_prefix(bucket)?;
+        // Claimed before the snapshot to resume from is read: a writer of this prefix
+        // started earlier (paused, cut off) is refused from now on.
+        let publisher = crate::snapshot::Publisher::claim(bucket.clone(), config.keep_snapshots)?;
         store = store.with_remote(publisher)?;
     }
     let window = WindowConfig::of(
@@ -79,6 +83,9 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     );
     let (core, sink, skip, done) = if config.resume {
         let r = resume::point(config, &window)?;
+        // The bucket's rejected lines go on from the pieces the snapshot covers (a fresh
+        // run starts its own).
+        store.continue_rejected(r.rejected_pieces);
         (r.core, r.sink, r.skip, Some(r.read))
     } else {
         let sink = RejectedSink::create(&config.snapshot_dir).map_err(RunError::Rejected)?;

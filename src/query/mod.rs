@@ -96,7 +96,7 @@ impl Session {
     /// Registers the query tables of the snapshot a bucket's `LATEST` names, read by
     /// DataFusion from the store directly (nothing is copied to local disk first).
     async fn open_bucket(bucket: &Bucket) -> Result<Session, QueryError> {
-        let latest = match snapshot::remote::latest(bucket).await {
+        let latest = match snapshot::remote::latest_run(bucket).await {
             Err(SnapshotError::None(_)) => return Self::open_bucket_topic(bucket).await,
             found => found?,
         };

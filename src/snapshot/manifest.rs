@@ -29,6 +29,10 @@ pub struct Manifest {
     pub segments: BTreeMap<String, u64>,
     pub tables: BTreeMap<String, TableFile>,
     pub config: WindowConfig,
+    /// In a bucket: the pieces of rejected lines (keys below the prefix, in order) that
+    /// make the writer's `rejected.csv` up to this snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_pieces: Vec<String>,
 }
 
 impl Manifest {

@@ -250,6 +250,14 @@ impl SnapshotStore {
         Ok(self)
     }
 
+    /// A resumed run's rejected lines in the bucket go on from these pieces (see
+    /// [`Publisher::continue_rejected`]).
+    pub fn continue_rejected(&mut self, pieces: Vec<String>) {
+        if let Some(remote) = &mut self.remote {
+            remote.continue_rejected(pieces);
+        }
+    }
+
     /// Writes and publishes one snapshot of `core`; returns its manifest.
     pub fn write(&mut self, core: &Core, meta: SnapshotMeta) -> Result<Manifest, SnapshotError> {
         self.write_with(core, None, meta)
@@ -391,6 +399,7 @@ impl SnapshotStore {
             segments,
             tables: files,
             config: meta.config,
+            rejected_pieces: Vec::new(),
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_durable(&tmp.join(manifest::MANIFEST_FILE), &json)?;
@@ -403,8 +412,14 @@ impl SnapshotStore {
         self.next_id += 1;
         self.prune()?;
         if let Some(remote) = &mut self.remote {
-            let rejected = self.dir.join(rejected::REJECTED_FILE);
-            remote.publish(&dest, &name, &manifest, &[rejected])?;
+            let rejected_file = self.dir.join(rejected::REJECTED_FILE);
+            let rejected = match &manifest.input {
+                InputPosition::File { rejected_bytes, .. } if *rejected_bytes > 0 => {
+                    Some((rejected_file.as_path(), *rejected_bytes))
+                }
+                _ => None,
+            };
+            remote.publish(&dest, &name, &manifest, rejected)?;
         }
         tracing::debug!(
             snapshot = id,

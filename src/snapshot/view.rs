@@ -149,6 +149,10 @@ pub async fn bucket_set(
 pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest>, SnapshotError> {
     let mut written = None;
     for _ in 0..CATCH_UP {
+        // The view's pointer is read before the set it merges: a view of a newer set
+        // published meanwhile makes this one's put refused, so an older view never
+        // replaces a newer one.
+        let publisher = Publisher::open(bucket.child(VIEW_DIR), KEEP)?;
         let Some((set, current)) = remote::block_on(bucket_set(bucket))?? else {
             return Ok(written);
         };
@@ -156,7 +160,6 @@ pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest
             return Ok(written);
         }
         let set = remote::block_on(remote::fetch_set(bucket, set))??;
-        let publisher = Publisher::open(bucket.child(VIEW_DIR), KEEP)?;
         let mut store = SnapshotStore::open_locked(&view_dir(work), KEEP, true)?;
         store = store.with_remote(publisher)?;
         match write_view(&mut store, &set) {
@@ -290,7 +293,7 @@ pub async fn reading_at(at: &Location) -> Result<Reading, SnapshotError> {
         }
         Location::Bucket(b) => b,
     };
-    match remote::latest(bucket).await {
+    match remote::latest_run(bucket).await {
         Ok(latest) => return Ok(Reading::Files(Box::new(latest))),
         Err(SnapshotError::None(_)) => {}
         Err(e) => return Err(e),

@@ -35,13 +35,78 @@ struct Serialized {
 
 /// Faults of mutating requests, set by a test: the next `before` ones are answered 503
 /// without reaching the store; the next `after_pointer` puts of a `LATEST` take effect and
-/// are then answered 500, as when an answer is lost after the write.
+/// are then answered 500, as when an answer is lost after the write. A [`Hook`] decides
+/// the fate of chosen requests of any kind.
 #[derive(Default)]
 pub struct Faults {
     pub before: AtomicUsize,
     pub after_pointer: AtomicUsize,
     /// Requests answered with a fault so far.
     pub injected: AtomicUsize,
+    hook: std::sync::Mutex<Option<Hook>>,
+}
+
+/// A request as a [`Hook`] sees it: its method and its key in the bucket.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: http::Method,
+    pub key: String,
+    /// The query string (`partNumber=1&uploadId=...` for a part of a multipart upload).
+    pub query: String,
+}
+
+impl Request {
+    pub fn is_put(&self, key_end: &str) -> bool {
+        self.method == http::Method::PUT && self.key.ends_with(key_end)
+    }
+
+    /// A DELETE, or a bulk delete (`POST ?delete`, as the S3 client removes objects).
+    pub fn is_delete(&self) -> bool {
+        self.method == http::Method::DELETE
+            || (self.method == http::Method::POST && self.query.starts_with("delete"))
+    }
+}
+
+/// What happens to a request.
+pub enum Action {
+    Pass,
+    /// Answered with this status without reaching the store.
+    Fail(u16),
+    /// Carried out, then answered with this status (its answer lost).
+    FailAfter(u16),
+    /// Held until the gate gets a permit, then carried out.
+    Hold(Arc<tokio::sync::Semaphore>),
+}
+
+/// Decides each request's [`Action`], in the order they arrive.
+pub type Hook = Box<dyn FnMut(&Request) -> Action + Send>;
+
+impl Faults {
+    /// Every request goes through `hook` from now on.
+    pub fn hook(&self, hook: impl FnMut(&Request) -> Action + Send + 'static) {
+        *self.hook.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    pub fn clear_hook(&self) {
+        *self.hook.lock().unwrap() = None;
+    }
+
+    fn action(&self, req: &Request) -> Action {
+        match self.hook.lock().unwrap().as_mut() {
+            Some(hook) => hook(req),
+            None => Action::Pass,
+        }
+    }
+}
+
+/// A gate for [`Action::Hold`]: closed until [`open`] adds a permit.
+pub fn gate() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(0))
+}
+
+/// Lets one request held at `gate` through.
+pub fn open(gate: &tokio::sync::Semaphore) {
+    gate.add_permits(1);
 }
 
 fn take(n: &AtomicUsize) -> bool {
@@ -57,6 +122,17 @@ fn error_response(status: u16, code: &str) -> s3s::HttpResponse {
     r
 }
 
+/// The S3 error code of a status a fault answers with.
+fn code(status: u16) -> &'static str {
+    match status {
+        403 => "AccessDenied",
+        404 => "NoSuchKey",
+        412 => "PreconditionFailed",
+        503 => "SlowDown",
+        _ => "InternalError",
+    }
+}
+
 type BoxFut = Pin<Box<dyn Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send>>;
 
 impl hyper::service::Service<http::Request<Incoming>> for Serialized {
@@ -70,7 +146,27 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
         let inner = self.inner.clone();
         let lock = self.lock.clone();
         let faults = self.faults.clone();
+        let seen = Request {
+            method: req.method().clone(),
+            key: req.uri().path().trim_start_matches('/').to_string(),
+            query: req.uri().query().unwrap_or_default().to_string(),
+        };
+        let action = faults.action(&seen);
         Box::pin(async move {
+            let after = match action {
+                Action::Pass => None,
+                Action::Fail(status) => {
+                    faults.injected.fetch_add(1, Ordering::SeqCst);
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                    return Ok(error_response(status, code(status)));
+                }
+                Action::FailAfter(status) => Some(status),
+                // Held before the lock: other requests go on meanwhile.
+                Action::Hold(gate) => {
+                    let _ = gate.acquire().await.map(|p| p.forget());
+                    None
+                }
+            };
             let _guard = if mutating {
                 Some(lock.lock().await)
             } else {
@@ -84,6 +180,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
                 return Ok(error_response(503, "SlowDown"));
             }
             let resp = hyper::service::Service::call(&inner, req).await?;
+            if let Some(status) = after {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                return Ok(error_response(status, code(status)));
+            }
             if pointer && resp.status().is_success() && take(&faults.after_pointer) {
                 faults.injected.fetch_add(1, Ordering::SeqCst);
                 return Ok(error_response(500, "InternalError"));
@@ -113,6 +213,11 @@ impl Drop for Server {
 impl Server {
     /// Starts the server on 127.0.0.1:0 with one (empty) bucket.
     pub fn start(bucket: &str) -> Server {
+        Server::start_on(bucket, "127.0.0.1:0")
+    }
+
+    /// Starts the server on `addr` with one (empty) bucket.
+    pub fn start_on(bucket: &str, addr: &str) -> Server {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join(bucket)).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -129,9 +234,7 @@ impl Server {
             lock: Arc::new(Mutex::new(())),
             faults: faults.clone(),
         };
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
@@ -154,24 +257,13 @@ impl Server {
 
     /// The standard variables that point `storepulse` at this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", format!("http://{}", self.addr)),
-            ("AWS_ALLOW_HTTP", "true".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
-        ]
+        env_for(&self.addr.to_string())
     }
 
     /// `storepulse` with `args` in an environment of only `PATH` and the variables that
     /// point it at this server (as the tests' `storepulse_command`; the benches use it too).
     pub fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env());
-        cmd
+        command_for(&self.addr.to_string(), args)
     }
 
     /// `s3://<bucket>/<prefix>`.
@@ -195,6 +287,16 @@ impl Server {
             .with_access_key_id(ACCESS_KEY)
             .with_secret_access_key(SECRET_KEY)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
+            // Two quick retries: a test that makes requests fail does not wait minutes.
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: std::time::Duration::from_millis(10),
+                    max_backoff: std::time::Duration::from_millis(50),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(5),
+            })
             .build()
             .unwrap();
         Bucket {
@@ -204,6 +306,28 @@ impl Server {
             store: Arc::new(store),
         }
     }
+}
+
+/// The standard variables that point `storepulse` at a server on `addr`.
+pub fn env_for(addr: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", format!("http://{addr}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+    ]
+}
+
+/// `storepulse` with `args` in an environment of only `PATH` and the variables that point
+/// it at a server on `addr` (which may not be listening yet).
+pub fn command_for(addr: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env_for(addr));
+    cmd
 }
 
 /// The objects below `dir` (a folder of the server's root), as relative paths, sorted.

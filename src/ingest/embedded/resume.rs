@@ -15,6 +15,9 @@ pub struct ResumePoint {
     pub skip: Skip,
     /// The reader's counts over the lines already read.
     pub read: ReadStats,
+    /// In a bucket: the pieces of rejected lines the snapshot covers, which the next
+    /// snapshots' manifests continue.
+    pub rejected_pieces: Vec<String>,
 }
 
 pub fn point(config: &RunConfig, window: &WindowConfig) -> Result<ResumePoint, RunError> {
@@ -47,12 +50,13 @@ pub fn point(config: &RunConfig, window: &WindowConfig) -> Result<ResumePoint, R
             events: events_applied,
         },
         read,
+        rejected_pieces: published.manifest.rejected_pieces.clone(),
     })
 }
 
 /// The snapshot a bucket's pointer names, fetched into memory, with its state; the
-/// bucket's `rejected.csv` is copied into the local folder `dir` (it is cut back to what
-/// the snapshot covers, and continued there).
+/// rejected lines it covers (the pieces its manifest lists) are written to `rejected.csv`
+/// in the local folder `dir`, and continued there.
 fn from_bucket(
     bucket: &snapshot::Bucket,
     dir: &std::path::Path,
@@ -61,9 +65,9 @@ fn from_bucket(
     let latest = remote::block_on(remote::latest(bucket))??;
     let published = remote::block_on(remote::fetch_tables(bucket, &latest))??;
     let state = snapshot::load_state(&published)?;
-    let rejected = remote::block_on(remote::get_file(bucket, snapshot::rejected::REJECTED_FILE))??;
+    let rejected = remote::block_on(remote::rejected_lines(bucket, &published.manifest))??;
     let path = dir.join(snapshot::rejected::REJECTED_FILE);
-    std::fs::write(&path, rejected.unwrap_or_default()).map_err(|source| SnapshotError::Io {
+    std::fs::write(&path, rejected).map_err(|source| SnapshotError::Io {
         what: "writing",
         path,
         source,

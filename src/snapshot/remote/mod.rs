@@ -20,9 +20,10 @@
 mod publisher;
 mod read;
 
-pub use publisher::Publisher;
+pub use publisher::{Publisher, REJECTED_DIR};
 pub use read::{
-    fetch, fetch_set, fetch_tables, get_file, latest, partition_pointers, pointers, put_file,
+    check_run_prefix, fetch, fetch_set, fetch_tables, get_file, latest, latest_run,
+    partition_pointers, pointers, put_file, rejected_lines, set_shape, Pointer,
 };
 
 use std::path::{Path, PathBuf};
@@ -114,37 +115,54 @@ impl Bucket {
         }
     }
 
-    /// `s3://bucket/<key>`, as DataFusion reads it through the registered store.
+    /// `s3://bucket/<key>`, as DataFusion reads it through the registered store: the key
+    /// percent-encoded, so that the URL decodes to exactly the key (a prefix with `#`,
+    /// `?`, `%`, `[`... would otherwise name another object, or none).
     pub fn object_url(&self, key: &Key) -> String {
-        format!("s3://{}/{key}", self.bucket)
+        let encoded: String = key
+            .as_ref()
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("s3://{}/{encoded}", self.bucket)
     }
 
     fn error(&self, what: &'static str, key: &Key, source: object_store::Error) -> SnapshotError {
         SnapshotError::Store {
             what,
-            url: self.object_url(key),
+            url: format!("s3://{}/{key}", self.bucket),
             source: Box::new(source),
         }
     }
 }
 
-/// Retries of transient store errors (5xx, timeouts, throttling): up to 6 (or
-/// `STOREPULSE_STORE_RETRIES`) over at most a minute, with exponential backoff from 100 ms.
+/// Retries of transient store errors (5xx, timeouts, throttling, refused connections):
+/// for up to a minute, however many tries that takes, with backoff from 100 ms to 5 s, so a
+/// store that is away for less than that delays a snapshot and stops nothing.
+/// `STOREPULSE_STORE_RETRIES` caps the tries (tests that make the store fail on purpose).
 fn retry() -> RetryConfig {
     let retries = std::env::var("STOREPULSE_STORE_RETRIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+        .unwrap_or(usize::MAX);
     RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
             base: 2.0,
         },
         max_retries: retries,
-        retry_timeout: Duration::from_secs(60),
+        retry_timeout: STORE_RETRY_TIME,
     }
 }
+
+/// How long a store request is retried before it fails.
+pub const STORE_RETRY_TIME: Duration = Duration::from_secs(60);
 
 /// The store's HTTP client, counting the answers that make it retry (5xx, 429) and the
 /// requests that got none, in `storepulse_store_errors_total`.

@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
-use crate::snapshot::{Published, SnapshotError, TopicSet, LATEST_FILE};
+use crate::snapshot::{Published, SetShape, SnapshotError, TopicSet, LATEST_FILE};
 
 /// Puts one file (the run's `summary.json`) under `bucket`'s prefix.
 pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
@@ -25,14 +25,48 @@ pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
         .map_err(|e| bucket.error("writing", &key, e))
 }
 
-/// The snapshot a pointer's text names (its first line).
+/// The snapshot a pointer's text names (its first line; empty for a pointer that only
+/// claims the prefix).
 pub(super) fn pointed_name(text: &[u8]) -> String {
-    String::from_utf8_lossy(text)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    Pointer::parse(text).name
+}
+
+/// A bucket's `LATEST`: the snapshot it names (empty when a writer claimed the prefix
+/// before publishing one), then `writer <id>` and `epoch <n>` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    pub name: String,
+    pub writer: Option<String>,
+    pub epoch: u64,
+    /// The text as read.
+    pub raw: String,
+}
+
+impl Pointer {
+    pub fn parse(text: &[u8]) -> Pointer {
+        let raw = String::from_utf8_lossy(text).into_owned();
+        let mut lines = raw.lines();
+        let name = lines.next().unwrap_or_default().trim().to_string();
+        let (mut writer, mut epoch) = (None, 0);
+        for line in lines {
+            if let Some(w) = line.strip_prefix("writer ") {
+                writer = Some(w.trim().to_string());
+            } else if let Some(e) = line.strip_prefix("epoch ") {
+                epoch = e.trim().parse().unwrap_or(0);
+            }
+        }
+        Pointer {
+            name,
+            writer,
+            epoch,
+            raw,
+        }
+    }
+
+    /// The text of a pointer naming `name`, published by `writer` in `epoch`.
+    pub fn text(name: &str, writer: &str, epoch: u64) -> String {
+        format!("{name}\nwriter {writer}\nepoch {epoch}\n")
+    }
 }
 
 async fn get_bytes(bucket: &Bucket, key: &Key) -> Result<bytes::Bytes, SnapshotError> {
@@ -59,6 +93,19 @@ async fn manifest(bucket: &Bucket, name: &str) -> Result<Published, SnapshotErro
         manifest,
         fetched: None,
     })
+}
+
+/// The rejected lines a snapshot of `bucket` covers (its manifest's pieces, in order):
+/// the content of the writer's `rejected.csv` up to that snapshot.
+pub async fn rejected_lines(
+    bucket: &Bucket,
+    manifest: &Manifest,
+) -> Result<Vec<u8>, SnapshotError> {
+    let mut out = Vec::new();
+    for piece in &manifest.rejected_pieces {
+        out.extend_from_slice(&get_bytes(bucket, &bucket.key(piece)).await?);
+    }
+    Ok(out)
 }
 
 /// `snapshot`, the snapshot `name` under `bucket`, with its tables fetched into memory.
@@ -150,10 +197,14 @@ pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes
 /// The snapshot a bucket's `LATEST` points at, its manifest read (its tables not
 /// fetched: see [`fetch_tables`]); [`SnapshotError::None`] when there is no pointer.
 pub async fn latest(bucket: &Bucket) -> Result<Published, SnapshotError> {
-    let Some(pointer) = get_file(bucket, LATEST_FILE).await? else {
-        return Err(SnapshotError::None(PathBuf::from(&bucket.url)));
+    let name = match get_file(bucket, LATEST_FILE).await? {
+        Some(pointer) => pointed_name(&pointer),
+        None => String::new(),
     };
-    manifest(bucket, &pointed_name(&pointer)).await
+    if name.is_empty() {
+        return Err(SnapshotError::None(PathBuf::from(&bucket.url)));
+    }
+    manifest(bucket, &name).await
 }
 
 /// The `LATEST` pointers of a bucket prefix (a run's, every partition's, the merged
@@ -186,4 +237,46 @@ pub async fn pointers(bucket: &Bucket) -> String {
         v.push_str(&format!("|merged:{view}"));
     }
     v
+}
+
+/// The shape of the partition snapshots in `bucket` (none when it has none), as
+/// [`crate::snapshot::set_shape`] of a folder: refused when they are not one set, or
+/// when the prefix also holds a `run`'s pointer.
+pub async fn set_shape(bucket: &Bucket) -> Result<Option<SetShape>, SnapshotError> {
+    if get_file(bucket, LATEST_FILE).await?.is_some() {
+        return Err(SnapshotError::Mixed(PathBuf::from(&bucket.url)));
+    }
+    let parts = partition_pointers(bucket).await?;
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let set = TopicSet::of(Path::new(&bucket.url), parts)?;
+    Ok(Some(SetShape {
+        topic: set.topic,
+        partitions: set.partitions,
+    }))
+}
+
+/// Refuses a prefix for `run` when it holds a topic's partitions.
+pub fn check_run_prefix(bucket: &Bucket) -> Result<(), SnapshotError> {
+    if runtime()?.block_on(partition_pointers(bucket))?.is_empty() {
+        return Ok(());
+    }
+    Err(SnapshotError::Mixed(PathBuf::from(&bucket.url)))
+}
+
+/// The latest `run` snapshot of `bucket` ([`latest`]), refused when the prefix also holds
+/// a topic's partitions (one set per prefix, as in a folder).
+pub async fn latest_run(bucket: &Bucket) -> Result<Published, SnapshotError> {
+    let latest = latest(bucket).await?;
+    let parts = bucket.child(crate::snapshot::PARTITIONS_DIR);
+    let listed = bucket
+        .store
+        .list_with_delimiter(Some(&parts.prefix))
+        .await
+        .map_err(|e| bucket.error("listing", &parts.prefix, e))?;
+    if !listed.common_prefixes.is_empty() {
+        return Err(SnapshotError::Mixed(PathBuf::from(&bucket.url)));
+    }
+    Ok(latest)
 }
