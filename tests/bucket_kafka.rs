@@ -216,29 +216,67 @@ fn a_paused_processor_whose_partitions_were_taken_over_is_fenced_and_changes_not
     let taken_over = pointers(&server);
     assert_eq!(accepted(&server, "zombie"), accepted_in(&summary));
 
-    // Back from its pause, a reads on and tries to publish: refused, it drops both
-    // partitions and says so.
+    // Back from its pause, a reads on and tries to publish: refused. Its assignment is
+    // static, so it cannot give the partitions back to a group: it stops, saying why.
     a.signal(libc::SIGCONT);
-    for p in 0..2 {
-        a.wait_stderr(&format!("partition={p}"), LIMIT);
-    }
-    wait_until(LIMIT, "a to drop both partitions", || {
-        a.stderr()
-            .matches("gave up: another processor published this partition")
-            .count()
-            >= 2
-    });
+    let (status, _, err) = a.wait_exit(LIMIT);
+    assert!(!status.success(), "{err}");
+    assert!(
+        common::said(
+            &err,
+            &["another processor claimed this partition", "--assign"]
+        ),
+        "{err}"
+    );
     assert_eq!(pointers(&server), taken_over, "the pointers are still b's");
-    let out = a.terminate(LIMIT);
-    // (In the order their refused snapshots came back.)
-    let mut fenced: Vec<u64> = common::summary(&out)["fenced"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
-    fenced.sort_unstable();
-    assert_eq!(fenced, [0, 1], "{out}");
+    assert_tables_equal_run(&server, &c, &url);
+}
+
+/// The review's first finding, through processes: the old owner comes back from its pause
+/// while the new owner is still streaming, before or after the new owner's first
+/// publish. The new owner claimed the partitions when it took them, so whatever the
+/// order, the old owner is refused and the new one finishes every partition.
+#[test]
+fn a_zombie_back_while_the_new_owner_streams_never_stalls_its_partitions() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(9_000, 34, 2);
+    let url = server.url("comeback");
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Proc::start(
+        "processor a",
+        &mut processor(&server, &c, &url, home_a.path(), &["--assign", "all"]),
+    );
+    let replayer = paced_replay(&c.broker, &c.input, "1500");
+    wait_until(LIMIT, "events published by a", || {
+        accepted(&server, "comeback") > 1_000
+    });
+    a.signal(libc::SIGSTOP);
+    // b takes both partitions over (claiming them) while the replay goes on.
+    let b = Proc::start(
+        "processor b",
+        &mut processor(
+            &server,
+            &c,
+            &url,
+            home_b.path(),
+            &["--assign", "all", "--stop-at-end"],
+        ),
+    );
+    b.wait_stderr("assigned", LIMIT);
+    // a comes back at once, with changed state to publish at its next interval.
+    a.signal(libc::SIGCONT);
+    let (status, _, err) = a.wait_exit(LIMIT);
+    assert!(!status.success(), "a stopped, fenced: {err}");
+    assert!(
+        common::said(&err, &["another processor claimed this partition"]),
+        "{err}"
+    );
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    let out = b.wait_ok(LIMIT);
+    let b_summary = common::summary(&out);
+    assert_eq!(b_summary["fenced"], serde_json::json!([]), "{out}");
+    assert_eq!(accepted(&server, "comeback"), accepted_in(&summary));
     assert_tables_equal_run(&server, &c, &url);
 }
 
@@ -297,4 +335,92 @@ fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
     );
     assert_eq!(accepted(&server, "damaged"), accepted_in(&summary));
     assert_tables_equal_run(&server, &c, &url);
+}
+
+/// The review's third finding: in a bucket the "one set" checks of a folder were skipped.
+/// `process` into the prefix of a `run`, `run` into a prefix with partitions, and another
+/// topic into the same prefix are refused, and nothing is written.
+#[test]
+fn a_prefix_holds_one_set_as_a_folder_does() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(2_000, 35, 2);
+    let home = tempfile::tempdir().unwrap();
+    let run_url = server.url("a-run");
+    let out = server
+        .command(&[
+            "run",
+            "--input",
+            c.input.to_str().unwrap(),
+            "--max",
+            "--no-progress",
+            "--snapshot-dir",
+            &run_url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = s3::objects(&server.file("a-run"));
+    let refused = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    common::kafka_cases::replay(&c.broker, &c.input, &["--max"]);
+    let err = refused(&mut processor(
+        &server,
+        &c,
+        &run_url,
+        home.path(),
+        &["--assign", "all", "--stop-at-end"],
+    ));
+    assert!(err.contains("holds both a `run` snapshot"), "{err}");
+    assert_eq!(
+        s3::objects(&server.file("a-run")),
+        before,
+        "nothing written"
+    );
+
+    // A topic's prefix refuses a `run` and another topic.
+    let topic_url = server.url("a-topic");
+    processor(
+        &server,
+        &c,
+        &topic_url,
+        home.path(),
+        &["--assign", "all", "--stop-at-end"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(pointed_manifests(&server, "a-topic").len(), 2);
+    let err = refused(&mut server.command(&[
+        "run",
+        "--input",
+        c.input.to_str().unwrap(),
+        "--max",
+        "--no-progress",
+        "--snapshot-dir",
+        &topic_url,
+    ]));
+    assert!(err.contains("holds both a `run` snapshot"), "{err}");
+    assert!(!server.file("a-topic/LATEST").exists());
+    c.broker.create_topic("other", 2);
+    common::kafka_cases::replay(&c.broker, &c.input, &["--max", "--topic", "other"]);
+    let err = refused(&mut processor(
+        &server,
+        &c,
+        &topic_url,
+        home.path(),
+        &["--assign", "all", "--stop-at-end", "--topic", "other"],
+    ));
+    assert!(
+        err.contains("are of the topic purchases, not other"),
+        "{err}"
+    );
+    // And `query` of the topic's prefix still reads its partitions.
+    assert_tables_equal_run(&server, &c, &topic_url);
 }

@@ -407,3 +407,27 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
     assert_eq!(total(&m, "duplicates"), 0, "no message applied twice");
     assert_same_tables(&c.want, &c.got);
 }
+
+/// Services started together start processors before the replayer creates the topic: a
+/// static assignment waits for it, as group mode does, instead of exiting.
+#[test]
+fn a_static_processor_started_before_its_topic_waits_for_it() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 4_000, 44);
+    let want = tmp.path().join("run");
+    common::run(&input, &want, &[]);
+    let broker = common::kafka::Broker::start();
+    let got = tmp.path().join("process");
+    let processor = Proc::spawn(
+        "process",
+        &process_args(&broker, &got, &["--assign", "all", "--stop-at-end"]),
+    );
+    processor.wait_stderr("waiting for the topic to be created", LIMIT);
+    broker.create_topic("purchases", 2);
+    let summary = replay(&broker, &input, &["--max"]);
+    let out = common::summary(&processor.wait_ok(LIMIT));
+    assert_eq!(out["partitions"].as_array().unwrap().len(), 2, "{out}");
+    assert_eq!(accepted_in(&out), accepted_in(&summary), "{out}");
+    assert_same_tables(&want, &got);
+}

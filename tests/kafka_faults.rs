@@ -529,3 +529,54 @@ fn a_processor_restored_from_an_older_snapshot_counts_redelivered_events_once() 
     assert_eq!(total(&m, "duplicates"), accepted, "the second replay, once");
     assert_same_tables(&c.want, &c.got);
 }
+
+/// The review's thirteenth finding: a paced replay reported a pace and progress the broker
+/// never saw, a million messages queued ahead of delivery. Publishing runs at most
+/// `--max-in-flight` messages ahead of what the brokers acknowledged: with the broker
+/// paused, the replay waits and says so, and nothing more is counted as published.
+#[test]
+fn a_replay_runs_at_most_max_in_flight_ahead_of_deliveries() {
+    let _serial = serial();
+    let c = Case::generated(20_000, 45, 2);
+    let metrics = free_addr();
+    let args = replay_args(
+        &c.broker,
+        &c.input,
+        &[
+            "--rate",
+            "4000",
+            "--max-in-flight",
+            "300",
+            "--metrics-addr",
+            &metrics,
+        ],
+    );
+    let replayer = Proc::spawn("replay", &args);
+    wait_for_messages(&c.broker, "purchases", 500);
+    c.broker.pause();
+    replayer.wait_stderr(
+        "the brokers acknowledge more slowly than the pace asked for",
+        LIMIT,
+    );
+    let counter = |name: &str| -> u64 {
+        let (_, _, text) = common::http::get(&metrics, "/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    let (published, delivered) = (
+        counter("storepulse_events_published_total"),
+        counter("storepulse_messages_delivered_total"),
+    );
+    assert!(
+        published <= delivered + 300,
+        "{published} published, {delivered} delivered"
+    );
+    c.broker.resume();
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(summary["end_of_input"]["sent"], true, "{summary}");
+    run_processor_to_end(&c, &[]);
+    assert_same_tables(&c.want, &c.got);
+}

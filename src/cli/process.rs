@@ -131,9 +131,13 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let outcome = consume::process(config.clone(), shutdown)?;
     let wall = start.elapsed();
     let json = super::summary::process(&outcome, wall, &args.snapshot_dir);
-    crate::snapshot::write_summary(&config.snapshot_dir, super::summary::line(&json).as_bytes())
-        .context("writing the summary")?;
-    if config.remote.is_some() {
+    let summary = crate::snapshot::write_summary(
+        &config.snapshot_dir,
+        super::summary::line(&json).as_bytes(),
+    )
+    .context("writing the summary")?;
+    if let Some(bucket) = &config.remote {
+        crate::snapshot::remote::put_file(bucket, &summary).context("publishing the summary")?;
         // The partitions' snapshots are in the bucket; this folder only staged them.
         let _ = std::fs::remove_dir_all(&config.snapshot_dir);
     }

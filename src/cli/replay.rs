@@ -34,6 +34,11 @@ pub struct ReplayArgs {
     /// Partitions of the topic when it has to be created.
     #[arg(long, env = "STOREPULSE_PARTITIONS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
+    /// Messages handed to the producer and not yet acknowledged by the brokers, at most:
+    /// beyond it the replay waits for deliveries, so its pace, progress and end are what
+    /// the brokers acknowledged (within this many messages).
+    #[arg(long, env = "STOREPULSE_MAX_IN_FLIGHT", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// Producer compression: lz4, zstd, snappy, gzip or none.
     #[arg(long, env = "STOREPULSE_COMPRESSION", default_value = "lz4")]
     pub compression: String,
@@ -69,6 +74,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             memory_limit: args.pace.memory_limit,
         },
         watermark_interval: args.watermark_interval,
+        max_in_flight: args.max_in_flight as usize,
     };
     let _metrics = serve_metrics("replay", args.metrics_addr);
     let shutdown = crate::shutdown::install();

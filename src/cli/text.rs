@@ -236,7 +236,11 @@ pub fn process(config: &ProcessConfig, o: &ProcessOutcome, wall: std::time::Dura
             o.not_final
         );
     }
-    let dir = config.snapshot_dir.display();
+    // A bucket's URL, not the working folder that only staged its snapshots.
+    let dir = match &config.remote {
+        Some(bucket) => bucket.url.clone(),
+        None => config.snapshot_dir.display().to_string(),
+    };
     let _ = writeln!(s, "snapshots in {dir}/partitions/; the merged tables:");
     let _ = writeln!(
         s,

@@ -52,17 +52,29 @@ pub fn process(
     }
     let dead_letters = DeadLetters::new(&config.connection, dlq)?;
     let commits = super::lanes::Commits::default();
+    let asks = Arc::new(super::lanes::Asks::default());
     let (tx, rx) = sync_channel(4);
-    let pipeline = Partitions::new(config.clone(), dead_letters, commits.clone());
+    let pipeline = Partitions::new(config.clone(), dead_letters, commits.clone(), asks.clone());
     let interval = config.snapshot_interval;
     let driver: DriverThread = std::thread::Builder::new()
         .name("storepulse-driver".into())
         .spawn(move || Driver::new(pipeline, Lanes::new(), interval).run(rx))
         .expect("spawn the driver thread");
-    let consumer = match consumer(config, tx.clone(), commits) {
+    let consumer = match consumer(config.clone(), tx.clone(), commits, asks) {
         Ok(c) => c,
         Err(e) => return Err(abort(&tx, driver, e)),
     };
+    // A static assignment waits for its topic as the group does (services started
+    // together start processors before the replayer creates it).
+    if let Some(assignment) = &config.assignment {
+        let taken = wait_for_topic(&consumer, &config.topic, &shutdown).and_then(|up| match up {
+            true => consumer.context().take_static(&consumer, assignment),
+            false => Ok(()),
+        });
+        if let Err(e) = taken {
+            return Err(abort(&tx, driver, e));
+        }
+    }
     if let Err(e) = poll(&consumer, &shutdown) {
         return Err(abort(&tx, driver, e));
     }
@@ -113,6 +125,7 @@ fn consumer(
     config: ProcessConfig,
     tx: SyncSender<Input>,
     commits: super::lanes::Commits,
+    asks: Arc<super::lanes::Asks>,
 ) -> Result<BaseConsumer<Ctx>, ProcessError> {
     let mut cc = config.connection.client_config();
     cc.set("group.id", &config.group)
@@ -136,11 +149,11 @@ fn consumer(
         cc.set(k, v);
     }
     let topic = config.topic.clone();
-    let assignment = config.assignment.clone();
-    let consumer: BaseConsumer<Ctx> = cc.create_with_context(Ctx::new(config, tx, commits))?;
-    match &assignment {
-        None => consumer.subscribe(&[&topic])?,
-        Some(partitions) => consumer.context().take_static(&consumer, partitions)?,
+    let static_assignment = config.assignment.is_some();
+    let consumer: BaseConsumer<Ctx> =
+        cc.create_with_context(Ctx::new(config, tx, commits, asks))?;
+    if !static_assignment {
+        consumer.subscribe(&[&topic])?;
     }
     Ok(consumer)
 }
@@ -157,6 +170,7 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
         if let Some(e) = ctx.error() {
             return Err(e);
         }
+        ctx.answer_asks(consumer)?;
         let wait = if batch.is_empty() {
             Duration::from_millis(100)
         } else {
@@ -266,6 +280,33 @@ fn wait_for_brokers(
             }
         }
         let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if shutdown.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits until `topic` exists on the brokers, saying so every 30 s; false when a shutdown
+/// came first. /readyz answers "owns no partitions" meanwhile.
+fn wait_for_topic(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    shutdown: &AtomicBool,
+) -> Result<bool, ProcessError> {
+    let mut said = Repeats::new(Duration::from_secs(30));
+    loop {
+        match super::partition_count(consumer.client(), topic) {
+            Ok(_) => return Ok(true),
+            Err(e) => {
+                if let Some(unsaid) = said.check("", Instant::now()) {
+                    tracing::warn!(%topic, error = %e, unsaid, "waiting for the topic to be created");
+                }
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(1);
         while Instant::now() < until {
             if shutdown.load(Ordering::SeqCst) {
                 return Ok(false);

@@ -10,8 +10,9 @@
 //! waits until the dead letters of the messages it covers are delivered; the offsets of
 //! published snapshots go back to the poll thread, which reports them to the group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,18 @@ const FINAL_DEAD_LETTER_WAIT: Duration = Duration::from_secs(10);
 
 /// Offsets of published snapshots, for the poll thread to report to the group.
 pub(super) type Commits = Arc<Mutex<Vec<(i32, i64)>>>;
+
+/// What the driver asks of the poll thread, which owns the consumer.
+#[derive(Default)]
+pub(super) struct Asks {
+    /// A partition was fenced in group mode: leave the group and join it again, so the
+    /// group gives the partition to whoever owns it now instead of this processor keeping
+    /// it assigned while it skips its messages.
+    pub rejoin: AtomicBool,
+    /// Partitions whose log end, as a statistics sample gave it, is before what their
+    /// snapshot covers: their log end is asked of the brokers now ([`Input::LogEnd`]).
+    pub log_ends: Mutex<BTreeSet<i32>>,
+}
 
 /// Takes the offsets published so far.
 pub(super) fn drain(commits: &Commits) -> Vec<(i32, i64)> {
@@ -125,6 +138,11 @@ pub(super) enum Input {
     /// From the client's statistics: each partition's (log start, log end) offsets and
     /// whether it is being fetched.
     Offsets(BTreeMap<i32, (i64, i64, bool)>),
+    /// A partition's log end as the brokers answered it just now.
+    LogEnd {
+        partition: i32,
+        end: i64,
+    },
     /// The group assigned these partitions of a topic of `count`: load them and answer
     /// the offsets to read from (`None`: from the beginning).
     Assign {
@@ -132,8 +150,11 @@ pub(super) enum Input {
         count: i32,
         reply: SyncSender<Result<Vec<StartAt>, ProcessError>>,
     },
-    /// Give every partition up: snapshot them, then answer the offsets published.
+    /// Give every partition up: snapshot them, then answer the offsets published. With
+    /// `lost` (the group gave them to others already: this member's session ended), they
+    /// are dropped unpublished: they are not this processor's to publish any more.
     Revoke {
+        lost: bool,
         reply: SyncSender<Vec<(i32, i64)>>,
     },
     /// Stop: the last snapshots, then end.
@@ -176,10 +197,17 @@ pub(super) struct Partitions {
     by_partition: BTreeMap<i32, Vec<usize>>,
     /// Publishes the merged view of the topic beside the stream.
     pub view: view::Periodic,
+    /// Asks of the poll thread: rejoin the group, read a partition's log end.
+    asks: Arc<Asks>,
 }
 
 impl Partitions {
-    pub fn new(config: ProcessConfig, dead_letters: DeadLetters, commits: Commits) -> Self {
+    pub fn new(
+        config: ProcessConfig,
+        dead_letters: DeadLetters,
+        commits: Commits,
+        asks: Arc<Asks>,
+    ) -> Self {
         Self {
             view: view::Periodic::new(
                 &config.snapshot_dir,
@@ -194,6 +222,7 @@ impl Partitions {
             commits,
             verdicts: Vec::new(),
             by_partition: BTreeMap::new(),
+            asks,
         }
     }
 
@@ -260,25 +289,38 @@ impl Partitions {
         Ok(Flow::Continue)
     }
 
-    /// The log ends before what a snapshot covers: the topic was deleted and created
-    /// again (or truncated), and its offsets now name other messages.
-    fn offsets(
-        &mut self,
-        lanes: &Lanes<Part>,
-        offsets: BTreeMap<i32, (i64, i64, bool)>,
-    ) -> Result<(), ProcessError> {
+    /// Each partition's log offsets from a statistics sample. A log that ends before what
+    /// a partition's snapshot covers means the topic was deleted and created again (or
+    /// truncated), but a sample can be older than the snapshot (taken before a rebalance
+    /// gave the partition to this processor again): the brokers are asked now, and only
+    /// their answer ([`Partitions::log_end`]) can stop the processor.
+    fn offsets(&mut self, lanes: &Lanes<Part>, offsets: BTreeMap<i32, (i64, i64, bool)>) {
+        let mut ask = Vec::new();
         for (p, (start, end, fetching)) in offsets {
             self.offsets.insert(p, (start, end));
             let covered = lanes.get(&p).and_then(|s| s.lane.state.next_offset);
-            if let Some(covered) = covered.filter(|&n| fetching && n > end) {
-                return Err(ProcessError::TopicChanged {
-                    topic: self.config.topic.clone(),
-                    partition: p,
-                    covered,
-                    end,
-                    dir: self.config.snapshot_dir.clone(),
-                });
+            if covered.is_some_and(|n| fetching && n > end) {
+                ask.push(p);
             }
+        }
+        if !ask.is_empty() {
+            let mut asked = self.asks.log_ends.lock().unwrap_or_else(|p| p.into_inner());
+            asked.extend(ask);
+        }
+    }
+
+    /// Partition `p`'s log end as the brokers answered it just now: before what its
+    /// snapshot covers, the topic's offsets name other messages.
+    fn log_end(&mut self, lanes: &Lanes<Part>, p: i32, end: i64) -> Result<(), ProcessError> {
+        let covered = lanes.get(&p).and_then(|s| s.lane.state.next_offset);
+        if let Some(covered) = covered.filter(|&n| n > end) {
+            return Err(ProcessError::TopicChanged {
+                topic: self.config.topic.clone(),
+                partition: p,
+                covered,
+                end,
+                dir: self.config.snapshot_dir.clone(),
+            });
         }
         Ok(())
     }
@@ -326,12 +368,14 @@ impl Partitions {
         let load = |p: &Published| Ok((load_state(p)?, load_seen(p)?));
         let mut stale = false;
         let (store, found) = match &c.remote {
-            // From the bucket: the snapshot its pointer names (or the newest older one that
-            // loads), fetched into memory; this processor's publishes are conditional on
-            // that pointer (a processor that lost the partition since is refused).
+            // From the bucket: the partition is claimed first (its pointer replaced by one
+            // naming the same snapshot with this processor and the next epoch), so the
+            // processor that owned it before (paused past its session, cut off) is refused
+            // from now on; then the snapshot the claimed pointer names (or the newest older
+            // one that loads) is fetched into memory.
             Some(bucket) => {
                 let name = format!("{}/{}-{p}", snapshot::PARTITIONS_DIR, c.topic);
-                let publisher = Publisher::open(bucket.child(&name), c.keep_snapshots)?;
+                let publisher = Publisher::claim(bucket.child(&name), c.keep_snapshots)?;
                 let found = match publisher.fetch_newest_good(load) {
                     Ok(Some(found)) => Ok(found),
                     Ok(None) => Err(SnapshotError::None(dir.clone())),
@@ -399,7 +443,7 @@ impl Partitions {
         }
         self.dead_letters
             .wait(&parts, self.config.snapshot_interval);
-        driver.snapshot_now(self)?;
+        driver.snapshot_giving_up(self)?;
         self.publish_metrics(&mut driver.lanes);
         for &p in &parts {
             observe::released(p);
@@ -408,6 +452,29 @@ impl Partitions {
         tracing::info!(partitions = ?parts, topic = %self.config.topic, "gave up");
         driver.lanes.clear();
         Ok(())
+    }
+
+    /// Drops every owned partition unpublished: the group gave them to others when this
+    /// member's session ended (paused, cut off). A snapshot being written beside the stream
+    /// is told to give up; one that still lands is either read by the new owner (before its
+    /// claim) or refused (after it), never published over the new owner's.
+    fn lose(&mut self, driver: &mut Snapshots<Part>) {
+        let parts: Vec<i32> = driver.lanes.keys().copied().collect();
+        for slot in driver.lanes.values() {
+            slot.supersede();
+        }
+        for &p in &parts {
+            observe::released(p);
+            self.dead_letters.forget(p);
+        }
+        tracing::warn!(
+            partitions = ?parts,
+            topic = %self.config.topic,
+            "lost: the group gave these partitions to others while this processor was away \
+             (past its session timeout); nothing more is published for them, and their new \
+             owners read on from their last snapshots"
+        );
+        driver.lanes.clear();
     }
 
     /// Brings the metrics up to the owned partitions' state.
@@ -435,7 +502,8 @@ impl Pipeline for Partitions {
                 }
             }
             Input::Idle => {}
-            Input::Offsets(offsets) => self.offsets(&driver.lanes, offsets)?,
+            Input::Offsets(offsets) => self.offsets(&driver.lanes, offsets),
+            Input::LogEnd { partition, end } => self.log_end(&driver.lanes, partition, end)?,
             Input::Assign {
                 partitions,
                 count,
@@ -450,9 +518,13 @@ impl Pipeline for Partitions {
                     return Ok(Flow::Abort);
                 }
             }
-            Input::Revoke { reply } => {
+            Input::Revoke { lost: false, reply } => {
                 self.revoke(driver)?;
                 let _ = reply.send(drain(&self.commits));
+            }
+            Input::Revoke { lost: true, reply } => {
+                self.lose(driver);
+                let _ = reply.send(Vec::new());
             }
             Input::Shutdown => return Ok(Flow::End),
             Input::Abort => return Ok(Flow::Abort),
@@ -521,18 +593,33 @@ impl Pipeline for Partitions {
         self.dead_letters.wait(&parts, FINAL_DEAD_LETTER_WAIT);
     }
 
+    /// A partition another processor claimed since this one took it. In group mode the
+    /// lane is dropped and the poll thread rejoins the group (the partition is given back,
+    /// never kept assigned while its messages are skipped); with `--assign` there is no
+    /// group to give it back to: the processor stops with the error.
     fn fenced(&mut self, p: i32, why: &SnapshotError) -> bool {
+        if self.config.assignment.is_some() {
+            tracing::error!(
+                partition = p,
+                topic = %self.config.topic,
+                error = %why,
+                "another processor claimed this partition (an --assign that overlaps this \
+                 one's): stopping, as a static assignment cannot give it back"
+            );
+            return false;
+        }
         tracing::warn!(
             partition = p,
             topic = %self.config.topic,
             error = %why,
-            "gave up: another processor published this partition since this one took it \
-             (its session ended while this one was paused or cut off); its messages are \
-             read by the new owner"
+            "gave up: another processor claimed this partition since this one took it \
+             (its session ended while this one was paused or cut off); rejoining the group, \
+             and its messages are read by the new owner"
         );
         observe::released(p);
         self.dead_letters.forget(p);
         self.outcome.fenced.push(p);
+        self.asks.rejoin.store(true, Ordering::SeqCst);
         true
     }
 }
@@ -555,3 +642,6 @@ fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<
         ..DeadLetter::new(reason, "process", payload)
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,6 +38,8 @@ pub struct ReplayConfig {
     pub feed: FeedConfig,
     /// Wall time between two watermarks of an event-time replay.
     pub watermark_interval: Duration,
+    /// Messages handed to the producer and not yet acknowledged, at most.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,8 @@ pub fn replay(config: &ReplayConfig, shutdown: &AtomicBool) -> Result<ReplayOutc
             key: String::with_capacity(24),
             reported: (0, 0),
             max_event_us: None,
+            max_in_flight: config.max_in_flight,
+            held: crate::logs::Repeats::new(Duration::from_secs(10)),
         };
         let fed = feed::replay(&config.feed, &mut sink, shutdown);
         fed_all.store(true, Ordering::SeqCst);
@@ -327,6 +331,9 @@ struct KafkaSink<'a> {
     /// Deliveries and failures already counted in the metrics.
     reported: (u64, u64),
     max_event_us: Option<i64>,
+    max_in_flight: usize,
+    /// Says, once in a while, that the brokers hold the replay back.
+    held: crate::logs::Repeats,
 }
 
 /// Brings the delivery counters up to date (per batch, not per message).
@@ -344,6 +351,32 @@ fn report_deliveries(d: &super::Deliveries, reported: &mut (u64, u64)) {
 }
 
 impl KafkaSink<'_> {
+    /// Waits while `max_in_flight` messages wait for the brokers' acknowledgement: the
+    /// replay runs at most that far ahead of what was delivered, so its pace is the
+    /// brokers' when they are slower than the one asked for (and a message that cannot be
+    /// delivered fails at `message.timeout.ms`, which ends the wait).
+    fn hold_back(&mut self) {
+        let waiting = |p: &Producer| p.in_flight_count().max(0) as usize;
+        if waiting(self.producer) < self.max_in_flight {
+            return;
+        }
+        let started = Instant::now();
+        while waiting(self.producer) >= self.max_in_flight {
+            std::thread::sleep(Duration::from_millis(1));
+            if started.elapsed() >= Duration::from_secs(1) {
+                if let Some(unsaid) = self.held.check("", Instant::now()) {
+                    tracing::warn!(
+                        waiting = waiting(self.producer),
+                        unsaid,
+                        "the brokers acknowledge more slowly than the pace asked for: the \
+                         replay waits for deliveries (--max-in-flight)"
+                    );
+                }
+            }
+        }
+        report_deliveries(&self.producer.context().counts, &mut self.reported);
+    }
+
     fn event(&mut self, pass: u32, e: &PurchaseEvent) -> Result<(), rdkafka::error::KafkaError> {
         use std::fmt::Write;
         let id = EventId {
@@ -356,6 +389,7 @@ impl KafkaSink<'_> {
             .expect("wire events serialize");
         self.key.clear();
         let _ = write!(self.key, "{}", e.order_id);
+        self.hold_back();
         let r = BaseRecord::with_opaque_to(self.topic, self.producer.context().next())
             .key(self.key.as_bytes())
             .payload(self.value.as_slice())
@@ -371,6 +405,7 @@ impl KafkaSink<'_> {
             ..DeadLetter::new(r.reason.as_str(), "replay", &r.text)
         };
         let value = serde_json::to_vec(&record).expect("dead letter serializes");
+        self.hold_back();
         let rec = BaseRecord::with_opaque_to(self.dlq, self.producer.context().next())
             .key(r.reason.as_str().as_bytes())
             .payload(value.as_slice());

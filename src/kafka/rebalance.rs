@@ -9,10 +9,9 @@
 //! topic at today's partition count. Giving partitions up snapshots them first.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -20,7 +19,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::lanes::{drain, Commits, Input};
+use super::lanes::{drain, Asks, Commits, Input};
 use super::partition_count;
 use super::processor::{ProcessConfig, ProcessError};
 use crate::snapshot;
@@ -38,6 +37,8 @@ pub(super) struct Ctx {
     /// Counts rebalances: messages polled before one are not handed to the driver.
     generation: AtomicU64,
     commits: Commits,
+    /// What the driver asks of this thread.
+    asks: Arc<Asks>,
 }
 
 impl ClientContext for Ctx {
@@ -96,7 +97,9 @@ impl ConsumerContext for Ctx {
                 if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
                     tracing::warn!(error = ?err, "rebalance error; giving up partitions");
                 }
-                self.give_up(consumer);
+                // A lost assignment (this member's session ended: the group gave its
+                // partitions to others) publishes nothing more for them.
+                self.give_up(consumer, consumer.assignment_lost());
                 Ok(())
             }
         };
@@ -113,7 +116,12 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
-    pub fn new(config: ProcessConfig, tx: SyncSender<Input>, commits: Commits) -> Self {
+    pub fn new(
+        config: ProcessConfig,
+        tx: SyncSender<Input>,
+        commits: Commits,
+        asks: Arc<Asks>,
+    ) -> Self {
         Self {
             config,
             tx,
@@ -122,7 +130,34 @@ impl Ctx {
             partitions: AtomicI32::new(0),
             generation: AtomicU64::new(0),
             commits,
+            asks,
         }
+    }
+
+    /// Answers what the driver asked: leaves the group and joins it again when it dropped
+    /// a fenced partition (the group then assigns it to its owner; this processor's other
+    /// partitions are snapshotted and given up first, as at any rebalance), and reads the
+    /// log end of partitions whose statistics contradict their snapshots.
+    pub fn answer_asks(&self, consumer: &BaseConsumer<Self>) -> Result<(), ProcessError> {
+        if self.asks.rejoin.swap(false, Ordering::SeqCst) {
+            tracing::info!(topic = %self.config.topic, "rejoining the group after a fenced partition");
+            consumer.unsubscribe();
+            consumer.subscribe(&[&self.config.topic])?;
+        }
+        let asked = std::mem::take(&mut *lock(&self.asks.log_ends));
+        for p in asked {
+            match consumer.fetch_watermarks(&self.config.topic, p, LOG_END_WAIT) {
+                Ok((_, end)) => {
+                    let _ = self.tx.send(Input::LogEnd { partition: p, end });
+                }
+                Err(e) => tracing::warn!(
+                    partition = p,
+                    error = %e,
+                    "the partition's log end could not be read; asked again at the next statistics"
+                ),
+            }
+        }
+        Ok(())
     }
 
     fn fail(&self, e: ProcessError) {
@@ -172,7 +207,7 @@ impl Ctx {
             });
         }
         self.partitions.store(count, Ordering::SeqCst);
-        check_set(&c.snapshot_dir, &c.topic, count)?;
+        check_set(c, count)?;
         let (reply, answer) = sync_channel(1);
         let asked = Input::Assign {
             partitions,
@@ -214,13 +249,14 @@ impl Ctx {
     }
 
     /// Has the driver snapshot and let go every owned partition, then reports the offsets
-    /// published to the group. A driver that already ended has nothing to give up.
-    fn give_up(&self, consumer: &BaseConsumer<Self>) {
+    /// published to the group; with `lost`, drop them unpublished. A driver that already
+    /// ended has nothing to give up.
+    fn give_up(&self, consumer: &BaseConsumer<Self>, lost: bool) {
         if std::mem::take(&mut *lock(&self.assigned)).is_empty() {
             return;
         }
         let (reply, answer) = sync_channel(1);
-        if self.tx.send(Input::Revoke { reply }).is_ok() {
+        if self.tx.send(Input::Revoke { lost, reply }).is_ok() {
             if let Ok(published) = answer.recv() {
                 self.commit(consumer, published);
             }
@@ -252,6 +288,9 @@ impl Ctx {
     }
 }
 
+/// How long the brokers are given to answer a partition's log end.
+const LOG_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -269,14 +308,26 @@ fn read_partition_count(consumer: &BaseConsumer<Ctx>, topic: &str) -> Result<i32
     }
 }
 
-/// Refuses to go on when the snapshots in `dir` are not one set of `topic` at `partitions`
-/// partitions (a `run` snapshot beside them, another topic's, or another partition count).
-fn check_set(dir: &Path, topic: &str, partitions: i32) -> Result<(), ProcessError> {
-    match snapshot::set_shape(dir)? {
+/// Refuses to go on when the snapshots of `config` (its folder, or its bucket prefix) are
+/// not one set of its topic at `partitions` partitions (a `run` snapshot beside them,
+/// another topic's, or another partition count).
+fn check_set(config: &ProcessConfig, partitions: i32) -> Result<(), ProcessError> {
+    let (shape, dir) = match &config.remote {
+        Some(bucket) => (
+            snapshot::remote::block_on(snapshot::remote::set_shape(bucket))??,
+            std::path::PathBuf::from(&bucket.url),
+        ),
+        None => (
+            snapshot::set_shape(&config.snapshot_dir)?,
+            config.snapshot_dir.clone(),
+        ),
+    };
+    let topic = &config.topic;
+    match shape {
         None => Ok(()),
-        Some(shape) if shape.topic == topic && shape.partitions == partitions => Ok(()),
-        Some(shape) if shape.topic != topic => Err(ProcessError::OtherTopic {
-            dir: dir.to_path_buf(),
+        Some(shape) if shape.topic == *topic && shape.partitions == partitions => Ok(()),
+        Some(shape) if shape.topic != *topic => Err(ProcessError::OtherTopic {
+            dir,
             found: shape.topic,
             topic: topic.to_string(),
         }),
@@ -284,7 +335,7 @@ fn check_set(dir: &Path, topic: &str, partitions: i32) -> Result<(), ProcessErro
             topic: topic.to_string(),
             was: shape.partitions,
             now: partitions,
-            dir: dir.to_path_buf(),
+            dir,
         }),
     }
 }

@@ -70,10 +70,54 @@ impl<L> Slot<L> {
         Ok(())
     }
 
+    /// Tells the lane's snapshot being written beside the stream, if any, to publish
+    /// nothing (the lane is being dropped).
+    pub fn supersede(&self) {
+        self.store.supersede();
+    }
+
     /// The lane changed: its next snapshot is due at the next interval.
     pub fn touch(&mut self) {
         self.dirty = true;
     }
+}
+
+/// What became of a lane's snapshot: decided once, here, from what the store returned,
+/// and settled once by the driver ([`Snapshots::settle`]).
+#[derive(Debug)]
+pub enum Outcome {
+    /// Published: its pointer names it.
+    Published(Written),
+    /// Another writer claimed the lane's state since this one took it: not this
+    /// process's to publish any more.
+    Fenced(SnapshotError),
+    /// The store failed (after its own retries): nothing half-published; tried again.
+    Failed(SnapshotError),
+    /// Anything else (a local disk error, a bug): the driver stops.
+    Broken(SnapshotError),
+}
+
+impl Outcome {
+    /// The outcome of a snapshot the store returned; none when there was none to collect
+    /// or it was given up for a newer one.
+    pub fn of(result: Result<Option<Written>, SnapshotError>) -> Option<Outcome> {
+        match result {
+            Ok(Some(w)) => Some(Outcome::Published(w)),
+            Ok(None) | Err(SnapshotError::Superseded) => None,
+            Err(e @ SnapshotError::Fenced { .. }) => Some(Outcome::Fenced(e)),
+            Err(e @ SnapshotError::Store { .. }) => Some(Outcome::Failed(e)),
+            Err(e) => Some(Outcome::Broken(e)),
+        }
+    }
+}
+
+/// What a snapshot written now that the store failed does.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    /// Stops the driver with the error (the last snapshot of a run).
+    Stops,
+    /// Is said and skipped (a lane being given up).
+    Skipped,
 }
 
 /// The lanes a driver owns, by key.
@@ -245,8 +289,8 @@ impl<L: Lane> Snapshots<L> {
         self.published(pipeline, published)
     }
 
-    /// The snapshots written beside the stream that are done (with `wait`, all of them).
-    /// A lane whose snapshot was fenced is dropped (see [`Snapshots::drop_fenced`]).
+    /// The snapshots written beside the stream that are done (with `wait`, all of them),
+    /// each settled (see [`Snapshots::settle`]).
     fn finished<P>(
         &mut self,
         pipeline: &mut P,
@@ -256,24 +300,46 @@ impl<L: Lane> Snapshots<L> {
         P: Pipeline<Lane = L>,
     {
         let mut done = Vec::new();
-        let mut fenced = Vec::new();
-        for (&key, slot) in self.lanes.iter_mut() {
-            match slot.store.finished(wait) {
-                Ok(Some(w)) => {
-                    self.timings.longest_write = self.timings.longest_write.max(w.took);
-                    slot.failed = 0;
-                    done.push((key, w));
-                }
-                Ok(None) => {}
-                Err(e @ SnapshotError::Fenced { .. }) => fenced.push((key, e)),
-                Err(e @ SnapshotError::Store { .. }) => slot.failed(key, e)?,
-                Err(e) => return Err(e),
+        let keys: Vec<i32> = self.lanes.keys().copied().collect();
+        for key in keys {
+            let Some(slot) = self.lanes.get_mut(&key) else {
+                continue;
+            };
+            if let Some(outcome) = Outcome::of(slot.store.finished(wait)) {
+                self.settle(pipeline, key, outcome, &mut done)?;
             }
         }
-        for (key, e) in fenced {
-            self.drop_fenced(pipeline, key, e)?;
-        }
         Ok(done)
+    }
+
+    /// Settles lane `key`'s snapshot, whatever became of it, in this one place: published
+    /// (added to `done`), fenced (the lane dropped, when the pipeline allows it), failed
+    /// (counted, tried again at the next interval, up to [`MAX_FAILED_SNAPSHOTS`] in a
+    /// row), anything else stops the driver.
+    fn settle<P>(
+        &mut self,
+        pipeline: &mut P,
+        key: i32,
+        outcome: Outcome,
+        done: &mut Vec<(i32, Written)>,
+    ) -> Result<(), SnapshotError>
+    where
+        P: Pipeline<Lane = L>,
+    {
+        let Some(slot) = self.lanes.get_mut(&key) else {
+            return Ok(());
+        };
+        match outcome {
+            Outcome::Published(w) => {
+                self.timings.longest_write = self.timings.longest_write.max(w.took);
+                slot.failed = 0;
+                done.push((key, w));
+                Ok(())
+            }
+            Outcome::Failed(e) => slot.failed(key, e),
+            Outcome::Fenced(e) => self.drop_fenced(pipeline, key, e),
+            Outcome::Broken(e) => Err(e),
+        }
     }
 
     /// Drops lane `key`, whose snapshot another writer's newer one fenced: its state is
@@ -320,16 +386,10 @@ impl<L: Lane> Snapshots<L> {
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
         };
-        match slot.store.finished(false) {
-            Ok(Some(w)) => {
-                self.timings.longest_write = self.timings.longest_write.max(w.took);
-                slot.failed = 0;
-                self.published(pipeline, vec![(key, w)])?;
-            }
-            Ok(None) => {}
-            Err(e @ SnapshotError::Fenced { .. }) => self.drop_fenced(pipeline, key, e)?,
-            Err(e @ SnapshotError::Store { .. }) => slot.failed(key, e)?,
-            Err(e) => return Err(e.into()),
+        if let Some(outcome) = Outcome::of(slot.store.finished(false)) {
+            let mut done = Vec::new();
+            self.settle(pipeline, key, outcome, &mut done)?;
+            self.published(pipeline, done)?;
         }
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
@@ -354,10 +414,34 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
+        self.snapshot_now_or(pipeline, Failure::Stops)
+    }
+
+    /// Like [`Snapshots::snapshot_now`], for lanes being given up: one the store fails is
+    /// said and skipped (its next owner reads on from its previous snapshot, so nothing is
+    /// lost), and the driver goes on.
+    pub fn snapshot_giving_up<P>(&mut self, pipeline: &mut P) -> Result<Vec<i32>, P::Error>
+    where
+        P: Pipeline<Lane = L>,
+    {
+        self.snapshot_now_or(pipeline, Failure::Skipped)
+    }
+
+    fn snapshot_now_or<P>(
+        &mut self,
+        pipeline: &mut P,
+        failure: Failure,
+    ) -> Result<Vec<i32>, P::Error>
+    where
+        P: Pipeline<Lane = L>,
+    {
         let mut published = self.finished(pipeline, true)?;
         let mut waiting = Vec::new();
-        let mut fenced = Vec::new();
-        for (&key, slot) in self.lanes.iter_mut() {
+        let keys: Vec<i32> = self.lanes.keys().copied().collect();
+        for key in keys {
+            let Some(slot) = self.lanes.get_mut(&key) else {
+                continue;
+            };
             if !slot.dirty {
                 continue;
             }
@@ -366,18 +450,27 @@ impl<L: Lane> Snapshots<L> {
                 continue;
             }
             let meta = pipeline.meta(key, &slot.lane)?;
-            match slot
+            let written = slot
                 .store
-                .write_now(slot.lane.core(), slot.lane.seen(), meta)
-            {
-                Ok(w) => published.push((key, w)),
-                Err(e @ SnapshotError::Fenced { .. }) => fenced.push((key, e)),
-                Err(e) => return Err(e.into()),
-            }
+                .write_now(slot.lane.core(), slot.lane.seen(), meta);
             slot.dirty = false;
-        }
-        for (key, e) in fenced {
-            self.drop_fenced(pipeline, key, e)?;
+            // A snapshot written now is not tried again.
+            let outcome = match (Outcome::of(written.map(Some)), failure) {
+                (Some(Outcome::Failed(e)), Failure::Stops) => Outcome::Broken(e),
+                (Some(Outcome::Failed(e)), Failure::Skipped) => {
+                    crate::metrics::events::SnapshotFailed.emit();
+                    tracing::warn!(
+                        lane = key,
+                        error = %e,
+                        "the snapshot of a lane being given up could not be published; \
+                         its next owner reads on from its previous snapshot"
+                    );
+                    continue;
+                }
+                (Some(outcome), _) => outcome,
+                (None, _) => continue,
+            };
+            self.settle(pipeline, key, outcome, &mut published)?;
         }
         self.published(pipeline, published)?;
         Ok(waiting)

@@ -22,6 +22,9 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The broker's version the tests are written against (its gaps are listed in the README).
+const TANSU: &str = "0.6.0";
+
 fn tansu_binary() -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
@@ -30,9 +33,17 @@ fn tansu_binary() -> PathBuf {
     if installed.exists() {
         return installed;
     }
-    eprintln!("installing the tansu broker (cargo install tansu --features dynostore --locked)");
+    eprintln!("installing the tansu broker (cargo install tansu --version {TANSU} --features dynostore --locked)");
     let status = Command::new("cargo")
-        .args(["install", "tansu", "--features", "dynostore", "--locked"])
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            TANSU,
+            "--features",
+            "dynostore",
+            "--locked",
+        ])
         .status()
         .expect("run cargo install");
     assert!(status.success(), "cargo install tansu failed");
