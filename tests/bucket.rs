@@ -808,3 +808,52 @@ fn a_prefix_with_characters_that_need_escaping_is_read_back() {
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
 }
+
+/// A reader of a bucket falls back past a damaged partition snapshot to the newest older
+/// one that is whole, as a reader of a folder does.
+#[test]
+fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
+    let server = s3::Server::start("shop");
+    let dir = tempfile::tempdir().unwrap();
+    let part = server.prefix("t/partitions/purchases-0");
+    let mut store = store_of(dir.path(), Publisher::claim(part, 3).unwrap(), 3);
+    let mut customers = Vec::new();
+    for events in [400, 800] {
+        let (core, meta) = state_of(events, 0);
+        let meta = SnapshotMeta {
+            input: InputPosition::Kafka {
+                topic: "purchases".into(),
+                partition: 0,
+                partitions: 1,
+                next_offset: events as i64,
+                end_of_input: false,
+                inputs: Default::default(),
+            },
+            ..meta
+        };
+        customers.push(store.write(&core, meta).unwrap().customers);
+    }
+    assert!(customers[0] < customers[1], "{customers:?}");
+    let url = server.url("t");
+    let count = |server: &s3::Server| {
+        ok_with_env(
+            server,
+            &[
+                "query",
+                "--format",
+                "csv",
+                "--snapshot-dir",
+                &url,
+                "SELECT COUNT(*) AS n FROM rfm",
+            ],
+        )
+    };
+    assert_eq!(count(&server), format!("n\n{}\n", customers[1]));
+    let (_, newest) = pointer(&server, "t/partitions/purchases-0");
+    std::fs::write(
+        server.file(&format!("t/partitions/purchases-0/{newest}/rfm.parquet")),
+        b"damaged",
+    )
+    .unwrap();
+    assert_eq!(count(&server), format!("n\n{}\n", customers[0]));
+}

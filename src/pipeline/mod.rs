@@ -87,7 +87,7 @@ impl<L> Slot<L> {
 #[derive(Debug)]
 pub enum Outcome {
     /// Published: its pointer names it.
-    Published(Written),
+    Published(Box<Written>),
     /// Another writer claimed the lane's state since this one took it: not this
     /// process's to publish any more.
     Fenced(SnapshotError),
@@ -102,7 +102,7 @@ impl Outcome {
     /// or it was given up for a newer one.
     pub fn of(result: Result<Option<Written>, SnapshotError>) -> Option<Outcome> {
         match result {
-            Ok(Some(w)) => Some(Outcome::Published(w)),
+            Ok(Some(w)) => Some(Outcome::Published(Box::new(w))),
             Ok(None) | Err(SnapshotError::Superseded) => None,
             Err(e @ SnapshotError::Fenced { .. }) => Some(Outcome::Fenced(e)),
             Err(e @ SnapshotError::Store { .. }) => Some(Outcome::Failed(e)),
@@ -333,7 +333,7 @@ impl<L: Lane> Snapshots<L> {
             Outcome::Published(w) => {
                 self.timings.longest_write = self.timings.longest_write.max(w.took);
                 slot.failed = 0;
-                done.push((key, w));
+                done.push((key, *w));
                 Ok(())
             }
             Outcome::Failed(e) => slot.failed(key, e),

@@ -41,7 +41,7 @@ pub const REJECTED_DIR: &str = "rejected";
 const CLAIM_TRIES: usize = 8;
 
 /// The id of a bucket's snapshot folder, `snap-<id>-<writer>`.
-fn folder_id(name: &str) -> Option<u64> {
+pub(super) fn folder_id(name: &str) -> Option<u64> {
     let rest = name.strip_prefix(PREFIX)?;
     parse_id(&format!("{PREFIX}{}", rest.split('-').next()?))
 }

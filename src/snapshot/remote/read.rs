@@ -152,12 +152,8 @@ pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, Snaps
     Ok(out)
 }
 
-/// `snapshot` (found by [`latest`] or [`partition_pointers`] in `bucket`, its manifest
-/// read) with its tables fetched into memory.
-pub async fn fetch_tables(
-    bucket: &Bucket,
-    snapshot: &Published,
-) -> Result<Published, SnapshotError> {
+/// The folder of `snapshot` (found in `bucket`) and its name there.
+fn locate(bucket: &Bucket, snapshot: &Published) -> (Bucket, String) {
     let url = snapshot.path.to_string_lossy();
     let relative = url
         .strip_prefix(&format!("{}/", bucket.url.trim_end_matches('/')))
@@ -167,15 +163,64 @@ pub async fn fetch_tables(
         "" => bucket.clone(),
         f => bucket.child(f),
     };
-    with_tables(&folder, name, snapshot.clone()).await
+    (folder, name.to_string())
+}
+
+/// `snapshot` (found by [`latest`] or [`partition_pointers`] in `bucket`, its manifest
+/// read) with its tables fetched into memory.
+pub async fn fetch_tables(
+    bucket: &Bucket,
+    snapshot: &Published,
+) -> Result<Published, SnapshotError> {
+    let (folder, name) = locate(bucket, snapshot);
+    with_tables(&folder, &name, snapshot.clone()).await
+}
+
+/// `snapshot` with its tables fetched and verified ([`Published::verify`]); when it is
+/// damaged, the newest older snapshot kept in its folder that is whole, with a warning, as
+/// a reader of a folder falls back ([`crate::snapshot::latest_complete`]).
+pub async fn fetch_good(bucket: &Bucket, snapshot: &Published) -> Result<Published, SnapshotError> {
+    let whole = |p: Published| p.verify().map(|()| p);
+    let first = match fetch_tables(bucket, snapshot).await.and_then(whole) {
+        Ok(p) => return Ok(p),
+        Err(e) => e,
+    };
+    let (folder, name) = locate(bucket, snapshot);
+    tracing::warn!(snapshot = %snapshot.path.display(), error = %first, "skipping snapshot");
+    let newest = super::publisher::folder_id(&name).unwrap_or(u64::MAX);
+    let listed = bucket
+        .store
+        .list_with_delimiter(Some(&folder.prefix))
+        .await
+        .map_err(|e| bucket.error("listing", &folder.prefix, e))?;
+    let mut older: Vec<(u64, String)> = listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| {
+            let name = p.filename()?;
+            let id = super::publisher::folder_id(name)?;
+            (id < newest).then(|| (id, name.to_string()))
+        })
+        .collect();
+    older.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, name) in older {
+        match fetch(&folder, &name).await.and_then(whole) {
+            Ok(p) => return Ok(p),
+            Err(e) => {
+                tracing::warn!(snapshot = %format!("{}/{name}", folder.url), error = %e, "skipping snapshot")
+            }
+        }
+    }
+    Err(first)
 }
 
 /// `set` (found by [`partition_pointers`] in `bucket`) with every snapshot's tables
-/// fetched into memory.
+/// fetched into memory; a damaged one is replaced by the newest older one that is whole
+/// ([`fetch_good`]).
 pub async fn fetch_set(bucket: &Bucket, set: TopicSet) -> Result<TopicSet, SnapshotError> {
     let mut parts = Vec::new();
     for (p, s) in &set.parts {
-        parts.push((*p, fetch_tables(bucket, s).await?));
+        parts.push((*p, fetch_good(bucket, s).await?));
     }
     Ok(TopicSet { parts, ..set })
 }
