@@ -144,6 +144,9 @@ fn two_processors_without_shared_disk_one_killed_and_restarted_equal_run() {
     let a = Proc::start("processor a", &mut with("a", homes[0].path()));
     let b = Proc::start("processor b", &mut with("b", homes[1].path()));
     let replayer = paced_replay(&c.broker, &c.input, "2000");
+    // b owns partitions when it is killed (were a to own them all, the kill would test
+    // nothing).
+    common::kafka_cases::wait_until_shared(&a, &b);
     wait_until(LIMIT, "events published to the bucket", || {
         accepted(&server, "kafka") > 3_000
     });

@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{serial, total, wait_for};
 use common::kafka_cases::{
-    accepted_in, accepted_total, assert_same_tables, paced_replay, process_args, replay, Case,
-    LIMIT,
+    accepted_in, accepted_total, assert_same_tables, paced_replay, process_args, replay,
+    wait_until_shared, Case, LIMIT,
 };
 use common::query_csv;
 use common::spawn::Proc;
-use common::wait::wait_until_ok;
 
 #[test]
 fn replay_through_kafka_into_one_processor_equals_run() {
@@ -116,6 +115,9 @@ fn two_processors_with_one_killed_and_restarted_equal_one() {
     let a = Proc::spawn("processor a", &with("a"));
     let b = Proc::spawn("processor b", &with("b"));
     let replayer = paced_replay(&c.broker, &c.input, "2000");
+    // b owns partitions when it is killed (were a to own them all, the kill would test
+    // nothing).
+    wait_until_shared(&a, &b);
     kill_mid_stream(b, &c.got, 3_000);
     let b2 = Proc::spawn("processor b restarted", &with("b"));
     let summary = common::summary(&replayer.wait_ok(LIMIT));
@@ -184,25 +186,6 @@ fn malformed_messages_are_dead_lettered_and_change_nothing_else() {
     assert!(dead
         .iter()
         .any(|d| d["original"] == "not json at all" && d["reason"] == "invalid_message"));
-}
-
-/// Waits until the latest assignments of `a` and `b` are both non-empty.
-fn wait_until_shared(a: &Proc, b: &Proc) {
-    let last = |p: &Proc| {
-        p.stderr()
-            .lines()
-            .rfind(|l| l.contains("assigned partitions"))
-            .map(String::from)
-            .unwrap_or_default()
-    };
-    wait_until_ok(LIMIT, "the partitions to be shared", || {
-        let (la, lb) = (last(a), last(b));
-        if la.is_empty() || lb.is_empty() || la.contains("[]") || lb.contains("[]") {
-            Err(format!("{}\n{}", a.stderr(), b.stderr()))
-        } else {
-            Ok(())
-        }
-    });
 }
 
 #[test]

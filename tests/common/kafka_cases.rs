@@ -7,6 +7,7 @@ use std::time::Duration;
 pub use super::generate;
 use super::kafka::Broker;
 use super::spawn::Proc;
+use super::wait::wait_until_ok;
 use super::{ok, query_tables, run, summary};
 use storepulse::snapshot::SnapshotSet;
 
@@ -142,4 +143,23 @@ pub fn accepted_total(run_dir: &Path) -> u64 {
     super::manifest(run_dir)["counts"]["accepted"]
         .as_u64()
         .unwrap()
+}
+
+/// Waits until the latest assignments of `a` and `b` are both non-empty.
+pub fn wait_until_shared(a: &Proc, b: &Proc) {
+    let last = |p: &Proc| {
+        p.stderr()
+            .lines()
+            .rfind(|l| l.contains("assigned partitions"))
+            .map(String::from)
+            .unwrap_or_default()
+    };
+    wait_until_ok(LIMIT, "the partitions to be shared", || {
+        let (la, lb) = (last(a), last(b));
+        if la.is_empty() || lb.is_empty() || la.contains("[]") || lb.contains("[]") {
+            Err(format!("{}\n{}", a.stderr(), b.stderr()))
+        } else {
+            Ok(())
+        }
+    });
 }
