@@ -857,3 +857,48 @@ fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
     .unwrap();
     assert_eq!(count(&server), format!("n\n{}\n", customers[0]));
 }
+
+/// An answer cut off while its body is read (a connection dropped mid-answer: the store's
+/// client does not retry those) is read again, within the store's time budget.
+#[test]
+fn an_answer_cut_off_mid_body_is_read_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 3_000, 39);
+    let local = tmp.path().join("local");
+    common::run(&input, &local, &["--max"]);
+    let url = server.url("cut");
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--max",
+        "--no-progress",
+        "--snapshot-dir",
+        &url,
+    ];
+    ok_with_env(&server, &args);
+    let left = Arc::new(AtomicUsize::new(3));
+    let cuts = left.clone();
+    server.faults.hook(move |r| {
+        let read = r.method == http::Method::GET && !r.query.contains("list-type");
+        match read
+            && cuts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            true => s3::Action::CutBody,
+            false => s3::Action::Pass,
+        }
+    });
+    for sql in TABLES {
+        let got = ok_with_env(
+            &server,
+            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
+        );
+        assert_eq!(got, common::query_csv(&local, sql), "{sql}");
+    }
+    assert_eq!(left.load(Ordering::SeqCst), 0, "three answers were cut off");
+}

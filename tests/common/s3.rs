@@ -76,6 +76,9 @@ pub enum Action {
     FailAfter(u16),
     /// Held until the gate gets a permit, then carried out.
     Hold(Arc<tokio::sync::Semaphore>),
+    /// Carried out, and its answer cut off halfway through the body (the connection
+    /// closes before the length the answer announced).
+    CutBody,
 }
 
 /// Decides each request's [`Action`], in the order they arrive.
@@ -153,8 +156,13 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
         };
         let action = faults.action(&seen);
         Box::pin(async move {
+            let mut cut = false;
             let after = match action {
                 Action::Pass => None,
+                Action::CutBody => {
+                    cut = true;
+                    None
+                }
                 Action::Fail(status) => {
                     faults.injected.fetch_add(1, Ordering::SeqCst);
                     let _ = http_body_util::BodyExt::collect(req.into_body()).await;
@@ -183,6 +191,21 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
             if let Some(status) = after {
                 faults.injected.fetch_add(1, Ordering::SeqCst);
                 return Ok(error_response(status, code(status)));
+            }
+            if cut {
+                faults.injected.fetch_add(1, Ordering::SeqCst);
+                let (parts, body) = resp.into_parts();
+                let bytes = http_body_util::BodyExt::collect(body)
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let mut parts = parts;
+                parts.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(bytes.len().max(2)),
+                );
+                let half = bytes.slice(..bytes.len() / 2);
+                return Ok(http::Response::from_parts(parts, s3s::Body::from(half)));
             }
             if pointer && resp.status().is_success() && take(&faults.after_pointer) {
                 faults.injected.fetch_add(1, Ordering::SeqCst);

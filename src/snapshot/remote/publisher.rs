@@ -29,7 +29,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
-use super::read::{fetch, Pointer};
+use super::read::{fetch, get_whole, Pointer};
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
 use crate::snapshot::{parse_id, Published, SnapshotError, LATEST_FILE, PREFIX};
@@ -440,12 +440,7 @@ impl Publisher {
     fn read_pointer(&self) -> Result<Option<(Pointer, Option<String>)>, SnapshotError> {
         let b = &self.bucket;
         let key = b.key(LATEST_FILE);
-        let read = self.rt.block_on(async {
-            let got = b.store.get(&key).await?;
-            let e_tag = got.meta.e_tag.clone();
-            Ok::<_, object_store::Error>((got.bytes().await?, e_tag))
-        });
-        match read {
+        match self.rt.block_on(get_whole(b, &key)) {
             Ok((bytes, e_tag)) => Ok(Some((Pointer::parse(&bytes), e_tag))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(b.error("reading", &key, e)),

@@ -70,12 +70,34 @@ impl Pointer {
 }
 
 async fn get_bytes(bucket: &Bucket, key: &Key) -> Result<bytes::Bytes, SnapshotError> {
-    match bucket.store.get(key).await {
-        Ok(got) => got
-            .bytes()
-            .await
-            .map_err(|e| bucket.error("reading", key, e)),
-        Err(e) => Err(bucket.error("reading", key, e)),
+    get_whole(bucket, key)
+        .await
+        .map(|(bytes, _)| bytes)
+        .map_err(|e| bucket.error("reading", key, e))
+}
+
+/// The object `key` whole, and its ETag. The store's client retries a request that fails,
+/// but not an answer cut off while its body is read (a connection dropped mid-answer):
+/// that is retried here, within the same time budget ([`super::STORE_RETRY_TIME`]).
+pub(super) async fn get_whole(
+    bucket: &Bucket,
+    key: &Key,
+) -> Result<(bytes::Bytes, Option<String>), object_store::Error> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        let got = bucket.store.get(key).await?;
+        let e_tag = got.meta.e_tag.clone();
+        match got.bytes().await {
+            Ok(bytes) => return Ok((bytes, e_tag)),
+            Err(e) if started.elapsed() + wait < super::STORE_RETRY_TIME => {
+                crate::metrics::events::StoreError.emit();
+                tracing::debug!(key = %key, error = %e, "an answer was cut off; reading again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -228,12 +250,8 @@ pub async fn fetch_set(bucket: &Bucket, set: TopicSet) -> Result<TopicSet, Snaps
 /// The object `name` under `bucket`'s prefix; none when it is not there.
 pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes>, SnapshotError> {
     let key = bucket.key(name);
-    match bucket.store.get(&key).await {
-        Ok(got) => got
-            .bytes()
-            .await
-            .map(Some)
-            .map_err(|e| bucket.error("reading", &key, e)),
+    match get_whole(bucket, &key).await {
+        Ok((bytes, _)) => Ok(Some(bytes)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(bucket.error("reading", &key, e)),
     }
