@@ -4,7 +4,7 @@
 //! (tansu), while a file is replayed. A schedule drawn from the seed kills and restarts
 //! processors, pauses them, takes their partitions over while they are paused (the old
 //! owner is refused at its next publish and stops), cuts their connection to the store,
-//! makes the store fail or lose answers, and pauses the broker. After it: the tables read
+//! makes the store fail, lose answers or cut them off mid-body, and pauses the broker. After it: the tables read
 //! from the bucket equal `run` on the same file, no partition stalled (every partition's
 //! latest snapshot covers its end of input), and every dead letter is in the dead-letter
 //! topic.
@@ -83,16 +83,18 @@ enum Fault {
     CutStore,
     StoreErrors,
     LostAnswer,
+    CutAnswers,
     PauseBroker,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::Kill,
     Fault::Pause,
     Fault::Takeover,
     Fault::CutStore,
     Fault::StoreErrors,
     Fault::LostAnswer,
+    Fault::CutAnswers,
     Fault::PauseBroker,
 ];
 
@@ -200,6 +202,20 @@ fn nemesis(seed: u64) -> BTreeMap<Fault, u32> {
                         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     {
                         Ok(_) => s3::Action::FailAfter(500),
+                        Err(_) => s3::Action::Pass,
+                    }
+                });
+            }
+            Fault::CutAnswers => {
+                let left = Arc::new(AtomicUsize::new(rng.random_range(1..6)));
+                server.faults.hook(move |r| {
+                    if r.method != http::Method::GET {
+                        return s3::Action::Pass;
+                    }
+                    match left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    {
+                        Ok(_) => s3::Action::CutBody,
                         Err(_) => s3::Action::Pass,
                     }
                 });

@@ -125,6 +125,24 @@ fn error_response(status: u16, code: &str) -> s3s::HttpResponse {
     r
 }
 
+/// A body that yields its bytes, then fails: the connection drops mid-answer.
+struct CutOff(Option<bytes::Bytes>);
+
+impl hyper::body::Body for CutOff {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(b) => Ok(hyper::body::Frame::data(b)),
+            None => Err(std::io::Error::other("cut off")),
+        }))
+    }
+}
+
 /// The S3 error code of a status a fault answers with.
 fn code(status: u16) -> &'static str {
     match status {
@@ -194,18 +212,16 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
             }
             if cut {
                 faults.injected.fetch_add(1, Ordering::SeqCst);
+                // The length announced stays the whole's; half is sent, then the
+                // connection is dropped.
                 let (parts, body) = resp.into_parts();
                 let bytes = http_body_util::BodyExt::collect(body)
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let mut parts = parts;
-                parts.headers.insert(
-                    http::header::CONTENT_LENGTH,
-                    http::HeaderValue::from(bytes.len().max(2)),
-                );
                 let half = bytes.slice(..bytes.len() / 2);
-                return Ok(http::Response::from_parts(parts, s3s::Body::from(half)));
+                let body = s3s::Body::http_body(CutOff(Some(half)));
+                return Ok(http::Response::from_parts(parts, body));
             }
             if pointer && resp.status().is_success() && take(&faults.after_pointer) {
                 faults.injected.fetch_add(1, Ordering::SeqCst);
