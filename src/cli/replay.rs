@@ -48,6 +48,8 @@ pub struct ReplayArgs {
     )]
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
+    pub metrics_hosts: super::flags::MetricsHostArgs,
+    #[command(flatten)]
     pub summary: super::summary::SummaryArgs,
 }
 
@@ -70,7 +72,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         },
         watermark_interval: args.watermark_interval,
     };
-    let _metrics = serve_metrics("replay", args.metrics_addr);
+    let _metrics = serve_metrics("replay", args.metrics_addr, &args.metrics_hosts);
     let shutdown = crate::shutdown::install();
     crate::metrics::set_ready(true);
     let outcome = publish::replay(&config, &shutdown).with_context(|| {
