@@ -167,9 +167,9 @@ fn sql_over_http_refuses_writes_and_endless_series_explains_without_paths_and_bo
     }
     assert!(!tmp.path().join("stolen.csv").exists());
 
-    // From February 1, a month less 28 days never advances.
-    let endless = "SELECT COUNT(*) AS n FROM generate_series(TIMESTAMP '2021-02-01', \
-                   TIMESTAMP '2021-03-01', INTERVAL '1 month -28 days')";
+    // Down from March 1, a month less 28 days goes up instead (to March 4): endless.
+    let endless = "SELECT COUNT(*) AS n FROM generate_series(TIMESTAMP '2021-03-01', \
+                   TIMESTAMP '2021-02-01', INTERVAL '1 month -28 days')";
     let (status, reply) = sql(&addr, endless);
     assert_eq!(status, 400, "{reply}");
     assert!(
