@@ -166,9 +166,12 @@ fn compose_commands_use_flags_the_binary_has_and_ports_prometheus_scrapes() {
         );
         assert_eq!(env["STOREPULSE_BROKERS"].as_str(), Some("kafka:29092"));
         assert!(prometheus.contains(&format!("\"{service}:{port}\"")));
-        assert!(
-            strings(&s["ports"]).contains(&format!("${{BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"))
-        );
+        // Prometheus names it by its service name, which its metrics must answer to.
+        assert_eq!(env["STOREPULSE_METRICS_ALLOW_HOST"].as_str(), Some(service));
+        assert!(known.contains("--metrics-allow-host"), "{service}");
+        assert!(strings(&s["ports"]).contains(&format!(
+            "${{METRICS_BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"
+        )));
         // The default --metrics-addr port is the one documented and scraped.
         let help = common::ok(&[service, "--help"]);
         assert!(help.contains(&format!("127.0.0.1:{port}")), "{help}");
@@ -216,9 +219,9 @@ fn unset(text: &str) -> Result<String, String> {
 }
 
 #[test]
-fn compose_publishes_on_loopback_and_grafana_has_no_default_password() {
+fn compose_publishes_on_loopback_the_broker_and_metrics_apart_and_grafana_asks_for_a_login() {
     let c = compose();
-    let mut published = 0;
+    let mut published = BTreeSet::new();
     for (name, s) in c["services"].as_mapping().unwrap() {
         for port in strings(&s["ports"]) {
             let bound = unset(&port).unwrap();
@@ -226,11 +229,28 @@ fn compose_publishes_on_loopback_and_grafana_has_no_default_password() {
                 bound.starts_with("127.0.0.1:"),
                 "{name:?} publishes {port} beyond this machine by default"
             );
-            assert!(port.starts_with("${BIND_ADDRESS:-127.0.0.1}:"), "{port}");
-            published += 1;
+            let number = port.rsplit(':').next().unwrap().to_string();
+            // What has no authentication is exposed only by a variable of its own.
+            let variable = match number.as_str() {
+                "9092" => "BROKER_BIND_ADDRESS",
+                "9090" | "9465" | "9466" => "METRICS_BIND_ADDRESS",
+                _ => "BIND_ADDRESS",
+            };
+            assert!(
+                port.starts_with(&format!("${{{variable}:-127.0.0.1}}:")),
+                "{name:?}: {port} should follow {variable}"
+            );
+            published.insert(number);
         }
     }
-    assert!(published >= 6, "{published} ports");
+    assert_eq!(
+        published.into_iter().collect::<Vec<_>>(),
+        ["3000", "8080", "9090", "9092", "9465", "9466"]
+    );
+    let anonymous = c["services"]["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"]
+        .as_str()
+        .unwrap();
+    assert_eq!(unset(anonymous).as_deref(), Ok("false"), "{anonymous}");
     let grafana = &c["services"]["grafana"]["environment"];
     let password = grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap();
     assert!(
@@ -248,9 +268,13 @@ fn compose_publishes_on_loopback_and_grafana_has_no_default_password() {
     let readme = std::fs::read_to_string(project("README.md")).unwrap();
     for word in [
         "BIND_ADDRESS",
+        "BROKER_BIND_ADDRESS",
+        "METRICS_BIND_ADDRESS",
+        "GRAFANA_ANONYMOUS=true",
         "GRAFANA_ADMIN_PASSWORD",
         "ALLOW_HOST",
         "--allow-host",
+        "--metrics-allow-host",
     ] {
         assert!(
             readme.contains(word),
@@ -293,10 +317,10 @@ fn grafana_is_provisioned_with_the_dashboard_and_its_datasource() {
     );
     let dashboards = target("./deploy/grafana/dashboards");
     let env = &g["environment"];
-    // Anonymous viewers by default (the ports are on loopback), off when exposing.
+    // A login by default; anonymous viewers only when asked for.
     assert_eq!(
         env["GF_AUTH_ANONYMOUS_ENABLED"].as_str(),
-        Some("${GRAFANA_ANONYMOUS:-true}")
+        Some("${GRAFANA_ANONYMOUS:-false}")
     );
     assert_eq!(env["GF_AUTH_ANONYMOUS_ORG_ROLE"].as_str(), Some("Viewer"));
     assert_eq!(

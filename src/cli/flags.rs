@@ -137,6 +137,16 @@ impl PageArgs {
     }
 }
 
+/// Who may read the metrics endpoint.
+#[derive(Debug, Args)]
+pub struct MetricsHostArgs {
+    /// Also answer /metrics, /healthz and /readyz requests that name the server this way
+    /// (the `Host` header; IP addresses and `localhost` always work), e.g. the name
+    /// Prometheus scrapes (`--metrics-allow-host process`); `*`: any name. Repeatable.
+    #[arg(long, env = "STOREPULSE_METRICS_ALLOW_HOST", value_delimiter = ',')]
+    pub metrics_allow_host: Vec<String>,
+}
+
 /// What the store page may cost and who may use it.
 #[derive(Debug, Args)]
 pub struct PageLimitArgs {
@@ -151,6 +161,11 @@ pub struct PageLimitArgs {
     /// of it): a query that needs more fails alone. At least 512MiB.
     #[arg(long, env = "STOREPULSE_QUERY_MEMORY_LIMIT", default_value = "2GiB", value_parser = parse_query_memory)]
     pub query_memory_limit: usize,
+    /// Disk each SQL query may spill to (sorts, joins and aggregates beyond the memory
+    /// pool) in the system's temporary folder, which may itself be memory (tmpfs); a query
+    /// that needs more fails with 400. The page's own queries never spill.
+    #[arg(long, env = "STOREPULSE_QUERY_SPILL_LIMIT", default_value = "256MiB", value_parser = parse_size)]
+    pub query_spill_limit: usize,
     /// Bytes of one SQL answer at most (rows beyond are left out, `truncated`).
     #[arg(long, env = "STOREPULSE_SQL_MAX_BYTES", default_value = "4MiB", value_parser = parse_size)]
     pub sql_max_bytes: usize,
@@ -162,6 +177,10 @@ pub struct PageLimitArgs {
     /// Open connections to the page at most; more are answered 503 and closed.
     #[arg(long, env = "STOREPULSE_HTTP_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: u32,
+    /// Open connections to the page from one client address at most (raise it behind a
+    /// proxy, whose connections all come from one address); more are answered 503.
+    #[arg(long, env = "STOREPULSE_HTTP_MAX_CLIENT_CONNECTIONS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_client_connections: u32,
     /// A client must send its request headers within this time (a keep-alive connection
     /// left idle this long is closed).
     #[arg(long, env = "STOREPULSE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -175,10 +194,12 @@ impl PageLimitArgs {
             sql_workers: self.sql_concurrency as usize,
             sql_timeout: self.sql_timeout.max(std::time::Duration::from_millis(100)),
             memory_limit: self.query_memory_limit as u64,
+            spill_limit: self.query_spill_limit as u64,
             answer_bytes: self.sql_max_bytes,
             allowed_hosts: self.allow_host.clone(),
             connections: crate::http::Limits {
                 max_connections: self.http_max_connections as usize,
+                per_client: self.http_max_client_connections as usize,
                 header_timeout: self
                     .http_header_timeout
                     .max(std::time::Duration::from_millis(100)),

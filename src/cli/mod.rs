@@ -103,8 +103,14 @@ fn command(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the metrics endpoint; a busy address is a warning, not a failure.
-fn serve_metrics(command: &str, addr: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+/// Starts the metrics endpoint, answering to the host names `hosts` allows; a busy address
+/// is a warning, not a failure.
+fn serve_metrics(
+    command: &str,
+    addr: std::net::SocketAddr,
+    hosts: &flags::MetricsHostArgs,
+) -> Option<std::net::SocketAddr> {
     let what = ("metrics", "/metrics", "metrics endpoint");
-    crate::http::start_logged(command, what, addr, crate::metrics::serve)
+    let hosts = crate::http::Hosts::new(&hosts.metrics_allow_host);
+    crate::http::start_logged(command, what, addr, |a| crate::metrics::serve(a, hosts))
 }

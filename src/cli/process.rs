@@ -56,6 +56,8 @@ pub struct ProcessArgs {
     )]
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
+    pub metrics_hosts: super::flags::MetricsHostArgs,
+    #[command(flatten)]
     pub page: PageArgs,
     /// /healthz fails when the processor has made no progress for this long while its
     /// consumer lag is above 0 (0s: never).
@@ -117,7 +119,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         broker_timeout: args.broker_timeout,
         needs_partitions: true,
     });
-    let _metrics = serve_metrics("process", args.metrics_addr);
+    let _metrics = serve_metrics("process", args.metrics_addr, &args.metrics_hosts);
     let _page = args.page.start("process", &args.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = std::time::Instant::now();

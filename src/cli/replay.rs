@@ -53,6 +53,8 @@ pub struct ReplayArgs {
     )]
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
+    pub metrics_hosts: super::flags::MetricsHostArgs,
+    #[command(flatten)]
     pub summary: super::summary::SummaryArgs,
 }
 
@@ -76,7 +78,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         watermark_interval: args.watermark_interval,
         max_in_flight: args.max_in_flight as usize,
     };
-    let _metrics = serve_metrics("replay", args.metrics_addr);
+    let _metrics = serve_metrics("replay", args.metrics_addr, &args.metrics_hosts);
     let shutdown = crate::shutdown::install();
     crate::metrics::set_ready(true);
     let outcome = publish::replay(&config, &shutdown).with_context(|| {

@@ -37,6 +37,8 @@ pub struct RunArgs {
     )]
     pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
+    pub metrics_hosts: super::flags::MetricsHostArgs,
+    #[command(flatten)]
     pub page: PageArgs,
     /// Continue an interrupted run from its latest complete snapshot in --snapshot-dir
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
@@ -85,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if config.resume {
         crate::metrics::events::RunResumed.emit();
     }
-    let _metrics = serve_metrics("run", args.metrics_addr);
+    let _metrics = serve_metrics("run", args.metrics_addr, &args.metrics_hosts);
     let _page = args.page.start("run", &config.snapshot_dir);
     let shutdown = crate::shutdown::install();
     let start = Instant::now();

@@ -2,12 +2,19 @@
 //! pipeline makes progress, or has nothing waiting) and `GET /readyz` (the pipeline is
 //! doing its work; see `health.rs`), served by axum on a small runtime of its own (with a
 //! timer: connections time out) so that scraping never competes with the pipeline's thread.
+//! It answers only to requests that name it by an IP address, `localhost` or a name given
+//! with `--metrics-allow-host` (a DNS-rebinding page would read revenue and segment counts).
 
 use std::net::SocketAddr;
 
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+
+use crate::http::Hosts;
 
 use super::health;
 
@@ -47,15 +54,39 @@ pub fn answer(ready: bool) -> (StatusCode, String) {
     }
 }
 
-/// Binds `addr` (port 0 picks a free one) and serves in a background thread; returns
-/// the bound address.
-pub fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+/// `/healthz` and `/readyz` for a connection beyond the caps (`http::Probe`).
+fn probe(path: &str) -> Option<(StatusCode, String)> {
+    match path {
+        "/healthz" => Some(answer(false)),
+        "/readyz" => Some(answer(true)),
+        _ => None,
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one) and serves in a background thread to requests
+/// that name it as `hosts` allows; returns the bound address.
+pub fn serve(addr: SocketAddr, hosts: Hosts) -> std::io::Result<SocketAddr> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let door = move |request: Request, next: Next| {
+        let refused = hosts.refusal(
+            request
+                .headers()
+                .get(header::HOST)
+                .map(|v| v.to_str().unwrap_or("\u{fffd}")),
+            "--metrics-allow-host",
+        );
+        async move {
+            match refused {
+                Some(why) => (StatusCode::FORBIDDEN, why + "\n").into_response(),
+                None => next.run(request).await,
+            }
+        }
+    };
     crate::http::spawn(
         addr,
-        "storepulse-metrics",
+        ("storepulse-metrics", probe),
         runtime,
         crate::http::Limits::METRICS,
         || {
@@ -68,6 +99,7 @@ pub fn serve(addr: SocketAddr) -> std::io::Result<SocketAddr> {
                 )
                 .route("/healthz", get(|| async { answer(false) }))
                 .route("/readyz", get(|| async { answer(true) }))
+                .layer(axum::middleware::from_fn(door))
                 .layer(axum::middleware::map_response(crate::http::nosniff))
         },
     )

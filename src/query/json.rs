@@ -17,10 +17,9 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
-use datafusion::execution::context::SQLOptions;
 use serde_json::{Map, Value};
 
-use super::{read_only_message, QueryError, Session};
+use super::{is_explain, read_only, read_only_message, QueryError, Session};
 
 /// A result as JSON rows, cut at a number of rows or of bytes.
 #[derive(Debug)]
@@ -30,6 +29,8 @@ pub struct JsonRows {
     pub rows: Vec<Value>,
     /// Rows were left out: more than the row limit, or more than the byte limit.
     pub truncated: bool,
+    /// The statement was an `EXPLAIN`: the rows are its plan, which names files.
+    pub explain: bool,
 }
 
 impl Session {
@@ -41,13 +42,9 @@ impl Session {
         limit: usize,
         max_bytes: usize,
     ) -> Result<JsonRows, QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let df = self
             .ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, read_only())
             .await
             .map_err(read_only_message)?;
         let columns = column_names(
@@ -55,7 +52,12 @@ impl Session {
                 .iter()
                 .map(|(q, f)| (q.map(|q| q.to_string()), f.name().clone())),
         )?;
-        let batches = df.limit(0, Some(limit + 1))?.collect().await?;
+        let explain = is_explain(&df);
+        let df = match explain {
+            true => df,
+            false => df.limit(0, Some(limit + 1))?,
+        };
+        let batches = df.collect().await?;
         let mut rows = Vec::new();
         let mut bytes = 2;
         let mut truncated = false;
@@ -96,6 +98,7 @@ impl Session {
             columns,
             rows,
             truncated,
+            explain,
         })
     }
 }

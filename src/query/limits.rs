@@ -84,22 +84,61 @@ struct BoundedSeries {
 
 impl TableFunctionImpl for BoundedSeries {
     fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
-        if let Some(rows) = series_rows(args.exprs()) {
-            if rows > MAX_SERIES_ROWS {
+        match series_rows(args.exprs()) {
+            Series::Rows(rows) if rows > MAX_SERIES_ROWS => {
                 return plan_err!(
                     "{} would produce {rows} rows; at most {MAX_SERIES_ROWS} are allowed",
                     self.name
-                );
+                )
             }
+            Series::Unbounded => {
+                return plan_err!(
+                    "{} with this step cannot be bounded: an interval whose months, days and \
+                     time do not all move the same way may not advance (INTERVAL '1 month \
+                     -28 days' from February 1 never does); give a step that always moves",
+                    self.name
+                )
+            }
+            _ => {}
         }
         self.inner.function().call_with_args(args)
     }
 }
 
+/// What the literals of a series say about its length.
+#[derive(Debug, PartialEq, Eq)]
+enum Series {
+    /// At most this many rows.
+    Rows(u64),
+    /// A step that may not advance: the series could be endless.
+    Unbounded,
+    /// Not told by literals: the function decides (and refuses what it cannot read).
+    Unknown,
+}
+
+const NANOS_PER_HOUR: i128 = 3_600_000_000_000;
+const NANOS_PER_DAY: i128 = 24 * NANOS_PER_HOUR;
+
+/// The least and the most an interval step can move a time, in nanoseconds: a month is
+/// 28 to 31 days, a day 23 to 25 hours (a time zone's daylight-saving change).
+fn interval_span(months: i128, days: i128, nanos: i128) -> (i128, i128) {
+    let range = |n: i128, short: i128, long: i128| match n >= 0 {
+        true => (n * short, n * long),
+        false => (n * long, n * short),
+    };
+    let m = range(months, 28 * NANOS_PER_DAY, 31 * NANOS_PER_DAY);
+    let d = range(
+        days,
+        NANOS_PER_DAY - NANOS_PER_HOUR,
+        NANOS_PER_DAY + NANOS_PER_HOUR,
+    );
+    (m.0 + d.0 + nanos, m.1 + d.1 + nanos)
+}
+
 /// An upper bound on the rows of a series with these arguments, when it can be told from
-/// literals (`None` leaves the decision to the function, which refuses what it cannot
-/// read). Intervals count their months as 28 days, so the bound is never too low.
-fn series_rows(exprs: &[Expr]) -> Option<u64> {
+/// literals. An interval step counts as the least it can move, so the bound is never too
+/// low; a step that may move by nothing (or either way) cannot be bounded.
+fn series_rows(exprs: &[Expr]) -> Series {
     let lit = |i: usize| match exprs.get(i) {
         Some(Expr::Literal(v, _)) => Some(v),
         _ => None,
@@ -107,7 +146,7 @@ fn series_rows(exprs: &[Expr]) -> Option<u64> {
     let as_i128 = |v: &ScalarValue| -> Option<i128> {
         match v {
             ScalarValue::Int64(Some(n)) => Some(i128::from(*n)),
-            ScalarValue::Date32(Some(d)) => Some(i128::from(*d) * 86_400_000_000_000),
+            ScalarValue::Date32(Some(d)) => Some(i128::from(*d) * NANOS_PER_DAY),
             ScalarValue::Date64(Some(ms)) => Some(i128::from(*ms) * 1_000_000),
             ScalarValue::TimestampSecond(Some(t), _) => Some(i128::from(*t) * 1_000_000_000),
             ScalarValue::TimestampMillisecond(Some(t), _) => Some(i128::from(*t) * 1_000_000),
@@ -116,34 +155,52 @@ fn series_rows(exprs: &[Expr]) -> Option<u64> {
             _ => None,
         }
     };
-    let step = |v: &ScalarValue| -> Option<i128> {
-        match v {
-            ScalarValue::Int64(Some(n)) => Some(i128::from(*n).abs()),
-            ScalarValue::IntervalMonthDayNano(Some(i)) => Some(
-                ((i128::from(i.months) * 28 + i128::from(i.days)) * 86_400_000_000_000
-                    + i128::from(i.nanoseconds))
-                .abs(),
+    // The least a step moves, or `Err` when it may not move at all.
+    let step = |v: &ScalarValue| -> Option<Result<i128, ()>> {
+        let (lo, hi) = match v {
+            ScalarValue::Int64(Some(n)) => (i128::from(*n), i128::from(*n)),
+            ScalarValue::IntervalMonthDayNano(Some(i)) => interval_span(
+                i128::from(i.months),
+                i128::from(i.days),
+                i128::from(i.nanoseconds),
             ),
-            ScalarValue::IntervalDayTime(Some(i)) => Some(
-                ((i128::from(i.days) * 86_400_000 + i128::from(i.milliseconds)) * 1_000_000).abs(),
+            ScalarValue::IntervalDayTime(Some(i)) => interval_span(
+                0,
+                i128::from(i.days),
+                i128::from(i.milliseconds) * 1_000_000,
             ),
-            ScalarValue::IntervalYearMonth(Some(m)) => {
-                Some(i128::from(*m).abs() * 28 * 86_400_000_000_000)
-            }
-            _ => None,
+            ScalarValue::IntervalYearMonth(Some(m)) => interval_span(i128::from(*m), 0, 0),
+            _ => return None,
+        };
+        Some(match (lo > 0, hi < 0) {
+            (true, _) => Ok(lo),
+            (_, true) => Ok(-hi),
+            _ => Err(()),
+        })
+    };
+    let parsed = match exprs.len() {
+        1 => lit(0).and_then(as_i128).map(|end| (0, end, Ok(1))),
+        2 => lit(0)
+            .and_then(as_i128)
+            .zip(lit(1).and_then(as_i128))
+            .map(|(a, b)| (a, b, Ok(1))),
+        3 => lit(0)
+            .and_then(as_i128)
+            .zip(lit(1).and_then(as_i128))
+            .zip(lit(2).and_then(step))
+            .map(|((a, b), s)| (a, b, s)),
+        _ => None,
+    };
+    match parsed {
+        None => Series::Unknown,
+        // An integer step of 0 is the function's own error.
+        Some((_, _, Err(()))) if matches!(lit(2), Some(ScalarValue::Int64(_))) => Series::Unknown,
+        Some((_, _, Err(()))) => Series::Unbounded,
+        Some((start, end, Ok(step))) => {
+            let rows = (end - start).unsigned_abs() / step.unsigned_abs() + 1;
+            Series::Rows(u64::try_from(rows).unwrap_or(u64::MAX))
         }
-    };
-    let (start, end, step) = match exprs.len() {
-        1 => (0, as_i128(lit(0)?)?, 1),
-        2 => (as_i128(lit(0)?)?, as_i128(lit(1)?)?, 1),
-        3 => (as_i128(lit(0)?)?, as_i128(lit(1)?)?, step(lit(2)?)?),
-        _ => return None,
-    };
-    if step == 0 {
-        return None;
     }
-    let rows = (end - start).unsigned_abs() / step.unsigned_abs() + 1;
-    Some(u64::try_from(rows).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -153,17 +210,50 @@ mod tests {
 
     #[test]
     fn a_series_is_counted_from_its_literals() {
-        assert_eq!(series_rows(&[lit(10i64)]), Some(11));
+        assert_eq!(series_rows(&[lit(10i64)]), Series::Rows(11));
         assert_eq!(
             series_rows(&[lit(1i64), lit(1_000_000_000_000i64)]),
-            Some(1_000_000_000_000)
+            Series::Rows(1_000_000_000_000)
         );
-        assert_eq!(series_rows(&[lit(1i64), lit(100i64), lit(10i64)]), Some(10));
+        assert_eq!(
+            series_rows(&[lit(1i64), lit(100i64), lit(10i64)]),
+            Series::Rows(10)
+        );
         assert_eq!(
             series_rows(&[lit(100i64), lit(1i64), lit(-10i64)]),
-            Some(10)
+            Series::Rows(10)
         );
-        assert_eq!(series_rows(&[lit(1i64), lit(2i64), lit(0i64)]), None);
+        assert_eq!(
+            series_rows(&[lit(1i64), lit(2i64), lit(0i64)]),
+            Series::Unknown
+        );
+    }
+
+    #[test]
+    fn interval_steps_count_their_least_move_and_mixed_signs_that_may_stall_are_unbounded() {
+        use datafusion::arrow::datatypes::IntervalMonthDayNano;
+        let day = 86_400_000_000_000i64;
+        let (feb1, mar1) = (
+            ScalarValue::TimestampNanosecond(Some(18_659 * day), None),
+            ScalarValue::TimestampNanosecond(Some(18_687 * day), None),
+        );
+        let series = |months, days, nanos| {
+            let step = ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+                months, days, nanos,
+            )));
+            series_rows(&[lit(feb1.clone()), lit(mar1.clone()), lit(step)])
+        };
+        // 28 days, 23-hour days at the least: 28 * 24 / 23 whole steps and the first.
+        assert_eq!(series(0, 1, 0), Series::Rows(30));
+        assert_eq!(series(0, -1, 0), Series::Rows(30), "counted either way");
+        assert_eq!(series(1, 0, 0), Series::Rows(2));
+        // From February 1 (a 28-day month) this never advances.
+        assert_eq!(series(1, -28, 0), Series::Unbounded);
+        assert_eq!(series(-1, 31, 0), Series::Unbounded);
+        assert_eq!(series(0, 1, -day), Series::Unbounded);
+        assert_eq!(series(0, 0, 0), Series::Unbounded);
+        // Mixed signs that always move: at least 28 - 20 days.
+        assert_eq!(series(1, -20, 0), Series::Rows(4));
     }
 
     async fn ctx() -> SessionContext {
@@ -204,6 +294,15 @@ mod tests {
             let e = run(&ctx, sql).await.unwrap_err().to_string();
             assert!(e.contains("at most 10000000"), "{sql}: {e}");
         }
+        let e = run(
+            &ctx,
+            "SELECT COUNT(*) FROM generate_series(TIMESTAMP '2021-02-01', TIMESTAMP '2021-03-01', \
+             INTERVAL '1 month -28 days')",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("cannot be bounded"), "{e}");
         let days = run(
             &ctx,
             "SELECT COUNT(*) FROM generate_series(DATE '2020-01-01', DATE '2020-12-31', INTERVAL '1 day')",

@@ -142,17 +142,13 @@ impl Session {
         sql: &str,
         limit: Option<usize>,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let mut df = self
             .ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, read_only())
             .await
             .map_err(read_only_message)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        if limit.is_some() {
+        if limit.is_some() && !is_explain(&df) {
             df = df.limit(0, limit)?;
         }
         let batches = df.collect().await?;
@@ -214,6 +210,26 @@ fn register_merge(ctx: &SessionContext, topic: &snapshot::TopicSet) -> Result<()
         ctx.register_table(*table, Arc::new(mem))?;
     }
     Ok(())
+}
+
+/// What a statement may do over a snapshot, for every caller (`query`, the page's
+/// workers): read. DDL (`CREATE EXTERNAL TABLE` included), DML (`COPY ... TO`, `INSERT`)
+/// and statements (`SET`) are refused before anything runs.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// `EXPLAIN [ANALYZE]`: its plan must stay the root, so no row limit goes above it (its
+/// answer is a few rows).
+fn is_explain(df: &datafusion::dataframe::DataFrame) -> bool {
+    use datafusion::logical_expr::LogicalPlan;
+    matches!(
+        df.logical_plan(),
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)
+    )
 }
 
 /// Says plainly that the query interface is read-only.

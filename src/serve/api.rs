@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 pub use super::answers::OverviewQuery;
+use super::in_flight::Reserved;
 use super::pool::{Answer, Failure};
 use super::worker::Request as Work;
 
@@ -36,8 +37,8 @@ pub const SQL_WAIT: Duration = Duration::from_millis(250);
 pub const PAGE_WAIT: Duration = Duration::from_secs(10);
 pub const PAGE_TIME: Duration = Duration::from_secs(60);
 
-/// A JSON body computed once and sent to many.
-pub type Body = Arc<[u8]>;
+/// A JSON body computed once and sent to many (shared, not copied per request).
+pub type Body = bytes::Bytes;
 /// A cached overview, and whether it is from the snapshot it is cached under.
 pub type Cached = (Body, bool);
 
@@ -108,6 +109,27 @@ fn failure(state: &super::State, f: Failure, what: &str) -> ApiError {
             format!("{what}: no query worker could be started ({e})"),
         ),
     }
+}
+
+/// Room for an answer of at most `bytes` among the answers being sent, or a 429.
+fn reserve(state: &super::State, bytes: usize) -> Result<Reserved, ApiError> {
+    state.in_flight.reserve(bytes).ok_or_else(|| {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many answers are on their way to clients; try again in a moment",
+        )
+    })
+}
+
+/// A worker's answer (200) as a response, holding its size of the room reserved until sent.
+fn sent(room: Reserved, body: Vec<u8>) -> Response {
+    let held = room.hold(body.into());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        HttpBody::new(held),
+    )
+        .into_response()
 }
 
 /// A worker's answer as a response: its body as it is.
@@ -247,11 +269,13 @@ fn overview_query(params: &HashMap<String, String>) -> Result<OverviewQuery, Api
 pub async fn overview(State(state): Shared, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q = overview_query(&query_params(raw))?;
     let body = overview_cached(&state, q).await?;
-    Ok(json_bytes(StatusCode::OK, body.to_vec()))
+    Ok(json_bytes(StatusCode::OK, body))
 }
 
 /// The overview for the current snapshot and `q`: computed by the page's worker the first
 /// time, then the same bytes for everyone (concurrent first requests wait for one answer).
+/// The computation runs in a task of its own: a client that hangs up leaves it to finish
+/// and be cached, rather than killing the page's worker in the middle.
 pub async fn overview_cached(
     state: &Arc<super::State>,
     q: OverviewQuery,
@@ -270,6 +294,27 @@ pub async fn overview_cached(
         }
         cache.entry(key.clone()).or_default().clone()
     };
+    if let Some((body, _)) = cell.get() {
+        crate::metrics::events::OverviewServed { source: "cache" }.emit();
+        return Ok(body.clone());
+    }
+    let task = tokio::spawn(compute_overview(state.clone(), cell, key, q));
+    task.await.unwrap_or_else(|e| {
+        Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the overview stopped: {e}"),
+        ))
+    })
+}
+
+/// Fills `cell` (the cache entry `key`) with the overview `q`, or waits for the request
+/// already filling it.
+async fn compute_overview(
+    state: Arc<super::State>,
+    cell: super::Overview,
+    key: (String, String),
+    q: OverviewQuery,
+) -> Result<Body, ApiError> {
     let computed = std::sync::atomic::AtomicBool::new(false);
     let body = cell
         .get_or_try_init(|| async {
@@ -279,7 +324,7 @@ pub async fn overview_cached(
                 .page
                 .call(&work, PAGE_WAIT, PAGE_TIME, 256 << 20)
                 .await
-                .map_err(|f| failure(state, f, "the overview"))?;
+                .map_err(|f| failure(&state, f, "the overview"))?;
             let a = answered(a)?;
             Ok::<(Body, bool), ApiError>((a.body.into(), a.version == key.0))
         })
@@ -312,12 +357,13 @@ pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Re
         ));
     };
     known(&state).await?;
+    let room = reserve(&state, 1 << 20)?;
     let a = state
         .page
         .call(&Work::Customer { id }, PAGE_WAIT, PAGE_TIME, 1 << 20)
         .await
         .map_err(|f| failure(&state, f, "the look-up"))?;
-    Ok(json_bytes(StatusCode::OK, answered(a)?.body))
+    Ok(sent(room, answered(a)?.body))
 }
 
 #[derive(serde::Deserialize)]
@@ -373,6 +419,12 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
     }
     known(&state).await?;
     let max_bytes = state.config.answer_bytes;
+    let room = reserve(&state, max_bytes + (64 << 10)).inspect_err(|_| {
+        crate::metrics::events::SqlQueryEnded {
+            outcome: "too_many",
+        }
+        .emit()
+    })?;
     let work = Work::Sql {
         sql: req.sql,
         limit,
@@ -397,5 +449,5 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
     };
     crate::metrics::events::SqlQueryEnded { outcome }.emit();
     let a = called.map_err(|f| failure(&state, f, "the query"))?;
-    Ok(json_bytes(StatusCode::OK, answered(a)?.body))
+    Ok(sent(room, answered(a)?.body))
 }

@@ -11,13 +11,17 @@
 //! snapshot when the `LATEST` pointers move, so loading never runs on the async threads.
 //!
 //! This process only follows the pointers and reads manifests (`/api/snapshot`), caches
-//! each overview per snapshot and parameters (ten viewers cost what one does), and guards
-//! the door (`guard.rs`: Host and Origin checks, JSON only, protective headers).
+//! each overview per snapshot and parameters (ten viewers cost what one does, and they
+//! share its bytes), bounds the bytes of answers it is sending (`in_flight.rs`), and guards
+//! the door (`guard.rs`: Host and Origin checks, JSON only, protective headers). What a
+//! client is told of a failure names no path, store endpoint or store answer (`scrub.rs`).
 
 mod answers;
 mod api;
 mod guard;
+mod in_flight;
 mod pool;
+mod scrub;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ use serde_json::Value;
 
 use crate::snapshot::Published;
 pub use pool::remove_own_folders;
+use scrub::scrub;
 pub use worker::{Role, WorkerArgs};
 
 /// How the page server bounds its work (`--sql-*`, `--query-memory-limit`, `--allow-host`,
@@ -45,6 +50,8 @@ pub struct PageConfig {
     pub sql_timeout: Duration,
     /// Address space of each worker process, in bytes; its DataFusion memory pool is half.
     pub memory_limit: u64,
+    /// Bytes a `POST /api/sql` query may spill to disk (the page's own queries: none).
+    pub spill_limit: u64,
     /// Bytes of one SQL answer at most.
     pub answer_bytes: usize,
     /// Host names (besides IP addresses and `localhost`) the page answers to; `*`: any.
@@ -58,11 +65,14 @@ impl Default for PageConfig {
             sql_workers: 2,
             sql_timeout: Duration::from_secs(10),
             memory_limit: 2 << 30,
+            spill_limit: 256 << 20,
             answer_bytes: 4 << 20,
             allowed_hosts: Vec::new(),
             connections: crate::http::Limits {
                 max_connections: 512,
+                per_client: 128,
                 header_timeout: Duration::from_secs(10),
+                write_stall: Duration::from_secs(30),
                 lifetime: Duration::from_secs(600),
             },
         }
@@ -91,6 +101,8 @@ pub(crate) struct State {
     pub overviews: Mutex<HashMap<(String, String), Overview>>,
     pub page: pool::Pool,
     pub sql: pool::Pool,
+    /// The bytes of answers from workers being sent to clients (`in_flight.rs`).
+    pub in_flight: in_flight::Budget,
 }
 
 impl State {
@@ -123,11 +135,13 @@ pub fn start(dir: PathBuf, addr: SocketAddr, config: PageConfig) -> std::io::Res
     let exe = worker::executable()?;
     let location =
         crate::snapshot::Location::parse(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-    crate::http::spawn(addr, "storepulse-serve", runtime, limits, move || {
+    let thread = ("storepulse-serve", probe as crate::http::Probe);
+    crate::http::spawn(addr, thread, runtime, limits, move || {
         let guard = guard::Guard::new(&config.allowed_hosts);
         let state = Arc::new(State {
             page: pool::Pool::new(&exe, &dir, &config, Role::Page),
             sql: pool::Pool::new(&exe, &dir, &config, Role::Sql),
+            in_flight: in_flight::Budget::new(answers_in_flight(&config)),
             dir,
             location,
             config,
@@ -141,6 +155,12 @@ pub fn start(dir: PathBuf, addr: SocketAddr, config: PageConfig) -> std::io::Res
     })
 }
 
+/// The bytes of worker answers being sent at once: 32 MiB, or the largest answer of every
+/// SQL worker and two more.
+fn answers_in_flight(config: &PageConfig) -> usize {
+    (32usize << 20).max((config.sql_workers + 2) * (config.answer_bytes + (64 << 10)))
+}
+
 /// Starts the page server, saying where; a busy address is a warning, not a failure.
 pub fn start_logged(
     command: &str,
@@ -150,6 +170,11 @@ pub fn start_logged(
 ) -> Option<SocketAddr> {
     let what = ("store page", "/", "store page");
     crate::http::start_logged(command, what, addr, |a| start(dir.to_path_buf(), a, config))
+}
+
+/// `/healthz` for a connection beyond the caps: the pipeline's health, as the router says.
+fn probe(path: &str) -> Option<(axum::http::StatusCode, String)> {
+    (path == "/healthz").then(|| crate::metrics::health_answer(false))
 }
 
 const PAGE: &str = include_str!("page.html");
@@ -250,51 +275,10 @@ pub(crate) async fn refresh(state: &Arc<State>) -> bool {
             true
         }
         Err(e) => {
-            state.set_problem(Some(state.scrub(&e.to_string())));
+            state.set_problem(Some(scrub::snapshot_error(&e, &state.dir)));
             false
         }
     }
-}
-
-/// `text` without the absolute paths of `dir` (as given, absolute and canonical) and of any
-/// other absolute path: a path inside `dir` becomes relative to it, another its last part.
-pub fn scrub(text: &str, dir: &Path) -> String {
-    let mut prefixes: Vec<String> = Vec::new();
-    if let Ok(c) = dir.canonicalize() {
-        prefixes.push(c.display().to_string());
-    }
-    if let Ok(cwd) = std::env::current_dir() {
-        prefixes.push(cwd.join(dir).display().to_string());
-    }
-    prefixes.push(dir.display().to_string());
-    prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let mut out = text.replace("file://", "");
-    for p in prefixes.iter().filter(|p| !p.is_empty() && *p != ".") {
-        out = out.replace(&format!("{p}/"), "").replace(p.as_str(), ".");
-    }
-    // Whatever absolute path is left (a temporary file, the working directory).
-    let mut clean = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find('/') {
-        let starts_token = i == 0
-            || rest[..i]
-                .chars()
-                .last()
-                .is_some_and(|c| c.is_whitespace() || "\"'`([{=:,".contains(c));
-        let end = rest[i..]
-            .find(|c: char| c.is_whitespace() || "\"'`)]},".contains(c))
-            .map_or(rest.len(), |e| i + e);
-        let token = &rest[i..end];
-        if starts_token && token[1..].contains('/') && !token.contains("//") {
-            clean.push_str(&rest[..i]);
-            clean.push_str(token.rsplit('/').next().unwrap_or_default());
-        } else {
-            clean.push_str(&rest[..end]);
-        }
-        rest = &rest[end..];
-    }
-    clean.push_str(rest);
-    clean
 }
 
 /// What the page shows about a snapshot (`parts`: one for `run`, one per partition for
@@ -347,19 +331,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_name_no_absolute_path() {
+    fn a_version_names_folders_relative_to_the_snapshot_dir() {
         let dir = Path::new("/srv/data/snaps");
-        let said = scrub(
-            "reading /srv/data/snaps/snap-3/manifest.json: gone; \
-             Object Store error: file:///srv/data/snaps/snap-3/rfm.parquet not found; \
-             spill to /tmp/.tmpAbC/spill-1.arrow failed (x / 2)",
-            dir,
-        );
-        assert_eq!(
-            said,
-            "reading snap-3/manifest.json: gone; Object Store error: snap-3/rfm.parquet not found; \
-             spill to spill-1.arrow failed (x / 2)"
-        );
         let part = |path: &str| Published {
             path: PathBuf::from(path),
             fetched: None,

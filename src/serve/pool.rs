@@ -55,6 +55,7 @@ pub(crate) struct Pool {
     exe: PathBuf,
     dir: PathBuf,
     memory_limit: u64,
+    spill_limit: u64,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Worker>>,
     started: AtomicU64,
@@ -111,6 +112,10 @@ impl Pool {
             exe: exe.to_path_buf(),
             dir: dir.to_path_buf(),
             memory_limit: config.memory_limit,
+            spill_limit: match role {
+                Role::Page => 0,
+                Role::Sql => config.spill_limit,
+            },
             permits: Arc::new(Semaphore::new(size)),
             idle: Mutex::new(Vec::new()),
             started: AtomicU64::new(0),
@@ -168,6 +173,8 @@ impl Pool {
             .arg(&self.dir)
             .arg("--memory-pool")
             .arg((limit / 2).to_string())
+            .arg("--spill-limit")
+            .arg(self.spill_limit.to_string())
             .arg("--role")
             .arg(match self.role {
                 Role::Page => "page",

@@ -32,6 +32,9 @@ pub struct WorkerArgs {
     /// Bytes of DataFusion's memory pool.
     #[arg(long)]
     pub memory_pool: usize,
+    /// Bytes of spill files at most (0: none).
+    #[arg(long)]
+    pub spill_limit: u64,
     #[arg(long, value_enum)]
     pub role: Role,
 }
@@ -78,7 +81,7 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         .build()?;
     let limits = Limits {
         memory_pool: args.memory_pool,
-        spill: (args.memory_pool as u64).saturating_mul(4),
+        spill: args.spill_limit,
         partitions: 2,
     };
     let mut loaded: Option<Loaded> = None;
@@ -132,12 +135,17 @@ async fn ensure<'a>(
         .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.present()));
     if force || !current {
         *loaded = None;
-        let session = Session::open_at(at)
-            .await
-            .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?
-            .limited(limits)
-            .await
-            .map_err(|e| (503, format!("the snapshot could not be opened: {e}")))?;
+        let opened = match Session::open_at(at).await {
+            Ok(session) => session.limited(limits).await,
+            Err(e) => Err(e),
+        };
+        let session = opened.map_err(|e| {
+            let said = match &e {
+                QueryError::Snapshot(e) => super::scrub::snapshot_error(e, dir),
+                e => e.to_string(),
+            };
+            (503, format!("the snapshot could not be opened: {said}"))
+        })?;
         let version = super::version_of(dir, &session.parts);
         *loaded = Some(Loaded {
             pointers,
@@ -173,9 +181,12 @@ async fn answer(
                 sql,
                 limit,
                 max_bytes,
-            } => answers::sql(&l.session, &l.version, sql, *limit, *max_bytes)
-                .await
-                .map_err(sql_refusal),
+            } => {
+                let plan = |text: &str| super::scrub::scrub_plan(text, dir.0);
+                answers::sql(&l.session, (&l.version, plan), sql, *limit, *max_bytes)
+                    .await
+                    .map_err(sql_refusal)
+            }
         };
         match result {
             Err((_, message)) if first && files_gone(&message) => first = false,
@@ -188,6 +199,13 @@ async fn answer(
 fn sql_refusal(e: QueryError) -> (u16, String) {
     let text = e.to_string();
     match e {
+        _ if text.contains("spilling process has exceeded") => (
+            400,
+            format!(
+                "the query needs more disk to spill to than a query may use \
+                 (--query-spill-limit): {text}"
+            ),
+        ),
         _ if text.contains("Resources exhausted") => (
             400,
             format!(

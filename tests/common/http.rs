@@ -1,8 +1,10 @@
 //! The tests' one HTTP client, `ureq` (no TLS), for the store page, the metrics endpoint,
 //! Prometheus and ChromeDriver: plain requests whatever the status, no redirects followed,
 //! no connection kept. Tests that send deliberately slow or partial requests take a raw
-//! connection from [`connect`].
+//! connection from [`connect`] (or [`connect_from`], another loopback address: another
+//! client) and may send a request by hand with [`exchange`].
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -14,6 +16,52 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// A raw connection to `addr`, for requests no well-behaved client sends.
 pub fn connect(addr: &str) -> std::io::Result<TcpStream> {
     TcpStream::connect(addr)
+}
+
+/// A raw connection to `addr` from the loopback address `source` (`127.0.0.2`: a client
+/// other than the tests' usual `127.0.0.1`).
+pub fn connect_from(addr: &str, source: &str) -> std::io::Result<TcpStream> {
+    connect_with(addr, source, None)
+}
+
+/// [`connect_from`], with a receive buffer of `receive` bytes when given (a client that
+/// does not read then takes only that much of an answer into its kernel).
+pub fn connect_with(addr: &str, source: &str, receive: Option<u32>) -> std::io::Result<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse().expect("an IPv4 address"))?;
+        if let Some(bytes) = receive {
+            socket.set_recv_buffer_size(bytes)?;
+        }
+        let stream = socket
+            .connect(addr.parse().expect("an address"))
+            .await?
+            .into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })
+}
+
+/// Sends `head` (a request's text up to the blank line, which is added) on `stream` and
+/// reads the answer to its end (within 30 s): (status, the whole answer). A connection
+/// closed without an answer is status 0.
+pub fn exchange(stream: &mut TcpStream, head: &str) -> (u16, String) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(format!("{head}\r\n\r\n").as_bytes());
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
 }
 
 /// One request; (status, head, body), the head as `HTTP/1.1 STATUS` and `name: value`

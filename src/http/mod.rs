@@ -3,11 +3,22 @@
 //! axum router on a tokio runtime and a thread of their own until the process ends, so
 //! that serving never competes with the pipeline's threads.
 //!
-//! Every connection is bounded: at most [`Limits::max_connections`] open at once (more are
-//! answered 503 and closed, so slow clients cannot take the file descriptors the snapshot
-//! writer and the Kafka client need), request headers within [`Limits::header_timeout`]
-//! (which also closes a keep-alive connection left idle that long), and a connection lives
-//! at most [`Limits::lifetime`]. An error from `accept` (`EMFILE`) pauses accepting briefly.
+//! Every connection is bounded: at most [`Limits::max_connections`] open at once and
+//! [`Limits::per_client`] from one client address (more are answered 503 and closed, so
+//! slow clients cannot take the file descriptors the snapshot writer and the Kafka client
+//! need, and one client cannot take every slot; a health probe beyond the caps is still
+//! answered: `crowd.rs`), request headers within [`Limits::header_timeout`] (which also
+//! closes a keep-alive connection left idle that long) and [`MAX_HEADER_BYTES`], a client
+//! must take some of an answer every [`Limits::write_stall`] (`stall.rs`), and a
+//! connection lives at most [`Limits::lifetime`]. An error from `accept` (`EMFILE`) pauses
+//! accepting briefly. `hosts.rs` says which `Host` names a server answers to.
+
+mod crowd;
+mod hosts;
+mod stall;
+
+pub use crowd::Probe;
+pub use hosts::{host_name, Hosts};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +29,6 @@ use axum::response::Response;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
@@ -26,7 +36,11 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Open connections of one client address at most.
+    pub per_client: usize,
     pub header_timeout: Duration,
+    /// How long a write may wait for the client to take a byte before the connection ends.
+    pub write_stall: Duration,
     pub lifetime: Duration,
 }
 
@@ -34,16 +48,23 @@ impl Limits {
     /// `/metrics`, `/healthz`, `/readyz`: a scraper and a few probes.
     pub const METRICS: Limits = Limits {
         max_connections: 64,
+        per_client: 16,
         header_timeout: Duration::from_secs(5),
+        write_stall: Duration::from_secs(30),
         lifetime: Duration::from_secs(300),
     };
 }
 
+/// The bytes of a request's head (request line and headers) at most: a larger one gets
+/// 431. (hyper's own default, about 400 KiB per connection, is 200 MiB over 512 of them.)
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// Binds `addr` (port 0 picks a free one) and serves the router `app` builds (inside the
 /// runtime, so it may spawn tasks) from a thread named `thread`; returns the bound address.
+/// `probe` answers health probes that arrive beyond the connection caps.
 pub fn spawn(
     addr: SocketAddr,
-    thread: &str,
+    (thread, probe): (&str, Probe),
     runtime: Runtime,
     limits: Limits,
     app: impl FnOnce() -> Router + Send + 'static,
@@ -58,7 +79,7 @@ pub fn spawn(
             runtime.block_on(async move {
                 let app = app();
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => serve(l, app, limits).await,
+                    Ok(l) => serve(l, app, limits, probe).await,
                     Err(e) => tracing::error!(server = %name, error = %e, "an HTTP server stopped"),
                 }
             })
@@ -66,11 +87,13 @@ pub fn spawn(
     Ok(bound)
 }
 
-async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits, probe: Probe) {
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    let overflow = Arc::new(Semaphore::new(crowd::OVERFLOW));
+    let clients = crowd::Clients::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) if connection_error(&e) => continue,
             Err(_) => {
                 // Out of file descriptors or memory: wait for some to be given back.
@@ -78,18 +101,29 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
                 continue;
             }
         };
-        let Ok(permit) = open.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+        let held = clients.hold(peer.ip(), limits.per_client.max(1));
+        let permit = open.clone().try_acquire_owned().ok();
+        let (Some(held), Some(permit)) = (held, permit) else {
+            if let Ok(looking) = overflow.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    crowd::overflow(stream, probe).await;
+                    drop(looking);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, held);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(
+                    TokioIo::new(stall::Stalling::new(stream, limits.write_stall)),
+                    service,
+                );
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -109,13 +143,6 @@ fn connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
-}
-
-/// A connection beyond the cap: a short 503, then closed.
-async fn refuse(mut stream: tokio::net::TcpStream) {
-    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-        retry-after: 1\r\ncontent-length: 22\r\nconnection: close\r\n\r\ntoo many connections\r\n";
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
 }
 
 /// Says that a response is what its content type says it is.
