@@ -144,8 +144,13 @@ impl Ctx {
             consumer.unsubscribe();
             consumer.subscribe(&[&self.config.topic])?;
         }
-        let asked = std::mem::take(&mut *lock(&self.asks.log_ends));
-        for p in asked {
+        // One partition per pass of the poll loop: each asks the brokers (up to
+        // LOG_END_WAIT), and the loop must go on polling meanwhile.
+        let asked = {
+            let mut asked = lock(&self.asks.log_ends);
+            asked.pop_first()
+        };
+        if let Some(p) = asked {
             match consumer.fetch_watermarks(&self.config.topic, p, LOG_END_WAIT) {
                 Ok((_, end)) => {
                     let _ = self.tx.send(Input::LogEnd { partition: p, end });

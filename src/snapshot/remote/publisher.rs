@@ -128,6 +128,7 @@ impl Publisher {
         };
         if let Some((found, e_tag)) = p.read_pointer()? {
             p.take(found, e_tag);
+            p.seed_history()?;
         }
         Ok(p)
     }
@@ -145,10 +146,7 @@ impl Publisher {
                 Put::Landed(e_tag) => {
                     p.e_tag = e_tag;
                     p.epoch += 1;
-                    p.history.clear();
-                    if !name.is_empty() {
-                        p.history.push_back(name.clone());
-                    }
+                    p.seed_history()?;
                     return Ok(p);
                 }
                 // Another writer published or claimed since the pointer was read: claim
@@ -175,6 +173,28 @@ impl Publisher {
             self.history.push_back(found.name.clone());
         }
         self.found = Some(found);
+    }
+
+    /// The folders this writer keeps as its history when it starts: the pointed snapshot
+    /// and the newest older ones, `keep` in all, so that its first prunes keep as many
+    /// snapshots as its later ones (and a partition taken over still has older snapshots
+    /// to fall back to).
+    fn seed_history(&mut self) -> Result<(), SnapshotError> {
+        self.history.clear();
+        let Some(pointed) = self.pointed().map(str::to_string) else {
+            return Ok(());
+        };
+        let top = folder_id(&pointed).unwrap_or(u64::MAX);
+        let older: Vec<String> = self
+            .ids()?
+            .into_iter()
+            .filter(|(id, _)| *id < top)
+            .filter_map(|(_, k)| k.filename().map(str::to_string))
+            .collect();
+        let skip = older.len().saturating_sub(self.keep - 1);
+        self.history.extend(older.into_iter().skip(skip));
+        self.history.push_back(pointed);
+        Ok(())
     }
 
     /// The rejected-line pieces a resumed writer's manifests go on from (those of the
@@ -385,7 +405,12 @@ impl Publisher {
                         ),
                     })
                 }
-                Put::Own(_, e_tag, e) => {
+                Put::Own(found, e_tag, e) => {
+                    // An earlier publish of this writer landed with its answer lost: its
+                    // folder is a pointer's, kept like the others.
+                    if !found.name.is_empty() && !self.history.contains(&found.name) {
+                        self.history.push_back(found.name);
+                    }
                     self.e_tag = e_tag;
                     if !refused(&e) {
                         return Err(self.bucket.error("publishing", &key, e));
