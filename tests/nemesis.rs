@@ -274,6 +274,18 @@ fn nemesis(seed: u64) -> BTreeMap<Fault, u32> {
             "seed {seed}: {p} stalled: {m}"
         );
     }
+    // What the tables were read from, for a failure's message.
+    let mut read_from: Vec<String> = manifests
+        .iter()
+        .map(|(p, m)| {
+            format!(
+                "{p}: snapshot {} watermark {} end_of_input {}",
+                m["id"], m["watermark"], m["input"]["end_of_input"]
+            )
+        })
+        .collect();
+    let view = std::fs::read_to_string(server.file("nemesis/merged/LATEST")).unwrap_or_default();
+    read_from.push(format!("merged view pointer: {view:?}"));
     let accepted: u64 = manifests
         .values()
         .map(|m| m["counts"]["accepted"].as_u64().unwrap())
@@ -297,7 +309,8 @@ fn nemesis(seed: u64) -> BTreeMap<Fault, u32> {
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
             common::query_csv(&c.want, sql),
-            "seed {seed}: {sql}"
+            "seed {seed}: {sql}, read from {read_from:#?}, query said: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     // Every rejected line is in the dead-letter topic, once per replay.

@@ -355,8 +355,10 @@ impl Partitions {
         let c = &self.config;
         let dir = partition_dir(&c.snapshot_dir, &c.topic, p);
         // Another process on this machine may still be publishing its last snapshot of
-        // this partition: wait for its lock, boundedly.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // this partition, or this one's writer of a partition it lost may still be trying
+        // its store: wait for the lock, boundedly (past the store's own retry budget).
+        let deadline =
+            Instant::now() + snapshot::remote::STORE_RETRY_TIME + Duration::from_secs(30);
         let store = loop {
             match SnapshotStore::open(&dir, c.keep_snapshots) {
                 Err(SnapshotError::Locked(_)) if Instant::now() < deadline => {
