@@ -386,3 +386,25 @@ pub fn objects(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The text of `prefix`'s pointer in the server's folder, and the snapshot it names.
+pub fn pointer(server: &Server, prefix: &str) -> (String, String) {
+    let text = std::fs::read_to_string(server.file(&format!("{prefix}/LATEST"))).unwrap();
+    let name = text.lines().next().unwrap_or_default().to_string();
+    (text, name)
+}
+
+/// The rejected lines the pointed snapshot of `prefix` covers: the pieces its manifest
+/// lists, read from the server's folder and put together.
+pub fn rejected_of(server: &Server, prefix: &str) -> Vec<u8> {
+    let (_, name) = pointer(server, prefix);
+    let manifest = server.file(&format!("{prefix}/{name}/manifest.json"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for piece in manifest["rejected_pieces"].as_array().into_iter().flatten() {
+        let piece = server.file(&format!("{prefix}/{}", piece.as_str().unwrap()));
+        out.extend(std::fs::read(piece).unwrap());
+    }
+    out
+}
