@@ -114,6 +114,13 @@ impl Publisher {
     /// named (at least 2: a reader that just followed the previous pointer finds its
     /// files). Its first publish is conditional on the pointer found now.
     pub fn open(bucket: Bucket, keep: usize) -> Result<Self, SnapshotError> {
+        let mut p = Self::read(bucket, keep)?;
+        p.seed_history()?;
+        Ok(p)
+    }
+
+    /// A writer of `bucket` that read its pointer, its history not seeded yet.
+    fn read(bucket: Bucket, keep: usize) -> Result<Self, SnapshotError> {
         let rt = runtime()?;
         let mut p = Self {
             bucket,
@@ -128,7 +135,6 @@ impl Publisher {
         };
         if let Some((found, e_tag)) = p.read_pointer()? {
             p.take(found, e_tag);
-            p.seed_history()?;
         }
         Ok(p)
     }
@@ -137,7 +143,7 @@ impl Publisher {
     /// opened it before is refused, and this one continues from the snapshot the claimed
     /// pointer names.
     pub fn claim(bucket: Bucket, keep: usize) -> Result<Self, SnapshotError> {
-        let mut p = Self::open(bucket, keep)?;
+        let mut p = Self::read(bucket, keep)?;
         let mut last_error = None;
         for _ in 0..CLAIM_TRIES {
             let name = p.found.as_ref().map(|f| f.name.clone()).unwrap_or_default();
@@ -164,14 +170,11 @@ impl Publisher {
         })
     }
 
-    /// Takes `found` as the pointer this writer knows and continues from.
+    /// Takes `found` as the pointer this writer knows and continues from (its history is
+    /// seeded from it once the writer has opened or claimed the prefix).
     fn take(&mut self, found: Pointer, e_tag: Option<String>) {
         self.epoch = found.epoch;
         self.e_tag = e_tag;
-        self.history.clear();
-        if !found.name.is_empty() {
-            self.history.push_back(found.name.clone());
-        }
         self.found = Some(found);
     }
 
