@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::flags::{core, stall, KafkaArgs, PageArgs, WindowArgs};
@@ -133,13 +132,8 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let outcome = consume::process(config.clone(), shutdown)?;
     let wall = start.elapsed();
     let json = super::summary::process(&outcome, wall, &args.snapshot_dir);
-    let summary = crate::snapshot::write_summary(
-        &config.snapshot_dir,
-        super::summary::line(&json).as_bytes(),
-    )
-    .context("writing the summary")?;
-    if let Some(bucket) = &config.remote {
-        crate::snapshot::remote::put_file(bucket, &summary).context("publishing the summary")?;
+    super::summary::keep(&json, &config.snapshot_dir, config.remote.as_ref())?;
+    if config.remote.is_some() {
         // The partitions' snapshots are in the bucket; this folder only staged them.
         let _ = std::fs::remove_dir_all(&config.snapshot_dir);
     }

@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::flags::{
@@ -95,13 +94,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let outcome = embedded::run(&config, shutdown)?;
     let wall = start.elapsed();
     let json = super::summary::run(&outcome, wall, &config.snapshot_dir);
-    let summary = crate::snapshot::write_summary(
-        &config.snapshot_dir,
-        super::summary::line(&json).as_bytes(),
-    )
-    .context("writing the summary")?;
-    if let Some(bucket) = &config.remote {
-        crate::snapshot::remote::put_file(bucket, &summary).context("publishing the summary")?;
+    super::summary::keep(&json, &config.snapshot_dir, config.remote.as_ref())?;
+    if config.remote.is_some() {
         let _ = std::fs::remove_dir_all(&config.snapshot_dir);
     }
     if args.summary.json() {

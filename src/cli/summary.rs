@@ -242,3 +242,18 @@ pub fn process(o: &ProcessOutcome, wall: Duration, dir: &Path) -> Value {
         "fenced": o.fenced,
     })
 }
+
+/// Writes `json` as `summary.json` in `dir` and, for a bucket, puts it there too.
+pub fn keep(
+    json: &Value,
+    dir: &Path,
+    remote: Option<&crate::snapshot::Bucket>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let summary = crate::snapshot::write_summary(dir, line(json).as_bytes())
+        .context("writing the summary")?;
+    if let Some(bucket) = remote {
+        crate::snapshot::remote::put_file(bucket, &summary).context("publishing the summary")?;
+    }
+    Ok(())
+}

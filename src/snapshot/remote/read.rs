@@ -154,17 +154,9 @@ pub async fn fetch(bucket: &Bucket, name: &str) -> Result<Published, SnapshotErr
 /// (`fetched` is none: see [`fetch_tables`]).
 pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, SnapshotError> {
     let parts = bucket.child(crate::snapshot::PARTITIONS_DIR);
-    let listed = bucket
-        .store
-        .list_with_delimiter(Some(&parts.prefix))
-        .await
-        .map_err(|e| bucket.error("listing", &parts.prefix, e))?;
     let mut out = Vec::new();
-    for folder in listed.common_prefixes {
-        let Some(name) = folder.filename() else {
-            continue;
-        };
-        let part = parts.child(name);
+    for name in partition_folders(bucket).await? {
+        let part = parts.child(&name);
         match latest(&part).await {
             Ok(snapshot) => out.push(snapshot),
             Err(SnapshotError::None(_)) => {}
@@ -172,6 +164,21 @@ pub async fn partition_pointers(bucket: &Bucket) -> Result<Vec<Published>, Snaps
         }
     }
     Ok(out)
+}
+
+/// The names of the partition folders below `<bucket>/partitions/` (one listing).
+async fn partition_folders(bucket: &Bucket) -> Result<Vec<String>, SnapshotError> {
+    let parts = bucket.child(crate::snapshot::PARTITIONS_DIR);
+    let listed = bucket
+        .store
+        .list_with_delimiter(Some(&parts.prefix))
+        .await
+        .map_err(|e| bucket.error("listing", &parts.prefix, e))?;
+    Ok(listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .collect())
 }
 
 /// The folder of `snapshot` (found in `bucket`) and its name there.
@@ -322,7 +329,12 @@ pub async fn set_shape(bucket: &Bucket) -> Result<Option<SetShape>, SnapshotErro
 
 /// Refuses a prefix for `run` when it holds a topic's partitions.
 pub fn check_run_prefix(bucket: &Bucket) -> Result<(), SnapshotError> {
-    if runtime()?.block_on(partition_pointers(bucket))?.is_empty() {
+    runtime()?.block_on(refuse_partitions(bucket))
+}
+
+/// [`SnapshotError::Mixed`] when `bucket` holds a topic's partitions.
+async fn refuse_partitions(bucket: &Bucket) -> Result<(), SnapshotError> {
+    if partition_folders(bucket).await?.is_empty() {
         return Ok(());
     }
     Err(SnapshotError::Mixed(PathBuf::from(&bucket.url)))
@@ -332,14 +344,6 @@ pub fn check_run_prefix(bucket: &Bucket) -> Result<(), SnapshotError> {
 /// a topic's partitions (one set per prefix, as in a folder).
 pub async fn latest_run(bucket: &Bucket) -> Result<Published, SnapshotError> {
     let latest = latest(bucket).await?;
-    let parts = bucket.child(crate::snapshot::PARTITIONS_DIR);
-    let listed = bucket
-        .store
-        .list_with_delimiter(Some(&parts.prefix))
-        .await
-        .map_err(|e| bucket.error("listing", &parts.prefix, e))?;
-    if !listed.common_prefixes.is_empty() {
-        return Err(SnapshotError::Mixed(PathBuf::from(&bucket.url)));
-    }
+    refuse_partitions(bucket).await?;
     Ok(latest)
 }
