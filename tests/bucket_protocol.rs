@@ -404,3 +404,66 @@ fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
     .unwrap();
     assert_eq!(count(&server), format!("n\n{}\n", customers[0]));
 }
+
+#[test]
+fn a_bucket_reader_uses_a_view_behind_the_partitions_and_names_its_cut() {
+    let server = s3::Server::start("shop");
+    let (dir, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let part = server.prefix("t/partitions/purchases-0");
+    let mut store = store_of(dir.path(), Publisher::claim(part, 3).unwrap(), 3);
+    let url = server.url("t");
+    let count = |max_behind: &str| {
+        let args = [
+            "query",
+            "--format",
+            "csv",
+            "--snapshot-dir",
+            &url,
+            "--max-behind",
+            max_behind,
+            "SELECT COUNT(*) AS n FROM rfm",
+        ];
+        let out = server.command(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8(out.stderr).unwrap();
+        (String::from_utf8(out.stdout).unwrap(), said)
+    };
+    let mut customers = Vec::new();
+    for events in [400, 800] {
+        let (core, meta) = state_of(events, 0);
+        let meta = SnapshotMeta {
+            input: InputPosition::Kafka {
+                topic: "purchases".into(),
+                partition: 0,
+                partitions: 1,
+                next_offset: events as i64,
+                end_of_input: false,
+                inputs: Default::default(),
+            },
+            ..meta
+        };
+        customers.push(store.write(&core, meta).unwrap().customers);
+        if customers.len() == 1 {
+            let view =
+                storepulse::snapshot::view::publish_to_bucket(&server.prefix("t"), work.path());
+            assert!(view.unwrap().is_some(), "a view of the first snapshot");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    assert!(customers[0] < customers[1], "{customers:?}");
+    // The view, one snapshot behind, is read and its cut said.
+    let (n, said) = count("10m");
+    assert_eq!(n, format!("n\n{}\n", customers[0]));
+    assert!(
+        said.contains("of purchases: partition 0 at snapshot 1 of 2 ("),
+        "{said}"
+    );
+    // Nothing behind allowed: the newest snapshot, merged.
+    let (n, said) = count("0s");
+    assert_eq!(n, format!("n\n{}\n", customers[1]));
+    assert!(!said.contains("behind"), "{said}");
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{feed, query_csv, query_tables, storepulse};
 use storepulse::aggregate::{Core, CoreConfig};
@@ -121,13 +122,17 @@ fn split_equals_whole(n: u64, finish: bool) {
     }
     // The merged view is read instead of the partitions, with the same tables.
     let parts = parts_dir.path();
-    assert!(matches!(view::reading(parts).unwrap(), Reading::Merge(_)));
+    assert!(matches!(
+        view::reading(parts, view::MAX_BEHIND).unwrap(),
+        Reading::Merge(_)
+    ));
     let published = view::publish(parts, false)
         .unwrap()
         .expect("a complete set");
-    let Reading::Files(read) = view::reading(parts).unwrap() else {
+    let Reading::View(read, cut) = view::reading(parts, Duration::ZERO).unwrap() else {
         panic!("the view is not read");
     };
+    assert!(cut.is_newest(), "{cut:?}");
     assert_eq!(read.manifest, published);
     assert_eq!(published.tables.len(), 4, "the query tables alone");
     assert_eq!(published.counts.accepted, whole.accepted());
@@ -258,7 +263,7 @@ fn snapshots_that_are_not_one_set_are_refused_with_the_difference_named() {
 }
 
 #[test]
-fn a_merged_view_covers_a_complete_set_and_is_read_while_it_is_the_latest() {
+fn a_merged_view_covers_a_complete_set_and_is_read_naming_the_cut_it_merges() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sql = "SELECT SUM(orders) AS orders FROM daily_sales";
@@ -283,18 +288,72 @@ fn a_merged_view_covers_a_complete_set_and_is_read_while_it_is_the_latest() {
     assert_eq!(ids, [(0, 1), (1, 1)]);
     assert_eq!(view::publish(d, false).unwrap(), None, "already merged");
     let orders = query_csv(d, sql);
-    let read_view = |d: &Path| matches!(view::reading(d).unwrap(), Reading::Files(_));
-    assert!(read_view(d));
+    let read_view = |d: &Path, max_behind: Duration| match view::reading(d, max_behind).unwrap() {
+        Reading::View(_, cut) => Some(cut),
+        _ => None,
+    };
+    assert!(read_view(d, Duration::ZERO).is_some_and(|c| c.is_newest()));
 
-    // A newer snapshot of partition 0 (other numbers: every order of the file): the view
-    // no longer merges the latest, so the partitions are merged until the next view.
+    // A newer snapshot of partition 0 (other numbers: every order of the file), written
+    // at least 50 ms later: readers keep the view and name its cut, partition 0 one
+    // snapshot behind; its numbers are the cut's. Allowed less than the gap behind, or
+    // `--max-behind 0s`, they merge the newest snapshots.
+    std::thread::sleep(Duration::from_millis(50));
     write_partition(d, "purchases", 0, 2, &finished_part(0, 1));
-    assert!(!read_view(d));
-    let newer = query_csv(d, sql);
+    let cut = read_view(d, view::MAX_BEHIND).expect("the view, behind");
+    assert_eq!(cut.view, first.id);
+    let at = |p: &view::CutPart| (p.partition, p.snapshot, p.newest);
+    assert_eq!(at(&cut.parts[0]), (0, 1, 2));
+    assert_eq!((at(&cut.parts[1]), cut.parts[1].behind_ms), ((1, 1, 1), 0));
+    let gap = cut.behind();
+    assert!(
+        gap >= Duration::from_millis(50) && gap < Duration::from_secs(60),
+        "{gap:?}"
+    );
+    assert!(read_view(d, Duration::ZERO).is_none());
+    assert!(read_view(d, Duration::from_millis(10)).is_none());
+    let out = storepulse(&[
+        "query",
+        "--snapshot-dir",
+        d.to_str().unwrap(),
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        orders,
+        "the cut's numbers"
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "read merged view {} of purchases: partition 0 at snapshot 1 of 2 (",
+            first.id
+        )) && said.contains(" s behind); the other partitions at their newest"),
+        "{said}"
+    );
+    let fresh = |d: &Path, max: &str| {
+        let args = [
+            "query",
+            "--snapshot-dir",
+            d.to_str().unwrap(),
+            "--format",
+            "csv",
+        ];
+        common::ok(&[&args[..], &["--max-behind", max, sql]].concat())
+    };
+    let newer = fresh(d, "0s");
     assert_ne!(newer, orders);
+    assert_eq!(
+        fresh(d, "10ms"),
+        newer,
+        "further behind than allowed: merged"
+    );
     let second = view::publish(d, false).unwrap().expect("a newer set");
     assert!(matches!(&second.input, InputPosition::View { parts, .. } if parts[0].snapshot == 2));
-    assert!(read_view(d));
+    assert!(read_view(d, Duration::ZERO).is_some_and(|c| c.is_newest()));
     assert_eq!(query_csv(d, sql), newer);
 
     // A folder emptied and filled again up to the same snapshot ids, with other numbers:
@@ -303,6 +362,111 @@ fn a_merged_view_covers_a_complete_set_and_is_read_while_it_is_the_latest() {
     write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
     write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
     write_partition(d, "purchases", 1, 2, &finished_part(1, 2));
-    assert!(!read_view(d));
+    assert!(read_view(d, view::MAX_BEHIND).is_none());
     assert_eq!(query_csv(d, sql), orders);
+}
+
+/// Orders in the overview of the page at `addr` (the sum of its daily orders).
+fn page_orders(addr: &str) -> u64 {
+    let (status, _, body) = common::http::get(addr, "/api/overview");
+    assert_eq!(status, 200, "{body}");
+    let o: serde_json::Value = serde_json::from_str(&body).unwrap();
+    o["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            d["orders"]
+                .as_str()
+                .map_or_else(|| d["orders"].as_u64().unwrap(), |s| s.parse().unwrap())
+        })
+        .sum()
+}
+
+#[test]
+fn the_page_reads_a_view_behind_the_partitions_and_names_its_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sql = "SELECT SUM(orders) AS orders FROM daily_sales";
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 2));
+    write_partition(d, "purchases", 1, 2, &finished_part(1, 2));
+    let view = view::publish(d, false).unwrap().expect("a complete set");
+    std::thread::sleep(Duration::from_millis(50));
+    write_partition(d, "purchases", 0, 2, &finished_part(0, 1));
+    let number = |csv: String| -> u64 { csv.lines().nth(1).unwrap().parse().unwrap() };
+    let cut_orders = number(query_csv(d, sql));
+    let newest_orders = number(common::ok(&[
+        "query",
+        "--snapshot-dir",
+        d.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--max-behind",
+        "0s",
+        sql,
+    ]));
+    assert_ne!(cut_orders, newest_orders);
+
+    let serve = |extra: &[&str]| {
+        let addr = format!("127.0.0.1:{}", common::spawn::free_port());
+        let mut args = vec![
+            "serve",
+            "--snapshot-dir",
+            d.to_str().unwrap(),
+            "--http-addr",
+            &addr,
+        ];
+        args.extend_from_slice(extra);
+        let proc = common::spawn::Proc::serving("serve", &args, &addr, Duration::from_secs(60));
+        (addr.clone(), proc)
+    };
+    let (addr, _page) = serve(&[]);
+    common::wait::wait_until(Duration::from_secs(60), "a snapshot served", || {
+        common::http::get(&addr, "/api/snapshot").0 == 200
+    });
+    let (_, _, body) = common::http::get(&addr, "/api/snapshot");
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cut = &s["cut"];
+    assert_eq!(cut["view"], view.id.to_string(), "{s}");
+    assert_eq!(cut["newest"], false);
+    assert!(cut["behind_ms"].as_u64().unwrap() >= 50, "{cut}");
+    let p0 = &cut["parts"][0];
+    assert_eq!(
+        (&p0["partition"], &p0["snapshot"], &p0["newest"]),
+        (&0.into(), &"1".into(), &"2".into())
+    );
+    assert_eq!(
+        page_orders(&addr),
+        cut_orders,
+        "the page answers the cut's numbers"
+    );
+
+    // The page says so: how far behind, and on hovering, which snapshots.
+    let b = common::browser::Browser::start(1280, 900);
+    b.goto(&format!("http://{addr}/"));
+    b.wait_for(
+        "const c = document.querySelector('#cut'); return c && !c.hidden && c.textContent;",
+        Duration::from_secs(30),
+    );
+    let shown = b.eval(
+        "const c = document.querySelector('#cut'); return [c.textContent, c.title];",
+        serde_json::json!([]),
+    );
+    assert!(shown[0].as_str().unwrap().ends_with(" s behind"), "{shown}");
+    assert!(
+        shown[1]
+            .as_str()
+            .unwrap()
+            .contains("partition 0 at snapshot 1 of 2"),
+        "{shown}"
+    );
+
+    // Told to read nothing behind, the page merges the newest snapshots.
+    let (addr, _page) = serve(&["--max-behind", "0s"]);
+    common::wait::wait_until(Duration::from_secs(60), "a snapshot served", || {
+        common::http::get(&addr, "/api/snapshot").0 == 200
+    });
+    let (_, _, body) = common::http::get(&addr, "/api/snapshot");
+    assert!(body.contains("\"cut\":null"), "{body}");
+    assert_eq!(page_orders(&addr), newest_orders);
 }

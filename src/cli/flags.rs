@@ -185,6 +185,11 @@ pub struct PageLimitArgs {
     /// left idle this long is closed).
     #[arg(long, env = "STOREPULSE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub http_header_timeout: std::time::Duration,
+    /// A topic's merged view is read while the partitions publish newer snapshots, when it
+    /// is at most this far behind them (the page names the cut); further behind, or `0s`,
+    /// the newest snapshots are merged at each change (seconds at millions of customers).
+    #[arg(long, env = "STOREPULSE_MAX_BEHIND", default_value = "10m", value_parser = parse_duration)]
+    pub max_behind: std::time::Duration,
 }
 
 impl PageLimitArgs {
@@ -197,6 +202,7 @@ impl PageLimitArgs {
             spill_limit: self.query_spill_limit as u64,
             answer_bytes: self.sql_max_bytes,
             allowed_hosts: self.allow_host.clone(),
+            max_behind: self.max_behind,
             connections: crate::http::Limits {
                 max_connections: self.http_max_connections as usize,
                 per_client: self.http_max_client_connections as usize,

@@ -12,6 +12,11 @@ pub struct QueryArgs {
     /// Output format.
     #[arg(long, env = "STOREPULSE_FORMAT", value_enum, default_value = "table")]
     pub format: crate::query::Format,
+    /// A topic's merged view is read when it is at most this far behind the partitions'
+    /// newest snapshots (the cut it merges is said on stderr); further behind, or `0s`, the
+    /// newest snapshots are merged (seconds at millions of customers).
+    #[arg(long, env = "STOREPULSE_MAX_BEHIND", default_value = "10m", value_parser = super::duration::parse_duration)]
+    pub max_behind: std::time::Duration,
     /// The SQL statement (read-only).
     pub sql: String,
 }
@@ -22,7 +27,11 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let out = rt.block_on(async {
-        let session = crate::query::Session::open(&args.snapshot_dir).await?;
+        let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
+        let session = crate::query::Session::open_at(&at, args.max_behind).await?;
+        if let Some(cut) = session.cut.as_ref().filter(|c| !c.is_newest()) {
+            eprintln!("read {}", cut.describe());
+        }
         let (schema, batches) = session.sql(&args.sql).await?;
         Ok::<_, crate::query::QueryError>(crate::query::render(schema, &batches, args.format)?)
     })?;

@@ -30,6 +30,8 @@ pub struct Limits {
     pub spill: u64,
     /// Threads an operator splits its work into.
     pub partitions: usize,
+    /// How far behind a topic's merged view may be and still be read.
+    pub max_behind: std::time::Duration,
 }
 
 impl Session {
@@ -45,6 +47,7 @@ impl Session {
         Ok(Session {
             ctx,
             parts: self.parts,
+            cut: self.cut,
         })
     }
 }
@@ -265,6 +268,7 @@ mod tests {
             memory_pool: 64 << 20,
             spill: 64 << 20,
             partitions: 2,
+            max_behind: std::time::Duration::ZERO,
         };
         limited_context(limits, stores).unwrap()
     }

@@ -11,6 +11,7 @@ pub use limits::{Limits, MAX_SERIES_ROWS};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -22,7 +23,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::aggregate::rfm::{self, segment};
-use crate::snapshot::view::Reading;
+use crate::snapshot::view::{self, Cut, Reading};
 use crate::snapshot::{self, tables, tables::QUERY_TABLES, Published, SnapshotError};
 use crate::snapshot::{Bucket, Location};
 
@@ -56,25 +57,31 @@ pub enum Format {
 pub struct Session {
     ctx: SessionContext,
     pub parts: Vec<Published>,
+    /// When a topic is read through its merged view: the cut it merges.
+    pub cut: Option<Cut>,
 }
 
 impl Session {
-    /// Opens the latest snapshot(s) in `dir` and registers the tables.
+    /// Opens the latest snapshot(s) in `dir` and registers the tables; a topic's merged
+    /// view is read when at most [`view::MAX_BEHIND`] behind.
     pub async fn open(dir: &Path) -> Result<Session, QueryError> {
-        Self::open_at(&Location::parse(dir)?).await
+        Self::open_at(&Location::parse(dir)?, view::MAX_BEHIND).await
     }
 
-    /// Opens the latest snapshot(s) at a folder or bucket prefix already parsed.
-    pub async fn open_at(at: &Location) -> Result<Session, QueryError> {
+    /// Opens the latest snapshot(s) at a folder or bucket prefix already parsed; a topic's
+    /// merged view is read when its cut is at most `max_behind` behind the partitions'
+    /// newest snapshots (see [`view::reading`]).
+    pub async fn open_at(at: &Location, max_behind: Duration) -> Result<Session, QueryError> {
         let dir = match at {
-            Location::Bucket(bucket) => return Self::open_bucket(bucket).await,
+            Location::Bucket(bucket) => return Self::open_bucket(bucket, max_behind).await,
             Location::Dir(dir) => dir.as_path(),
         };
-        let reading = snapshot::view::reading(dir)?;
+        let reading = view::reading(dir, max_behind)?;
         let parts = reading.snapshots();
+        let cut = reading.cut().cloned();
         let ctx = SessionContext::new();
         match &reading {
-            Reading::Files(snapshot) => {
+            Reading::Files(snapshot) | Reading::View(snapshot, _) => {
                 for table in QUERY_TABLES {
                     let path = snapshot.table_path(table).ok_or_else(|| {
                         QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
@@ -90,14 +97,16 @@ impl Session {
             Reading::Merge(topic) => register_merge(&ctx, topic)?,
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
-        Ok(Session { ctx, parts })
+        Ok(Session { ctx, parts, cut })
     }
 
     /// Registers the query tables of the snapshot a bucket's `LATEST` names, read by
     /// DataFusion from the store directly (nothing is copied to local disk first).
-    async fn open_bucket(bucket: &Bucket) -> Result<Session, QueryError> {
+    async fn open_bucket(bucket: &Bucket, max_behind: Duration) -> Result<Session, QueryError> {
         let latest = match snapshot::remote::latest_run(bucket).await {
-            Err(SnapshotError::None(_)) => return Self::open_bucket_topic(bucket).await,
+            Err(SnapshotError::None(_)) => {
+                return Self::open_bucket_topic(bucket, max_behind).await
+            }
             found => found?,
         };
         latest.verify_format()?;
@@ -107,28 +116,35 @@ impl Session {
         Ok(Session {
             ctx,
             parts: vec![latest],
+            cut: None,
         })
     }
 
-    /// The partitions of one topic under `<bucket>/partitions/`: their merged view when it
-    /// merges exactly their latest snapshots, read from the store directly; else each
-    /// one's latest snapshot fetched into memory and merged.
-    async fn open_bucket_topic(bucket: &Bucket) -> Result<Session, QueryError> {
-        let Some((set, view)) = snapshot::view::bucket_set(bucket).await? else {
+    /// The partitions of one topic under `<bucket>/partitions/`: their merged view when
+    /// readers may use it, read from the store directly; else each one's latest snapshot
+    /// fetched into memory and merged.
+    async fn open_bucket_topic(
+        bucket: &Bucket,
+        max_behind: Duration,
+    ) -> Result<Session, QueryError> {
+        let Some((set, view)) = view::bucket_set(bucket).await? else {
             return Err(SnapshotError::None(PathBuf::from(&bucket.url)).into());
         };
         let ctx = SessionContext::new();
-        let parts = if let Some(view) = view {
-            let views = bucket.child(snapshot::VIEW_DIR);
-            register_bucket_files(&ctx, &views, &view).await?;
-            vec![view]
-        } else {
-            let set = snapshot::remote::fetch_set(bucket, set).await?;
-            register_merge(&ctx, &set)?;
-            set.parts.into_iter().map(|(_, p)| p).collect()
+        let (parts, cut) = match view::usable_view(&set, view, max_behind) {
+            Some((view, cut)) => {
+                let views = bucket.child(snapshot::VIEW_DIR);
+                register_bucket_files(&ctx, &views, &view).await?;
+                (vec![view], Some(cut))
+            }
+            None => {
+                let set = snapshot::remote::fetch_set(bucket, set).await?;
+                register_merge(&ctx, &set)?;
+                (set.parts.into_iter().map(|(_, p)| p).collect(), None)
+            }
         };
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
-        Ok(Session { ctx, parts })
+        Ok(Session { ctx, parts, cut })
     }
 
     /// Runs one read-only statement.

@@ -208,7 +208,7 @@ pub async fn snapshot(State(state): Shared) -> Result<Response, ApiError> {
     let k = known(&state).await?;
     Ok(json_bytes(
         StatusCode::OK,
-        super::snapshot_info(&k.version, &k.parts).to_string(),
+        super::snapshot_info(&k.version, &k.parts, k.cut.as_ref()).to_string(),
     ))
 }
 

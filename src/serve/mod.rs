@@ -57,6 +57,9 @@ pub struct PageConfig {
     /// Host names (besides IP addresses and `localhost`) the page answers to; `*`: any.
     pub allowed_hosts: Vec<String>,
     pub connections: crate::http::Limits,
+    /// How far behind the partitions' newest snapshots a topic's merged view may be and
+    /// still be read (`--max-behind`).
+    pub max_behind: Duration,
 }
 
 impl Default for PageConfig {
@@ -68,6 +71,7 @@ impl Default for PageConfig {
             spill_limit: 256 << 20,
             answer_bytes: 4 << 20,
             allowed_hosts: Vec::new(),
+            max_behind: crate::snapshot::view::MAX_BEHIND,
             connections: crate::http::Limits {
                 max_connections: 512,
                 per_client: 128,
@@ -84,6 +88,8 @@ pub(crate) struct Known {
     /// Changes when a snapshot is published; names no absolute path.
     pub version: String,
     pub parts: Vec<Published>,
+    /// When a topic is read through its merged view: the cut it merges.
+    pub cut: Option<crate::snapshot::view::Cut>,
 }
 
 /// One overview, computed by the first request that needs it.
@@ -257,14 +263,16 @@ async fn reload(state: Arc<State>) {
 /// Reads the manifests of the newest complete snapshot and makes it current; whether it
 /// could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
-    let found = crate::snapshot::view::reading_at(&state.location).await;
+    let found = crate::snapshot::view::reading_at(&state.location, state.config.max_behind).await;
     match found {
         Ok(set) => {
             let parts = set.snapshots();
+            let cut = set.cut().cloned();
             let version = version_of(&state.dir, &parts);
             *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Known {
                 version: version.clone(),
                 parts,
+                cut,
             }));
             state.set_problem(None);
             state
@@ -281,9 +289,14 @@ pub(crate) async fn refresh(state: &Arc<State>) -> bool {
     }
 }
 
-/// What the page shows about a snapshot (`parts`: one for `run`, one per partition for
-/// `process`). Ids are strings, like every 64-bit id the page gets.
-pub(crate) fn snapshot_info(version: &str, parts: &[Published]) -> Value {
+/// What the page shows about a snapshot (`parts`: one for `run` or a merged view, one per
+/// partition for `process` read by merging; `cut`: a view's). Ids are strings, like every
+/// 64-bit id the page gets.
+pub(crate) fn snapshot_info(
+    version: &str,
+    parts: &[Published],
+    cut: Option<&crate::snapshot::view::Cut>,
+) -> Value {
     use serde_json::json;
     use std::collections::BTreeMap;
     let ids: Vec<String> = parts.iter().map(|p| p.manifest.id.to_string()).collect();
@@ -323,6 +336,19 @@ pub(crate) fn snapshot_info(version: &str, parts: &[Published]) -> Value {
         "accepted": accepted,
         "duplicates": duplicates,
         "rejected": rejected.iter().map(|(r, n)| json!({"reason": r, "lines": n})).collect::<Vec<_>>(),
+        "cut": cut.map(|c| json!({
+            "view": c.view.to_string(),
+            "topic": c.topic,
+            "newest": c.is_newest(),
+            "behind_ms": c.behind().as_millis() as u64,
+            "text": c.describe(),
+            "parts": c.parts.iter().map(|p| json!({
+                "partition": p.partition,
+                "snapshot": p.snapshot.to_string(),
+                "newest": p.newest.to_string(),
+                "behind_ms": p.behind_ms,
+            })).collect::<Vec<_>>(),
+        })),
     })
 }
 

@@ -176,9 +176,20 @@ function render(o) {
   fillTable($("#rejected"), ["reason", "lines"], s.rejected, ["lines"]);
 }
 
+// A topic read through a merged view that is behind its partitions' newest snapshots:
+// how far, and which snapshots it merges (the numbers are exact for those).
+function showCut(cut) {
+  const el = $("#cut");
+  el.hidden = !cut || cut.newest;
+  if (el.hidden) return;
+  el.textContent = `view ${(cut.behind_ms / 1000).toFixed(1)} s behind`;
+  el.title = cut.text;
+}
+
 async function refresh(force) {
   try {
     const s = await fetchJson("/api/snapshot");
+    showCut(s.cut);
     if (force || s.version !== version) {
       const o = await fetchJson("/api/overview?" + periodQuery());
       version = o.snapshot.version;

@@ -56,6 +56,7 @@ pub(crate) struct Pool {
     dir: PathBuf,
     memory_limit: u64,
     spill_limit: u64,
+    max_behind: Duration,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Worker>>,
     started: AtomicU64,
@@ -116,6 +117,7 @@ impl Pool {
                 Role::Page => 0,
                 Role::Sql => config.spill_limit,
             },
+            max_behind: config.max_behind,
             permits: Arc::new(Semaphore::new(size)),
             idle: Mutex::new(Vec::new()),
             started: AtomicU64::new(0),
@@ -175,6 +177,8 @@ impl Pool {
             .arg((limit / 2).to_string())
             .arg("--spill-limit")
             .arg(self.spill_limit.to_string())
+            .arg("--max-behind-ms")
+            .arg(self.max_behind.as_millis().to_string())
             .arg("--role")
             .arg(match self.role {
                 Role::Page => "page",

@@ -35,6 +35,9 @@ pub struct WorkerArgs {
     /// Bytes of spill files at most (0: none).
     #[arg(long)]
     pub spill_limit: u64,
+    /// How far behind a topic's merged view may be and still be read, in milliseconds.
+    #[arg(long)]
+    pub max_behind_ms: u64,
     #[arg(long, value_enum)]
     pub role: Role,
 }
@@ -83,6 +86,7 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         memory_pool: args.memory_pool,
         spill: args.spill_limit,
         partitions: 2,
+        max_behind: std::time::Duration::from_millis(args.max_behind_ms),
     };
     let mut loaded: Option<Loaded> = None;
     let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
@@ -135,7 +139,7 @@ async fn ensure<'a>(
         .is_some_and(|l| l.pointers == pointers && l.session.parts.iter().all(|p| p.present()));
     if force || !current {
         *loaded = None;
-        let opened = match Session::open_at(at).await {
+        let opened = match Session::open_at(at, limits.max_behind).await {
             Ok(session) => session.limited(limits).await,
             Err(e) => Err(e),
         };
@@ -173,7 +177,8 @@ async fn answer(
         let l = ensure(dir, limits, loaded, !first).await?;
         let result = match request {
             Request::Overview { query } => {
-                let info = super::snapshot_info(&l.version, &l.session.parts);
+                let info =
+                    super::snapshot_info(&l.version, &l.session.parts, l.session.cut.as_ref());
                 answers::overview(&l.session, info, query).await
             }
             Request::Customer { id } => answers::customer(&l.session, &l.version, *id).await,

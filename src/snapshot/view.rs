@@ -4,12 +4,16 @@
 //! `<dir>/merged/`, as a snapshot of the four query tables, so `query` and `serve` read it
 //! as cheaply as a `run` snapshot.
 //!
-//! A view records which snapshot of each partition it merges (id and time written).
-//! Readers use it only while those are still every partition's latest, so a view never
-//! answers other than the merge would; otherwise they merge as before. A processor writes
-//! one at most once per `--view-interval` beside its stream, and one at its end, waiting
-//! for another process that writes one; the last processor of a group to end writes the
-//! final view, so a finished topic is read through its view.
+//! A view records which snapshot of each partition it merges (id and time written): its
+//! *cut*. While processors stream, partitions publish more often than views, so readers
+//! use the newest view when its cut is at most `--max-behind` behind every partition's
+//! newest snapshot, and name that cut ([`Cut`]): its numbers are exact for the snapshots it
+//! names. A view further behind, one naming snapshots that are not older ones of the
+//! partitions read (a folder emptied and filled again), or `--max-behind 0s` make readers
+//! merge the newest snapshots instead. A processor writes a view at most once per
+//! `--view-interval` beside its stream, and one at its end, waiting for another process
+//! that writes one; the last processor of a group to end writes the final view, so a
+//! finished topic is read through a view that is not behind.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -45,15 +49,142 @@ fn ids(set: &TopicSet) -> Vec<ViewPart> {
     ids
 }
 
-/// The view in `dir` that merges exactly the snapshots of `set`, verified (format,
-/// tables); none when the newest view merges others or is not readable.
-pub fn current(dir: &Path, set: &TopicSet) -> Option<Published> {
-    let view = latest(&view_dir(dir)).ok()?;
-    if !is_current(&view, set) {
+/// Readers' default `--max-behind`: ten views at the default view interval.
+pub const MAX_BEHIND: Duration = Duration::from_secs(600);
+
+/// Where a view's snapshot of one partition stands against that partition's newest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CutPart {
+    pub partition: i32,
+    /// The partition's snapshot the view merges.
+    pub snapshot: u64,
+    /// The partition's newest snapshot.
+    pub newest: u64,
+    /// How much later the newest was written than the one merged (0 when it is the one).
+    pub behind_ms: u64,
+}
+
+/// The snapshots a view merges, against the newest of each partition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cut {
+    /// The view's id.
+    pub view: u64,
+    pub topic: String,
+    pub parts: Vec<CutPart>,
+}
+
+impl Cut {
+    /// Whether the view merges every partition's newest snapshot.
+    pub fn is_newest(&self) -> bool {
+        self.parts.iter().all(|p| p.snapshot == p.newest)
+    }
+
+    /// How far the cut is behind: the most any partition's newest snapshot is later.
+    pub fn behind(&self) -> Duration {
+        Duration::from_millis(self.parts.iter().map(|p| p.behind_ms).max().unwrap_or(0))
+    }
+
+    /// One line naming the cut, for people: which partitions are behind and by how much.
+    pub fn describe(&self) -> String {
+        let behind: Vec<String> = self
+            .parts
+            .iter()
+            .filter(|p| p.snapshot != p.newest)
+            .map(|p| {
+                format!(
+                    "partition {} at snapshot {} of {} ({:.1} s behind)",
+                    p.partition,
+                    p.snapshot,
+                    p.newest,
+                    p.behind_ms as f64 / 1000.0
+                )
+            })
+            .collect();
+        if behind.is_empty() {
+            return format!(
+                "merged view {} of {}: every partition's newest snapshot",
+                self.view, self.topic
+            );
+        }
+        format!(
+            "merged view {} of {}: {}; the other partitions at their newest",
+            self.view,
+            self.topic,
+            behind.join(", ")
+        )
+    }
+}
+
+/// Milliseconds since the epoch of a manifest's `created_at`.
+fn written_ms(created_at: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(created_at)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// The cut of `view` against `set`: none when the view is of another topic or partition
+/// count, or names a snapshot that is not the newest of its partition or an older one
+/// (a later id, the same id written at another time, or one written after the newest).
+pub fn cut_of(view: &Published, set: &TopicSet) -> Option<Cut> {
+    let InputPosition::View {
+        topic,
+        partitions,
+        parts,
+    } = &view.manifest.input
+    else {
+        return None;
+    };
+    if *topic != set.topic || *partitions != set.partitions || !set.missing().is_empty() {
         return None;
     }
+    let newest = ids(set);
+    if parts.len() != newest.len() {
+        return None;
+    }
+    let mut cut = Vec::with_capacity(parts.len());
+    for (had, now) in parts.iter().zip(&newest) {
+        if had.partition != now.partition || had.snapshot > now.snapshot {
+            return None;
+        }
+        let behind_ms = if had.snapshot == now.snapshot {
+            if had.created_at != now.created_at {
+                return None;
+            }
+            0
+        } else {
+            let gap = written_ms(&now.created_at)? - written_ms(&had.created_at)?;
+            if gap < 0 {
+                return None;
+            }
+            (gap as u64).max(1)
+        };
+        cut.push(CutPart {
+            partition: had.partition,
+            snapshot: had.snapshot,
+            newest: now.snapshot,
+            behind_ms,
+        });
+    }
+    Some(Cut {
+        view: view.manifest.id,
+        topic: topic.clone(),
+        parts: cut,
+    })
+}
+
+/// The cut of `view` against `set` when readers may use it: not further behind than
+/// `max_behind` (zero: only a view of every partition's newest snapshot).
+fn usable(view: &Published, set: &TopicSet, max_behind: Duration) -> Option<Cut> {
+    cut_of(view, set).filter(|c| c.is_newest() || c.behind() <= max_behind)
+}
+
+/// The newest view in `dir` with its cut when readers may use it (see [`usable`]),
+/// verified (format, tables).
+pub fn current(dir: &Path, set: &TopicSet, max_behind: Duration) -> Option<(Published, Cut)> {
+    let view = latest(&view_dir(dir)).ok()?;
+    let cut = usable(&view, set, max_behind)?;
     match view.verify() {
-        Ok(()) => Some(view),
+        Ok(()) => Some((view, cut)),
         Err(e) => {
             tracing::warn!(error = %e, "the merged view is not readable; merging the partitions");
             None
@@ -63,8 +194,7 @@ pub fn current(dir: &Path, set: &TopicSet) -> Option<Published> {
 
 /// Whether `view` merges exactly the snapshots of `set`.
 fn is_current(view: &Published, set: &TopicSet) -> bool {
-    matches!(&view.manifest.input, InputPosition::View { topic, partitions, parts }
-        if *topic == set.topic && *partitions == set.partitions && *parts == ids(set))
+    cut_of(view, set).is_some_and(|c| c.is_newest())
 }
 
 /// Publishes the merged view of the partition snapshots in `dir` when every partition has
@@ -120,9 +250,8 @@ fn write_view(store: &mut SnapshotStore, set: &TopicSet) -> Result<Manifest, Sna
     Ok(manifest)
 }
 
-/// The partitions' latest snapshots in a bucket prefix (manifests only) and, when the
-/// view there merges exactly these, that view (manifest only). Errors when the partitions
-/// are not one topic's.
+/// The partitions' latest snapshots in a bucket prefix (manifests only) and the newest
+/// view there (manifest only), if any. Errors when the partitions are not one topic's.
 pub async fn bucket_set(
     bucket: &Bucket,
 ) -> Result<Option<(TopicSet, Option<Published>)>, SnapshotError> {
@@ -137,7 +266,6 @@ pub async fn bucket_set(
         Err(SnapshotError::None(_)) => None,
         Err(e) => return Err(e),
     };
-    let view = view.filter(|v| is_current(v, &set));
     Ok(Some((set, view)))
 }
 
@@ -153,10 +281,10 @@ pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest
         // published meanwhile makes this one's put refused, so an older view never
         // replaces a newer one.
         let publisher = Publisher::open(bucket.child(VIEW_DIR), KEEP)?;
-        let Some((set, current)) = remote::block_on(bucket_set(bucket))?? else {
+        let Some((set, newest)) = remote::block_on(bucket_set(bucket))?? else {
             return Ok(written);
         };
-        if !set.missing().is_empty() || current.is_some() {
+        if !set.missing().is_empty() || newest.is_some_and(|v| is_current(&v, &set)) {
             return Ok(written);
         }
         let set = remote::block_on(remote::fetch_set(bucket, set))??;
@@ -254,8 +382,10 @@ impl Periodic {
 /// What `query` and `serve` read in a snapshot folder.
 #[derive(Debug, Clone)]
 pub enum Reading {
-    /// One snapshot's query tables: a `run` snapshot, or a topic's merged view.
+    /// A `run` snapshot's query tables.
     Files(Box<Published>),
+    /// A topic's merged view, and the cut it merges.
+    View(Box<Published>, Cut),
     /// A topic's partitions, to be merged (no merged view is usable).
     Merge(TopicSet),
 }
@@ -264,30 +394,39 @@ impl Reading {
     /// The snapshots read.
     pub fn snapshots(&self) -> Vec<Published> {
         match self {
-            Reading::Files(p) => vec![(**p).clone()],
+            Reading::Files(p) | Reading::View(p, _) => vec![(**p).clone()],
             Reading::Merge(t) => t.parts.iter().map(|(_, p)| p.clone()).collect(),
+        }
+    }
+
+    /// The cut read, when it is a view's.
+    pub fn cut(&self) -> Option<&Cut> {
+        match self {
+            Reading::View(_, cut) => Some(cut),
+            _ => None,
         }
     }
 }
 
-/// What to read in `dir`: the latest `run` snapshot; for a topic, its merged view when
-/// it merges exactly the partitions' latest snapshots, else those snapshots to merge.
-pub fn reading(dir: &Path) -> Result<Reading, SnapshotError> {
+/// What to read in `dir`: the latest `run` snapshot; for a topic, its newest merged view
+/// when its cut is at most `max_behind` behind the partitions' newest snapshots, else
+/// those snapshots to merge.
+pub fn reading(dir: &Path, max_behind: Duration) -> Result<Reading, SnapshotError> {
     match latest_parts(dir)? {
         SnapshotSet::Run(p) => Ok(Reading::Files(p)),
-        SnapshotSet::Topic(set) => Ok(match current(dir, &set) {
-            Some(view) => Reading::Files(Box::new(view)),
+        SnapshotSet::Topic(set) => Ok(match current(dir, &set, max_behind) {
+            Some((view, cut)) => Reading::View(Box::new(view), cut),
             None => Reading::Merge(set),
         }),
     }
 }
 
 /// [`reading`] of a folder or a bucket prefix, for async callers (the page).
-pub async fn reading_at(at: &Location) -> Result<Reading, SnapshotError> {
+pub async fn reading_at(at: &Location, max_behind: Duration) -> Result<Reading, SnapshotError> {
     let bucket = match at {
         Location::Dir(d) => {
             let d = d.clone();
-            return tokio::task::spawn_blocking(move || reading(&d))
+            return tokio::task::spawn_blocking(move || reading(&d, max_behind))
                 .await
                 .unwrap_or_else(|e| Err(SnapshotError::Config(e.to_string())));
         }
@@ -299,10 +438,21 @@ pub async fn reading_at(at: &Location) -> Result<Reading, SnapshotError> {
         Err(e) => return Err(e),
     }
     match bucket_set(bucket).await? {
-        Some((_, Some(view))) => Ok(Reading::Files(Box::new(view))),
-        Some((set, None)) => Ok(Reading::Merge(set)),
+        Some((set, view)) => Ok(match usable_view(&set, view, max_behind) {
+            Some((view, cut)) => Reading::View(Box::new(view), cut),
+            None => Reading::Merge(set),
+        }),
         None => Err(SnapshotError::None(PathBuf::from(&bucket.url))),
     }
+}
+
+/// `view` (a bucket's newest, manifest only) with its cut when readers may use it.
+pub fn usable_view(
+    set: &TopicSet,
+    view: Option<Published>,
+    max_behind: Duration,
+) -> Option<(Published, Cut)> {
+    view.and_then(|v| usable(&v, set, max_behind).map(|c| (v, c)))
 }
 
 /// [`super::pointers`] of a folder or a bucket prefix, for async callers (the page): it

@@ -22,10 +22,12 @@ pub fn assert_same_tables(want: &Path, got: &Path) {
         let SnapshotSet::Topic(set) = snapshot::latest_parts(got).unwrap() else {
             panic!("{} holds no topic", got.display());
         };
-        let view = view::current(got, &set).expect("a merged view of the latest snapshots");
-        assert!(
-            matches!(view::reading(got).unwrap(), view::Reading::Files(v) if v.path == view.path)
-        );
+        // Not behind at all: the merged view of every partition's newest snapshot.
+        let (view, cut) = view::current(got, &set, Duration::ZERO)
+            .expect("a merged view of the latest snapshots");
+        assert!(cut.is_newest(), "{cut:?}");
+        assert!(matches!(view::reading(got, view::MAX_BEHIND).unwrap(),
+            view::Reading::View(v, _) if v.path == view.path));
     }
     let (a, b) = (query_tables(want), query_tables(got));
     for (i, name) in [
