@@ -1,7 +1,7 @@
 //! Snapshots in object storage over the S3 protocol: a `--snapshot-dir` of the form
 //! `s3://bucket/prefix` (S3, MinIO, Ceph, R2, ...), configured from the standard
-//! environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP`).
+//! environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`) and credentials from
+//! one of the sources [`Credentials`] names.
 //!
 //! A snapshot is written and published in a local folder first, as always; then its files
 //! are put under `<prefix>/snap-<N>-<writer>/` (a folder no other writer uses), the
@@ -194,18 +194,97 @@ impl HttpConnector for Counting {
     }
 }
 
+/// Where the store's credentials come from: the sources object_store's S3 client knows,
+/// found from the standard variables in its order. Instance credentials (the cloud
+/// machine's role, from its metadata service) are used only when named
+/// (`STOREPULSE_S3_CREDENTIALS=instance`): elsewhere an unconfigured process would wait on
+/// a metadata service that is not there instead of saying what is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials {
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`).
+    Static,
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (Kubernetes service accounts).
+    WebIdentity,
+    /// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (ECS tasks), or
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`
+    /// (EKS pod identity).
+    Container,
+    /// The machine's metadata service (`AWS_METADATA_ENDPOINT` to name another).
+    Instance,
+}
+
+impl Credentials {
+    fn name(self) -> &'static str {
+        match self {
+            Credentials::Static => "static",
+            Credentials::WebIdentity => "web-identity",
+            Credentials::Container => "container",
+            Credentials::Instance => "instance",
+        }
+    }
+}
+
+const CREDENTIAL_SOURCES: &str = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; or \
+    AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN; or AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; \
+    or AWS_CONTAINER_CREDENTIALS_FULL_URI and AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE; or \
+    STOREPULSE_S3_CREDENTIALS=instance on a cloud machine with a role (and AWS_ENDPOINT_URL \
+    for a store other than AWS)";
+
+/// The credential source the variables (`var`) configure, or what is missing, before any
+/// request. `STOREPULSE_S3_CREDENTIALS` (static, web-identity, container, instance) insists
+/// on one source.
+pub fn credentials(var: &dyn Fn(&str) -> Option<String>) -> Result<Credentials, String> {
+    let pair = |a: &str, b: &str| -> Result<bool, String> {
+        match (var(a), var(b)) {
+            (Some(_), Some(_)) => Ok(true),
+            (None, None) => Ok(false),
+            (Some(_), None) => Err(format!("{a} is set but {b} is not")),
+            (None, Some(_)) => Err(format!("{b} is set but {a} is not")),
+        }
+    };
+    let file = |k: &str| -> Result<(), String> {
+        let path = var(k).unwrap_or_default();
+        match std::fs::File::open(&path) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{k}={path} cannot be read: {e}")),
+        }
+    };
+    let chosen = var("STOREPULSE_S3_CREDENTIALS");
+    let found = if pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")? {
+        Credentials::Static
+    } else if pair("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")? {
+        file("AWS_WEB_IDENTITY_TOKEN_FILE")?;
+        Credentials::WebIdentity
+    } else if var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some() {
+        Credentials::Container
+    } else if pair(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    )? {
+        file("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")?;
+        Credentials::Container
+    } else if chosen.as_deref() == Some("instance") {
+        Credentials::Instance
+    } else {
+        return Err(format!("no credentials: {CREDENTIAL_SOURCES}"));
+    };
+    match chosen {
+        Some(c) if c != found.name() => Err(format!(
+            "STOREPULSE_S3_CREDENTIALS={c}, but the variables set are for {} credentials \
+             (the sources: static, web-identity, container, instance)",
+            found.name()
+        )),
+        _ => Ok(found),
+    }
+}
+
 /// The store of `bucket` from the standard environment, refusing up front what would
 /// only fail at the first request (or go to the cloud's instance metadata service).
 fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
-        if var(key).is_none() {
-            return Err(SnapshotError::Config(format!(
-                "s3://{bucket}: {key} is not set (set AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY, and AWS_ENDPOINT_URL for a store other than AWS)"
-            )));
-        }
-    }
+    let source =
+        credentials(&var).map_err(|e| SnapshotError::Config(format!("s3://{bucket}: {e}")))?;
+    tracing::debug!(bucket, credentials = source.name(), "object store");
     let endpoint = var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT"));
     if let Some(e) = &endpoint {
         let allowed = var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -231,6 +310,104 @@ fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
         .build()
         .map_err(|e| SnapshotError::Config(format!("s3://{bucket}: {e}")))?;
     Ok(Arc::new(store))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_found_from_one_complete_source_or_refused_naming_what_is_missing() {
+        let token = tempfile::NamedTempFile::new().unwrap();
+        let token = token.path().to_str().unwrap().to_string();
+        let ok = Ok;
+        let cases: Vec<(Vec<(&str, &str)>, Result<Credentials, &str>)> = vec![
+            (
+                vec![("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")],
+                ok(Credentials::Static),
+            ),
+            (
+                vec![("AWS_ACCESS_KEY_ID", "k")],
+                Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"),
+            ),
+            (
+                vec![("AWS_SECRET_ACCESS_KEY", "s"), ("AWS_ROLE_ARN", "r")],
+                Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not"),
+            ),
+            (
+                vec![
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", &token),
+                    ("AWS_ROLE_ARN", "r"),
+                ],
+                ok(Credentials::WebIdentity),
+            ),
+            (
+                vec![("AWS_ROLE_ARN", "r")],
+                Err("AWS_ROLE_ARN is set but AWS_WEB_IDENTITY_TOKEN_FILE is not"),
+            ),
+            (
+                vec![
+                    ("AWS_WEB_IDENTITY_TOKEN_FILE", "/no/such/token"),
+                    ("AWS_ROLE_ARN", "r"),
+                ],
+                Err("AWS_WEB_IDENTITY_TOKEN_FILE=/no/such/token cannot be read"),
+            ),
+            (
+                vec![(
+                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                    "/v2/credentials/x",
+                )],
+                ok(Credentials::Container),
+            ),
+            (
+                vec![
+                    ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/c"),
+                    ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token),
+                ],
+                ok(Credentials::Container),
+            ),
+            (
+                vec![("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/c")],
+                Err("AWS_CONTAINER_CREDENTIALS_FULL_URI is set but \
+                     AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE is not"),
+            ),
+            (vec![], Err("no credentials: set AWS_ACCESS_KEY_ID and")),
+            (vec![("AWS_SESSION_TOKEN", "t")], Err("no credentials")),
+            (
+                vec![("STOREPULSE_S3_CREDENTIALS", "instance")],
+                ok(Credentials::Instance),
+            ),
+            (
+                vec![
+                    ("STOREPULSE_S3_CREDENTIALS", "instance"),
+                    ("AWS_ACCESS_KEY_ID", "k"),
+                    ("AWS_SECRET_ACCESS_KEY", "s"),
+                ],
+                Err("STOREPULSE_S3_CREDENTIALS=instance, but the variables set are for static"),
+            ),
+            (
+                vec![
+                    ("STOREPULSE_S3_CREDENTIALS", "static"),
+                    ("AWS_ACCESS_KEY_ID", "k"),
+                    ("AWS_SECRET_ACCESS_KEY", "s"),
+                ],
+                ok(Credentials::Static),
+            ),
+        ];
+        for (vars, want) in cases {
+            let var = |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            };
+            let got = credentials(&var);
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w, "{vars:?}"),
+                (Err(g), Err(w)) => assert!(g.starts_with(w), "{vars:?}: {g}"),
+                _ => panic!("{vars:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }
 
 /// The runtime of the store's calls from the synchronous snapshot writers: one for the
