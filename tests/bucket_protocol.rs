@@ -157,7 +157,7 @@ fn a_zombie_publishing_after_the_takeover_is_fenced_not_the_new_owner() {
 /// A fenced writer's rejected lines never replace the owner's: they travel in pieces that
 /// only the manifests their writer published list, and each byte is uploaded once.
 #[test]
-fn rejected_lines_travel_with_their_snapshot_once_and_a_fenced_writer_never_replaces_them() {
+fn rejected_lines_travel_with_their_snapshot_in_few_pieces_and_a_fenced_writers_go() {
     let server = s3::Server::start("shop");
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bucket = server.prefix("run");
@@ -184,9 +184,16 @@ fn rejected_lines_travel_with_their_snapshot_once_and_a_fenced_writer_never_repl
         !s3::objects(&root).iter().any(|o| o == "rejected.csv"),
         "nothing of a's at the prefix's root"
     );
-    // b's file grows over three snapshots.
+    let a_writer = a.remote_writer().unwrap().to_string();
+    assert!(
+        s3::objects(&root)
+            .iter()
+            .any(|o| o.starts_with("rejected/") && o.contains(&a_writer)),
+        "a staged its piece before it was fenced"
+    );
+    // b's file grows over 24 snapshots, 3 kept.
     let mut b_lines = header.to_string();
-    for i in 0..3 {
+    for i in 0..24 {
         b_lines.push_str(&format!("{i},negative_price,\"b's line {i}\"\n"));
         std::fs::write(b_dir.path().join("rejected.csv"), &b_lines).unwrap();
         let (core, meta) = state_of(300 + i, b_lines.len() as u64);
@@ -196,19 +203,29 @@ fn rejected_lines_travel_with_their_snapshot_once_and_a_fenced_writer_never_repl
             b_lines
         );
     }
-    // Each byte of b's file was uploaded once; a's piece is listed by no manifest.
-    let pieces: Vec<String> = s3::objects(&root)
+    // The pieces in the bucket are those the kept snapshots list (a's is gone), and the
+    // newest lists few: merged as they grow, not one per snapshot.
+    let pieces: std::collections::BTreeSet<String> = s3::objects(&root)
         .into_iter()
         .filter(|o| o.starts_with("rejected/"))
         .collect();
-    let size = |o: &String| std::fs::metadata(root.join(o)).unwrap().len();
-    let b_writer = pointer(&server, "run").0.lines().nth(1).unwrap()[7..].to_string();
-    let b_bytes: u64 = pieces
-        .iter()
-        .filter(|o| o.contains(&b_writer))
-        .map(size)
-        .sum();
-    assert_eq!(b_bytes, b_lines.len() as u64, "{pieces:?}");
+    let mut listed = std::collections::BTreeSet::new();
+    let mut newest = 0;
+    let (_, pointed) = pointer(&server, "run");
+    for o in s3::objects(&root) {
+        if let Some(folder) = o.strip_suffix("/manifest.json") {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(root.join(&o)).unwrap()).unwrap();
+            let list = m["rejected_pieces"].as_array().unwrap();
+            if folder == pointed {
+                newest = list.len();
+            }
+            listed.extend(list.iter().map(|p| p.as_str().unwrap().to_string()));
+        }
+    }
+    assert_eq!(pieces, listed);
+    assert!(!pieces.iter().any(|p| p.contains(&a_writer)), "{pieces:?}");
+    assert!((1..=5).contains(&newest), "{newest} pieces: {pieces:?}");
 }
 
 /// Pruning follows the pointers published, not ids: ids are taken before a publish, so

@@ -258,6 +258,11 @@ impl SnapshotStore {
         }
     }
 
+    /// The name this store's bucket writer publishes under, when it has one.
+    pub fn remote_writer(&self) -> Option<&str> {
+        self.remote.as_ref().map(Publisher::writer)
+    }
+
     /// Writes and publishes one snapshot of `core`; returns its manifest.
     pub fn write(&mut self, core: &Core, meta: SnapshotMeta) -> Result<Manifest, SnapshotError> {
         self.write_with(core, None, meta)

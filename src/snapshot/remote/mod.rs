@@ -17,6 +17,7 @@
 //! `publisher.rs` writes (the conditional pointer, pruning), `read.rs` reads (pointers,
 //! manifests, tables fetched into memory).
 
+mod pieces;
 mod publisher;
 mod read;
 

@@ -10,17 +10,19 @@
 //! 2. **Stage**: the snapshot's files go under the writer's own folder
 //!    `snap-<N>-<writer>/`, the manifest last, and the dead-letter lines rejected since the
 //!    last published snapshot as one piece `rejected/<from>-<to>-<writer>.csv` that the
-//!    manifest lists with the earlier pieces (each byte is uploaded once; a fenced writer's
-//!    pieces are listed by no published manifest).
+//!    manifest lists with the earlier pieces (`pieces.rs`: merged with the trailing ones
+//!    it is not much smaller than; a fenced writer's pieces are listed by no published
+//!    manifest).
 //! 3. **Commit**: the pointer is replaced conditionally on the ETag this writer last knew.
 //!    Whatever the answer (refused, an error, none), the pointer is read back before
 //!    deciding: published when it names this snapshot, fenced when it is another writer's,
 //!    else the store's error.
 //! 4. **Prune**: the folders named by this writer's last `keep` pointers (the claimed one
-//!    included) stay, and so does any folder of another writer not older than those; a
-//!    failed prune is said, and the publish stays done.
+//!    included) stay, and so does any folder of another writer not older than those; then
+//!    the rejected-line pieces no kept snapshot lists go ([`pieces::removable`]). A failed
+//!    prune is said, and the publish stays done.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::path::Path;
 
@@ -29,7 +31,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
-use super::read::{fetch, get_whole, Pointer};
+use super::pieces;
+use super::read::{fetch, get_whole, manifest as read_manifest, Pointer};
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
 use crate::snapshot::{parse_id, Published, SnapshotError, LATEST_FILE, PREFIX};
@@ -49,14 +52,6 @@ pub(super) fn folder_id(name: &str) -> Option<u64> {
 /// The writer of a bucket's snapshot folder, `snap-<id>-<writer>`.
 fn folder_writer(name: &str) -> Option<&str> {
     name.strip_prefix(PREFIX)?.split_once('-').map(|(_, w)| w)
-}
-
-/// The bytes of rejected lines the pieces cover: the end of the last one.
-fn covered(pieces: &[String]) -> u64 {
-    pieces
-        .last()
-        .and_then(|p| p.rsplit('/').next()?.split('-').nth(1)?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// 128 random bits, as hex: a writer's name, unique across machines and containers.
@@ -100,6 +95,8 @@ pub struct Publisher {
     history: VecDeque<String>,
     /// The rejected-line pieces the latest published manifest lists.
     pieces: Vec<String>,
+    /// The pieces the manifests of history folders list, as far as known.
+    pieces_of: HashMap<String, Vec<String>>,
     keep: usize,
 }
 
@@ -131,6 +128,7 @@ impl Publisher {
             found: None,
             history: VecDeque::new(),
             pieces: Vec::new(),
+            pieces_of: HashMap::new(),
             keep: keep.max(2),
         };
         if let Some((found, e_tag)) = p.read_pointer()? {
@@ -308,12 +306,11 @@ impl Publisher {
         }
         let mut pieces = self.pieces.clone();
         if let Some((path, upto)) = rejected {
-            let from = covered(&pieces);
-            if upto > from {
-                let piece = format!("{REJECTED_DIR}/{from:012}-{upto:012}-{}.csv", self.writer);
-                put(b.key(&piece), read(path, Some(from..upto))?)?;
-                pieces.push(piece);
+            let (list, new) = pieces::next(&pieces, upto, &self.writer);
+            if let Some((piece, bytes)) = new {
+                put(b.key(&piece), read(path, Some(bytes))?)?;
             }
+            pieces = list;
         }
         let staged = Manifest {
             rejected_pieces: pieces.clone(),
@@ -322,10 +319,13 @@ impl Publisher {
         let json = serde_json::to_vec_pretty(&staged).expect("manifest serializes");
         put(b.key(&format!("{folder}/{MANIFEST_FILE}")), json)?;
         self.commit(&folder)?;
+        self.pieces_of.insert(folder.clone(), pieces.clone());
         self.pieces = pieces;
         self.history.push_back(folder);
         while self.history.len() > self.keep {
-            self.history.pop_front();
+            if let Some(gone) = self.history.pop_front() {
+                self.pieces_of.remove(&gone);
+            }
         }
         if let Err(e) = self.prune() {
             tracing::warn!(error = %e, "older snapshots could not be removed; the next publish tries again");
@@ -478,8 +478,53 @@ impl Publisher {
     /// Removes the snapshot folders no kept pointer named: those older than every kept
     /// one, and this writer's own that never became a pointer (failed publishes). Other
     /// writers' folders not older than the kept ones stay (a writer fenced later removes
-    /// nothing it did not write; they go once they are older).
-    fn prune(&self) -> Result<(), SnapshotError> {
+    /// nothing it did not write; they go once they are older). Then the rejected-line
+    /// pieces no kept snapshot lists.
+    fn prune(&mut self) -> Result<(), SnapshotError> {
+        self.prune_folders()?;
+        if !self.pieces.is_empty() {
+            self.prune_pieces()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the rejected-line pieces no kept snapshot lists (see
+    /// [`pieces::removable`]); the manifests of kept folders this writer did not publish
+    /// are read once.
+    fn prune_pieces(&mut self) -> Result<(), SnapshotError> {
+        let b = self.bucket.clone();
+        let dir = b.key(REJECTED_DIR);
+        let listed: Vec<String> = self
+            .rt
+            .block_on(b.store.list_with_delimiter(Some(&dir)))
+            .map_err(|e| b.error("listing", &dir, e))?
+            .objects
+            .into_iter()
+            .filter_map(|o| Some(format!("{REJECTED_DIR}/{}", o.location.filename()?)))
+            .collect();
+        let mut needed = HashSet::new();
+        let mut floor = u64::MAX;
+        for folder in self.history.clone() {
+            if !self.pieces_of.contains_key(&folder) {
+                let m = self.rt.block_on(read_manifest(&b, &folder))?;
+                self.pieces_of
+                    .insert(folder.clone(), m.manifest.rejected_pieces);
+            }
+            let list = &self.pieces_of[&folder];
+            floor = floor.min(pieces::covered(list));
+            needed.extend(list.iter().cloned());
+        }
+        for piece in pieces::removable(&listed, &needed, &self.writer, floor) {
+            let key = b.key(&piece);
+            self.rt
+                .block_on(b.store.delete(&key))
+                .map_err(|e| b.error("removing", &key, e))?;
+        }
+        Ok(())
+    }
+
+    /// The snapshot folders: see [`Publisher::prune`].
+    fn prune_folders(&self) -> Result<(), SnapshotError> {
         let kept: Vec<&str> = self.history.iter().map(String::as_str).collect();
         let Some(floor) = kept.iter().filter_map(|n| folder_id(n)).min() else {
             return Ok(());

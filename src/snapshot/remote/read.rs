@@ -102,7 +102,7 @@ pub(super) async fn get_whole(
 }
 
 /// The manifest of the snapshot `name` under `bucket` (its tables not fetched).
-async fn manifest(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
+pub(super) async fn manifest(bucket: &Bucket, name: &str) -> Result<Published, SnapshotError> {
     let key = bucket.key(&format!("{name}/{MANIFEST_FILE}"));
     let bytes = get_bytes(bucket, &key).await?;
     let manifest: Manifest =
