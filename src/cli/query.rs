@@ -30,7 +30,7 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
         let session = crate::query::Session::open_at(&at, args.max_behind).await?;
         if let Some(cut) = session.cut.as_ref().filter(|c| !c.is_newest()) {
-            eprintln!("read {}", cut.describe());
+            tracing::info!("read {}", cut.describe());
         }
         let (schema, batches) = session.sql(&args.sql).await?;
         Ok::<_, crate::query::QueryError>(crate::query::render(schema, &batches, args.format)?)

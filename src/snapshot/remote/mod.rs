@@ -313,6 +313,32 @@ fn store_from_env(bucket: &str) -> Result<Arc<dyn ObjectStore>, SnapshotError> {
     Ok(Arc::new(store))
 }
 
+/// The runtime of the store's calls from the synchronous snapshot writers: one for the
+/// process, whose worker keeps driving the connections the store's client pools (a pooled
+/// connection of a runtime no longer driven would hang its next request until a timeout).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, SnapshotError> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("storepulse-store")
+        .enable_all()
+        .build()
+        .map_err(|source| SnapshotError::Io {
+            what: "starting the object store client for",
+            path: PathBuf::new(),
+            source,
+        })?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Runs `future` on the store's runtime, from a thread that is not in a runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SnapshotError> {
+    Ok(runtime()?.block_on(future))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,7 +348,8 @@ mod tests {
         let token = tempfile::NamedTempFile::new().unwrap();
         let token = token.path().to_str().unwrap().to_string();
         let ok = Ok;
-        let cases: Vec<(Vec<(&str, &str)>, Result<Credentials, &str>)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Result<Credentials, &'a str>);
+        let cases: Vec<Case> = vec![
             (
                 vec![("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")],
                 ok(Credentials::Static),
@@ -409,30 +436,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The runtime of the store's calls from the synchronous snapshot writers: one for the
-/// process, whose worker keeps driving the connections the store's client pools (a pooled
-/// connection of a runtime no longer driven would hang its next request until a timeout).
-fn runtime() -> Result<&'static tokio::runtime::Runtime, SnapshotError> {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("storepulse-store")
-        .enable_all()
-        .build()
-        .map_err(|source| SnapshotError::Io {
-            what: "starting the object store client for",
-            path: PathBuf::new(),
-            source,
-        })?;
-    Ok(RUNTIME.get_or_init(|| rt))
-}
-
-/// Runs `future` on the store's runtime, from a thread that is not in a runtime.
-pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, SnapshotError> {
-    Ok(runtime()?.block_on(future))
 }
