@@ -484,3 +484,34 @@ fn a_bucket_reader_uses_a_view_behind_the_partitions_and_names_its_cut() {
     assert_eq!(n, format!("n\n{}\n", customers[1]));
     assert!(!said.contains("behind"), "{said}");
 }
+
+#[test]
+fn a_store_without_etags_is_refused_not_taken_for_another_writer() {
+    let server = s3::Server::start("shop");
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = server.prefix("no-etags");
+    // A first snapshot while the store gives ETags; from then on its pointer comes and
+    // goes without them.
+    snapshot_of(
+        dir.path(),
+        Publisher::claim(bucket.clone(), 3).unwrap(),
+        200,
+    )
+    .unwrap();
+    server.faults.hook(|r| match r.key.ends_with("/LATEST") {
+        true => s3::Action::NoETag,
+        false => s3::Action::Pass,
+    });
+    let said = |e: SnapshotError| {
+        let text = e.to_string();
+        assert!(!matches!(e, SnapshotError::Fenced { .. }), "{text}");
+        assert!(text.contains("ETag"), "{text}");
+    };
+    said(Publisher::claim(bucket.clone(), 3).unwrap_err());
+    let other = tempfile::tempdir().unwrap();
+    match Publisher::open(bucket.clone(), 3) {
+        Ok(p) => said(snapshot_of(other.path(), p, 300).unwrap_err()),
+        Err(e) => said(e),
+    }
+    said(Publisher::claim(server.prefix("empty"), 3).unwrap_err());
+}

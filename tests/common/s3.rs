@@ -79,6 +79,8 @@ pub enum Action {
     /// Carried out, and its answer cut off halfway through the body (the connection
     /// closes before the length the answer announced).
     CutBody,
+    /// Carried out, and answered without its `ETag` header (a store without them).
+    NoETag,
 }
 
 /// Decides each request's [`Action`], in the order they arrive.
@@ -175,8 +177,13 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
         let action = faults.action(&seen);
         Box::pin(async move {
             let mut cut = false;
+            let mut no_e_tag = false;
             let after = match action {
                 Action::Pass => None,
+                Action::NoETag => {
+                    no_e_tag = true;
+                    None
+                }
                 Action::CutBody => {
                     cut = true;
                     None
@@ -205,7 +212,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Serialized {
                 let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                 return Ok(error_response(503, "SlowDown"));
             }
-            let resp = hyper::service::Service::call(&inner, req).await?;
+            let mut resp = hyper::service::Service::call(&inner, req).await?;
+            if no_e_tag {
+                resp.headers_mut().remove(http::header::ETAG);
+            }
             if let Some(status) = after {
                 faults.injected.fetch_add(1, Ordering::SeqCst);
                 return Ok(error_response(status, code(status)));

@@ -70,13 +70,28 @@ fn new_writer() -> String {
 /// What a conditional pointer put came to, the pointer read back when it was not a plain
 /// success.
 enum Put {
-    Landed(Option<String>),
+    /// The pointer is this one; its ETag.
+    Landed(String),
     /// Another writer's pointer is there.
     Other(Pointer, Option<String>),
     /// This writer's own earlier pointer is there (an answer lost, its ETag never learnt).
     Own(Pointer, Option<String>, object_store::Error),
     /// Nothing could be read back, or nothing is there: the put's own error.
     Failed(object_store::Error),
+    /// The store answers without ETags: no put can be made conditional.
+    NoETag,
+}
+
+impl Publisher {
+    /// What a store that gives no ETags is told.
+    fn no_e_tag(&self) -> SnapshotError {
+        SnapshotError::Config(format!(
+            "{}: the store answers without ETags, so its pointer cannot be replaced \
+             conditionally; publishing to a bucket needs a store with conditional puts \
+             (If-Match and If-None-Match: AWS S3, MinIO, Ceph RGW, Cloudflare R2, ...)",
+            self.bucket.url
+        ))
+    }
 }
 
 /// Publishes a writer's local snapshots to a bucket prefix.
@@ -148,7 +163,7 @@ impl Publisher {
             let text = Pointer::text(&name, &p.writer, p.epoch + 1);
             match p.put_pointer(&text) {
                 Put::Landed(e_tag) => {
-                    p.e_tag = e_tag;
+                    p.e_tag = Some(e_tag);
                     p.epoch += 1;
                     p.seed_history()?;
                     return Ok(p);
@@ -157,6 +172,7 @@ impl Publisher {
                 // what it published.
                 Put::Other(found, e_tag) | Put::Own(found, e_tag, _) => p.take(found, e_tag),
                 Put::Failed(e) => last_error = Some(e),
+                Put::NoETag => return Err(p.no_e_tag()),
             }
         }
         Err(match last_error {
@@ -390,7 +406,7 @@ impl Publisher {
         for _ in 0..2 {
             match self.put_pointer(&text) {
                 Put::Landed(e_tag) => {
-                    self.e_tag = e_tag;
+                    self.e_tag = Some(e_tag);
                     return Ok(());
                 }
                 Put::Other(found, _) => {
@@ -420,6 +436,7 @@ impl Publisher {
                     }
                 }
                 Put::Failed(e) => return Err(self.bucket.error("publishing", &key, e)),
+                Put::NoETag => return Err(self.no_e_tag()),
             }
         }
         Err(SnapshotError::Fenced {
@@ -449,13 +466,21 @@ impl Publisher {
             .store
             .put_opts(&key, PutPayload::from(text.to_string().into_bytes()), opts);
         let error = match self.rt.block_on(put) {
-            Ok(done) => return Put::Landed(done.e_tag),
+            Ok(object_store::PutResult {
+                e_tag: Some(e_tag), ..
+            }) => return Put::Landed(e_tag),
+            // Landed, without an ETag: the one read back, if the store gives any.
+            Ok(_) => object_store::Error::Generic {
+                store: "S3",
+                source: "the pointer put was answered without an ETag".into(),
+            },
             Err(e) => e,
         };
         // This very put, landed with its answer lost; an earlier one of this writer
         // likewise; another writer's pointer; or a store that failed.
         match self.read_pointer() {
-            Ok(Some((found, e_tag))) if found.raw == text => Put::Landed(e_tag),
+            Ok(Some((_, None))) => Put::NoETag,
+            Ok(Some((found, Some(e_tag)))) if found.raw == text => Put::Landed(e_tag),
             Ok(Some((found, e_tag))) if found.writer.as_deref() == Some(&self.writer) => {
                 Put::Own(found, e_tag, error)
             }
