@@ -29,8 +29,13 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
     let out = rt.block_on(async {
         let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
         let session = crate::query::Session::open_at(&at, args.max_behind).await?;
-        if let Some(cut) = session.cut.as_ref().filter(|c| !c.is_newest()) {
-            tracing::info!("read {}", cut.describe());
+        match &session.cut {
+            Some(cut) if !cut.is_newest() => tracing::info!("read {}", cut.describe()),
+            None if session.is_merge() => tracing::info!(
+                partitions = session.parts.len(),
+                "merged the newest snapshots of the partitions (no merged view within --max-behind)"
+            ),
+            _ => {}
         }
         let (schema, batches) = session.sql(&args.sql).await?;
         Ok::<_, crate::query::QueryError>(crate::query::render(schema, &batches, args.format)?)

@@ -147,6 +147,15 @@ impl Session {
         Ok(Session { ctx, parts, cut })
     }
 
+    /// Whether this session merges a topic's partitions (no view read).
+    pub fn is_merge(&self) -> bool {
+        self.cut.is_none()
+            && self
+                .parts
+                .iter()
+                .any(|p| matches!(p.manifest.input, snapshot::InputPosition::Kafka { .. }))
+    }
+
     /// Runs one read-only statement.
     pub async fn sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         self.sql_limited(sql, None).await

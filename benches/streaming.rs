@@ -1,0 +1,204 @@
+//! Reading a topic while it streams: two processors (`--assign 0,1` and `2,3`) consume a
+//! replay of the file into a bucket (an S3-protocol server on loopback in this process,
+//! tansu with memory storage), and meanwhile `storepulse query` runs every two seconds and
+//! `serve` on the same bucket is asked for its overview: wall time of each, and what the
+//! query read (a merged view behind the newest snapshots, the newest, or a merge of the
+//! partitions). Target: under 200 ms while the processors stream, at 2.4 M customers (the
+//! 10x file). At the end, the tables read from the bucket equal `run` on the same file.
+//!
+//! `cargo bench --bench streaming`; `STOREPULSE_BENCH_ROWS` sets another size (default
+//! ten times the real log, 26,335,210 lines).
+
+mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
+#[path = "../tests/common/s3.rs"]
+mod s3;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monetary \
+                   FROM rfm GROUP BY segment ORDER BY segment";
+const TABLES: [&str; 4] = [
+    "SELECT * FROM daily_sales ORDER BY day",
+    "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+    "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+    "SELECT * FROM rfm ORDER BY user_id",
+];
+
+fn exe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+}
+
+/// What one query read, from what it said on stderr.
+fn read_kind(stderr: &str) -> &'static str {
+    if stderr.contains("read merged view") {
+        "view behind"
+    } else if stderr.contains("merged the newest snapshots") {
+        "merge"
+    } else {
+        "view, newest"
+    }
+}
+
+fn stats(name: &str, mut v: Vec<f64>) {
+    if v.is_empty() {
+        println!("{name}: none");
+        return;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{name}: {} queries, median {:.3} s, p90 {:.3} s, worst {:.3} s",
+        v.len(),
+        at(0.5),
+        at(0.9),
+        v[v.len() - 1]
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let rows = common::rows_or(26_335_210);
+    let input = common::data_file(rows);
+    let broker = harness::kafka::Broker::start();
+    broker.create_topic("purchases", 4);
+    let server = s3::Server::start("bench");
+    let url = server.url("stream");
+    println!(
+        "input: {} ({rows} lines); tansu on {}",
+        input.display(),
+        broker.addr
+    );
+
+    let processor = |parts: &str| -> Child {
+        let mut cmd = exe();
+        cmd.args(["process", "--brokers", &broker.addr, "--snapshot-dir", &url])
+            .args([
+                "--assign",
+                parts,
+                "--stop-at-end",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .envs(server.env())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let started = Instant::now();
+    let mut processors = [processor("0,1"), processor("2,3")];
+    let mut replay = exe()
+        .args([
+            "replay",
+            "--input",
+            input.to_str().unwrap(),
+            "--brokers",
+            &broker.addr,
+        ])
+        .args(["--max", "--no-progress", "--partitions", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let page = format!("127.0.0.1:{}", harness::spawn::free_port());
+    let mut serve = exe()
+        .args(["serve", "--snapshot-dir", &url, "--http-addr", &page])
+        .envs(server.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut overview = Vec::new();
+    let mut replayed = None;
+    let limit = Duration::from_secs(3600);
+    while processors
+        .iter_mut()
+        .any(|p| p.try_wait().unwrap().is_none())
+    {
+        assert!(
+            started.elapsed() < limit,
+            "processors still running after an hour"
+        );
+        if replayed.is_none() && replay.try_wait().unwrap().is_some() {
+            replayed = Some(started.elapsed());
+        }
+        let t = Instant::now();
+        let out = exe()
+            .args(["query", "--format", "csv", "--snapshot-dir", &url, SQL])
+            .envs(server.env())
+            .output()
+            .unwrap();
+        let wall = t.elapsed().as_secs_f64();
+        if out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            by_kind.entry(read_kind(&said)).or_default().push(wall);
+        }
+        let t = Instant::now();
+        let (status, _, _) = harness::http::get(&page, "/api/overview");
+        if status == 200 {
+            overview.push(t.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_secs(2).saturating_sub(t.elapsed()));
+    }
+    let streamed = started.elapsed();
+    for p in &mut processors {
+        assert!(p.wait().unwrap().success(), "a processor failed");
+    }
+    let _ = replay.wait();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    println!(
+        "replayed in {:.0} s, processed in {:.0} s",
+        replayed.unwrap_or(streamed).as_secs_f64(),
+        streamed.as_secs_f64()
+    );
+    for (kind, v) in by_kind {
+        stats(&format!("query while streaming, {kind}"), v);
+    }
+    stats("page overview while streaming", overview);
+
+    // The end: the bucket's tables equal `run` on the same file.
+    let local = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = exe()
+        .args([
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--max",
+            "--no-progress",
+        ])
+        .arg("--snapshot-dir")
+        .arg(local.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for sql in TABLES {
+        let q = |dir: &str, env: bool| {
+            let mut cmd = exe();
+            cmd.args(["query", "--format", "csv", "--snapshot-dir", dir, sql]);
+            if env {
+                cmd.envs(server.env());
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let want = q(local.path().to_str().unwrap(), false);
+        assert!(want == q(&url, true), "{sql}: the bucket differs from run");
+    }
+    println!("final tables from the bucket equal run's: yes");
+}
