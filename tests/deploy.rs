@@ -265,7 +265,7 @@ fn compose_publishes_on_loopback_the_broker_and_metrics_apart_and_grafana_asks_f
     assert!(page["environment"]["STOREPULSE_ALLOW_HOST"]
         .as_str()
         .is_some());
-    let readme = std::fs::read_to_string(project("README.md")).unwrap();
+    let readme = std::fs::read_to_string(project("docs/compose.md")).unwrap();
     for word in [
         "BIND_ADDRESS",
         "BROKER_BIND_ADDRESS",
@@ -278,7 +278,7 @@ fn compose_publishes_on_loopback_the_broker_and_metrics_apart_and_grafana_asks_f
     ] {
         assert!(
             readme.contains(word),
-            "the README does not say how to use {word}"
+            "docs/compose.md does not say how to use {word}"
         );
     }
 }

@@ -75,8 +75,9 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     let c = Case::generated(12_000, 22, 3);
     // Static assignment: the restarted processor owns every partition at once. (Through
     // the group, tansu may expire the killed member's session after the restarted one was
-    // assigned, and never assigns the partitions again: see the README's tansu gaps. The
-    // group path is covered by `two_processors_with_one_killed_and_restarted_equal_one`.)
+    // assigned, and never assigns the partitions again: see the test broker's gaps in
+    // docs/kafka.md. The group path is covered by
+    // `two_processors_with_one_killed_and_restarted_equal_one`.)
     let args = process_args(
         &c.broker,
         &c.got,

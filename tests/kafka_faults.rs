@@ -364,7 +364,7 @@ fn a_broker_paused_beyond_the_session_timeout_mid_stream_loses_nothing() {
     let _serial = serial();
     let c = Case::generated(9_000, 44, 2);
     // A static assignment: tansu's group coordinator never lets a member whose session
-    // expired join again (see the README), so this runs without the group's rebalancing.
+    // expired join again (docs/kafka.md), so this runs without the group's rebalancing.
     let flags = [
         "--stop-at-end",
         "--snapshot-interval",

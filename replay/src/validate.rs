@@ -1,5 +1,5 @@
 //! Turns one CSV line into a validated, repaired purchase, or exactly one reject reason,
-//! checking the rules of the input contract in their order (see README, "Input contract").
+//! checking the rules of the input contract in their order (see docs/input.md).
 
 use std::borrow::Cow;
 

@@ -31,7 +31,7 @@ pub enum SummaryFormat {
 /// `--summary` of `run`, `replay` and `process`.
 #[derive(Debug, Args)]
 pub struct SummaryArgs {
-    /// The summary printed at the end: text, or one JSON object (keys in the README).
+    /// The summary printed at the end: text, or one JSON object (keys in docs/operating.md).
     #[arg(
         long = "summary",
         env = "STOREPULSE_SUMMARY",

@@ -22,7 +22,7 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The broker's version the tests are written against (its gaps are listed in the README).
+/// The broker's version the tests are written against (its gaps are listed in docs/kafka.md).
 const TANSU: &str = "0.6.0";
 
 fn tansu_binary() -> PathBuf {
