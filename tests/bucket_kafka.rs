@@ -309,6 +309,26 @@ fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
         .filter(|o| o.ends_with("/manifest.json"))
         .count();
     assert!(kept >= 2, "an older snapshot is kept: {kept}");
+    let offset_of = |folder: &str| -> i64 {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(part.join(folder).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["input"]["next_offset"].as_i64().unwrap()
+    };
+    // The newest older snapshot, which the restarted processor must resume from.
+    let mut folders: Vec<String> = s3::objects(&part)
+        .iter()
+        .filter_map(|o| o.strip_suffix("/manifest.json").map(String::from))
+        .filter(|f| f.as_str() < newest)
+        .collect();
+    folders.sort();
+    let older = folders.last().expect("an older snapshot").clone();
+    let (from, to) = (offset_of(&older), offset_of(newest));
+    assert!(
+        from < to,
+        "the older snapshot covers less: {older} {from}, {newest} {to}"
+    );
     std::fs::write(part.join(newest).join("rfm.parquet"), b"damaged").unwrap();
 
     let restarted = Proc::start(
@@ -322,7 +342,7 @@ fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
         ),
     );
     let log = restarted.stderr_log();
-    restarted.wait_ok(LIMIT);
+    let out = restarted.wait_ok(LIMIT);
     let err = log.lock().unwrap().clone();
     assert!(
         common::said(
@@ -331,11 +351,14 @@ fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
         ),
         "{err}"
     );
+    // It resumed from the older snapshot: it read again exactly the messages between
+    // the two, and published past the damaged one.
+    let said = common::summary(&out);
+    assert_eq!(said["messages"].as_i64(), Some(to - from), "{said}");
     let pointer_now = std::fs::read_to_string(part.join("LATEST")).unwrap();
-    assert_ne!(
-        pointer_now, pointer,
-        "a newer snapshot replaced the damaged one"
-    );
+    let now = pointer_now.lines().next().unwrap();
+    assert!(now > newest, "{now} after {newest} ({pointer})");
+    assert_eq!(offset_of(now), to);
     assert_eq!(accepted(&server, "damaged"), accepted_in(&summary));
     assert_tables_equal_run(&server, &c, &url);
 }

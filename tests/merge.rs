@@ -154,6 +154,71 @@ fn merged_days_are_final_only_where_every_partition_passed_them() {
 }
 
 #[test]
+fn a_partition_behind_keeps_the_days_it_has_not_passed_open_in_the_merge() {
+    const DAY_US: i64 = 86_400_000_000;
+    let mut data = Vec::new();
+    storepulse::generate::generate(&mut data, 8_000, 13).unwrap();
+    let all = read_all(data.as_slice(), &ReaderConfig::default()).unwrap();
+    let mut events = all.events;
+    sort_by_event_time(&mut events);
+    // Partition 1 holds its events before a midnight three quarters through the file;
+    // partition 0 holds every one of its own. Neither reached the end of input.
+    let at = events[events.len() * 3 / 4].event_time_us;
+    let cut = at - at.rem_euclid(DAY_US);
+    let dir = tempfile::tempdir().unwrap();
+    for p in 0..2u64 {
+        let mut core = Core::new(CoreConfig {
+            keep_day_customers: true,
+            ..CoreConfig::default()
+        });
+        let mine = events
+            .iter()
+            .copied()
+            .filter(|e| e.order_id % 2 == p && (p == 0 || e.event_time_us < cut));
+        feed(&mut core, &all.dict, mine);
+        write_partition(dir.path(), "purchases", p as i32, 2, &core);
+    }
+    let day = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let rows = query_csv(
+        dir.path(),
+        "SELECT CAST(day AS VARCHAR) AS day, is_final FROM daily_sales ORDER BY day",
+    );
+    let days: Vec<(String, bool)> = rows
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (d, f) = l.split_once(',').unwrap();
+            (d.to_string(), f == "true")
+        })
+        .collect();
+    // Partition 0 alone passed the days from the cut to near the end: the merge keeps
+    // them open (the slowest watermark decides), and the days before it are final.
+    let (before, after): (Vec<_>, Vec<_>) = days.iter().partition(|(d, _)| *d < day(cut - DAY_US));
+    assert!(after.len() >= 10, "{days:?}");
+    assert!(after.iter().all(|(_, f)| !f), "{days:?}");
+    assert!(
+        before.len() >= 10 && before.iter().all(|(_, f)| *f),
+        "{days:?}"
+    );
+    let partition0 = partition_dir(dir.path(), "purchases", 0);
+    let latest = std::fs::read_to_string(partition0.join("LATEST")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(partition0.join(latest.trim()).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let own = manifest["watermark_us"].as_i64().unwrap();
+    assert!(
+        own > cut + 10 * DAY_US,
+        "partition 0 alone passed ten more days: {manifest}"
+    );
+}
+
+#[test]
 fn a_partition_without_a_snapshot_keeps_every_day_of_the_merge_open() {
     let dir = tempfile::tempdir().unwrap();
     for p in 0..2 {
