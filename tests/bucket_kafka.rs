@@ -450,3 +450,83 @@ fn a_prefix_holds_one_set_as_a_folder_does() {
     // And `query` of the topic's prefix still reads its partitions.
     assert_tables_equal_run(&server, &c, &topic_url);
 }
+
+/// While a processor streams into a bucket, merged views are published every
+/// `--view-interval` and read: `query` answers from the newest view (naming its cut when it
+/// is behind, never merging the partitions), the processor's own page (`--http-addr`, a
+/// bucket) names the same cut; at the end the final view is the newest and equals `run`.
+#[test]
+fn views_published_while_streaming_are_read_with_their_cut_and_the_last_equals_run() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(18_000, 34, 4);
+    let url = server.url("live");
+    let home = tempfile::tempdir().unwrap();
+    let page = format!("127.0.0.1:{}", common::spawn::free_port());
+    let extra = [
+        "--stop-at-end",
+        "--assign",
+        "all",
+        "--view-interval",
+        "1s",
+        "--http-addr",
+        &page,
+    ];
+    let proc = Proc::start(
+        "processor",
+        &mut processor(&server, &c, &url, home.path(), &extra),
+    );
+    let replayer = paced_replay(&c.broker, &c.input, "1500");
+    let views = || {
+        s3::objects(&server.file("live/merged"))
+            .iter()
+            .filter(|o| o.ends_with("/manifest.json"))
+            .count()
+    };
+    let mut read = std::collections::BTreeSet::new();
+    let (mut cuts, mut seen_at) = (0, None);
+    let log = proc.stderr_log();
+    let started = std::time::Instant::now();
+    while seen_at.is_none() && started.elapsed() < LIMIT {
+        let a_view_was_there = views() > 0;
+        let out = server
+            .command(&["query", "--snapshot-dir", &url, "SELECT COUNT(*) FROM rfm"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let merged = err.contains("merged the newest snapshots");
+        assert!(
+            !(merged && a_view_was_there),
+            "merged while a view was there: {err}"
+        );
+        if let Some(at) = err.find("read merged view ") {
+            read.insert(err[at..].split(':').next().unwrap().to_string());
+        }
+        let (status, _, body) = common::http::get(&page, "/api/snapshot");
+        if status == 200 && body.contains("\"newest\":false") {
+            cuts += 1;
+        }
+        if read.len() >= 1 && cuts >= 1 {
+            seen_at = Some(accepted(&server, "live"));
+        }
+    }
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    let said = log.lock().unwrap().clone();
+    let seen_at = seen_at.unwrap_or_else(|| {
+        panic!(
+            "views {} read {read:?} cuts {cuts}; the processor said:\n{said}",
+            views()
+        )
+    });
+    assert!(
+        seen_at < accepted_in(&summary),
+        "the views were read while the stream ran: {seen_at}"
+    );
+    proc.wait_ok(LIMIT);
+    let published = log.lock().unwrap().matches("merged view published").count();
+    assert!(
+        published >= 2,
+        "one view beside the stream and the last: {published}"
+    );
+    assert_tables_equal_run(&server, &c, &url);
+}

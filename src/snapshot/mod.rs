@@ -98,6 +98,18 @@ pub enum SnapshotError {
     /// A snapshot beside the stream was given up unpublished: a newer one replaces it.
     #[error("the snapshot was given up for a newer one")]
     Superseded,
+    /// A snapshot being read was removed as its writer published newer ones: read the
+    /// pointer again.
+    #[error("{0} was replaced and removed while it was read")]
+    Moved(String),
+}
+
+impl SnapshotError {
+    /// Whether a store answered that an object is not there.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, SnapshotError::Store { source, .. }
+            if matches!(**source, object_store::Error::NotFound { .. }))
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SnapshotError + 'a {

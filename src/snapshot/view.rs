@@ -31,8 +31,9 @@ pub use super::{view_dir, VIEW_DIR};
 /// How many views a folder keeps: a reader still loading the previous one finds it.
 const KEEP: usize = 3;
 
-/// A set merged again when a partition published while the view was written, at most.
-const CATCH_UP: usize = 3;
+/// A set merged again when a partition published while the view was written (or pruned
+/// a snapshot while it was fetched), at most.
+const CATCH_UP: usize = 5;
 
 /// By partition, the id of its snapshot in `set`.
 fn ids(set: &TopicSet) -> Vec<ViewPart> {
@@ -285,9 +286,14 @@ pub fn publish_to_bucket(bucket: &Bucket, work: &Path) -> Result<Option<Manifest
             return Ok(written);
         };
         if !set.missing().is_empty() || newest.is_some_and(|v| is_current(&v, &set)) {
+            tracing::debug!(missing = ?set.missing(), "no view to publish");
             return Ok(written);
         }
-        let set = remote::block_on(remote::fetch_set(bucket, set))??;
+        // A snapshot pruned while it was fetched: the set is read again.
+        let set = match remote::block_on(remote::fetch_set(bucket, set))? {
+            Err(SnapshotError::Moved(_)) => continue,
+            fetched => fetched?,
+        };
         let mut store = SnapshotStore::open_locked(&view_dir(work), KEEP, true)?;
         store = store.with_remote(publisher)?;
         match write_view(&mut store, &set) {

@@ -215,6 +215,13 @@ pub async fn fetch_good(bucket: &Bucket, snapshot: &Published) -> Result<Publish
         Err(e) => e,
     };
     let (folder, name) = locate(bucket, snapshot);
+    // A file gone while the pointer moved on: pruned by its writer, not damaged.
+    if first.is_not_found() {
+        let pointer = get_file(&folder, LATEST_FILE).await?;
+        if pointer.is_some_and(|p| pointed_name(&p) != name) {
+            return Err(SnapshotError::Moved(snapshot.path.display().to_string()));
+        }
+    }
     tracing::warn!(snapshot = %snapshot.path.display(), error = %first, "skipping snapshot");
     let newest = super::publisher::folder_id(&name).unwrap_or(u64::MAX);
     let listed = bucket
@@ -245,14 +252,31 @@ pub async fn fetch_good(bucket: &Bucket, snapshot: &Published) -> Result<Publish
 
 /// `set` (found by [`partition_pointers`] in `bucket`) with every snapshot's tables
 /// fetched into memory; a damaged one is replaced by the newest older one that is whole
-/// ([`fetch_good`]).
+/// ([`fetch_good`]), one removed while it was fetched by the one its partition's pointer
+/// names now (any snapshot of each partition makes an exact cut: they are independent).
 pub async fn fetch_set(bucket: &Bucket, set: TopicSet) -> Result<TopicSet, SnapshotError> {
     let mut parts = Vec::new();
     for (p, s) in &set.parts {
-        parts.push((*p, fetch_good(bucket, s).await?));
+        let mut snapshot = s.clone();
+        let mut tries = 0;
+        let fetched = loop {
+            match fetch_good(bucket, &snapshot).await {
+                Err(SnapshotError::Moved(_)) if tries < MOVED_TRIES => {
+                    tries += 1;
+                    let (folder, _) = locate(bucket, &snapshot);
+                    snapshot = latest(&folder).await?;
+                }
+                done => break done?,
+            }
+        };
+        parts.push((*p, fetched));
     }
     Ok(TopicSet { parts, ..set })
 }
+
+/// How many times a set is read again when a snapshot of it was removed while it was
+/// fetched (its writer published newer ones and pruned it).
+pub const MOVED_TRIES: usize = 5;
 
 /// The object `name` under `bucket`'s prefix; none when it is not there.
 pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes>, SnapshotError> {
