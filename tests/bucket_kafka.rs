@@ -506,7 +506,7 @@ fn views_published_while_streaming_are_read_with_their_cut_and_the_last_equals_r
         if status == 200 && body.contains("\"newest\":false") {
             cuts += 1;
         }
-        if read.len() >= 1 && cuts >= 1 {
+        if !read.is_empty() && cuts >= 1 {
             seen_at = Some(accepted(&server, "live"));
         }
     }
