@@ -7,7 +7,8 @@
 //! 10x file). At the end, the tables read from the bucket equal `run` on the same file.
 //!
 //! `cargo bench --bench streaming`; `STOREPULSE_BENCH_ROWS` sets another size (default
-//! ten times the real log, 26,335,210 lines).
+//! ten times the real log, 26,335,210 lines); `STOREPULSE_BIN` another `storepulse` binary
+//! (e.g. a release build, with this bench built by `cargo test --bench streaming --no-run`).
 
 mod common;
 #[path = "../tests/common/mod.rs"]
@@ -28,7 +29,7 @@ const TABLES: [&str; 4] = [
 ];
 
 fn exe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    Command::new(std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into()))
 }
 
 /// What one query read, from what it said on stderr.
@@ -74,6 +75,9 @@ fn main() {
         broker.addr
     );
 
+    // Each command's stderr in a file of its own, said at the end.
+    let logs = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let log = |name: &str| std::fs::File::create(logs.path().join(name)).unwrap();
     let processor = |parts: &str| -> Child {
         let mut cmd = exe();
         cmd.args(["process", "--brokers", &broker.addr, "--snapshot-dir", &url])
@@ -86,7 +90,7 @@ fn main() {
             ])
             .envs(server.env())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log(&format!("process-{parts}.log")));
         cmd.spawn().unwrap()
     };
     let started = Instant::now();
@@ -99,9 +103,9 @@ fn main() {
             "--brokers",
             &broker.addr,
         ])
-        .args(["--max", "--no-progress", "--partitions", "4"])
+        .args(["--max", "--no-progress", "--compression", "none"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log("replay.log"))
         .spawn()
         .unwrap();
     let page = format!("127.0.0.1:{}", harness::spawn::free_port());
@@ -151,6 +155,14 @@ fn main() {
         assert!(p.wait().unwrap().success(), "a processor failed");
     }
     let _ = replay.wait();
+    for name in ["replay.log", "process-0,1.log", "process-2,3.log"] {
+        let text = std::fs::read_to_string(logs.path().join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        println!("{name}, last lines:");
+        for l in &lines[lines.len().saturating_sub(4)..] {
+            println!("  {l}");
+        }
+    }
     let _ = serve.kill();
     let _ = serve.wait();
     println!(

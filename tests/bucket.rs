@@ -619,3 +619,115 @@ fn credentials_come_from_a_pod_identity_agent_or_the_machines_metadata_service()
         assert!(seen.contains(&want.to_string()), "{want}: {seen:?}");
     }
 }
+
+/// A paced `run` publishing to a prefix, and `storepulse run` from another machine.
+fn paced_run(server: &s3::Server, input: &std::path::Path, url: &str) -> std::process::Child {
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--rate",
+        "2000",
+        "--snapshot-interval",
+        "100ms",
+        "--no-progress",
+        "--snapshot-dir",
+        url,
+    ];
+    server
+        .command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_run_whose_prefix_another_run_claims_stops_with_the_error_and_changes_nothing() {
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 20_000, 23);
+    let url = server.url("shared");
+    let slow = paced_run(&server, &input, &url);
+    common::wait::wait_until(
+        Duration::from_secs(60),
+        "the slow run's first snapshot",
+        || {
+            std::fs::read_to_string(server.file("shared/LATEST"))
+                .is_ok_and(|p| p.starts_with("snap-"))
+        },
+    );
+    // Another machine runs the whole file into the same prefix: it claims it.
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--max",
+        "--no-progress",
+    ];
+    ok_with_env(&server, &[&args[..], &["--snapshot-dir", &url]].concat());
+    let (pointer, name) = s3::pointer(&server, "shared");
+    let out = slow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the fenced run exits non-zero: {err}"
+    );
+    assert!(
+        err.contains("another writer published to s3://shop/shared since this one did"),
+        "{err}"
+    );
+    // The pointer is still the claiming run's, and the tables are the whole file's.
+    assert_eq!(s3::pointer(&server, "shared"), (pointer, name));
+    let local = tmp.path().join("local");
+    common::run(&input, &local, &["--max"]);
+    for sql in TABLES {
+        assert_eq!(
+            ok_with_env(
+                &server,
+                &["query", "--format", "csv", "--snapshot-dir", &url, sql]
+            ),
+            common::query_csv(&local, sql),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn a_run_whose_snapshots_fail_31_times_in_a_row_stops_with_the_error() {
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 40_000, 29);
+    let url = server.url("failing");
+    // Every file of a snapshot is refused (the claim of the prefix goes through).
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counted = refused.clone();
+    server.faults.hook(move |r| {
+        if r.is_put(".parquet") {
+            counted.fetch_add(1, Ordering::SeqCst);
+            s3::Action::Fail(403)
+        } else {
+            s3::Action::Pass
+        }
+    });
+    let run = paced_run(&server, &input, &url);
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let warned = err
+        .lines()
+        .filter(|l| l.contains("a snapshot could not be published; the next interval tries again"))
+        .count();
+    assert_eq!(warned, 30, "{err}");
+    assert!(err.contains("in_a_row=30"), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("storepulse: error:") && last.contains("failing/snap-"),
+        "{last}"
+    );
+    assert!(refused.load(Ordering::SeqCst) >= 31);
+    // It stopped long before the end of the file (20 s at this pace).
+    assert!(!std::fs::read_to_string(server.file("failing/LATEST"))
+        .unwrap_or_default()
+        .starts_with("snap-"));
+}

@@ -23,7 +23,7 @@ use super::dead_letters::DeadLetters;
 use super::observe::{self, Progress};
 use super::partition::{PartitionState, Verdict};
 use super::processor::{ProcessConfig, ProcessError, ProcessOutcome};
-use super::{DeadLetter, CONTROL_HEADER};
+use super::{DeadLetter, CONTROL_HEADER, END_OF_INPUT};
 use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
@@ -258,7 +258,10 @@ impl Partitions {
                 }
                 applied += 1;
                 let m = &batch.messages[i];
-                part.at_end = m.control.is_some() && verdict == Verdict::Control;
+                // Only an end of input ends it: a watermark or an input's announcement
+                // read last, with more to come, does not.
+                part.at_end = batch.control(m) == Some(END_OF_INPUT.as_bytes())
+                    && verdict == Verdict::Control;
                 if let Some(record) = dead_letter(p, m.offset, batch.payload(m), verdict) {
                     self.dead_letters.send(p, &record);
                 }

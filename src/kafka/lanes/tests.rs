@@ -108,3 +108,61 @@ fn a_sample_past_the_snapshot_asks_nothing() {
     assert!(pipeline.apply(&mut driver, Input::Offsets(sample)).is_ok());
     assert!(asks.log_ends.lock().unwrap().is_empty());
 }
+
+/// A batch of control messages of partition 0 from `offset` on: (kind, JSON value).
+fn controls(offset: i64, messages: &[(&str, String)]) -> Batch {
+    let mut batch = Batch {
+        data: Vec::new(),
+        messages: Vec::new(),
+    };
+    for (i, (kind, value)) in messages.iter().enumerate() {
+        let at = batch.data.len();
+        batch.data.extend_from_slice(kind.as_bytes());
+        let control = at..batch.data.len();
+        batch.data.extend_from_slice(value.as_bytes());
+        batch.messages.push(Polled {
+            partition: 0,
+            offset: offset + i as i64,
+            payload: control.end..batch.data.len(),
+            control: Some(control),
+        });
+    }
+    batch
+}
+
+/// With `--stop-at-end`, a processor caught up after a watermark (or an input's
+/// announcement) goes on: only an end of input read last ends it. Seen in a replay of the
+/// 10x file, whose first message (the input's announcement) went out while the rest was
+/// still being sorted: both processors read it, reached the log's end and stopped; the same
+/// after a watermark would leave the last days open with every number in.
+#[test]
+fn only_an_end_of_input_read_last_ends_a_stop_at_end_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut pipeline, mut driver, _) = owning_partition_0(dir.path());
+    pipeline.config.stop_at_end = true;
+    let input = format!(r#"{{"source":"{:016x}","lines":10}}"#, 7u64);
+    let watermark = r#"{"watermark_us":1600000000000000}"#.to_string();
+    for batch in [
+        controls(100, &[(crate::kafka::INPUT, input)]),
+        controls(101, &[(crate::kafka::WATERMARK, watermark)]),
+    ] {
+        let flow = pipeline.apply(&mut driver, Input::Messages(batch));
+        assert!(matches!(flow, Ok(Flow::Continue)), "{:?}", flow.err());
+        let flow = pipeline.apply(&mut driver, Input::Eof(0));
+        assert!(
+            matches!(flow, Ok(Flow::Continue)),
+            "stopped at a control that is no end"
+        );
+    }
+    let end = r#"{"last_event_time_us":1600000000000000}"#.to_string();
+    let flow = pipeline.apply(
+        &mut driver,
+        Input::Messages(controls(102, &[(END_OF_INPUT, end)])),
+    );
+    assert!(
+        matches!(flow, Ok(Flow::Continue)),
+        "not at the log's end yet"
+    );
+    let flow = pipeline.apply(&mut driver, Input::Eof(0));
+    assert!(matches!(flow, Ok(Flow::End)), "{:?}", flow.err());
+}
