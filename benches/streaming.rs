@@ -174,6 +174,24 @@ fn main() {
         stats(&format!("query while streaming, {kind}"), v);
     }
     stats("page overview while streaming", overview);
+    // The same query once the processors are done (the final view, nothing else running).
+    let idle: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let out = exe()
+                .args(["query", "--format", "csv", "--snapshot-dir", &url, SQL])
+                .envs(server.env())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    stats("query after the stream, idle", idle);
 
     // The end: the bucket's tables equal `run` on the same file.
     let local = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
