@@ -351,14 +351,16 @@ fn a_processor_falls_back_past_a_damaged_snapshot_in_the_bucket() {
         ),
         "{err}"
     );
-    // It resumed from the older snapshot: it read again exactly the messages between
-    // the two, and published past the damaged one.
+    // It resumed from the older snapshot: it read again exactly the messages from there
+    // to the end of the log (the damaged one's and any the first processor had not read
+    // when it was stopped), and published past the damaged one.
     let said = common::summary(&out);
-    assert_eq!(said["messages"].as_i64(), Some(to - from), "{said}");
     let pointer_now = std::fs::read_to_string(part.join("LATEST")).unwrap();
     let now = pointer_now.lines().next().unwrap();
     assert!(now > newest, "{now} after {newest} ({pointer})");
-    assert_eq!(offset_of(now), to);
+    let end = offset_of(now);
+    assert!(end >= to, "{end} < {to}");
+    assert_eq!(said["messages"].as_i64(), Some(end - from), "{said}");
     assert_eq!(accepted(&server, "damaged"), accepted_in(&summary));
     assert_tables_equal_run(&server, &c, &url);
 }

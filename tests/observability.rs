@@ -96,6 +96,10 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
             &addr(p_process),
             "--http-addr",
             &addr(p_page),
+            // The page merges the partitions' newest snapshots rather than read a view
+            // behind them.
+            "--max-behind",
+            "0s",
         ],
     );
     // Paced so that both outlive several scrapes (5 s apart), one by rate and one by
@@ -236,10 +240,9 @@ fn every_grafana_panel_query_returns_data_from_a_real_prometheus() {
     // per segment as `query` over the same snapshots.
     let page = addr(p_page);
     let segments = |dir: &str| -> BTreeMap<String, u64> {
-        let csv = common::query_csv(
-            Path::new(dir),
-            "SELECT segment, COUNT(*) AS n FROM rfm GROUP BY segment",
-        );
+        let sql = "SELECT segment, COUNT(*) AS n FROM rfm GROUP BY segment";
+        let args = ["query", "--snapshot-dir", dir, "--format", "csv"];
+        let csv = common::ok(&[&args[..], &["--max-behind", "0s", sql]].concat());
         csv.lines()
             .skip(1)
             .map(|l| {

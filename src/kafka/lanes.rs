@@ -588,6 +588,9 @@ impl Pipeline for Partitions {
 
     fn tick(&mut self, lanes: &mut Lanes<Part>) {
         self.dead_letters.retry();
+        // A view due is written even when nothing is published any more (an idle
+        // processor's last snapshots get their view within an interval).
+        self.view.poke();
         let waiting: Vec<i32> = lanes.keys().copied().filter(|&p| !self.ready(p)).collect();
         self.dead_letters.warn_waiting(&waiting);
         self.publish_metrics(lanes);

@@ -126,16 +126,40 @@ pub fn manifest(dir: &Path) -> serde_json::Value {
 
 /// The four query tables, fully ordered, as CSV.
 pub fn query_tables(dir: &Path) -> Vec<String> {
-    [
-        "SELECT * FROM daily_sales ORDER BY day",
-        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
-        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
-        "SELECT * FROM rfm ORDER BY user_id",
-    ]
-    .iter()
-    .map(|sql| query_csv(dir, sql))
-    .collect()
+    TABLE_QUERIES
+        .iter()
+        .map(|sql| query_csv(dir, sql))
+        .collect()
 }
+
+/// The four tables of a topic's folder read from its partitions' newest snapshots
+/// (`--max-behind 0s`: never through a merged view behind them).
+pub fn newest_tables(dir: &Path) -> Vec<String> {
+    TABLE_QUERIES
+        .iter()
+        .map(|sql| {
+            let d = dir.to_str().unwrap();
+            ok(&[
+                "query",
+                "--snapshot-dir",
+                d,
+                "--format",
+                "csv",
+                "--max-behind",
+                "0s",
+                sql,
+            ])
+        })
+        .collect()
+}
+
+/// Every row of the four tables, in one order.
+const TABLE_QUERIES: [&str; 4] = [
+    "SELECT * FROM daily_sales ORDER BY day",
+    "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
+    "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
+    "SELECT * FROM rfm ORDER BY user_id",
+];
 
 /// Feeds events read with `dict`'s symbols to `core`, mapping names to the core's own.
 pub fn feed(
