@@ -663,3 +663,47 @@ fn a_replay_runs_at_most_max_in_flight_ahead_of_deliveries() {
     run_processor_to_end(&c, &[]);
     assert_same_tables(&c.want, &c.got);
 }
+
+/// `/readyz` drops once no broker was reachable for `--broker-timeout`, says why, and is
+/// ready again when the broker is back; `/healthz` stays 200 meanwhile (the pipeline is not
+/// stuck, its input is away).
+#[test]
+fn readiness_drops_after_the_broker_timeout_and_comes_back_with_the_broker() {
+    let _serial = serial();
+    let c = Case::generated(2_000, 47, 2);
+    let accepted = accepted_in(&replay(&c.broker, &c.input, &[]));
+    let metrics = free_addr();
+    let flags = [
+        "--assign",
+        "all",
+        "--broker-timeout",
+        "3s",
+        "--metrics-addr",
+        metrics.as_str(),
+    ];
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &flags));
+    let status = |path: &str| common::http::get(&metrics, path);
+    wait_for(&c.got, LIMIT, "every event applied", |m| {
+        total(m, "accepted") == accepted
+    });
+    wait_until(LIMIT, "ready", || status("/readyz").0 == 200);
+    c.broker.pause();
+    let paused = Instant::now();
+    wait_until(LIMIT, "not ready with the broker away", || {
+        status("/readyz").0 == 503
+    });
+    let took = paused.elapsed();
+    let (_, _, why) = status("/readyz");
+    assert!(why.contains("broker unreachable for"), "{why}");
+    assert!(why.contains("--broker-timeout 3.0s"), "{why}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "before the timeout: {took:?}"
+    );
+    assert_eq!(status("/healthz").0, 200, "not a stall");
+    c.broker.resume();
+    wait_until(LIMIT, "ready again with the broker back", || {
+        status("/readyz").0 == 200
+    });
+    proc.terminate(LIMIT);
+}
