@@ -21,12 +21,18 @@ use std::time::{Duration, Instant};
 
 const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monetary \
                    FROM rfm GROUP BY segment ORDER BY segment";
-const TABLES: [&str; 4] = [
-    "SELECT * FROM daily_sales ORDER BY day",
-    "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
-    "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
-    "SELECT * FROM rfm ORDER BY user_id",
-];
+use harness::TABLE_QUERIES as TABLES;
+
+/// Runs `cmd`, insisting on success.
+fn ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 fn exe() -> Command {
     Command::new(std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into()))
@@ -178,16 +184,9 @@ fn main() {
     let idle: Vec<f64> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            let out = exe()
+            ok(exe()
                 .args(["query", "--format", "csv", "--snapshot-dir", &url, SQL])
-                .envs(server.env())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+                .envs(server.env()));
             t.elapsed().as_secs_f64()
         })
         .collect();
@@ -195,7 +194,7 @@ fn main() {
 
     // The end: the bucket's tables equal `run` on the same file.
     let local = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let out = exe()
+    ok(exe()
         .args([
             "run",
             "--input",
@@ -204,14 +203,7 @@ fn main() {
             "--no-progress",
         ])
         .arg("--snapshot-dir")
-        .arg(local.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(local.path()));
     for sql in TABLES {
         let q = |dir: &str, env: bool| {
             let mut cmd = exe();
@@ -219,13 +211,7 @@ fn main() {
             if env {
                 cmd.envs(server.env());
             }
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
+            ok(&mut cmd).stdout
         };
         let want = q(local.path().to_str().unwrap(), false);
         assert!(want == q(&url, true), "{sql}: the bucket differs from run");

@@ -99,12 +99,7 @@ fn assert_tables_equal_run(server: &s3::Server, c: &Case, url: &str) {
         "the view merges every partition's latest snapshot"
     );
     // Through the view, then (its pointer removed) through the merge of the partitions.
-    let tables = [
-        "SELECT * FROM daily_sales ORDER BY day",
-        "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
-        "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",
-        "SELECT * FROM rfm ORDER BY user_id",
-    ];
+    let tables = common::TABLE_QUERIES;
     let without_view = tables.iter().map(|_| false);
     let with_view = tables.iter().map(|_| true);
     for (sql, view) in tables

@@ -53,6 +53,21 @@ fn state_of(events: u64, rejected_bytes: u64) -> (Core, SnapshotMeta) {
     (core, meta)
 }
 
+/// [`state_of`] as the snapshot of partition 0 (of 1) of `purchases`, its offsets the
+/// lines read.
+fn partition_state_of(events: u64) -> (Core, SnapshotMeta) {
+    let (core, meta) = state_of(events, 0);
+    let input = InputPosition::Kafka {
+        topic: "purchases".into(),
+        partition: 0,
+        partitions: 1,
+        next_offset: events as i64,
+        end_of_input: false,
+        inputs: Default::default(),
+    };
+    (core, SnapshotMeta { input, ..meta })
+}
+
 /// A writer's store: snapshots staged in `dir`, published through `publisher`.
 fn store_of(dir: &Path, publisher: Publisher, keep: usize) -> SnapshotStore {
     SnapshotStore::open(dir, keep)
@@ -383,18 +398,7 @@ fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
     let mut store = store_of(dir.path(), Publisher::claim(part, 3).unwrap(), 3);
     let mut customers = Vec::new();
     for events in [400, 800] {
-        let (core, meta) = state_of(events, 0);
-        let meta = SnapshotMeta {
-            input: InputPosition::Kafka {
-                topic: "purchases".into(),
-                partition: 0,
-                partitions: 1,
-                next_offset: events as i64,
-                end_of_input: false,
-                inputs: Default::default(),
-            },
-            ..meta
-        };
+        let (core, meta) = partition_state_of(events);
         customers.push(store.write(&core, meta).unwrap().customers);
     }
     assert!(customers[0] < customers[1], "{customers:?}");
@@ -451,18 +455,7 @@ fn a_bucket_reader_uses_a_view_behind_the_partitions_and_names_its_cut() {
     };
     let mut customers = Vec::new();
     for events in [400, 800] {
-        let (core, meta) = state_of(events, 0);
-        let meta = SnapshotMeta {
-            input: InputPosition::Kafka {
-                topic: "purchases".into(),
-                partition: 0,
-                partitions: 1,
-                next_offset: events as i64,
-                end_of_input: false,
-                inputs: Default::default(),
-            },
-            ..meta
-        };
+        let (core, meta) = partition_state_of(events);
         customers.push(store.write(&core, meta).unwrap().customers);
         if customers.len() == 1 {
             let view =

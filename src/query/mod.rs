@@ -127,24 +127,6 @@ impl Session {
         bucket: &Bucket,
         max_behind: Duration,
     ) -> Result<Session, QueryError> {
-        let mut tries = 0;
-        loop {
-            match Self::try_open_bucket_topic(bucket, max_behind).await {
-                // A snapshot pruned while it was fetched: the pointers are read again.
-                Err(QueryError::Snapshot(SnapshotError::Moved(_)))
-                    if tries < snapshot::remote::MOVED_TRIES =>
-                {
-                    tries += 1
-                }
-                done => return done,
-            }
-        }
-    }
-
-    async fn try_open_bucket_topic(
-        bucket: &Bucket,
-        max_behind: Duration,
-    ) -> Result<Session, QueryError> {
         let Some((set, view)) = view::bucket_set(bucket).await? else {
             return Err(SnapshotError::None(PathBuf::from(&bucket.url)).into());
         };

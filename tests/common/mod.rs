@@ -154,7 +154,7 @@ pub fn newest_tables(dir: &Path) -> Vec<String> {
 }
 
 /// Every row of the four tables, in one order.
-const TABLE_QUERIES: [&str; 4] = [
+pub const TABLE_QUERIES: [&str; 4] = [
     "SELECT * FROM daily_sales ORDER BY day",
     "SELECT * FROM daily_category_sales ORDER BY day, category_code NULLS FIRST",
     "SELECT * FROM daily_brand_sales ORDER BY day, brand NULLS FIRST",

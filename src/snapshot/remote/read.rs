@@ -276,7 +276,7 @@ pub async fn fetch_set(bucket: &Bucket, set: TopicSet) -> Result<TopicSet, Snaps
 
 /// How many times a set is read again when a snapshot of it was removed while it was
 /// fetched (its writer published newer ones and pruned it).
-pub const MOVED_TRIES: usize = 5;
+const MOVED_TRIES: usize = 5;
 
 /// The object `name` under `bucket`'s prefix; none when it is not there.
 pub async fn get_file(bucket: &Bucket, name: &str) -> Result<Option<bytes::Bytes>, SnapshotError> {
