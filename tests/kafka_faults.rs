@@ -282,6 +282,45 @@ fn a_topic_changed_under_its_snapshots_is_refused() {
     assert_same_tables(&c.want, &c.got);
 }
 
+/// The topic deleted and created again with one partition more while a processor streams
+/// it (the test broker, tansu 0.6, does not implement CreatePartitions, so partitions cannot
+/// be added in place). The processor stops: with exit code 1 naming the change when its
+/// client's statistics show the new count first; librdkafka 2.12.1 may instead crash
+/// (SIGSEGV in its metadata cache, seen here when the topic's id changes under a live
+/// client). Either way nothing it published is harmed, and a restart refuses the topic.
+#[test]
+fn a_topic_recreated_with_more_partitions_under_a_running_processor_stops_it_unharmed() {
+    let _serial = serial();
+    let c = Case::generated(2_000, 43, 2);
+    let accepted = accepted_in(&replay(&c.broker, &c.input, &[]));
+    let proc = Proc::spawn("process", &process_args(&c.broker, &c.got, &[]));
+    wait_for(&c.got, LIMIT, "every event applied", |m| {
+        m.len() == 2 && total(m, "accepted") == accepted
+    });
+    let before = common::newest_tables(&c.got);
+    c.broker.delete_topic("purchases");
+    c.broker.create_topic("purchases", 3);
+    let (status, _, err) = proc.wait_exit(LIMIT);
+    assert!(!status.success(), "{status:?}: {err}");
+    eprintln!("the processor under the recreated topic stopped with {status:?}");
+    if status.code() == Some(1) {
+        assert!(
+            err.contains("has 3 partitions") && err.contains("had 2"),
+            "{err}"
+        );
+    }
+    assert_eq!(partition_manifests(&c.got).len(), 2);
+    assert_eq!(common::newest_tables(&c.got), before);
+    assert_eq!(before, common::query_tables(&c.want));
+    let (status, _, err) =
+        Proc::spawn("process", &process_args(&c.broker, &c.got, &[])).wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(1), "{status:?}: {err}");
+    assert!(
+        err.contains("has 3 partitions") && err.contains("had 2") && err.contains("new topic"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_dead_letter_that_cannot_be_written_holds_its_partition_snapshot_back() {
     let _serial = serial();

@@ -260,11 +260,13 @@ impl Pipeline for File {
         Ok(())
     }
 
-    /// The run snapshots every interval even when nothing changed, so a healthy run
-    /// reports progress at least that often.
+    /// The run snapshots every interval even when nothing changed; every tick says the
+    /// loop is alive, so a run paced slower than `--stall-timeout` (one event a minute)
+    /// stays healthy while it waits for its next event.
     fn tick(&mut self, lanes: &mut Lanes<Core>) {
         if let Some(slot) = lanes.get_mut(&LANE) {
             slot.touch();
+            self.publish_progress(&slot.lane);
         }
     }
 }
