@@ -307,6 +307,22 @@ pub async fn overview_cached(
     })
 }
 
+/// Computes and caches the default overview of the snapshot `version` (not necessarily
+/// the one shown yet: the worker reads the newest, and an answer from another is not kept).
+pub async fn warm(state: &Arc<super::State>, version: &str) {
+    let q = OverviewQuery::default();
+    let key = (
+        version.to_string(),
+        serde_json::to_string(&q).unwrap_or_default(),
+    );
+    let cell = {
+        let mut cache = state.overviews.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entry(key.clone()).or_default().clone()
+    };
+    let task = tokio::spawn(compute_overview(state.clone(), cell, key, q));
+    let _ = task.await;
+}
+
 /// Fills `cell` (the cache entry `key`) with the overview `q`, or waits for the request
 /// already filling it.
 async fn compute_overview(

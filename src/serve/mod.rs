@@ -241,19 +241,29 @@ pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
 }
 
 /// Follows the pointers: reads the newest snapshot's manifests whenever a pointer changes
-/// (on a blocking thread), then has the page's worker open it and compute the default
-/// overview, so the first viewer finds it ready.
+/// (on a blocking thread) and has the page's worker compute its default overview. The
+/// first snapshot is shown at once (its first viewer waits for the overview); a newer one
+/// only once its overview is ready, so that viewers are answered from the cache meanwhile
+/// (at millions of customers an overview takes seconds).
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
         let v = crate::snapshot::view::pointers_at(&state.location).await;
         if !v.is_empty() && v != seen {
             seen = v.clone();
-            if refresh(&state).await {
-                let warm = state.clone();
-                tokio::spawn(async move {
-                    let _ = api::overview_cached(&warm, api::OverviewQuery::default()).await;
-                });
+            if let Some(next) = newest(&state).await {
+                let version = next.version.clone();
+                match state.known().is_some() {
+                    true => {
+                        api::warm(&state, &version).await;
+                        install(&state, next);
+                    }
+                    false => {
+                        install(&state, next);
+                        let warm = state.clone();
+                        tokio::spawn(async move { api::warm(&warm, &version).await });
+                    }
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -263,30 +273,47 @@ async fn reload(state: Arc<State>) {
 /// Reads the manifests of the newest complete snapshot and makes it current; whether it
 /// could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
+    match newest(state).await {
+        Some(next) => {
+            install(state, next);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The manifests of the newest complete snapshot (`None`, with the problem noted, when
+/// there is none to read).
+async fn newest(state: &Arc<State>) -> Option<Known> {
     let found = crate::snapshot::view::reading_at(&state.location, state.config.max_behind).await;
     match found {
         Ok(set) => {
             let parts = set.snapshots();
             let cut = set.cut().cloned();
             let version = version_of(&state.dir, &parts);
-            *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Known {
-                version: version.clone(),
+            Some(Known {
+                version,
                 parts,
                 cut,
-            }));
-            state.set_problem(None);
-            state
-                .overviews
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|(v, _), _| *v == version);
-            true
+            })
         }
         Err(e) => {
             state.set_problem(Some(scrub::snapshot_error(&e, &state.dir)));
-            false
+            None
         }
     }
+}
+
+/// Makes `next` the snapshot shown, and forgets the overviews of any other.
+fn install(state: &State, next: Known) {
+    let version = next.version.clone();
+    *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(next));
+    state.set_problem(None);
+    state
+        .overviews
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(v, _), _| *v == version);
 }
 
 /// What the page shows about a snapshot (`parts`: one for `run` or a merged view, one per

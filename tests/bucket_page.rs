@@ -1,0 +1,136 @@
+//! The page over a bucket while a newer snapshot lands: it keeps showing the snapshot it
+//! has, answered from its cache, until the newer one's overview is ready, then moves on.
+//! The bucket is a real S3-protocol server linked into this test, whose request hook holds
+//! the reads of the newer snapshot's tables.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::http::get;
+use common::wait::{wait_until, wait_until_ok};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn run_into(server: &s3::Server, input: &std::path::Path, url: &str) {
+    let out = server
+        .command(&[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--max",
+            "--no-progress",
+            "--snapshot-dir",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `/api/snapshot`'s version and `/api/overview`'s body, once both answer 200.
+fn shown(addr: &str) -> (String, String) {
+    wait_until_ok(LIMIT, "the page's snapshot and overview", || {
+        let (status, _, info) = get(addr, "/api/snapshot");
+        if status != 200 {
+            return Err(format!("{status} {info}"));
+        }
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        let (status, _, overview) = get(addr, "/api/overview");
+        match status {
+            200 => Ok((info["version"].as_str().unwrap().to_string(), overview)),
+            _ => Err(format!("{status} {overview}")),
+        }
+    })
+}
+
+#[test]
+fn the_page_shows_its_snapshot_from_the_cache_until_the_next_ones_overview_is_ready() {
+    let server = s3::Server::start("shop");
+    let tmp = tempfile::tempdir().unwrap();
+    let first = common::generate(tmp.path(), 4_000, 51);
+    let second_dir = tmp.path().join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let second = common::generate(&second_dir, 6_000, 52);
+    let url = server.url("page");
+    run_into(&server, &first, &url);
+
+    let addr = common::spawn::free_addr();
+    let mut cmd = server.command(&["serve", "--snapshot-dir", &url, "--http-addr", &addr]);
+    let mut page = common::spawn::Proc::start("serve", &mut cmd);
+    page.wait_listening(&addr, LIMIT);
+    let (v1, overview1) = shown(&addr);
+    assert!(v1.starts_with("snap-000001-"), "{v1}");
+
+    // Reads of any other snapshot's tables wait at the gate.
+    let gate = s3::gate();
+    let held = Arc::new(AtomicBool::new(false));
+    {
+        let (gate, held, v1) = (gate.clone(), held.clone(), v1.clone());
+        server.faults.hook(move |r| {
+            let table = r.method == http::Method::GET && r.key.ends_with(".parquet");
+            if table && !r.key.contains(&v1) {
+                held.store(true, Ordering::SeqCst);
+                s3::Action::Hold(gate.clone())
+            } else {
+                s3::Action::Pass
+            }
+        });
+    }
+    run_into(&server, &second, &url);
+    wait_until(
+        LIMIT,
+        "the page to read the newer snapshot's tables",
+        || held.load(Ordering::SeqCst),
+    );
+
+    // Meanwhile: the snapshot shown and its overview, from the cache, promptly.
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut probes = 0;
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let (status, _, info) = get(&addr, "/api/snapshot");
+        assert_eq!(status, 200, "{info}");
+        assert!(info.contains(&v1), "{info}");
+        let (status, _, overview) = get(&addr, "/api/overview");
+        assert_eq!(status, 200, "{overview}");
+        assert_eq!(overview, overview1);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            asked.elapsed()
+        );
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(probes >= 5, "{probes}");
+
+    // The reads go through: the page moves on to the newer snapshot and its numbers.
+    server.faults.clear_hook();
+    gate.add_permits(1 << 20);
+    let (v2, overview2) = wait_until_ok(LIMIT, "the page to show the newer snapshot", || {
+        let (v, o) = shown(&addr);
+        if v == v1 {
+            Err(v)
+        } else {
+            Ok((v, o))
+        }
+    });
+    assert!(v2.starts_with("snap-000002-"), "{v2}");
+    assert_ne!(overview2, overview1);
+    // Each overview is its snapshot's.
+    let of = |overview: &str| {
+        let v: serde_json::Value = serde_json::from_str(overview).unwrap();
+        v["snapshot"]["version"].as_str().unwrap().to_string()
+    };
+    assert_eq!(of(&overview1), v1);
+    assert_eq!(of(&overview2), v2);
+}
