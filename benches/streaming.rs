@@ -179,7 +179,19 @@ fn main() {
     for (kind, v) in by_kind {
         stats(&format!("query while streaming, {kind}"), v);
     }
-    stats("page overview while streaming", overview);
+    // The first answer waits for the page's first snapshot to be opened and its overview
+    // computed; later ones find an overview ready (a newer snapshot is shown only once its
+    // overview is).
+    match overview.split_first() {
+        Some((first, rest)) => {
+            println!("page overview while streaming, the first answer: {first:.3} s");
+            stats(
+                "page overview while streaming, after the first",
+                rest.to_vec(),
+            );
+        }
+        None => println!("page overview while streaming: none"),
+    }
     // The same query once the processors are done (the final view, nothing else running).
     let idle: Vec<f64> = (0..5)
         .map(|_| {

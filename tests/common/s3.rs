@@ -373,9 +373,11 @@ pub fn env_for(addr: &str) -> Vec<(&'static str, String)> {
 }
 
 /// `storepulse` with `args` in an environment of only `PATH` and the variables that point
-/// it at a server on `addr` (which may not be listening yet).
+/// it at a server on `addr` (which may not be listening yet). `STOREPULSE_BIN` names
+/// another binary (the benches, run with a release build).
 pub fn command_for(addr: &str, args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"));
+    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let mut cmd = std::process::Command::new(bin);
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
