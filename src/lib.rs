@@ -11,6 +11,7 @@ pub mod generate;
 pub mod http;
 pub mod ingest;
 pub mod kafka;
+pub mod lake;
 pub mod logs;
 pub mod metrics;
 pub mod pipeline;

@@ -35,19 +35,26 @@ pub fn init(format: Format) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // `set_global_default` rather than `try_init`: a dependency (deltalake's kernel) turns
+    // on tracing-subscriber's `tracing-log`, with which `try_init` would also route every
+    // dependency's `log` records into this output.
     let installed = match format {
-        Format::Text => builder
-            .compact()
-            .without_time()
-            .with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        Format::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        Format::Text => tracing::subscriber::set_global_default(
+            builder
+                .compact()
+                .without_time()
+                .with_target(false)
+                .with_ansi(std::io::stderr().is_terminal())
+                .finish(),
+        ),
+        Format::Json => tracing::subscriber::set_global_default(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
     };
     // Already installed (a test calling in twice): the first one stays.
     drop(installed);

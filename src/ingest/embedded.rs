@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub memory_limit: usize,
     /// A bucket prefix every snapshot is published to after `snapshot_dir`.
     pub remote: Option<crate::snapshot::Bucket>,
+    /// Publish the result tables as Delta Lake tables beside the snapshots.
+    pub tables: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,8 @@ pub enum RunError {
     Driver(#[from] DriverError),
     #[error("cannot resume: {0}")]
     Resume(String),
+    #[error("the result tables were not published: {0}")]
+    Tables(#[from] crate::lake::LakeError),
 }
 
 /// Runs the whole embedded pipeline; returns when the final snapshot is published.
@@ -106,6 +110,18 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     if let Some(read) = done {
         driver = driver.resumed(read, skip.lines, skip.events);
     }
+    let follower = match config.tables {
+        true => {
+            let at = match &config.remote {
+                Some(bucket) => crate::snapshot::Location::Bucket(bucket.clone()),
+                None => crate::snapshot::Location::Dir(config.snapshot_dir.clone()),
+            };
+            let (follower, notify) = crate::lake::Follower::start(at)?;
+            driver = driver.with_tables(notify);
+            Some(follower)
+        }
+        false => None,
+    };
     let (tx, rx) = sync_channel(2);
     let core_thread = std::thread::Builder::new()
         .name("storepulse-core".into())
@@ -133,7 +149,16 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     drop(tx);
     let outcome = core_thread.join().expect("core thread panicked");
     read_result?;
-    Ok(outcome?)
+    let outcome = outcome?;
+    if let Some(follower) = follower {
+        let published = follower.finish()?;
+        tracing::info!(
+            committed = published.committed.len(),
+            skipped = published.skipped.len(),
+            "result tables published"
+        );
+    }
+    Ok(outcome)
 }
 
 /// The in-process channel into the core's thread.

@@ -92,6 +92,8 @@ pub struct File {
     reported: Reported,
     /// Records reported by `Read` messages to this driver (not restored ones).
     records_read: u64,
+    /// Told of every published snapshot, when the result tables follow them.
+    tables: Option<crate::lake::Notify>,
     /// End of input was applied: the run is complete.
     complete: bool,
     last: Option<Manifest>,
@@ -134,8 +136,15 @@ impl Driver {
             records_read: 0,
             complete: false,
             last: None,
+            tables: None,
         };
         Self { file, core, store }
+    }
+
+    /// Tells `tables` of every snapshot published (`run --tables`).
+    pub fn with_tables(mut self, tables: crate::lake::Notify) -> Self {
+        self.file.tables = Some(tables);
+        self
     }
 
     /// Continues where a snapshot stood: the reader's counts so far, the lines read and
@@ -249,6 +258,9 @@ impl Pipeline for File {
             }
             .emit();
             self.last = Some(w.manifest);
+            if let Some(tables) = &self.tables {
+                tables.published();
+            }
         }
         StateSize {
             customer_orders: Some(core.customer_order_count()),

@@ -1,0 +1,102 @@
+//! `run --tables`: the tables follow the run's snapshots. A thread publishes the newest
+//! snapshot's tables each time the driver says one was published; snapshots published
+//! while it works are coalesced into one publish of the newest. When the run ends, the
+//! thread publishes once more (the last snapshot, if not done yet) and reports that one.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use super::{publish, Lake, LakeError, Published};
+use crate::snapshot::remote::{self, Location};
+use crate::snapshot::tables::QUERY_TABLES;
+use crate::snapshot::view::MAX_BEHIND;
+
+/// The thread that publishes the tables of a run's snapshots.
+pub struct Follower {
+    tx: Option<Sender<()>>,
+    thread: Option<JoinHandle<Result<Published, LakeError>>>,
+}
+
+/// A handle the driver keeps: says that a snapshot was published.
+#[derive(Clone)]
+pub struct Notify(Sender<()>);
+
+impl Notify {
+    pub fn published(&self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Follower {
+    /// Starts the thread for the snapshots at `at`.
+    pub fn start(at: Location) -> Result<(Follower, Notify), LakeError> {
+        let lake = Lake::at(&at)?;
+        let (tx, rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("storepulse-tables".into())
+            .spawn(move || follow(&lake, &at, rx))
+            .expect("spawn the tables' thread");
+        Ok((
+            Follower {
+                tx: Some(tx.clone()),
+                thread: Some(thread),
+            },
+            Notify(tx),
+        ))
+    }
+
+    /// Waits for the last publish (every [`Notify`] must be dropped first) and returns it.
+    pub fn finish(mut self) -> Result<Published, LakeError> {
+        drop(self.tx.take());
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(done)) => done,
+            Some(Err(_)) => Err(LakeError::Location(
+                "the tables' thread".into(),
+                "panicked".into(),
+            )),
+            None => Ok(Published::default()),
+        }
+    }
+}
+
+fn follow(lake: &Lake, at: &Location, rx: Receiver<()>) -> Result<Published, LakeError> {
+    while rx.recv().is_ok() {
+        while rx.try_recv().is_ok() {}
+        match publish_latest(lake, at) {
+            Ok(p) => tracing::debug!(?p, "tables published"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the tables were not published; tried again at the next snapshot")
+            }
+        }
+    }
+    publish_latest(lake, at)
+}
+
+/// Publishes the tables of the newest snapshot at `at`.
+pub fn publish_latest(lake: &Lake, at: &Location) -> Result<Published, LakeError> {
+    let read = |message: String| LakeError::Read {
+        table: "snapshot".into(),
+        message,
+    };
+    remote::block_on(async {
+        let session = crate::query::Session::open_at(at, MAX_BEHIND)
+            .await
+            .map_err(|e| read(e.to_string()))?;
+        let seq = session
+            .parts
+            .iter()
+            .map(|p| p.manifest.id)
+            .max()
+            .unwrap_or(0);
+        let mut tables = Vec::new();
+        for name in QUERY_TABLES {
+            let (_, batches) = session
+                .sql(&format!("SELECT * FROM {name}"))
+                .await
+                .map_err(|e| read(e.to_string()))?;
+            tables.push((name, batches));
+        }
+        publish(lake, seq, tables).await
+    })
+    .map_err(|e| read(e.to_string()))?
+}

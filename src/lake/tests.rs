@@ -1,0 +1,185 @@
+//! Publishing against a local folder, read back through deltalake's own DataFusion provider.
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::SessionContext;
+
+use super::*;
+use crate::snapshot::tables::{DAILY_SALES, RFM};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn rows(sql: &str) -> Vec<RecordBatch> {
+    SessionContext::new()
+        .sql(sql)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+}
+
+/// Daily rows: (day, revenue) pairs, the other columns fixed.
+async fn daily(days: &[(&str, &str)]) -> Vec<RecordBatch> {
+    let values = days
+        .iter()
+        .map(|(d, r)| format!("(CAST('{d}' AS DATE), CAST({r} AS DECIMAL(18,2)), 1, 1, 1, false)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rows(&format!(
+        "SELECT column1 AS day, column2 AS revenue, column3 AS items, column4 AS orders, \
+         column5 AS customers, column6 AS is_final FROM (VALUES {values})"
+    ))
+    .await
+}
+
+async fn rfm(ids: &[u64]) -> Vec<RecordBatch> {
+    let values = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "(CAST({id} AS BIGINT UNSIGNED), CAST('2020-01-01T00:00:00Z' AS TIMESTAMP), \
+                 CAST({} AS DECIMAL(18,2)))",
+                id % 1000
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    rows(&format!(
+        "SELECT column1 AS user_id, arrow_cast(column2, 'Timestamp(Microsecond, Some(\"UTC\"))') \
+         AS first_purchase, arrow_cast(column2, 'Timestamp(Microsecond, Some(\"UTC\"))') AS \
+         last_purchase, CAST(1 AS BIGINT) AS frequency, column3 AS monetary, CAST(1 AS BIGINT) \
+         AS items, CAST(0 AS BIGINT) AS recency_days, CAST(5 AS TINYINT) AS r_score, \
+         CAST(5 AS TINYINT) AS f_score, CAST(5 AS TINYINT) AS m_score, '555' AS rfm_cell, \
+         'Champions' AS segment FROM (VALUES {values})"
+    ))
+    .await
+}
+
+/// The table's rows as text, at `at` (latest when `None`).
+async fn read(lake: &Lake, table: &str, at: Option<AsOf>) -> String {
+    let t = match at {
+        Some(at) => lake.open_as_of(table, &at).await.unwrap(),
+        None => lake.open(table).await.unwrap().unwrap(),
+    };
+    let ctx = SessionContext::new();
+    ctx.register_table("t", t.table_provider().await.unwrap())
+        .unwrap();
+    let order = if table == RFM { "user_id" } else { "day" };
+    let cols = if table == RFM {
+        "user_id, monetary, segment"
+    } else {
+        "day, revenue"
+    };
+    let b = ctx
+        .sql(&format!("SELECT {cols} FROM t ORDER BY {order}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    pretty_format_batches(&b).unwrap().to_string()
+}
+
+#[test]
+fn each_result_is_committed_once_in_order_and_daily_tables_replace_only_changed_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::at(&Location::Dir(dir.path().to_path_buf())).unwrap();
+    rt().block_on(async {
+        let first = vec![
+            (
+                DAILY_SALES,
+                daily(&[("2020-01-01", "10.00"), ("2020-01-02", "5.50")]).await,
+            ),
+            (RFM, rfm(&[7, 1_515_915_625_441_993_984]).await),
+        ];
+        let done = publish(&lake, 3, first.clone()).await.unwrap();
+        // Created at version 0, the result at version 1: both days, and the whole of rfm.
+        assert_eq!(
+            done.committed,
+            vec![
+                (DAILY_SALES.to_string(), 1, Some(2)),
+                (RFM.to_string(), 1, None)
+            ]
+        );
+        let v1 = read(&lake, DAILY_SALES, None).await;
+        assert!(
+            v1.contains("2020-01-01 | 10.00") && v1.contains("2020-01-02 | 5.50"),
+            "{v1}"
+        );
+        let customers = read(&lake, RFM, None).await;
+        assert!(customers.contains("1515915625441993984"), "{customers}");
+
+        // The same result again, or an older one: nothing committed.
+        for seq in [3, 2] {
+            let again = publish(&lake, seq, first.clone()).await.unwrap();
+            assert!(again.committed.is_empty(), "{again:?}");
+            assert_eq!(again.skipped, vec![DAILY_SALES, RFM]);
+        }
+
+        // A newer result: January 2 changed and January 3 is new; January 1 stays as it was.
+        let second = vec![
+            (
+                DAILY_SALES,
+                daily(&[
+                    ("2020-01-01", "10.00"),
+                    ("2020-01-02", "6.50"),
+                    ("2020-01-03", "1.25"),
+                ])
+                .await,
+            ),
+            (RFM, rfm(&[7, 8]).await),
+        ];
+        let done = publish(&lake, 4, second.clone()).await.unwrap();
+        assert_eq!(
+            done.committed,
+            vec![
+                (DAILY_SALES.to_string(), 2, Some(2)),
+                (RFM.to_string(), 2, None)
+            ]
+        );
+        let v2 = read(&lake, DAILY_SALES, None).await;
+        for want in [
+            "2020-01-01 | 10.00",
+            "2020-01-02 | 6.50",
+            "2020-01-03 | 1.25",
+        ] {
+            assert!(v2.contains(want), "{v2}");
+        }
+        assert!(!v2.contains("5.50"), "{v2}");
+        let customers = read(&lake, RFM, None).await;
+        assert!(
+            customers.contains("| 8 ") && !customers.contains("1515915625441993984"),
+            "{customers}"
+        );
+
+        // History: version 1 reads as the first result did.
+        assert_eq!(read(&lake, DAILY_SALES, Some(AsOf::Version(1))).await, v1);
+
+        // A result that changes nothing still records itself (versions stay in step).
+        let done = publish(&lake, 5, second).await.unwrap();
+        assert_eq!(
+            done.committed,
+            vec![
+                (DAILY_SALES.to_string(), 3, Some(0)),
+                (RFM.to_string(), 3, None)
+            ]
+        );
+        assert_eq!(read(&lake, DAILY_SALES, None).await, v2);
+    });
+}
+
+#[test]
+fn as_of_reads_versions_and_rfc3339_times() {
+    assert_eq!("12".parse::<AsOf>(), Ok(AsOf::Version(12)));
+    let t = "2020-11-01T10:00:00+02:00".parse::<AsOf>().unwrap();
+    assert_eq!(t, AsOf::Time("2020-11-01T08:00:00Z".parse().unwrap()));
+    let e = "last month".parse::<AsOf>().unwrap_err();
+    assert!(e.contains("neither a table version"), "{e}");
+}
