@@ -124,3 +124,80 @@ fn run_tables_in_a_bucket_read_by_deltalake_and_polars_equal_query() {
     };
     assert_readers_agree(url_of, &env, ask);
 }
+
+/// `query --as-of` over the tables' history: two runs into one folder make versions 1 and
+/// 2; a version or a time between the runs reads the first run's tables, exactly, as the
+/// Python readers read that version.
+#[test]
+fn query_as_of_a_version_or_a_time_reads_the_tables_as_they_were() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = common::generate(tmp.path(), 6_000, 63);
+    let second_dir = tmp.path().join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let second = common::generate(&second_dir, 9_000, 64);
+    let (only_first, dir) = (tmp.path().join("first-only"), tmp.path().join("snaps"));
+    common::run(&first, &only_first, &["--max"]);
+    common::run(&first, &dir, &["--max", "--tables"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    common::run(&second, &dir, &["--max", "--tables"]);
+
+    let d = dir.to_str().unwrap();
+    let as_of = |at: &str, sql: &str| {
+        common::ok(&[
+            "query",
+            "--snapshot-dir",
+            d,
+            "--format",
+            "csv",
+            "--as-of",
+            at,
+            sql,
+        ])
+    };
+    for sql in common::TABLE_QUERIES {
+        let was = common::query_csv(&only_first, sql);
+        assert_eq!(as_of("1", sql), was, "{sql}");
+        assert_eq!(as_of(&between, sql), was, "{sql}");
+        let now = common::query_csv(&dir, sql);
+        assert_ne!(now, was, "{sql}");
+        assert_eq!(as_of("2", sql), now, "{sql}");
+    }
+    // The Python readers' version 1 is the same.
+    let tables = std::fs::canonicalize(dir.join("tables")).unwrap();
+    let table = "daily_sales";
+    let want = query_rows(table, |sql| common::query_csv(&only_first, sql));
+    let cols = columns(table);
+    let cols: Vec<&str> = cols.iter().map(String::as_str).collect();
+    let url = tables.join(table).display().to_string();
+    for reader in ["deltalake", "polars"] {
+        assert_eq!(
+            python::read_delta(reader, &url, &cols, &["--version", "1"], &[]),
+            want,
+            "{reader}"
+        );
+    }
+    // Before the first commit, and a version not yet made: said plainly.
+    let out = common::storepulse(&["query", "--snapshot-dir", d, "--as-of", "9", "SELECT 1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has versions up to 2; there is no version 9"),
+        "{err}"
+    );
+    let out = common::storepulse(&[
+        "query",
+        "--snapshot-dir",
+        tmp.path().join("first-only").to_str().unwrap(),
+        "--as-of",
+        "1",
+        "SELECT 1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no Delta tables") && err.contains("run --tables"),
+        "{err}"
+    );
+}

@@ -17,6 +17,11 @@ pub struct QueryArgs {
     /// newest snapshots are merged (seconds at millions of customers).
     #[arg(long, env = "STOREPULSE_MAX_BEHIND", default_value = "10m", value_parser = super::duration::parse_duration)]
     pub max_behind: std::time::Duration,
+    /// Read the tables as they were at this point of their Delta Lake history (`run
+    /// --tables`): a table version (0 is the empty table, n the n-th result published) or
+    /// an RFC 3339 time (the last commit at or before it).
+    #[arg(long, value_name = "VERSION|TIME")]
+    pub as_of: Option<crate::lake::AsOf>,
     /// The SQL statement (read-only).
     pub sql: String,
 }
@@ -28,6 +33,11 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         .build()?;
     let out = rt.block_on(async {
         let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
+        if let Some(as_of) = &args.as_of {
+            let session = crate::query::Session::open_as_of(&at, as_of).await?;
+            let (schema, batches) = session.sql(&args.sql).await?;
+            return Ok(crate::query::render(schema, &batches, args.format)?);
+        }
         let session = crate::query::Session::open_at(&at, args.max_behind).await?;
         match &session.cut {
             Some(cut) if !cut.is_newest() => tracing::info!("read {}", cut.describe()),

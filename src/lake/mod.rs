@@ -46,6 +46,14 @@ pub enum LakeError {
     },
     #[error("the tables' location {0}: {1}")]
     Location(String, String),
+    #[error(
+        "the Delta table {table} has versions up to {newest}; there is no version {asked} yet"
+    )]
+    NoVersion {
+        table: String,
+        newest: u64,
+        asked: u64,
+    },
     #[error("reading the snapshot's {table}: {message}")]
     Read { table: String, message: String },
 }
@@ -133,6 +141,17 @@ impl Lake {
     /// `table` as of `version`, or of the last commit at or before `time`.
     pub async fn open_as_of(&self, table: &str, at: &AsOf) -> Result<DeltaTable, LakeError> {
         let mut t = DeltaTable::new(self.log_store(table)?);
+        if let AsOf::Version(v) = at {
+            t.load().await.map_err(|e| delta(table, e))?;
+            let newest = t.version().unwrap_or(0);
+            if *v > newest {
+                return Err(LakeError::NoVersion {
+                    table: table.to_string(),
+                    newest,
+                    asked: *v,
+                });
+            }
+        }
         let loaded = match at {
             AsOf::Version(v) => t.load_version(*v).await,
             AsOf::Time(time) => t.load_with_datetime(*time).await,

@@ -37,6 +37,10 @@ pub enum QueryError {
     Sql(DataFusionError),
     #[error("formatting the result failed: {0}")]
     Format(#[from] ArrowError),
+    #[error(transparent)]
+    Lake(#[from] crate::lake::LakeError),
+    #[error("{0} holds no Delta tables: `run --tables` publishes them")]
+    NoTables(String),
 }
 
 impl From<DataFusionError> for QueryError {
@@ -145,6 +149,34 @@ impl Session {
         };
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session { ctx, parts, cut })
+    }
+
+    /// The four tables as they were at `as_of` in their Delta Lake history (`run --tables`),
+    /// each table at its own version for that point (versions move in step: version n of
+    /// every table is the n-th result published).
+    pub async fn open_as_of(
+        at: &Location,
+        as_of: &crate::lake::AsOf,
+    ) -> Result<Session, QueryError> {
+        if let Location::Dir(dir) = at {
+            let tables = dir.join(crate::lake::TABLES_DIR);
+            if !tables.is_dir() {
+                return Err(QueryError::NoTables(dir.display().to_string()));
+            }
+        }
+        let lake = crate::lake::Lake::at(at)?;
+        let ctx = SessionContext::new();
+        for table in QUERY_TABLES {
+            let t = lake.open_as_of(table, as_of).await?;
+            let provider = t.table_provider().await?;
+            ctx.register_table(table, provider)?;
+        }
+        ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
+        Ok(Session {
+            ctx,
+            parts: Vec::new(),
+            cut: None,
+        })
     }
 
     /// Whether this session merges a topic's partitions (no view read).
