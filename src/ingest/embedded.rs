@@ -148,7 +148,15 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
     let _ = tx.send(last);
     drop(tx);
     let outcome = core_thread.join().expect("core thread panicked");
-    read_result?;
+    if read_result.is_err() || outcome.is_err() {
+        // The run fails: its last publish is still waited for (never left running while the
+        // process exits), and its own error said beside the run's.
+        if let Some(Err(e)) = follower.map(crate::lake::Follower::finish) {
+            tracing::warn!(error = %e, "the result tables were not published");
+        }
+        read_result?;
+        return Ok(outcome?);
+    }
     let outcome = outcome?;
     if let Some(follower) = follower {
         let published = follower.finish()?;

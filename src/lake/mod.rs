@@ -54,6 +54,11 @@ pub enum LakeError {
         newest: u64,
         asked: u64,
     },
+    #[error(
+        "the tables hold different results at that point (table, result): {0}; a version or a \
+         time a few seconds earlier or later reads one result"
+    )]
+    Mixed(String),
     #[error("reading the snapshot's {table}: {message}")]
     Read { table: String, message: String },
 }
@@ -185,6 +190,15 @@ impl std::str::FromStr for AsOf {
                 )
             })
     }
+}
+
+/// The result (the snapshot id of its `txn`) a loaded table holds; `None` for version 0.
+pub async fn result_of(table: &DeltaTable, name: &str) -> Result<Option<i64>, LakeError> {
+    let snapshot = table.snapshot().map_err(|e| delta(name, e))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), APP_ID)
+        .await
+        .map_err(|e| delta(name, e))
 }
 
 fn delta(table: &str, source: DeltaTableError) -> LakeError {

@@ -39,13 +39,19 @@ pub async fn publish(
 ) -> Result<Published, LakeError> {
     let mut out = Published::default();
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+    // Everything that can fail on this result's own content (a table to create, a row that
+    // does not fit Delta's types) happens before any table commits, so that such a result
+    // leaves every table as it was rather than some of them ahead.
+    let mut ready = Vec::new();
     for (name, batches) in tables {
         let table = ensure(lake, name).await?;
         if last_seq(&table, name).await? >= Some(seq) {
             out.skipped.push(name.to_string());
             continue;
         }
-        let batches = to_delta(name, batches)?;
+        ready.push((name, table, to_delta(name, batches)?));
+    }
+    for (name, table, batches) in ready {
         match commit(&table, name, seq, batches).await {
             Ok((version, days)) => out.committed.push((name.to_string(), version, days)),
             Err(e) => {
@@ -66,11 +72,7 @@ pub async fn publish(
 
 /// The last result sequence committed to `table`.
 async fn last_seq(table: &DeltaTable, name: &str) -> Result<Option<i64>, LakeError> {
-    let snapshot = table.snapshot().map_err(|e| delta(name, e))?;
-    snapshot
-        .transaction_version(table.log_store().as_ref(), APP_ID)
-        .await
-        .map_err(|e| delta(name, e))
+    super::result_of(table, name).await
 }
 
 /// The table, created (empty, version 0) if it does not exist yet. Creation never retries

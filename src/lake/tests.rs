@@ -183,3 +183,77 @@ fn as_of_reads_versions_and_rfc3339_times() {
     let e = "last month".parse::<AsOf>().unwrap_err();
     assert!(e.contains("neither a table version"), "{e}");
 }
+
+#[test]
+fn a_result_refused_for_its_content_commits_no_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::at(&Location::Dir(dir.path().to_path_buf())).unwrap();
+    rt().block_on(async {
+        let good = vec![
+            (DAILY_SALES, daily(&[("2020-01-01", "10.00")]).await),
+            (RFM, rfm(&[7]).await),
+        ];
+        publish(&lake, 1, good).await.unwrap();
+        // A customer id Delta's `long` cannot hold: rfm is refused, and daily_sales, which
+        // comes first, is not committed either.
+        let bad = vec![
+            (DAILY_SALES, daily(&[("2020-01-01", "12.00")]).await),
+            (RFM, rfm(&[u64::MAX]).await),
+        ];
+        assert!(publish(&lake, 2, bad).await.is_err());
+        for table in [DAILY_SALES, RFM] {
+            let t = lake.open(table).await.unwrap().unwrap();
+            assert_eq!(t.version(), Some(1), "{table}");
+            assert_eq!(result_of(&t, table).await.unwrap(), Some(1), "{table}");
+        }
+    });
+}
+
+/// Rows of a daily table by category or brand (`column`): one per day.
+async fn by(column: &str, days: &[&str]) -> Vec<RecordBatch> {
+    let values = days
+        .iter()
+        .map(|d| format!("(CAST('{d}' AS DATE), 'x', CAST(1 AS DECIMAL(18,2)), 1, 1)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rows(&format!(
+        "SELECT column1 AS day, column2 AS {column}, column3 AS revenue, column4 AS items, \
+         column5 AS orders FROM (VALUES {values})"
+    ))
+    .await
+}
+
+#[test]
+fn as_of_refuses_tables_that_hold_different_results() {
+    use crate::snapshot::tables::{DAILY_BRAND_SALES, DAILY_CATEGORY_SALES};
+    let dir = tempfile::tempdir().unwrap();
+    let at = Location::Dir(dir.path().to_path_buf());
+    let lake = Lake::at(&at).unwrap();
+    rt().block_on(async {
+        let result = |day: &'static str| async move {
+            vec![
+                (DAILY_SALES, daily(&[(day, "1.00")]).await),
+                (DAILY_CATEGORY_SALES, by("category_code", &[day]).await),
+                (DAILY_BRAND_SALES, by("brand", &[day]).await),
+                (RFM, rfm(&[7]).await),
+            ]
+        };
+        publish(&lake, 1, result("2020-01-01").await).await.unwrap();
+        // daily_sales alone gets a later result (as a publish that failed after its first
+        // table leaves it): at the next result it is skipped and the others move on.
+        publish(
+            &lake,
+            5,
+            vec![(DAILY_SALES, daily(&[("2020-01-05", "5.00")]).await)],
+        )
+        .await
+        .unwrap();
+        let done = publish(&lake, 2, result("2020-01-02").await).await.unwrap();
+        assert_eq!(done.skipped, vec![DAILY_SALES]);
+        let ok = crate::query::Session::open_as_of(&at, &AsOf::Version(1)).await;
+        assert!(ok.is_ok());
+        let mixed = crate::query::Session::open_as_of(&at, &AsOf::Version(2)).await;
+        let e = mixed.err().expect("a mix is refused").to_string();
+        assert!(e.contains("hold different results"), "{e}");
+    });
+}

@@ -166,10 +166,17 @@ impl Session {
         }
         let lake = crate::lake::Lake::at(at)?;
         let ctx = SessionContext::new();
+        let mut results = Vec::new();
         for table in QUERY_TABLES {
             let t = lake.open_as_of(table, as_of).await?;
+            results.push((table, crate::lake::result_of(&t, table).await?));
             let provider = t.table_provider().await?;
             ctx.register_table(table, provider)?;
+        }
+        // Never an answer that mixes two results: a time while a result was being committed
+        // table by table, or tables whose versions fell out of step after a failed publish.
+        if results.windows(2).any(|w| w[0].1 != w[1].1) {
+            return Err(crate::lake::LakeError::Mixed(format!("{results:?}")).into());
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {
