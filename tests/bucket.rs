@@ -9,24 +9,9 @@ mod common;
 #[path = "common/s3.rs"]
 mod s3;
 
-use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn with_env(server: &s3::Server, args: &[&str]) -> Output {
-    server.command(args).output().unwrap()
-}
-
-fn ok_with_env(server: &s3::Server, args: &[&str]) -> String {
-    let out = with_env(server, args);
-    assert!(
-        out.status.success(),
-        "storepulse {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 use common::TABLE_QUERIES as TABLES;
 
@@ -41,20 +26,17 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
     let url = server.url("runs/first");
     let input_arg = input.to_str().unwrap();
     let run = || {
-        ok_with_env(
-            &server,
-            &[
-                "run",
-                "--input",
-                input_arg,
-                "--max",
-                "--no-progress",
-                "--snapshot-dir",
-                &url,
-                "--keep-snapshots",
-                "2",
-            ],
-        )
+        server.ok(&[
+            "run",
+            "--input",
+            input_arg,
+            "--max",
+            "--no-progress",
+            "--snapshot-dir",
+            &url,
+            "--keep-snapshots",
+            "2",
+        ])
     };
     let printed = run();
     assert!(
@@ -64,10 +46,7 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
     for sql in TABLES {
         let want = common::query_csv(&local, sql);
         assert!(want.lines().count() > 10, "{want}");
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, want, "{sql}");
     }
 
@@ -142,10 +121,7 @@ fn run_to_a_bucket_then_query_and_serve_from_it_equal_the_local_run() {
     assert_eq!(reply["rows"][0]["f"].as_str(), Some(want[1]), "{reply}");
     drop(page);
     for sql in TABLES {
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
 }
@@ -215,10 +191,7 @@ fn a_store_that_fails_requests_publishes_nothing_half_and_loses_nothing() {
         "{err}"
     );
     for sql in TABLES {
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
     // Nothing half: every snapshot folder with a manifest holds every file it lists, and
@@ -318,10 +291,7 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
         "only the lines after the snapshot are read again: {resumed}"
     );
     for sql in TABLES {
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
     // (Rejected lines are kept byte for byte, not always UTF-8.)
@@ -385,10 +355,7 @@ fn a_store_away_for_a_while_is_waited_for() {
     let server = s3::Server::start_on("shop", &addr);
     run.wait_ok(std::time::Duration::from_secs(90));
     for sql in TABLES {
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
 }
@@ -402,23 +369,17 @@ fn a_prefix_with_characters_that_need_escaping_is_read_back() {
     let local = tmp.path().join("local");
     common::run(&input, &local, &["--max"]);
     let url = server.url("odd ~#%[]{}^|<>\"*?/x");
-    ok_with_env(
-        &server,
-        &[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--max",
-            "--no-progress",
-            "--snapshot-dir",
-            &url,
-        ],
-    );
+    server.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--max",
+        "--no-progress",
+        "--snapshot-dir",
+        &url,
+    ]);
     for sql in TABLES {
-        let got = ok_with_env(
-            &server,
-            &["query", "--format", "csv", "--snapshot-dir", &url, sql],
-        );
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
 }
@@ -468,7 +429,7 @@ fn a_run_whose_prefix_another_run_claims_stops_with_the_error_and_changes_nothin
         "--max",
         "--no-progress",
     ];
-    ok_with_env(&server, &[&args[..], &["--snapshot-dir", &url]].concat());
+    server.ok(&[&args[..], &["--snapshot-dir", &url]].concat());
     let (pointer, name) = s3::pointer(&server, "shared");
     let out = slow.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -486,10 +447,7 @@ fn a_run_whose_prefix_another_run_claims_stops_with_the_error_and_changes_nothin
     common::run(&input, &local, &["--max"]);
     for sql in TABLES {
         assert_eq!(
-            ok_with_env(
-                &server,
-                &["query", "--format", "csv", "--snapshot-dir", &url, sql]
-            ),
+            server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]),
             common::query_csv(&local, sql),
             "{sql}"
         );

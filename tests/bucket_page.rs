@@ -17,23 +17,16 @@ use common::wait::{wait_until, wait_until_ok};
 const LIMIT: Duration = Duration::from_secs(60);
 
 fn run_into(server: &s3::Server, input: &std::path::Path, url: &str) {
-    let out = server
-        .command(&[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--max",
-            "--no-progress",
-            "--snapshot-dir",
-            url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let input = input.to_str().unwrap();
+    server.ok(&[
+        "run",
+        "--input",
+        input,
+        "--max",
+        "--no-progress",
+        "--snapshot-dir",
+        url,
+    ]);
 }
 
 /// `/api/snapshot`'s version and `/api/overview`'s body, once both answer 200.

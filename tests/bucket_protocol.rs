@@ -17,16 +17,6 @@ use storepulse::snapshot::{
     Counts, InputPosition, Publisher, SnapshotError, SnapshotMeta, SnapshotStore, WindowConfig,
 };
 
-fn ok_with_env(server: &s3::Server, args: &[&str]) -> String {
-    let out = server.command(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "storepulse {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A core fed `events` generated lines, and what its snapshot records beside it, with
 /// `rejected_bytes` of the folder's `rejected.csv` covered.
 fn state_of(events: u64, rejected_bytes: u64) -> (Core, SnapshotMeta) {
@@ -404,17 +394,14 @@ fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
     assert!(customers[0] < customers[1], "{customers:?}");
     let url = server.url("t");
     let count = |server: &s3::Server| {
-        ok_with_env(
-            server,
-            &[
-                "query",
-                "--format",
-                "csv",
-                "--snapshot-dir",
-                &url,
-                "SELECT COUNT(*) AS n FROM rfm",
-            ],
-        )
+        server.ok(&[
+            "query",
+            "--format",
+            "csv",
+            "--snapshot-dir",
+            &url,
+            "SELECT COUNT(*) AS n FROM rfm",
+        ])
     };
     assert_eq!(count(&server), format!("n\n{}\n", customers[1]));
     let (_, newest) = pointer(&server, "t/partitions/purchases-0");

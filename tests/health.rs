@@ -102,14 +102,7 @@ fn a_snapshot_upload_that_hangs_fails_healthz_only_once_the_pipeline_waits_for_i
     let summary = common::summary(&out);
     assert_eq!(summary["state"], "complete", "{summary}");
     for sql in common::TABLE_QUERIES {
-        let got = String::from_utf8(
-            server
-                .command(&["query", "--format", "csv", "--snapshot-dir", &url, sql])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
+        let got = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
         assert_eq!(got, common::query_csv(&local, sql), "{sql}");
     }
 }

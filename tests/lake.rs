@@ -90,38 +90,19 @@ fn run_tables_in_a_bucket_read_by_deltalake_and_polars_equal_query() {
     let tmp = tempfile::tempdir().unwrap();
     let input = common::generate(tmp.path(), 20_000, 62);
     let url = server.url("shop/runs");
-    let out = server
-        .command(&[
-            "run",
-            "--input",
-            input.to_str().unwrap(),
-            "--max",
-            "--no-progress",
-            "--tables",
-            "--snapshot-dir",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--max",
+        "--no-progress",
+        "--tables",
+        "--snapshot-dir",
+        &url,
+    ]);
     let env: Vec<(&str, String)> = server.env();
     let url_of = |t: &str| format!("{url}/tables/{t}");
-    let ask = |sql: &str| {
-        let out = server
-            .command(&["query", "--format", "csv", "--snapshot-dir", &url, sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let ask = |sql: &str| server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
     assert_readers_agree(url_of, &env, ask);
 }
 

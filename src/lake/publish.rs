@@ -14,7 +14,7 @@ use deltalake::kernel::{StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 
-use super::{delta, Lake, LakeError, APP_ID};
+use super::{delta, result_of, Lake, LakeError, APP_ID};
 use crate::snapshot::tables::{self, RFM};
 
 /// What one publish did, table by table.
@@ -45,7 +45,7 @@ pub async fn publish(
     let mut ready = Vec::new();
     for (name, batches) in tables {
         let table = ensure(lake, name).await?;
-        if last_seq(&table, name).await? >= Some(seq) {
+        if result_of(&table, name).await? >= Some(seq) {
             out.skipped.push(name.to_string());
             continue;
         }
@@ -59,7 +59,7 @@ pub async fn publish(
                 // after it): the log says.
                 let table = lake.open(name).await?;
                 match table {
-                    Some(t) if last_seq(&t, name).await? >= Some(seq) => {
+                    Some(t) if result_of(&t, name).await? >= Some(seq) => {
                         out.skipped.push(name.to_string())
                     }
                     _ => return Err(e),
@@ -68,11 +68,6 @@ pub async fn publish(
         }
     }
     Ok(out)
-}
-
-/// The last result sequence committed to `table`.
-async fn last_seq(table: &DeltaTable, name: &str) -> Result<Option<i64>, LakeError> {
-    super::result_of(table, name).await
 }
 
 /// The table, created (empty, version 0) if it does not exist yet. Creation never retries

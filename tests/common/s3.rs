@@ -319,6 +319,17 @@ impl Server {
         command_for(&self.addr.to_string(), args)
     }
 
+    /// `storepulse` with `args` against this server, insisting on success: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "storepulse {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `s3://<bucket>/<prefix>`.
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
