@@ -244,25 +244,34 @@ pub(crate) fn version_of(dir: &Path, parts: &[Published]) -> String {
 /// (on a blocking thread) and has the page's worker compute its default overview. The
 /// first snapshot is shown at once (its first viewer waits for the overview); a newer one
 /// only once its overview is ready, so that viewers are answered from the cache meanwhile
-/// (at millions of customers an overview takes seconds).
+/// (at millions of customers an overview takes seconds). A request that finds the shown
+/// snapshot pruned moves on by itself (`refresh`); whichever of the two installs later
+/// does so only if the page still shows what it showed when it read the newest, so a slow
+/// overview never puts an older snapshot back (and wipes the newer one's overviews).
 async fn reload(state: Arc<State>) {
     let mut seen = String::new();
     loop {
         let v = crate::snapshot::view::pointers_at(&state.location).await;
         if !v.is_empty() && v != seen {
             seen = v.clone();
+            let shown = shown(&state);
             if let Some(next) = newest(&state).await {
                 let version = next.version.clone();
-                match state.known().is_some() {
+                let installed = match shown.is_some() {
                     true => {
                         api::warm(&state, &version).await;
-                        install(&state, next);
+                        install(&state, next, shown.as_deref())
                     }
                     false => {
-                        install(&state, next);
+                        let installed = install(&state, next, None);
                         let warm = state.clone();
                         tokio::spawn(async move { api::warm(&warm, &version).await });
+                        installed
                     }
+                };
+                if !installed {
+                    // Something else moved the page meanwhile: look again.
+                    seen.clear();
                 }
             }
         }
@@ -270,12 +279,18 @@ async fn reload(state: Arc<State>) {
     }
 }
 
-/// Reads the manifests of the newest complete snapshot and makes it current; whether it
-/// could.
+/// The version the page shows, if any.
+fn shown(state: &State) -> Option<String> {
+    state.known().map(|k| k.version.clone())
+}
+
+/// Reads the manifests of the newest complete snapshot and makes it current (unless the
+/// page moved meanwhile); whether it could.
 pub(crate) async fn refresh(state: &Arc<State>) -> bool {
+    let shown = shown(state);
     match newest(state).await {
         Some(next) => {
-            install(state, next);
+            install(state, next, shown.as_deref());
             true
         }
         None => false,
@@ -304,16 +319,24 @@ async fn newest(state: &Arc<State>) -> Option<Known> {
     }
 }
 
-/// Makes `next` the snapshot shown, and forgets the overviews of any other.
-fn install(state: &State, next: Known) {
+/// Makes `next` the snapshot shown, and forgets the overviews of any other, if the page
+/// still shows `shown` (what it showed when `next` was read); whether it did.
+fn install(state: &State, next: Known, shown: Option<&str>) -> bool {
     let version = next.version.clone();
-    *state.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(next));
+    {
+        let mut current = state.current.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().map(|k| k.version.as_str()) != shown {
+            return false;
+        }
+        *current = Some(Arc::new(next));
+    }
     state.set_problem(None);
     state
         .overviews
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .retain(|(v, _), _| *v == version);
+    true
 }
 
 /// What the page shows about a snapshot (`parts`: one for `run` or a merged view, one per
