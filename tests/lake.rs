@@ -1,7 +1,9 @@
 //! The result tables as Delta Lake tables (`run --tables`), read by readers nobody here
 //! wrote: the Python `deltalake` package and Polars' `read_delta` (from PyPI, see
 //! `common/python.rs`), from a local folder and from the S3 server linked into this test.
-//! Every row of every table equals `query`'s answer, money as exact decimals.
+//! Every row of every table equals `query`'s answer, money as exact decimals. And
+//! `process --tables`: two processors through a real broker (tansu) publishing each merged
+//! view once.
 
 mod common;
 #[path = "common/python.rs"]
@@ -10,6 +12,9 @@ mod python;
 mod s3;
 
 use std::path::Path;
+
+use common::kafka_cases::{assert_same_tables, paced_replay, process_args, Case, LIMIT};
+use common::spawn::Proc;
 
 use storepulse::snapshot::tables::{schema, QUERY_TABLES};
 
@@ -181,4 +186,74 @@ fn query_as_of_a_version_or_a_time_reads_the_tables_as_they_were() {
         err.contains("holds no Delta tables") && err.contains("run --tables"),
         "{err}"
     );
+}
+
+/// The results (application transactions) of a local table's commits, in version order.
+fn results_in_log(table: &Path) -> Vec<u64> {
+    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    logs.sort();
+    let mut results = Vec::new();
+    for log in logs {
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(txn) = action.get("txn") {
+                assert_eq!(txn["appId"], "storepulse", "{}", log.display());
+                results.push(txn["version"].as_u64().unwrap());
+            }
+        }
+    }
+    results
+}
+
+/// `process --tables`: two processors, two partitions each (static assignment), write
+/// merged views every 100 ms beside the stream and publish each one's tables, racing each
+/// other. Each table's log holds results in increasing order, none twice; the last is the
+/// last view; the tables equal `query` (which reads that view) and `run` on the file.
+#[test]
+fn two_processors_publish_each_merged_view_once_and_end_equal_to_query() {
+    let _serial = common::kafka::serial();
+    let c = Case::generated(12_000, 65, 4);
+    let with = |assign| {
+        process_args(
+            &c.broker,
+            &c.got,
+            &[
+                "--stop-at-end",
+                "--assign",
+                assign,
+                "--tables",
+                "--view-interval",
+                "100ms",
+            ],
+        )
+    };
+    let a = Proc::spawn("processor a", &with("0,1"));
+    let b = Proc::spawn("processor b", &with("2,3"));
+    paced_replay(&c.broker, &c.input, "3000").wait_ok(LIMIT);
+    a.wait_ok(LIMIT);
+    b.wait_ok(LIMIT);
+    assert_same_tables(&c.want, &c.got);
+    let tables = std::fs::canonicalize(c.got.join("tables")).unwrap();
+    let url_of = |t: &str| tables.join(t).display().to_string();
+    assert_readers_agree(url_of, &[], |sql| common::query_csv(&c.got, sql));
+    let last_view = common::manifest(&c.got.join("merged"))["id"]
+        .as_u64()
+        .unwrap();
+    for table in QUERY_TABLES {
+        let results = results_in_log(&tables.join(table));
+        assert!(
+            results.len() >= 3,
+            "{table}: views published while streaming: {results:?}"
+        );
+        assert!(
+            results.windows(2).all(|w| w[0] < w[1]),
+            "{table}: {results:?}"
+        );
+        assert_eq!(results.last(), Some(&last_view), "{table}: {results:?}");
+    }
 }

@@ -36,6 +36,11 @@ pub struct ProcessArgs {
     /// this often while consuming, beside the stream; one more at the end.
     #[arg(long, env = "STOREPULSE_VIEW_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub view_interval: std::time::Duration,
+    /// Also publish the four result tables as Delta Lake tables in <snapshot-dir>/tables/:
+    /// one commit per table per merged view (whichever processor wrote it), and the last
+    /// view's at the end.
+    #[arg(long, env = "STOREPULSE_TABLES")]
+    pub tables: bool,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Take these partitions of the topic without the group's rebalancing: `all`, or a
@@ -93,7 +98,12 @@ fn parse_assignment(text: &str) -> Result<Assignment, String> {
 }
 
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
-    let (snapshot_dir, remote) = match crate::snapshot::Location::parse(&args.snapshot_dir)? {
+    let location = crate::snapshot::Location::parse(&args.snapshot_dir)?;
+    let tables = match args.tables {
+        true => Some(crate::lake::Lake::at(&location)?),
+        false => None,
+    };
+    let (snapshot_dir, remote) = match location {
         crate::snapshot::Location::Dir(dir) => (dir, None),
         crate::snapshot::Location::Bucket(bucket) => (bucket.work_dir(), Some(bucket)),
     };
@@ -112,6 +122,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         window: WindowConfig::of(&core, "set by the replayer".into()),
         stop_at_end: args.stop_at_end,
         assignment: args.assign.clone().map(|a| a.0),
+        tables,
     };
     crate::metrics::health::get().configure(crate::metrics::health::HealthConfig {
         stall_timeout: stall(args.stall_timeout),

@@ -99,6 +99,7 @@ pub fn process(
     }
     // The partitions' folders are unlocked before the group is left.
     drop(lanes);
+    let views = pipeline.views();
     let Partitions { outcome, view, .. } = pipeline;
     let mut outcome = outcome;
     outcome.not_final = waiting;
@@ -108,6 +109,11 @@ pub fn process(
     // Once the group is left (its partitions go on elsewhere at once): the view of the
     // latest set, which covers this process's last snapshots.
     outcome.views = view.finish()?;
+    // The tables of the newest view (whoever wrote it), unless they hold it already.
+    if let Some(lake) = &config.tables {
+        let p = crate::lake::publish_latest(lake, &views)?;
+        tracing::info!(committed = ?p.committed, skipped = ?p.skipped, "tables published");
+    }
     Ok(outcome)
 }
 

@@ -28,8 +28,8 @@ use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
-    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, Published, Publisher,
-    SnapshotError, SnapshotMeta, SnapshotStore, Written,
+    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, Location, Published,
+    Publisher, SnapshotError, SnapshotMeta, SnapshotStore, Written,
 };
 
 /// How long the end of a run waits for undelivered dead letters before it gives up the
@@ -208,12 +208,17 @@ impl Partitions {
         commits: Commits,
         asks: Arc<Asks>,
     ) -> Self {
+        let view = view::Periodic::new(
+            &config.snapshot_dir,
+            config.remote.clone(),
+            config.view_interval,
+        );
+        let view = match &config.tables {
+            Some(lake) => view.with_after(tables_after(lake.clone(), views_of(&config))),
+            None => view,
+        };
         Self {
-            view: view::Periodic::new(
-                &config.snapshot_dir,
-                config.remote.clone(),
-                config.view_interval,
-            ),
+            view,
             config,
             dead_letters,
             outcome: ProcessOutcome::default(),
@@ -224,6 +229,11 @@ impl Partitions {
             by_partition: BTreeMap::new(),
             asks,
         }
+    }
+
+    /// Where this processor's merged views are (what `process --tables` publishes).
+    pub fn views(&self) -> Location {
+        views_of(&self.config)
     }
 
     pub fn dead_letters(&self) -> &DeadLetters {
@@ -653,3 +663,23 @@ fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<
 
 #[cfg(test)]
 mod tests;
+
+/// The merged views of the topic `config` processes: `<dir>/merged/`, in its folder or its
+/// bucket.
+fn views_of(config: &ProcessConfig) -> Location {
+    match &config.remote {
+        Some(bucket) => Location::Bucket(bucket.child(crate::snapshot::VIEW_DIR)),
+        None => Location::Dir(crate::snapshot::view_dir(&config.snapshot_dir)),
+    }
+}
+
+/// After a view: its tables, published to `lake` (a failure waits for the next view).
+fn tables_after(lake: crate::lake::Lake, views: Location) -> view::AfterView {
+    std::sync::Arc::new(move || match crate::lake::publish_latest(&lake, &views) {
+        Ok(p) => tracing::debug!(?p, "tables published"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the tables were not published; tried again after the next view"
+        ),
+    })
+}

@@ -35,6 +35,9 @@ pub struct ProcessConfig {
     /// Take these partitions (all of them when empty) without group rebalancing, instead
     /// of subscribing with the group.
     pub assignment: Option<Vec<i32>>,
+    /// Publish the four result tables as Delta tables here: after each merged view this
+    /// processor writes, and the last view at the end (`process --tables`).
+    pub tables: Option<crate::lake::Lake>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,8 @@ pub enum ProcessError {
     Snapshot(#[from] SnapshotError),
     #[error("the pipeline driver stopped")]
     Stopped,
+    #[error(transparent)]
+    Tables(#[from] crate::lake::LakeError),
     #[error("the snapshot {0} is not a snapshot of this partition")]
     Foreign(PathBuf),
     #[error(

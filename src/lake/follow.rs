@@ -6,10 +6,12 @@
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::thread::JoinHandle;
 
-use super::{publish, Lake, LakeError, Published};
+use super::{publish, result_of, Lake, LakeError, Published};
+use crate::query::QueryError;
 use crate::snapshot::remote::{self, Location};
 use crate::snapshot::tables::QUERY_TABLES;
 use crate::snapshot::view::MAX_BEHIND;
+use crate::snapshot::SnapshotError;
 
 /// The thread that publishes the tables of a run's snapshots.
 pub struct Follower {
@@ -72,22 +74,42 @@ fn follow(lake: &Lake, at: &Location, rx: Receiver<()>) -> Result<Published, Lak
     publish_latest(lake, at)
 }
 
-/// Publishes the tables of the newest snapshot at `at`.
+/// Publishes the tables of the newest snapshot at `at` (a `run`'s snapshots, or a topic's
+/// merged views: `<dir>/merged/`); nothing when there is none yet.
 pub fn publish_latest(lake: &Lake, at: &Location) -> Result<Published, LakeError> {
     let read = |message: String| LakeError::Read {
         table: "snapshot".into(),
         message,
     };
     remote::block_on(async {
-        let session = crate::query::Session::open_at(at, MAX_BEHIND)
-            .await
-            .map_err(|e| read(e.to_string()))?;
+        let session = match crate::query::Session::open_at(at, MAX_BEHIND).await {
+            Ok(s) => s,
+            Err(QueryError::Snapshot(SnapshotError::None(_))) => return Ok(Published::default()),
+            Err(e) => return Err(read(e.to_string())),
+        };
         let seq = session
             .parts
             .iter()
             .map(|p| p.manifest.id)
             .max()
             .unwrap_or(0);
+        // Every table holds this result already (a rival publisher, a retry): nothing is
+        // read.
+        let mut held = Vec::new();
+        for name in QUERY_TABLES {
+            match lake.open(name).await? {
+                Some(t) if result_of(&t, name).await? >= i64::try_from(seq).ok() => {
+                    held.push(name.to_string())
+                }
+                _ => break,
+            }
+        }
+        if held.len() == QUERY_TABLES.len() {
+            return Ok(Published {
+                committed: Vec::new(),
+                skipped: held,
+            });
+        }
         let mut tables = Vec::new();
         for name in QUERY_TABLES {
             let (_, batches) = session

@@ -316,7 +316,13 @@ pub struct Periodic {
     job: Option<JoinHandle<Result<Option<Manifest>, SnapshotError>>>,
     /// Views this processor published.
     pub published: u64,
+    /// Run on the view's thread after each view this processor writes while streaming
+    /// (publishing the Delta tables of `process --tables`).
+    after: Option<AfterView>,
 }
+
+/// What runs after a view is written, on the view's thread.
+pub type AfterView = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Periodic {
     /// A writer of views of `dir` (or of `bucket`, staged in `dir`), at most once per
@@ -329,7 +335,14 @@ impl Periodic {
             last: None,
             job: None,
             published: 0,
+            after: None,
         }
+    }
+
+    /// Runs `after` on the view's thread after each view written while streaming.
+    pub fn with_after(mut self, after: AfterView) -> Self {
+        self.after = Some(after);
+        self
     }
 
     /// After a partition's snapshot is published: starts a view when one is due and none
@@ -343,12 +356,18 @@ impl Periodic {
             return;
         }
         self.last = Some(Instant::now());
-        let (dir, bucket) = (self.dir.clone(), self.bucket.clone());
+        let (dir, bucket, after) = (self.dir.clone(), self.bucket.clone(), self.after.clone());
         let job = std::thread::Builder::new()
             .name("storepulse-view".into())
-            .spawn(move || match bucket {
-                Some(b) => publish_to_bucket(&b, &dir),
-                None => publish(&dir, false),
+            .spawn(move || {
+                let written = match bucket {
+                    Some(b) => publish_to_bucket(&b, &dir),
+                    None => publish(&dir, false),
+                };
+                if let (Ok(Some(_)), Some(after)) = (&written, after) {
+                    after();
+                }
+                written
             });
         match job {
             Ok(job) => self.job = Some(job),

@@ -24,6 +24,7 @@ fn config(dir: &std::path::Path) -> ProcessConfig {
         window: WindowConfig::of(&core, "set by the replayer".into()),
         stop_at_end: false,
         assignment: None,
+        tables: None,
     }
 }
 
