@@ -12,6 +12,7 @@ mod python;
 mod s3;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::kafka_cases::{assert_same_tables, paced_replay, process_args, Case, LIMIT};
 use common::spawn::Proc;
@@ -256,4 +257,163 @@ fn two_processors_publish_each_merged_view_once_and_end_equal_to_query() {
         );
         assert_eq!(results.last(), Some(&last_view), "{table}: {results:?}");
     }
+}
+
+/// The four tables over a bucket prefix, through `query`, as `common::query_tables` has them.
+fn bucket_tables(server: &s3::Server, url: &str) -> Vec<String> {
+    common::TABLE_QUERIES
+        .iter()
+        .map(|sql| server.ok(&["query", "--format", "csv", "--snapshot-dir", url, sql]))
+        .collect()
+}
+
+fn run_args<'a>(input: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--input",
+        input,
+        "--no-progress",
+        "--tables",
+        "--snapshot-dir",
+        url,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The results committed to a table in a bucket, in version order (its log read from the
+/// server's folder).
+fn bucket_results(server: &s3::Server, prefix: &str, table: &str) -> Vec<u64> {
+    let path = server
+        .root
+        .path()
+        .join(&server.bucket)
+        .join(prefix)
+        .join("tables")
+        .join(table);
+    results_in_log(&path)
+}
+
+/// The id of the snapshot a bucket prefix's `LATEST` names (read from the server's folder).
+fn latest_id(server: &s3::Server, prefix: &str) -> u64 {
+    let at = server.root.path().join(&server.bucket).join(prefix);
+    let latest = std::fs::read_to_string(at.join("LATEST")).unwrap();
+    let name = latest.lines().next().unwrap().trim();
+    let manifest = std::fs::read_to_string(at.join(name).join("manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["id"].as_u64().unwrap()
+}
+
+/// The commit of a table's result answered with an error although it landed: the
+/// publisher finds it in the log, commits it nowhere twice, and the run ends well.
+#[test]
+fn a_commit_whose_answer_is_lost_is_found_in_the_log_and_not_made_again() {
+    let server = s3::Server::start("lake");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 6_000, 66);
+    let url = server.url("lost");
+    let first_commit = "lake/lost/tables/rfm/_delta_log/00000000000000000001.json";
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    {
+        let lost = lost.clone();
+        server.faults.hook(move |r| {
+            if r.method == http::Method::PUT && r.key == first_commit {
+                lost.fetch_add(1, Ordering::SeqCst);
+                if lost.load(Ordering::SeqCst) == 1 {
+                    return s3::Action::FailAfter(500);
+                }
+            }
+            s3::Action::Pass
+        });
+    }
+    server.ok(&run_args(input.to_str().unwrap(), &url, &["--max"]));
+    assert!(lost.load(Ordering::SeqCst) >= 1);
+    let id = bucket_results(&server, "lost", "daily_sales");
+    assert_eq!(id, [latest_id(&server, "lost")]);
+    for table in QUERY_TABLES {
+        assert_eq!(bucket_results(&server, "lost", table), id, "{table}");
+    }
+    let env = server.env();
+    assert_readers_agree(
+        |t| format!("{url}/tables/{t}"),
+        &env,
+        |sql| server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]),
+    );
+}
+
+/// `run --tables` killed (SIGKILL) while a commit is held: its table's new data files are
+/// written, its log entry is not. `run --resume --tables` finishes the file; every table
+/// holds each result at most once, in order, ends at the last snapshot, and equals `query`
+/// and an uninterrupted run of the whole file.
+#[test]
+fn a_run_killed_between_data_files_and_commit_resumes_to_exact_tables() {
+    let server = s3::Server::start("lake");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 12_000, 67);
+    let reference = tmp.path().join("reference");
+    common::run(&input, &reference, &["--max"]);
+    let url = server.url("killed");
+    let input = input.to_str().unwrap();
+
+    let held_commit = "lake/killed/tables/rfm/_delta_log/00000000000000000002.json";
+    let gate = s3::gate();
+    let held = std::sync::Arc::new(AtomicBool::new(false));
+    {
+        let (gate, held) = (gate.clone(), held.clone());
+        server.faults.hook(move |r| {
+            if r.method == http::Method::PUT && r.key == held_commit {
+                held.store(true, Ordering::SeqCst);
+                return s3::Action::Hold(gate.clone());
+            }
+            s3::Action::Pass
+        });
+    }
+    let paced = ["--rate", "2000", "--snapshot-interval", "200ms"];
+    let mut cmd = server.command(&run_args(input, &url, &paced));
+    let run = Proc::start("run", &mut cmd);
+    common::wait::wait_until(LIMIT, "the second commit to rfm", || {
+        held.load(Ordering::SeqCst)
+    });
+    let rfm = server
+        .root
+        .path()
+        .join(&server.bucket)
+        .join("killed/tables/rfm");
+    let data_files = || {
+        std::fs::read_dir(&rfm)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+            .count()
+    };
+    assert_eq!(
+        data_files(),
+        2,
+        "the first result's file and the held one's"
+    );
+    run.kill9();
+    server.faults.clear_hook();
+    gate.add_permits(1 << 20);
+    assert_eq!(bucket_results(&server, "killed", "rfm").len(), 1);
+
+    server.ok(&run_args(input, &url, &["--max", "--resume"]));
+    assert_eq!(
+        bucket_tables(&server, &url),
+        common::query_tables(&reference)
+    );
+    let last = latest_id(&server, "killed");
+    for table in QUERY_TABLES {
+        let results = bucket_results(&server, "killed", table);
+        assert!(
+            results.windows(2).all(|w| w[0] < w[1]),
+            "{table}: {results:?}"
+        );
+        assert_eq!(results.last(), Some(&last), "{table}: {results:?}");
+    }
+    let env = server.env();
+    assert_readers_agree(
+        |t| format!("{url}/tables/{t}"),
+        &env,
+        |sql| server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]),
+    );
 }
