@@ -228,6 +228,8 @@ fn two_processors_publish_each_merged_view_once_and_end_equal_to_query() {
                 "--assign",
                 assign,
                 "--tables",
+                "--tables-interval",
+                "0s",
                 "--view-interval",
                 "100ms",
             ],
@@ -368,7 +370,14 @@ fn a_run_killed_between_data_files_and_commit_resumes_to_exact_tables() {
             s3::Action::Pass
         });
     }
-    let paced = ["--rate", "2000", "--snapshot-interval", "200ms"];
+    let paced = [
+        "--rate",
+        "2000",
+        "--snapshot-interval",
+        "200ms",
+        "--tables-interval",
+        "0s",
+    ];
     let mut cmd = server.command(&run_args(input, &url, &paced));
     let run = Proc::start("run", &mut cmd);
     common::wait::wait_until(LIMIT, "the second commit to rfm", || {

@@ -299,3 +299,30 @@ pub fn stall(d: std::time::Duration) -> std::time::Duration {
         d
     }
 }
+
+/// The Delta Lake tables beside the snapshots (`run` and `process`).
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    /// Also publish the four result tables as Delta Lake tables in <snapshot-dir>/tables/
+    /// (readable by Spark, Polars, pandas, DuckDB; `query --as-of` reads their history).
+    #[arg(long, env = "STOREPULSE_TABLES")]
+    pub tables: bool,
+    /// Commit to the tables at most this often while streaming (the last result is always
+    /// committed): each commit rewrites the whole `rfm` table.
+    #[arg(long, env = "STOREPULSE_TABLES_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub tables_interval: std::time::Duration,
+    /// Keep this much of the tables' history (log entries and replaced data files), set
+    /// when a table is created.
+    #[arg(long, env = "STOREPULSE_TABLES_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub tables_retention: std::time::Duration,
+}
+
+impl TablesArgs {
+    /// The tables' policy, when `--tables` is on.
+    pub fn policy(&self) -> Option<crate::lake::Policy> {
+        self.tables.then_some(crate::lake::Policy {
+            every: self.tables_interval,
+            retention: self.tables_retention,
+        })
+    }
+}

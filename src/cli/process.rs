@@ -36,11 +36,10 @@ pub struct ProcessArgs {
     /// this often while consuming, beside the stream; one more at the end.
     #[arg(long, env = "STOREPULSE_VIEW_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub view_interval: std::time::Duration,
-    /// Also publish the four result tables as Delta Lake tables in <snapshot-dir>/tables/:
-    /// one commit per table per merged view (whichever processor wrote it), and the last
-    /// view's at the end.
-    #[arg(long, env = "STOREPULSE_TABLES")]
-    pub tables: bool,
+    /// `--tables`: one commit per table per merged view (whichever processor wrote it), and
+    /// the last view's at the end.
+    #[command(flatten)]
+    pub tables: super::flags::TablesArgs,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Take these partitions of the topic without the group's rebalancing: `all`, or a
@@ -99,9 +98,9 @@ fn parse_assignment(text: &str) -> Result<Assignment, String> {
 
 pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let location = crate::snapshot::Location::parse(&args.snapshot_dir)?;
-    let tables = match args.tables {
-        true => Some(crate::lake::Lake::at(&location)?),
-        false => None,
+    let tables = match args.tables.policy() {
+        Some(policy) => Some(crate::lake::Lake::at(&location)?.with_policy(policy)),
+        None => None,
     };
     let (snapshot_dir, remote) = match location {
         crate::snapshot::Location::Dir(dir) => (dir, None),

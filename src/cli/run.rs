@@ -43,10 +43,9 @@ pub struct RunArgs {
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
     #[arg(long)]
     pub resume: bool,
-    /// Also publish the four result tables as Delta Lake tables in <snapshot-dir>/tables/
-    /// (one commit per table per snapshot; readable by Spark, Polars, pandas, DuckDB).
-    #[arg(long, env = "STOREPULSE_TABLES")]
-    pub tables: bool,
+    /// `--tables`: one commit per table per snapshot (at most one per interval).
+    #[command(flatten)]
+    pub tables: super::flags::TablesArgs,
     /// /healthz fails when the pipeline has made no progress for this long while input is
     /// waiting (0s: never).
     #[arg(long, env = "STOREPULSE_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -73,7 +72,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         resume: args.resume,
         memory_limit: args.pace.memory_limit,
         remote,
-        tables: args.tables,
+        tables: args.tables.policy(),
     })
 }
 

@@ -40,8 +40,9 @@ pub struct RunConfig {
     pub memory_limit: usize,
     /// A bucket prefix every snapshot is published to after `snapshot_dir`.
     pub remote: Option<crate::snapshot::Bucket>,
-    /// Publish the result tables as Delta Lake tables beside the snapshots.
-    pub tables: bool,
+    /// Publish the result tables as Delta Lake tables beside the snapshots, kept by this
+    /// policy.
+    pub tables: Option<crate::lake::Policy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,16 +112,16 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         driver = driver.resumed(read, skip.lines, skip.events);
     }
     let follower = match config.tables {
-        true => {
+        Some(policy) => {
             let at = match &config.remote {
                 Some(bucket) => crate::snapshot::Location::Bucket(bucket.clone()),
                 None => crate::snapshot::Location::Dir(config.snapshot_dir.clone()),
             };
-            let (follower, notify) = crate::lake::Follower::start(at)?;
+            let (follower, notify) = crate::lake::Follower::start(at, policy)?;
             driver = driver.with_tables(notify);
             Some(follower)
         }
-        false => None,
+        None => None,
     };
     let (tx, rx) = sync_channel(2);
     let core_thread = std::thread::Builder::new()

@@ -673,13 +673,22 @@ fn views_of(config: &ProcessConfig) -> Location {
     }
 }
 
-/// After a view: its tables, published to `lake` (a failure waits for the next view).
+/// After a view: its tables, published to `lake` unless they were within the tables'
+/// interval (a failure waits for the next view).
 fn tables_after(lake: crate::lake::Lake, views: Location) -> view::AfterView {
-    std::sync::Arc::new(move || match crate::lake::publish_latest(&lake, &views) {
-        Ok(p) => tracing::debug!(?p, "tables published"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "the tables were not published; tried again after the next view"
-        ),
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Arc::new(move || {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < lake.policy.every) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match crate::lake::publish_latest(&lake, &views) {
+            Ok(p) => tracing::debug!(?p, "tables published"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the tables were not published; tried again after the next view"
+            ),
+        }
     })
 }

@@ -1,10 +1,12 @@
 //! `run --tables`: the tables follow the run's snapshots. A thread publishes the newest
-//! snapshot's tables each time the driver says one was published; snapshots published
-//! while it works are coalesced into one publish of the newest. When the run ends, the
-//! thread publishes once more (the last snapshot, if not done yet) and reports that one.
+//! snapshot's tables when the driver says one was published, at most once per
+//! `--tables-interval`; snapshots published while it works or waits are coalesced into one
+//! publish of the newest. When the run ends, the thread publishes once more (the last
+//! snapshot, if not done yet) and reports that one.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::{publish, result_of, Lake, LakeError, Published};
 use crate::query::QueryError;
@@ -30,9 +32,9 @@ impl Notify {
 }
 
 impl Follower {
-    /// Starts the thread for the snapshots at `at`.
-    pub fn start(at: Location) -> Result<(Follower, Notify), LakeError> {
-        let lake = Lake::at(&at)?;
+    /// Starts the thread for the snapshots at `at`, keeping the tables by `policy`.
+    pub fn start(at: Location, policy: super::Policy) -> Result<(Follower, Notify), LakeError> {
+        let lake = Lake::at(&at)?.with_policy(policy);
         let (tx, rx) = channel();
         let thread = std::thread::Builder::new()
             .name("storepulse-tables".into())
@@ -62,8 +64,21 @@ impl Follower {
 }
 
 fn follow(lake: &Lake, at: &Location, rx: Receiver<()>) -> Result<Published, LakeError> {
+    let mut last: Option<Instant> = None;
     while rx.recv().is_ok() {
+        // Not within the interval of the last publish: wait (the run's end cuts it short).
+        if let Some(due) = last.map(|t| t + lake.policy.every) {
+            loop {
+                let left = due.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(()) => continue,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return publish_latest(lake, at),
+                }
+            }
+        }
         while rx.try_recv().is_ok() {}
+        last = Some(Instant::now());
         match publish_latest(lake, at) {
             Ok(p) => tracing::debug!(?p, "tables published"),
             Err(e) => {
@@ -106,8 +121,8 @@ pub fn publish_latest(lake: &Lake, at: &Location) -> Result<Published, LakeError
         }
         if held.len() == QUERY_TABLES.len() {
             return Ok(Published {
-                committed: Vec::new(),
                 skipped: held,
+                ..Published::default()
             });
         }
         let mut tables = Vec::new();

@@ -19,10 +19,11 @@ mod follow;
 mod publish;
 
 pub use follow::{publish_latest, Follower, Notify};
-pub use publish::{publish, Published};
+pub use publish::{publish, Published, CHECKPOINT_EVERY};
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deltalake::logstore::{default_logstore, LogStoreRef, StorageConfig};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore};
@@ -63,11 +64,33 @@ pub enum LakeError {
     Read { table: String, message: String },
 }
 
-/// Where the tables live: a store and the URL of the `tables/` folder in it.
+/// How often the tables are committed to and how long their history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// At most one commit per table this often while streaming (the last result of a run
+    /// or of a processor is always committed).
+    pub every: Duration,
+    /// Log entries and removed data files are kept this long (set when a table is created):
+    /// time travel reaches this far back.
+    pub retention: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            every: Duration::from_secs(600),
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Where the tables live: a store and the URL of the `tables/` folder in it, and the
+/// policy they are kept by.
 #[derive(Clone)]
 pub struct Lake {
     root: Arc<dyn ObjectStore>,
     base: Url,
+    pub policy: Policy,
 }
 
 impl std::fmt::Debug for Lake {
@@ -89,6 +112,7 @@ impl Lake {
                 Ok(Lake {
                     root: bucket.store.clone(),
                     base,
+                    policy: Policy::default(),
                 })
             }
         }
@@ -106,7 +130,14 @@ impl Lake {
         Ok(Lake {
             root: Arc::new(object_store::local::LocalFileSystem::new()),
             base,
+            policy: Policy::default(),
         })
+    }
+
+    /// The same tables kept by `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Lake {
+        self.policy = policy;
+        self
     }
 
     /// The URL of `table`'s folder (what a reader is pointed at).

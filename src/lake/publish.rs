@@ -11,6 +11,7 @@ use datafusion::scalar::ScalarValue;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructField, Transaction};
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 
@@ -25,10 +26,13 @@ pub struct Published {
     pub committed: Vec<(String, u64, Option<usize>)>,
     /// Tables that already held this result or a newer one.
     pub skipped: Vec<String>,
+    /// Data files removed by sweeps (see [`sweep`]).
+    pub swept: usize,
 }
 
-/// How long the log and removed files are kept: a month of history for time travel.
-const RETENTION: &str = "interval 30 days";
+/// Commits between two checkpoints of a table's log (Delta's default
+/// `delta.checkpointInterval`, set explicitly), and between two sweeps of its files.
+pub const CHECKPOINT_EVERY: u64 = 100;
 
 /// Publishes the tables of result `seq`; `tables` holds each table's rows in the
 /// snapshot's schema.
@@ -53,7 +57,17 @@ pub async fn publish(
     }
     for (name, table, batches) in ready {
         match commit(&table, name, seq, batches).await {
-            Ok((version, days)) => out.committed.push((name.to_string(), version, days)),
+            Ok((version, days)) => {
+                out.committed.push((name.to_string(), version, days));
+                if (version + 1) % CHECKPOINT_EVERY == 0 {
+                    match sweep(lake, name).await {
+                        Ok(n) => out.swept += n,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the table's old files stay until the next sweep")
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 // An error does not mean no commit (a lost answer, a checkpoint that failed
                 // after it): the log says.
@@ -77,6 +91,11 @@ async fn ensure(lake: &Lake, name: &str) -> Result<DeltaTable, LakeError> {
         return Ok(t);
     }
     let schema = delta_schema(name);
+    let retention = format!(
+        "interval {} seconds",
+        lake.policy.retention.as_secs().max(1)
+    );
+    let checkpoints = CHECKPOINT_EVERY.to_string();
     let columns = schema
         .fields()
         .iter()
@@ -88,8 +107,12 @@ async fn ensure(lake: &Lake, name: &str) -> Result<DeltaTable, LakeError> {
         .with_table_name(name)
         .with_columns(columns)
         .with_save_mode(SaveMode::ErrorIfExists)
-        .with_configuration_property(TableProperty::LogRetentionDuration, Some(RETENTION))
-        .with_configuration_property(TableProperty::DeletedFileRetentionDuration, Some(RETENTION))
+        .with_configuration_property(TableProperty::LogRetentionDuration, Some(&retention))
+        .with_configuration_property(
+            TableProperty::DeletedFileRetentionDuration,
+            Some(&retention),
+        )
+        .with_configuration_property(TableProperty::CheckpointInterval, Some(&checkpoints))
         .with_commit_properties(CommitProperties::default().with_max_retries(0));
     if is_daily(name) {
         create = create.with_partition_columns(["day"]);
@@ -267,4 +290,41 @@ async fn changed_days(
         .await
         .map_err(fail)?;
     Ok((days, rows))
+}
+
+/// Removes the table's data files that no version within the retention period reads: those
+/// a later commit replaced more than the retention ago, and those of a commit that never
+/// landed (a publisher killed between its data files and its log entry). This is Delta's
+/// vacuum in its full mode, but without the two log entries delta-rs adds for it, so that
+/// version *n* stays the *n*-th result. Run after every [`CHECKPOINT_EVERY`]-th commit,
+/// when the log's own cleanup (after each checkpoint) has dropped entries past the
+/// retention too.
+async fn sweep(lake: &Lake, name: &str) -> Result<usize, LakeError> {
+    let Some(table) = lake.open(name).await? else {
+        return Ok(0);
+    };
+    let retention =
+        chrono::Duration::from_std(lake.policy.retention).unwrap_or(chrono::Duration::MAX);
+    let (table, plan) = table
+        .vacuum()
+        .with_retention_period(retention)
+        .with_enforce_retention_duration(false)
+        .with_mode(VacuumMode::Full)
+        .with_dry_run(true)
+        .await
+        .map_err(|e| delta(name, e))?;
+    use object_store::ObjectStoreExt as _;
+    let store = table.log_store().object_store(None);
+    let mut removed = 0;
+    for file in plan.files_deleted {
+        match store
+            .delete(&object_store::path::Path::from(file.as_str()))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            Err(e) => return Err(delta(name, DeltaTableError::from(e))),
+        }
+    }
+    tracing::info!(table = name, removed, "old data files swept");
+    Ok(removed)
 }

@@ -257,3 +257,76 @@ fn as_of_refuses_tables_that_hold_different_results() {
         assert!(e.contains("hold different results"), "{e}");
     });
 }
+
+/// Files in `dir` whose names end with `suffix`.
+fn count(dir: &std::path::Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+        .count()
+}
+
+/// With a short retention, the history stays bounded: the log is checkpointed every 100
+/// commits and entries past the retention go; replaced `rfm` files (one per commit) and an
+/// orphan left by a publish that never committed are swept; the latest version still reads
+/// the last result, and a version within the retention is still there.
+#[test]
+fn checkpoints_and_sweeps_keep_the_history_to_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy {
+        every: std::time::Duration::ZERO,
+        retention: std::time::Duration::from_secs(2),
+    };
+    let lake = Lake::at(&Location::Dir(dir.path().to_path_buf()))
+        .unwrap()
+        .with_policy(policy);
+    let table = dir.path().join(TABLES_DIR).join(RFM);
+    rt().block_on(async {
+        publish(&lake, 1, vec![(RFM, rfm(&[1]).await)])
+            .await
+            .unwrap();
+        // A data file no commit names (its publisher killed before the log entry).
+        std::fs::write(table.join("part-orphan.parquet"), b"not committed").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let mut swept = 0;
+        for seq in 2..=(CHECKPOINT_EVERY + 5) {
+            let p = publish(&lake, seq, vec![(RFM, rfm(&[1, seq]).await)])
+                .await
+                .unwrap();
+            assert_eq!(p.committed.len(), 1, "{seq}: {p:?}");
+            swept += p.swept;
+            if seq == CHECKPOINT_EVERY - 2 {
+                // The files the sweep will find past the retention.
+                std::thread::sleep(std::time::Duration::from_millis(2100));
+            }
+        }
+        let log = table.join("_delta_log");
+        assert_eq!(count(&log, ".checkpoint.parquet"), 1);
+        let names: Vec<_> = std::fs::read_dir(&log)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            log.join("00000000000000000099.checkpoint.parquet").exists(),
+            "{names:?}"
+        );
+        let entries = count(&log, ".json");
+        assert!(entries < 20, "log entries kept: {entries}");
+        assert!(swept >= 90, "swept {swept}");
+        assert!(!table.join("part-orphan.parquet").exists());
+        let files = count(&table, ".parquet");
+        assert!(files < 15, "data files kept: {files}");
+        let latest = read(&lake, RFM, None).await;
+        assert!(
+            latest.contains(&format!("| {} ", CHECKPOINT_EVERY + 5)),
+            "{latest}"
+        );
+        let kept = read(&lake, RFM, Some(AsOf::Version(CHECKPOINT_EVERY + 1))).await;
+        assert!(
+            kept.contains(&format!("| {} ", CHECKPOINT_EVERY + 1)),
+            "{kept}"
+        );
+    });
+}
