@@ -426,3 +426,84 @@ fn a_run_killed_between_data_files_and_commit_resumes_to_exact_tables() {
         |sql| server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]),
     );
 }
+
+/// `segment_movement` (`query --compare-to`) against pandas over the Delta table `rfm`
+/// (`tests/py/movement.py`): the same matrix, money to the cent, for an older version named
+/// and for the newest version 60 days of event time before the latest.
+#[test]
+fn segment_movement_equals_pandas_over_two_versions_of_rfm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 20_000, 68);
+    let dir = tmp.path().join("snaps");
+    common::run(
+        &input,
+        &dir,
+        &[
+            "--rate",
+            "8000",
+            "--snapshot-interval",
+            "200ms",
+            "--tables",
+            "--tables-interval",
+            "0s",
+        ],
+    );
+    let rfm = std::fs::canonicalize(dir.join("tables/rfm")).unwrap();
+    let d = dir.to_str().unwrap();
+    let sql = "SELECT from_segment, to_segment, customers, monetary_then, monetary_now, \
+               spent_between FROM segment_movement";
+    for (since, pandas) in [("3", ["--version", "3"]), ("60d", ["--days", "60"])] {
+        let out = common::storepulse(&[
+            "query",
+            "--snapshot-dir",
+            d,
+            "--format",
+            "csv",
+            "--compare-to",
+            since,
+            sql,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        got.sort();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/movement.py");
+        let py = std::process::Command::new(python::python())
+            .arg(script)
+            .arg(&rfm)
+            .args(pandas)
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let text = String::from_utf8(py.stdout).unwrap();
+        let mut lines = text.lines();
+        let version = lines.next().unwrap().to_string();
+        let mut want: Vec<String> = lines.map(str::to_string).collect();
+        want.sort();
+        assert!(want.len() > 5, "{since}: {want:?}");
+        assert!(
+            want.iter().any(|l| !l.starts_with("(new)") && {
+                let mut f = l.split(',');
+                f.next() != f.next()
+            }),
+            "{since}: some customers change segment: {want:?}"
+        );
+        assert_eq!(got, want, "{since} ({version})");
+        // The version compared with is said on stderr.
+        let err = String::from_utf8_lossy(&out.stderr);
+        let v = version.trim_start_matches("# version ");
+        assert!(err.contains(&format!("version={v}")), "{err}");
+    }
+}

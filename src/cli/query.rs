@@ -22,6 +22,12 @@ pub struct QueryArgs {
     /// an RFC 3339 time (the last commit at or before it).
     #[arg(long, value_name = "VERSION|TIME")]
     pub as_of: Option<crate::lake::AsOf>,
+    /// Also register `rfm_then` (the `rfm` table at this point of its Delta Lake history:
+    /// a version, an RFC 3339 time, or `30d`: the newest version at least 30 days of event
+    /// time before the result read) and the view `segment_movement` (customers from one
+    /// segment to another, with their money then, now and in between).
+    #[arg(long, value_name = "VERSION|TIME|Nd")]
+    pub compare_to: Option<crate::lake::Since>,
     /// The SQL statement (read-only).
     pub sql: String,
 }
@@ -33,12 +39,22 @@ pub fn query(args: QueryArgs) -> anyhow::Result<()> {
         .build()?;
     let out = rt.block_on(async {
         let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
+        let compare = |session: crate::query::Session| async {
+            if let Some(since) = &args.compare_to {
+                let version = session.compare_to(&at, since).await?;
+                tracing::info!(
+                    version,
+                    "segment_movement compares with this version of rfm"
+                );
+            }
+            Ok::<_, crate::query::QueryError>(session)
+        };
         if let Some(as_of) = &args.as_of {
-            let session = crate::query::Session::open_as_of(&at, as_of).await?;
+            let session = compare(crate::query::Session::open_as_of(&at, as_of).await?).await?;
             let (schema, batches) = session.sql(&args.sql).await?;
             return Ok(crate::query::render(schema, &batches, args.format)?);
         }
-        let session = crate::query::Session::open_at(&at, args.max_behind).await?;
+        let session = compare(crate::query::Session::open_at(&at, args.max_behind).await?).await?;
         match &session.cut {
             Some(cut) if !cut.is_newest() => tracing::info!("read {}", cut.describe()),
             None if session.is_merge() => tracing::info!(

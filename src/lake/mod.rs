@@ -37,6 +37,10 @@ pub const TABLES_DIR: &str = "tables";
 /// The application id of every commit's `txn`.
 pub const APP_ID: &str = "storepulse";
 
+/// The commit metadata of `rfm` that holds the result's event time (its latest purchase,
+/// microseconds since the epoch).
+pub const EVENT_TIME_KEY: &str = "storepulse.event_time";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     #[error("the Delta table {table}: {source}")]
@@ -62,6 +66,11 @@ pub enum LakeError {
     Mixed(String),
     #[error("reading the snapshot's {table}: {message}")]
     Read { table: String, message: String },
+    #[error(
+        "no version of rfm kept holds a result from {days} days of event time or more before \
+         the one compared ({oldest}); compare with a version or a time instead"
+    )]
+    NoneThatOld { days: u32, oldest: String },
 }
 
 /// How often the tables are committed to and how long their history is kept.
@@ -221,6 +230,80 @@ impl std::str::FromStr for AsOf {
                 )
             })
     }
+}
+
+/// What `query --compare-to` compares the results with: a point of the tables' history, or
+/// the newest `rfm` version at least `N` days of event time older than the result compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    At(AsOf),
+    EventDays(u32),
+}
+
+impl std::str::FromStr for Since {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<u32>().ok()) {
+            return Ok(Since::EventDays(days));
+        }
+        s.parse::<AsOf>()
+            .map(Since::At)
+            .map_err(|e| format!("{e}, nor days of event time before (30d)"))
+    }
+}
+
+impl Lake {
+    /// The newest version of `rfm` whose result's event time is at or before `limit_us`
+    /// (microseconds since the epoch), from the commits' metadata.
+    pub async fn rfm_version_at_event_time(
+        &self,
+        limit_us: i64,
+        days: u32,
+    ) -> Result<u64, LakeError> {
+        let rfm = crate::snapshot::tables::RFM;
+        let table = self
+            .open(rfm)
+            .await?
+            .ok_or_else(|| LakeError::NoneThatOld {
+                days,
+                oldest: "no table".into(),
+            })?;
+        let store = table.log_store();
+        let mut oldest = String::from("none");
+        // Newest first, down to the oldest entry the log still holds.
+        for version in (1..=table.version().unwrap_or(0)).rev() {
+            let Some(entry) = store
+                .read_commit_entry(version)
+                .await
+                .map_err(|e| delta(rfm, e))?
+            else {
+                break;
+            };
+            let Some(t) = event_time_of(&entry) else {
+                continue;
+            };
+            if t <= limit_us {
+                return Ok(version);
+            }
+            oldest = format!("version {version}, event time {}", micros_text(t));
+        }
+        Err(LakeError::NoneThatOld { days, oldest })
+    }
+}
+
+/// The event time a commit entry's `commitInfo` records, if any.
+fn event_time_of(entry: &[u8]) -> Option<i64> {
+    std::str::from_utf8(entry).ok()?.lines().find_map(|line| {
+        let action: serde_json::Value = serde_json::from_str(line).ok()?;
+        action.get("commitInfo")?.get(EVENT_TIME_KEY)?.as_i64()
+    })
+}
+
+fn micros_text(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| us.to_string())
 }
 
 /// The result (the snapshot id of its `txn`) a loaded table holds; `None` for version 0.

@@ -181,10 +181,20 @@ async fn commit(
     seq: i64,
     batches: Vec<RecordBatch>,
 ) -> Result<(u64, Option<usize>), LakeError> {
+    // `rfm`'s commits also record the result's event time (its latest purchase), which
+    // `query --compare-to Nd` looks versions up by.
+    let event_time = match is_daily(name) {
+        true => None,
+        false => latest_purchase(&batches),
+    };
     let properties = || {
+        let mut metadata = vec![("storepulse.result".to_string(), serde_json::json!(seq))];
+        if let Some(t) = event_time {
+            metadata.push((super::EVENT_TIME_KEY.to_string(), serde_json::json!(t)));
+        }
         CommitProperties::default()
             .with_application_transaction(Transaction::new(APP_ID, seq))
-            .with_metadata([("storepulse.result".to_string(), serde_json::json!(seq))])
+            .with_metadata(metadata)
     };
     let (written, days) = if is_daily(name) {
         let (days, rows) = changed_days(table, name, batches).await?;
@@ -327,4 +337,18 @@ async fn sweep(lake: &Lake, name: &str) -> Result<usize, LakeError> {
     }
     tracing::info!(table = name, removed, "old data files swept");
     Ok(removed)
+}
+
+/// The latest `last_purchase` of `rfm` rows, in microseconds since the epoch.
+fn latest_purchase(batches: &[RecordBatch]) -> Option<i64> {
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+    batches
+        .iter()
+        .filter_map(|b| {
+            b.column_by_name("last_purchase")?
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .and_then(datafusion::arrow::compute::max)
+        })
+        .max()
 }

@@ -49,6 +49,20 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
+/// Customers between two results of `rfm` (see [`Session::compare_to`]). Ids compared as
+/// decimals: `rfm`'s are unsigned in a snapshot, signed in a Delta table.
+const SEGMENT_MOVEMENT: &str = "CREATE VIEW segment_movement AS \
+    SELECT COALESCE(t.segment, '(new)') AS from_segment, \
+           COALESCE(n.segment, '(gone)') AS to_segment, \
+           COUNT(*) AS customers, \
+           SUM(COALESCE(t.monetary, CAST(0 AS DECIMAL(18,2)))) AS monetary_then, \
+           SUM(COALESCE(n.monetary, CAST(0 AS DECIMAL(18,2)))) AS monetary_now, \
+           SUM(COALESCE(n.monetary, CAST(0 AS DECIMAL(18,2))) \
+               - COALESCE(t.monetary, CAST(0 AS DECIMAL(18,2)))) AS spent_between \
+    FROM rfm n FULL JOIN rfm_then t \
+      ON CAST(n.user_id AS DECIMAL(20,0)) = CAST(t.user_id AS DECIMAL(20,0)) \
+    GROUP BY 1, 2";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
@@ -184,6 +198,52 @@ impl Session {
             parts: Vec::new(),
             cut: None,
         })
+    }
+
+    /// Adds `rfm_then` (the `rfm` table at `since` in its Delta history) and the view
+    /// `segment_movement`: customers by segment then and now (`(new)` for a customer not
+    /// there then), how many, and their money then, now and in between. Returns the `rfm`
+    /// version compared with.
+    pub async fn compare_to(
+        &self,
+        at: &Location,
+        since: &crate::lake::Since,
+    ) -> Result<u64, QueryError> {
+        use crate::lake::{AsOf, Since};
+        if let Location::Dir(dir) = at {
+            if !dir.join(crate::lake::TABLES_DIR).is_dir() {
+                return Err(QueryError::NoTables(dir.display().to_string()));
+            }
+        }
+        let lake = crate::lake::Lake::at(at)?;
+        let as_of = match since {
+            Since::At(a) => a.clone(),
+            Since::EventDays(days) => {
+                let (_, b) = self
+                    .sql("SELECT arrow_cast(MAX(last_purchase), 'Int64') AS t FROM rfm")
+                    .await?;
+                let now = b
+                    .first()
+                    .filter(|b| b.num_rows() == 1)
+                    .and_then(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                            .filter(|a| datafusion::arrow::array::Array::is_valid(*a, 0))
+                            .map(|a| a.value(0))
+                    })
+                    .unwrap_or(i64::MIN);
+                let limit = now.saturating_sub(i64::from(*days) * 86_400_000_000);
+                AsOf::Version(lake.rfm_version_at_event_time(limit, *days).await?)
+            }
+        };
+        let rfm = crate::snapshot::tables::RFM;
+        let then = lake.open_as_of(rfm, &as_of).await?;
+        let version = then.version().unwrap_or(0);
+        self.ctx
+            .register_table("rfm_then", then.table_provider().await?)?;
+        self.ctx.sql(SEGMENT_MOVEMENT).await?;
+        Ok(version)
     }
 
     /// Whether this session merges a topic's partitions (no view read).
