@@ -440,7 +440,7 @@ fn segment_movement_equals_pandas_over_two_versions_of_rfm() {
         &dir,
         &[
             "--rate",
-            "8000",
+            "4000",
             "--snapshot-interval",
             "200ms",
             "--tables",
@@ -505,5 +505,96 @@ fn segment_movement_equals_pandas_over_two_versions_of_rfm() {
         let err = String::from_utf8_lossy(&out.stderr);
         let v = version.trim_start_matches("# version ");
         assert!(err.contains(&format!("version={v}")), "{err}");
+    }
+}
+
+/// `POST /api/sql` with `as_of` and `compare_to` answers what `query --as-of` and
+/// `--compare-to` print; a bad or unreachable point is refused with 400, saying why.
+#[test]
+fn the_sql_box_reads_the_history_as_query_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 16_000, 69);
+    let dir = tmp.path().join("snaps");
+    let paced = [
+        "--rate",
+        "4000",
+        "--snapshot-interval",
+        "200ms",
+        "--tables",
+        "--tables-interval",
+        "0s",
+    ];
+    common::run(&input, &dir, &paced);
+    let d = dir.to_str().unwrap();
+    let cli = |flags: &[&str], sql: &str| -> Vec<String> {
+        let mut args = vec!["query", "--snapshot-dir", d, "--format", "csv"];
+        args.extend_from_slice(flags);
+        args.push(sql);
+        let mut lines: Vec<String> = common::ok(&args)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let addr = common::spawn::free_addr();
+    let _serve = common::serve(&dir, &addr, LIMIT);
+    let boxed = |history: serde_json::Value, sql: &str| -> (u16, serde_json::Value) {
+        let mut body = history;
+        body["sql"] = sql.into();
+        common::http::post_json(&addr, "/api/sql", &body.to_string())
+    };
+    let movement = "SELECT from_segment || '|' || to_segment || '|' || CAST(customers AS VARCHAR) \
+                    || '|' || CAST(spent_between AS VARCHAR) AS line FROM segment_movement";
+    let totals = "SELECT CAST(COUNT(*) AS VARCHAR) || '|' || CAST(SUM(monetary) AS VARCHAR) \
+                  AS line FROM rfm";
+    let cases = [
+        (
+            serde_json::json!({ "compare_to": "60d" }),
+            vec!["--compare-to", "60d"],
+            movement,
+        ),
+        (
+            serde_json::json!({ "as_of": "2" }),
+            vec!["--as-of", "2"],
+            totals,
+        ),
+        (
+            serde_json::json!({ "as_of": "3", "compare_to": "1" }),
+            vec!["--as-of", "3", "--compare-to", "1"],
+            movement,
+        ),
+    ];
+    for (history, flags, sql) in cases {
+        let (status, reply) = boxed(history.clone(), sql);
+        assert_eq!(status, 200, "{history}: {reply}");
+        let mut got: Vec<String> = reply["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["line"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let want = cli(&flags, sql);
+        assert!(!want.is_empty(), "{history}");
+        assert_eq!(got, want, "{history}");
+    }
+    // The latest differs from version 2: the history was read, not the snapshot.
+    assert_ne!(cli(&[], totals), cli(&["--as-of", "2"], totals));
+    for (history, said) in [
+        (serde_json::json!({ "as_of": "x" }), "`as_of`"),
+        (
+            serde_json::json!({ "compare_to": "900d" }),
+            "no version of rfm kept",
+        ),
+        (
+            serde_json::json!({ "as_of": "999" }),
+            "there is no version 999",
+        ),
+    ] {
+        let (status, reply) = boxed(history.clone(), "SELECT 1 AS x");
+        assert_eq!(status, 400, "{history}: {reply}");
+        assert!(reply["error"].as_str().unwrap().contains(said), "{reply}");
     }
 }

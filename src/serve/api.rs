@@ -386,6 +386,9 @@ pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Re
 pub struct SqlRequest {
     sql: String,
     limit: Option<usize>,
+    /// The Delta tables' history: `query --as-of` and `--compare-to`.
+    #[serde(flatten)]
+    history: super::worker::History,
 }
 
 /// Read-only SQL over the latest snapshot, at most `limit` rows (default 1,000, at most
@@ -441,10 +444,22 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
         }
         .emit()
     })?;
+    for (name, value) in [
+        ("as_of", &req.history.as_of),
+        ("compare_to", &req.history.compare_to),
+    ] {
+        let parsed = match (name, value) {
+            (_, None) => Ok(()),
+            ("as_of", Some(v)) => v.parse::<crate::lake::AsOf>().map(|_| ()),
+            (_, Some(v)) => v.parse::<crate::lake::Since>().map(|_| ()),
+        };
+        parsed.map_err(|e| error(StatusCode::BAD_REQUEST, format!("`{name}`: {e}")))?;
+    }
     let work = Work::Sql {
         sql: req.sql,
         limit,
         max_bytes,
+        history: req.history,
     };
     let called = state
         .sql

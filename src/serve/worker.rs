@@ -55,7 +55,55 @@ pub(crate) enum Request {
         sql: String,
         limit: usize,
         max_bytes: usize,
+        /// Read the Delta tables' history (`query --as-of`, `--compare-to`), when given.
+        #[serde(default)]
+        history: History,
     },
+}
+
+/// `as_of` and `compare_to` of a SQL request, as `query`'s flags.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct History {
+    pub as_of: Option<String>,
+    pub compare_to: Option<String>,
+}
+
+impl History {
+    fn is_empty(&self) -> bool {
+        self.as_of.is_none() && self.compare_to.is_none()
+    }
+}
+
+/// A session over the Delta tables' history for one request: the tables as of `as_of`
+/// (else the newest snapshot), and `rfm_then` and `segment_movement` for `compare_to`.
+/// Returns it with the version text its answer names.
+async fn history_session(
+    (dir, at): (&Path, &crate::snapshot::Location),
+    limits: Limits,
+    history: &History,
+) -> Result<(Session, String), QueryError> {
+    let bad = |e: String| QueryError::Sql(datafusion::error::DataFusionError::Plan(e));
+    let (session, mut version) = match &history.as_of {
+        Some(text) => {
+            let as_of: crate::lake::AsOf = text.parse().map_err(bad)?;
+            (
+                Session::open_as_of(at, &as_of).await?,
+                format!("tables as of {text}"),
+            )
+        }
+        None => {
+            let s = Session::open_at(at, limits.max_behind).await?;
+            let v = super::version_of(dir, &s.parts);
+            (s, v)
+        }
+    };
+    let session = session.limited(limits).await?;
+    if let Some(text) = &history.compare_to {
+        let since: crate::lake::Since = text.parse().map_err(bad)?;
+        let v = session.compare_to(at, &since).await?;
+        version = format!("{version}, compared with rfm version {v}");
+    }
+    Ok((session, version))
 }
 
 /// The executable the workers run: this one.
@@ -186,6 +234,22 @@ async fn answer(
                 sql,
                 limit,
                 max_bytes,
+                history,
+            } if !history.is_empty() => {
+                let plan = |text: &str| super::scrub::scrub_plan(text, dir.0);
+                let (session, version) = history_session(dir, limits, history)
+                    .await
+                    .map_err(sql_refusal)?;
+                let body = answers::sql(&session, (&version, plan), sql, *limit, *max_bytes)
+                    .await
+                    .map_err(sql_refusal)?;
+                return Ok((version, body));
+            }
+            Request::Sql {
+                sql,
+                limit,
+                max_bytes,
+                ..
             } => {
                 let plan = |text: &str| super::scrub::scrub_plan(text, dir.0);
                 answers::sql(&l.session, (&l.version, plan), sql, *limit, *max_bytes)
@@ -217,7 +281,7 @@ fn sql_refusal(e: QueryError) -> (u16, String) {
                 "the query needs more memory than a query may use (--query-memory-limit): {text}"
             ),
         ),
-        QueryError::Sql(_) => (400, text),
+        QueryError::Sql(_) | QueryError::Lake(_) | QueryError::NoTables(_) => (400, text),
         _ => (500, text),
     }
 }
