@@ -598,3 +598,86 @@ fn the_sql_box_reads_the_history_as_query_does() {
         assert!(reply["error"].as_str().unwrap().contains(said), "{reply}");
     }
 }
+
+/// The page's movement matrix (asked with *compare*) shows, cell by cell, the customers
+/// `query --compare-to` counts, and says which version it compared with.
+#[test]
+fn the_page_draws_the_movement_matrix_query_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::generate(tmp.path(), 16_000, 70);
+    let dir = tmp.path().join("snaps");
+    let paced = [
+        "--rate",
+        "4000",
+        "--snapshot-interval",
+        "200ms",
+        "--tables",
+        "--tables-interval",
+        "0s",
+    ];
+    common::run(&input, &dir, &paced);
+    let d = dir.to_str().unwrap();
+    let sql = "SELECT from_segment || '|' || to_segment || '|' || CAST(customers AS VARCHAR) \
+               FROM segment_movement";
+    let mut want: Vec<String> = common::ok(&[
+        "query",
+        "--snapshot-dir",
+        d,
+        "--format",
+        "csv",
+        "--compare-to",
+        "60d",
+        sql,
+    ])
+    .lines()
+    .skip(1)
+    .map(str::to_string)
+    .collect();
+    want.sort();
+    assert!(want.len() > 5, "{want:?}");
+
+    let addr = common::spawn::free_addr();
+    let _serve = common::serve(&dir, &addr, LIMIT);
+    let b = common::browser::Browser::start(1280, 2400);
+    b.goto(&format!("http://{addr}/"));
+    b.wait_for(
+        "return document.body.dataset.version",
+        std::time::Duration::from_secs(30),
+    );
+    b.eval(
+        "document.querySelector('#since').value = '60d'; \
+         document.querySelector('#movement-form button').click(); return 1;",
+        serde_json::json!([]),
+    );
+    b.wait_for(
+        "return document.querySelectorAll('#movement td[data-customers]').length",
+        std::time::Duration::from_secs(30),
+    );
+    let cells = b.eval(
+        "return [...document.querySelectorAll('#movement td[data-customers]')]\
+         .map(c => c.dataset.from + '|' + c.dataset.to + '|' + c.dataset.customers);",
+        serde_json::json!([]),
+    );
+    let mut got: Vec<String> = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    let note = b.eval(
+        "return document.querySelector('#movement-note').textContent;",
+        serde_json::json!([]),
+    );
+    assert!(
+        note.as_str().unwrap().contains("compared with rfm version"),
+        "{note}"
+    );
+    let errors: Vec<_> = b
+        .console()
+        .into_iter()
+        .filter(|(level, _)| level == "SEVERE" || level == "WARNING")
+        .collect();
+    assert!(errors.is_empty(), "console: {errors:?}");
+}

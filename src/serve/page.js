@@ -248,5 +248,37 @@ $("#sql-form").addEventListener("submit", async (ev) => {
   }
 });
 
+// The segment-movement matrix: `segment_movement` through the SQL box with `compare_to`.
+// Each cell has data-from, data-to and data-customers (exact), and its money in a title.
+async function movement() {
+  const since = $("#since").value.trim() || "30d";
+  const sql = "SELECT from_segment, to_segment, customers, monetary_now, spent_between FROM segment_movement";
+  try {
+    const r = await fetchJson("/api/sql", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ sql, compare_to: since, limit: 10000 }) });
+    const from = [...new Set(r.rows.map((x) => x.from_segment))].sort();
+    const to = [...new Set(r.rows.map((x) => x.to_segment))].sort();
+    const cell = new Map(r.rows.map((x) => [x.from_segment + "\u0000" + x.to_segment, x]));
+    let html = "<tr><th>then \\ now</th>" + to.map((t) => `<th class="num">${esc(t)}</th>`).join("") + "</tr>";
+    for (const f of from) {
+      html += `<tr><th>${esc(f)}</th>` + to.map((t) => {
+        const x = cell.get(f + "\u0000" + t);
+        if (!x) return `<td class="num"></td>`;
+        const title = `${x.customers} customers, ${money(x.monetary_now)} now, ${money(x.spent_between)} spent since`;
+        return `<td class="num${f === t ? " same" : ""}" data-from="${esc(f)}" data-to="${esc(t)}" ` +
+          `data-customers="${esc(x.customers)}" title="${esc(title)}">${esc(count(x.customers))}</td>`;
+      }).join("") + "</tr>";
+    }
+    $("#movement").innerHTML = html;
+    $("#movement-note").textContent = "against " + r.snapshot;
+    $("#movement-note").className = "note";
+  } catch (e) {
+    $("#movement").innerHTML = "";
+    $("#movement-note").textContent = e.message;
+    $("#movement-note").className = "note error";
+  }
+}
+$("#movement-form").addEventListener("submit", (ev) => { ev.preventDefault(); movement(); });
+
 refresh(true);
 setInterval(() => refresh(false), 2000);
