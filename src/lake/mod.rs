@@ -60,8 +60,7 @@ pub enum LakeError {
         asked: u64,
     },
     #[error(
-        "the tables hold different results at that point (table, result): {0}; a version or a \
-         time a few seconds earlier or later reads one result"
+        "no result is held by every table at or before that point (table, result): {0}"
     )]
     Mixed(String),
     #[error("reading the snapshot's {table}: {message}")]
@@ -290,6 +289,72 @@ impl Lake {
         }
         Err(LakeError::NoneThatOld { days, oldest })
     }
+}
+
+impl Lake {
+    /// `tables` as one result at `at`: each table as of `at`; when they hold different
+    /// results (a time while a result was being committed table by table, or tables out of
+    /// step after racing or failed publishes), each table ahead is read at its newest
+    /// version holding no later result than the others, until all hold one result. Returns
+    /// the tables and that result; [`LakeError::Mixed`] when no result is in all of them.
+    pub async fn open_one_result(
+        &self,
+        tables: &[&str],
+        at: &AsOf,
+    ) -> Result<(Vec<DeltaTable>, Option<i64>), LakeError> {
+        let mut opened = Vec::new();
+        for name in tables {
+            let t = self.open_as_of(name, at).await?;
+            let r = result_of(&t, name).await?;
+            opened.push((*name, t, r));
+        }
+        for _ in 0..=tables.len() * 4 {
+            let least = opened.iter().map(|(_, _, r)| *r).min().flatten();
+            if opened.iter().all(|(_, _, r)| *r == least) {
+                return Ok((opened.into_iter().map(|(_, t, _)| t).collect(), least));
+            }
+            let Some(least) = least else { break };
+            for (name, t, r) in opened.iter_mut() {
+                if r.is_some_and(|r| r > least) {
+                    let v = newest_at_most(t, name, least).await?;
+                    *t = self.open_as_of(name, &AsOf::Version(v)).await?;
+                    *r = result_of(t, name).await?;
+                }
+            }
+        }
+        let held: Vec<_> = opened.iter().map(|(n, _, r)| (*n, *r)).collect();
+        Err(LakeError::Mixed(format!("{held:?}")))
+    }
+}
+
+/// The newest version of `table` (loaded at some version) whose result is at most
+/// `result`, read from the log's entries backwards (0, the empty table, at worst).
+async fn newest_at_most(table: &DeltaTable, name: &str, result: i64) -> Result<u64, LakeError> {
+    let store = table.log_store();
+    for version in (1..=table.version().unwrap_or(0)).rev() {
+        let Some(entry) = store
+            .read_commit_entry(version)
+            .await
+            .map_err(|e| delta(name, e))?
+        else {
+            break;
+        };
+        if txn_of(&entry).is_some_and(|r| r <= result) {
+            return Ok(version);
+        }
+    }
+    Ok(0)
+}
+
+/// The result a commit entry's application transaction names, if any.
+fn txn_of(entry: &[u8]) -> Option<i64> {
+    std::str::from_utf8(entry).ok()?.lines().find_map(|line| {
+        let action: serde_json::Value = serde_json::from_str(line).ok()?;
+        let txn = action.get("txn")?;
+        (txn.get("appId")?.as_str()? == APP_ID)
+            .then(|| txn.get("version")?.as_i64())
+            .flatten()
+    })
 }
 
 /// The event time a commit entry's `commitInfo` records, if any.

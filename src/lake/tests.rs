@@ -223,8 +223,10 @@ async fn by(column: &str, days: &[&str]) -> Vec<RecordBatch> {
     .await
 }
 
+/// Tables out of step (one got a later result, and skipped the next the others got): a
+/// point where they hold different results is read at the newest result all of them hold.
 #[test]
-fn as_of_refuses_tables_that_hold_different_results() {
+fn as_of_reads_one_result_from_tables_out_of_step() {
     use crate::snapshot::tables::{DAILY_BRAND_SALES, DAILY_CATEGORY_SALES};
     let dir = tempfile::tempdir().unwrap();
     let at = Location::Dir(dir.path().to_path_buf());
@@ -250,11 +252,45 @@ fn as_of_refuses_tables_that_hold_different_results() {
         .unwrap();
         let done = publish(&lake, 2, result("2020-01-02").await).await.unwrap();
         assert_eq!(done.skipped, vec![DAILY_SALES]);
-        let ok = crate::query::Session::open_as_of(&at, &AsOf::Version(1)).await;
-        assert!(ok.is_ok());
-        let mixed = crate::query::Session::open_as_of(&at, &AsOf::Version(2)).await;
-        let e = mixed.err().expect("a mix is refused").to_string();
-        assert!(e.contains("hold different results"), "{e}");
+        let names = [DAILY_SALES, DAILY_CATEGORY_SALES, DAILY_BRAND_SALES, RFM];
+        let (tables, held) = lake
+            .open_one_result(&names, &AsOf::Version(1))
+            .await
+            .unwrap();
+        assert_eq!(held, Some(1));
+        assert!(tables.iter().all(|t| t.version() == Some(1)));
+        // Version 2: daily_sales holds result 5, the others result 2, which daily_sales
+        // never got: all four are read at result 1.
+        let (tables, held) = lake
+            .open_one_result(&names, &AsOf::Version(2))
+            .await
+            .unwrap();
+        assert_eq!(held, Some(1));
+        assert!(tables.iter().all(|t| t.version() == Some(1)));
+        let session = crate::query::Session::open_as_of(&at, &AsOf::Version(2))
+            .await
+            .unwrap();
+        let (_, b) = session
+            .sql("SELECT CAST(day AS VARCHAR) AS d FROM daily_brand_sales")
+            .await
+            .unwrap();
+        let shown = pretty_format_batches(&b).unwrap().to_string();
+        assert!(
+            shown.contains("2020-01-01") && !shown.contains("2020-01-02"),
+            "{shown}"
+        );
+        // A third result reaches every table: version 3 of the others, 3 of daily_sales.
+        publish(&lake, 6, result("2020-01-06").await).await.unwrap();
+        let (tables, held) = lake
+            .open_one_result(&names, &AsOf::Version(3))
+            .await
+            .unwrap();
+        assert_eq!(held, Some(6));
+        assert!(
+            tables.iter().all(|t| t.version() == Some(3)),
+            "{:?}",
+            tables.iter().map(|t| t.version()).collect::<Vec<_>>()
+        );
     });
 }
 

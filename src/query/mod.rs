@@ -180,17 +180,19 @@ impl Session {
         }
         let lake = crate::lake::Lake::at(at)?;
         let ctx = SessionContext::new();
-        let mut results = Vec::new();
-        for table in QUERY_TABLES {
-            let t = lake.open_as_of(table, as_of).await?;
-            results.push((table, crate::lake::result_of(&t, table).await?));
-            let provider = t.table_provider().await?;
-            ctx.register_table(table, provider)?;
+        // Never an answer that mixes two results: tables ahead of the others are read at
+        // the result all of them hold.
+        let (tables, result) = lake.open_one_result(&QUERY_TABLES, as_of).await?;
+        let versions: Vec<u64> = tables.iter().map(|t| t.version().unwrap_or(0)).collect();
+        if versions.windows(2).any(|w| w[0] != w[1]) {
+            tracing::info!(
+                ?result,
+                ?versions,
+                "the tables are out of step: read the newest result all of them hold"
+            );
         }
-        // Never an answer that mixes two results: a time while a result was being committed
-        // table by table, or tables whose versions fell out of step after a failed publish.
-        if results.windows(2).any(|w| w[0].1 != w[1].1) {
-            return Err(crate::lake::LakeError::Mixed(format!("{results:?}")).into());
+        for (table, t) in QUERY_TABLES.iter().zip(tables) {
+            ctx.register_table(*table, t.table_provider().await?)?;
         }
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {

@@ -1,0 +1,180 @@
+//! The Delta tables (`--tables`) against the snapshots alone, on the full-size generated
+//! file: `run --max` without and with `--tables` (the difference is the last result's
+//! publish: four tables, `rfm` whole), the bytes of the tables and of a snapshot, `query`
+//! latency on the latest snapshot, on the tables' latest version and on an older one
+//! (`--as-of`), and a paced run committing every snapshot with a short retention: versions,
+//! log entries and data files kept. Answers are checked equal.
+//!
+//! `cargo bench --bench lake`; `STOREPULSE_BENCH_ROWS` sets another size.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+const REPEAT: usize = 3;
+const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monetary \
+                   FROM rfm GROUP BY segment ORDER BY segment";
+
+fn storepulse(args: &[&str]) -> (f64, String) {
+    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let t = Instant::now();
+    let out = Command::new(bin).args(args).output().unwrap();
+    let took = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, String::from_utf8(out.stdout).unwrap())
+}
+
+/// Bytes of the files below `dir`.
+fn bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            bytes(&e.path())
+        } else {
+            m.len()
+        };
+    }
+    total
+}
+
+fn count(dir: &Path, suffix: &str) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.metadata().unwrap().is_dir() {
+            n += count(&e.path(), suffix);
+        } else if e.file_name().to_string_lossy().ends_with(suffix) {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let rows = common::rows();
+    let path = common::data_file(rows);
+    let input = path.to_str().unwrap();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    println!("input: {} ({rows} lines)", path.display());
+    let run = |dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--input",
+            input,
+            "--max",
+            "--no-progress",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        storepulse(&args).0
+    };
+    let (mut plain, mut tables) = (Vec::new(), Vec::new());
+    for i in 0..REPEAT {
+        plain.push(run(&tmp.path().join(format!("plain-{i}")), &[]));
+        tables.push(run(&tmp.path().join(format!("tables-{i}")), &["--tables"]));
+    }
+    let (p, t) = (
+        common::median(plain.clone()),
+        common::median(tables.clone()),
+    );
+    println!(
+        "run --max {p:.2} s, with --tables {t:.2} s (medians of {REPEAT}; {plain:.2?} {tables:.2?}): \
+         the last result's publish {:.2} s",
+        t - p
+    );
+    let dir = tmp.path().join("tables-0");
+    let latest = std::fs::read_to_string(dir.join("LATEST")).unwrap();
+    let snapshot = bytes(&dir.join(latest.trim()));
+    let tables_dir = dir.join("tables");
+    println!(
+        "bytes: one snapshot {:.1} MiB; the tables after one commit {:.1} MiB (rfm {:.1} MiB)",
+        mib(snapshot),
+        mib(bytes(&tables_dir)),
+        mib(bytes(&tables_dir.join("rfm")))
+    );
+
+    // A second run into the same folder: version 2; version 1 is the older one.
+    run(&dir, &["--tables"]);
+    let d = dir.to_str().unwrap();
+    let mut answers = Vec::new();
+    for (name, extra) in [
+        ("latest snapshot", vec![]),
+        ("tables, latest version", vec!["--as-of", "2"]),
+        ("tables, older version", vec!["--as-of", "1"]),
+    ] {
+        let mut times = Vec::new();
+        let mut answer = String::new();
+        for _ in 0..REPEAT {
+            let mut args = vec!["query", "--format", "csv", "--snapshot-dir", d];
+            args.extend_from_slice(&extra);
+            args.push(SQL);
+            let (took, out) = storepulse(&args);
+            times.push(took);
+            answer = out;
+        }
+        println!(
+            "query {name:<24} {:.3} s (median; {times:.3?})",
+            common::median(times.clone())
+        );
+        answers.push(answer);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "answers differ");
+
+    // Commits at every snapshot of a paced run, a 10 s retention: what stays.
+    let small = common::data_file(40_000);
+    let paced = tmp.path().join("paced");
+    let t = Instant::now();
+    storepulse(&[
+        "run",
+        "--input",
+        small.to_str().unwrap(),
+        "--rate",
+        "1500",
+        "--snapshot-interval",
+        "100ms",
+        "--tables",
+        "--tables-interval",
+        "0s",
+        "--tables-retention",
+        "10s",
+        "--no-progress",
+        "--snapshot-dir",
+        paced.to_str().unwrap(),
+    ]);
+    let rfm = paced.join("tables/rfm");
+    let log = rfm.join("_delta_log");
+    let mut versions: Vec<u64> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".json")?.parse().ok()
+        })
+        .collect();
+    versions.sort_unstable();
+    println!(
+        "paced run ({:.0} s): rfm at version {}, log entries kept {}, checkpoints {}, data files \
+         {} ({:.1} MiB), the four tables {:.1} MiB",
+        t.elapsed().as_secs_f64(),
+        versions.last().unwrap_or(&0),
+        versions.len(),
+        count(&log, ".checkpoint.parquet"),
+        count(&rfm, ".parquet") - count(&log, ".parquet"),
+        mib(bytes(&rfm) - bytes(&log)),
+        mib(bytes(&paced.join("tables")))
+    );
+}
