@@ -59,9 +59,7 @@ pub enum LakeError {
         newest: u64,
         asked: u64,
     },
-    #[error(
-        "no result is held by every table at or before that point (table, result): {0}"
-    )]
+    #[error("no result is held by every table at or before that point (table, result): {0}")]
     Mixed(String),
     #[error("reading the snapshot's {table}: {message}")]
     Read { table: String, message: String },

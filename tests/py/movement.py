@@ -6,6 +6,7 @@ from,to,customers,monetary_then,monetary_now,spent_between, money as exact decim
 
 usage: movement.py RFM_URL --version N | --days N
 """
+import os
 import sys
 from decimal import Decimal
 
@@ -48,3 +49,7 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Leave without the interpreter's teardown: the readers' native threads have been seen
+    # to abort it ("terminate called without an active exception") after the answer.
+    sys.stdout.flush()
+    os._exit(0)
