@@ -112,7 +112,11 @@ pub fn process(
     // The tables of the newest view (whoever wrote it), unless they hold it already.
     if let Some(lake) = &config.tables {
         let p = crate::lake::publish_latest(lake, &views)?;
-        tracing::info!(committed = ?p.committed, skipped = ?p.skipped, "tables published");
+        tracing::info!(
+            result = p.result,
+            committed_now = p.committed.len(),
+            "the result tables hold the last merged view"
+        );
     }
     Ok(outcome)
 }

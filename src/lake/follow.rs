@@ -122,6 +122,7 @@ pub fn publish_latest(lake: &Lake, at: &Location) -> Result<Published, LakeError
         if held.len() == QUERY_TABLES.len() {
             return Ok(Published {
                 skipped: held,
+                result: seq,
                 ..Published::default()
             });
         }

@@ -65,7 +65,7 @@ pub enum LakeError {
     Read { table: String, message: String },
     #[error(
         "no version of rfm kept holds a result from {days} days of event time or more before \
-         the one compared ({oldest}); compare with a version or a time instead"
+         the one read (the oldest kept: {oldest}); compare with a version or a time instead"
     )]
     NoneThatOld { days: u32, oldest: String },
 }
@@ -172,12 +172,35 @@ impl Lake {
 
     /// `table` at its latest version; `None` when it has not been created yet.
     pub async fn open(&self, table: &str) -> Result<Option<DeltaTable>, LakeError> {
+        // No log at all: not a table yet, said without asking the kernel (which logs an
+        // error for it).
+        if !self.has_log(table).await? {
+            return Ok(None);
+        }
         let mut t = DeltaTable::new(self.log_store(table)?);
         match t.load().await {
             Ok(()) => Ok(Some(t)),
             Err(DeltaTableError::NotATable(_)) => Ok(None),
             Err(e) => Err(delta(table, e)),
         }
+    }
+
+    /// Whether `table` has a `_delta_log/` with anything in it.
+    async fn has_log(&self, table: &str) -> Result<bool, LakeError> {
+        let url = self
+            .url(table)
+            .join("_delta_log/")
+            .expect("a valid path segment");
+        if let Ok(path) = url.to_file_path() {
+            return Ok(std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some()));
+        }
+        let prefix = object_store::path::Path::from(url.path().trim_start_matches('/'));
+        let listed = self
+            .root
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| delta(table, DeltaTableError::from(e)))?;
+        Ok(!listed.objects.is_empty())
     }
 
     /// `table` as of `version`, or of the last commit at or before `time`.

@@ -28,6 +28,8 @@ pub struct Published {
     pub skipped: Vec<String>,
     /// Data files removed by sweeps (see [`sweep`]).
     pub swept: usize,
+    /// The result published (a snapshot's or a merged view's id).
+    pub result: u64,
 }
 
 /// Commits between two checkpoints of a table's log (Delta's default
@@ -41,7 +43,10 @@ pub async fn publish(
     seq: u64,
     tables: Vec<(&str, Vec<RecordBatch>)>,
 ) -> Result<Published, LakeError> {
-    let mut out = Published::default();
+    let mut out = Published {
+        result: seq,
+        ..Published::default()
+    };
     let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     // Everything that can fail on this result's own content (a table to create, a row that
     // does not fit Delta's types) happens before any table commits, so that such a result

@@ -184,12 +184,20 @@ impl Session {
         // the result all of them hold.
         let (tables, result) = lake.open_one_result(&QUERY_TABLES, as_of).await?;
         let versions: Vec<u64> = tables.iter().map(|t| t.version().unwrap_or(0)).collect();
-        if versions.windows(2).any(|w| w[0] != w[1]) {
-            tracing::info!(
-                ?result,
+        match (result, versions.windows(2).any(|w| w[0] != w[1])) {
+            (None, _) => tracing::warn!(
+                ?versions,
+                "read the tables before their first result: they are empty (a time is a \
+                 commit's wall-clock time, not event time)"
+            ),
+            (Some(result), false) => {
+                tracing::info!(result, version = versions[0], "read the tables")
+            }
+            (Some(result), true) => tracing::info!(
+                result,
                 ?versions,
                 "the tables are out of step: read the newest result all of them hold"
-            );
+            ),
         }
         for (table, t) in QUERY_TABLES.iter().zip(tables) {
             ctx.register_table(*table, t.table_provider().await?)?;
@@ -245,6 +253,24 @@ impl Session {
         self.ctx
             .register_table("rfm_then", then.table_provider().await?)?;
         self.ctx.sql(SEGMENT_MOVEMENT).await?;
+        let latest = "SELECT arrow_cast(MAX(t.last_purchase), 'Int64') > \
+                      arrow_cast(MAX(n.last_purchase), 'Int64') AS later \
+                      FROM (SELECT MAX(last_purchase) AS last_purchase FROM rfm_then) t, \
+                      (SELECT MAX(last_purchase) AS last_purchase FROM rfm) n";
+        let (_, b) = self.sql(latest).await?;
+        let later = b.first().filter(|b| b.num_rows() == 1).is_some_and(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
+                .is_some_and(|a| datafusion::arrow::array::Array::is_valid(a, 0) && a.value(0))
+        });
+        if later {
+            tracing::warn!(
+                version,
+                "rfm_then is a later result than the one read: customers not in the one read \
+                 show as (gone), and spent_between is negative"
+            );
+        }
         Ok(version)
     }
 
