@@ -135,7 +135,7 @@ fn main() {
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "answers differ");
 
     // Commits at every snapshot of a paced run, a 10 s retention: what stays.
-    let small = common::data_file(40_000);
+    let small = common::data_file(100_000);
     let paced = tmp.path().join("paced");
     let t = Instant::now();
     storepulse(&[
@@ -143,7 +143,7 @@ fn main() {
         "--input",
         small.to_str().unwrap(),
         "--rate",
-        "1500",
+        "2000",
         "--snapshot-interval",
         "100ms",
         "--tables",
