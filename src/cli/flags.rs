@@ -309,7 +309,7 @@ pub struct TablesArgs {
     pub tables: bool,
     /// Commit to the tables at most this often while streaming (the last result is always
     /// committed): each commit rewrites the whole `rfm` table.
-    #[arg(long, env = "STOREPULSE_TABLES_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "STOREPULSE_TABLES_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub tables_interval: std::time::Duration,
     /// Keep this much of the tables' history (log entries and replaced data files), set
     /// when a table is created.

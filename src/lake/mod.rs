@@ -84,7 +84,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            every: Duration::from_secs(600),
+            every: Duration::from_secs(3600),
             retention: Duration::from_secs(30 * 86_400),
         }
     }
