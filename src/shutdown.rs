@@ -1,11 +1,15 @@
-//! Designed shutdown: the first Ctrl-C or SIGTERM asks the pipeline to stop reading,
-//! drain and write a final snapshot; a second one exits at once.
+//! Designed shutdown: the first Ctrl-C or SIGTERM asks the command to stop (the pipeline
+//! stops reading, drains and writes a final snapshot); a second one exits at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Starts listening for signals on a small background thread; returns the stop flag.
-pub fn install() -> Arc<AtomicBool> {
+/// What a pipeline does when asked to stop (what `run` and `process` say).
+pub const DRAIN: &str = "draining and writing a final snapshot";
+
+/// Starts listening for signals on a small background thread; returns the stop flag. The
+/// first signal is logged as `stopping: <doing>`.
+pub fn install(doing: &'static str) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     let spawned = std::thread::Builder::new()
@@ -19,9 +23,7 @@ pub fn install() -> Arc<AtomicBool> {
             };
             rt.block_on(async move {
                 wait_for_signal().await;
-                tracing::info!(
-                    "stopping: draining and writing a final snapshot (again to exit at once)"
-                );
+                tracing::info!("stopping: {doing} (again to exit at once)");
                 set.store(true, Ordering::SeqCst);
                 wait_for_signal().await;
                 tracing::warn!("exiting at once");

@@ -187,6 +187,19 @@ fn query_as_of_a_version_or_a_time_reads_the_tables_as_they_were() {
         err.contains("holds no Delta tables") && err.contains("run --tables"),
         "{err}"
     );
+    // A folder that is not there is said to be empty, not to lack tables.
+    let missing = tmp.path().join("not-there");
+    let out = common::storepulse(&[
+        "query",
+        "--snapshot-dir",
+        missing.to_str().unwrap(),
+        "--as-of",
+        "1",
+        "SELECT 1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no snapshot in"), "{err}");
 }
 
 /// The results (application transactions) of a local table's commits, in version order.

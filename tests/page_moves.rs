@@ -198,4 +198,7 @@ fn a_slow_overview_never_puts_an_older_snapshot_back_over_the_one_a_request_move
     assert_eq!(shown_c, c);
     let overview: serde_json::Value = serde_json::from_str(&overview).unwrap();
     assert_eq!(overview["snapshot"]["version"], c.as_str());
+    // Stopped, it says what it does (it writes no snapshot).
+    page.signal(libc::SIGTERM);
+    page.wait_stderr("stopping: closing the page", LIMIT);
 }

@@ -130,7 +130,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
     });
     let _metrics = serve_metrics("process", args.metrics_addr, &args.metrics_hosts);
     let _page = args.page.start("process", &args.snapshot_dir);
-    let shutdown = crate::shutdown::install();
+    let shutdown = crate::shutdown::install(crate::shutdown::DRAIN);
     let start = std::time::Instant::now();
     tracing::info!(
         group = %config.group,

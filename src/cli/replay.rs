@@ -79,7 +79,7 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         max_in_flight: args.max_in_flight as usize,
     };
     let _metrics = serve_metrics("replay", args.metrics_addr, &args.metrics_hosts);
-    let shutdown = crate::shutdown::install();
+    let shutdown = crate::shutdown::install("delivering what was sent, with no end of input");
     crate::metrics::set_ready(true);
     let outcome = publish::replay(&config, &shutdown).with_context(|| {
         format!(

@@ -92,7 +92,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _metrics = serve_metrics("run", args.metrics_addr, &args.metrics_hosts);
     let _page = args.page.start("run", &config.snapshot_dir);
-    let shutdown = crate::shutdown::install();
+    let shutdown = crate::shutdown::install(crate::shutdown::DRAIN);
     let start = Instant::now();
     crate::metrics::set_ready(true);
     let outcome = embedded::run(&config, shutdown)?;

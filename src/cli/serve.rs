@@ -29,7 +29,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_dir = %args.snapshot_dir.display(),
         "store page on http://{bound}/; Ctrl-C stops"
     );
-    let shutdown = crate::shutdown::install();
+    let shutdown = crate::shutdown::install("closing the page");
     while !shutdown.load(std::sync::atomic::Ordering::SeqCst) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -174,6 +174,9 @@ impl Session {
     ) -> Result<Session, QueryError> {
         if let Location::Dir(dir) = at {
             let tables = dir.join(crate::lake::TABLES_DIR);
+            if !dir.is_dir() {
+                return Err(SnapshotError::None(dir.clone()).into());
+            }
             if !tables.is_dir() {
                 return Err(QueryError::NoTables(dir.display().to_string()));
             }
@@ -221,6 +224,9 @@ impl Session {
     ) -> Result<u64, QueryError> {
         use crate::lake::{AsOf, Since};
         if let Location::Dir(dir) = at {
+            if !dir.is_dir() {
+                return Err(SnapshotError::None(dir.clone()).into());
+            }
             if !dir.join(crate::lake::TABLES_DIR).is_dir() {
                 return Err(QueryError::NoTables(dir.display().to_string()));
             }
