@@ -16,9 +16,11 @@
 //! URL carries the prefix), so deltalake needs no AWS SDK.
 
 mod follow;
+mod history;
 mod publish;
 
 pub use follow::{publish_latest, Follower, Notify};
+pub use history::Since;
 pub use publish::{publish, Published, CHECKPOINT_EVERY};
 
 use std::path::Path;
@@ -250,146 +252,6 @@ impl std::str::FromStr for AsOf {
                 )
             })
     }
-}
-
-/// What `query --compare-to` compares the results with: a point of the tables' history, or
-/// the newest `rfm` version at least `N` days of event time older than the result compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Since {
-    At(AsOf),
-    EventDays(u32),
-}
-
-impl std::str::FromStr for Since {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(days) = s.strip_suffix('d').and_then(|d| d.parse::<u32>().ok()) {
-            return Ok(Since::EventDays(days));
-        }
-        s.parse::<AsOf>()
-            .map(Since::At)
-            .map_err(|e| format!("{e}, nor days of event time before (30d)"))
-    }
-}
-
-impl Lake {
-    /// The newest version of `rfm` whose result's event time is at or before `limit_us`
-    /// (microseconds since the epoch), from the commits' metadata.
-    pub async fn rfm_version_at_event_time(
-        &self,
-        limit_us: i64,
-        days: u32,
-    ) -> Result<u64, LakeError> {
-        let rfm = crate::snapshot::tables::RFM;
-        let table = self
-            .open(rfm)
-            .await?
-            .ok_or_else(|| LakeError::NoneThatOld {
-                days,
-                oldest: "no table".into(),
-            })?;
-        let store = table.log_store();
-        let mut oldest = String::from("none");
-        // Newest first, down to the oldest entry the log still holds.
-        for version in (1..=table.version().unwrap_or(0)).rev() {
-            let Some(entry) = store
-                .read_commit_entry(version)
-                .await
-                .map_err(|e| delta(rfm, e))?
-            else {
-                break;
-            };
-            let Some(t) = event_time_of(&entry) else {
-                continue;
-            };
-            if t <= limit_us {
-                return Ok(version);
-            }
-            oldest = format!("version {version}, event time {}", micros_text(t));
-        }
-        Err(LakeError::NoneThatOld { days, oldest })
-    }
-}
-
-impl Lake {
-    /// `tables` as one result at `at`: each table as of `at`; when they hold different
-    /// results (a time while a result was being committed table by table, or tables out of
-    /// step after racing or failed publishes), each table ahead is read at its newest
-    /// version holding no later result than the others, until all hold one result. Returns
-    /// the tables and that result; [`LakeError::Mixed`] when no result is in all of them.
-    pub async fn open_one_result(
-        &self,
-        tables: &[&str],
-        at: &AsOf,
-    ) -> Result<(Vec<DeltaTable>, Option<i64>), LakeError> {
-        let mut opened = Vec::new();
-        for name in tables {
-            let t = self.open_as_of(name, at).await?;
-            let r = result_of(&t, name).await?;
-            opened.push((*name, t, r));
-        }
-        for _ in 0..=tables.len() * 4 {
-            let least = opened.iter().map(|(_, _, r)| *r).min().flatten();
-            if opened.iter().all(|(_, _, r)| *r == least) {
-                return Ok((opened.into_iter().map(|(_, t, _)| t).collect(), least));
-            }
-            let Some(least) = least else { break };
-            for (name, t, r) in opened.iter_mut() {
-                if r.is_some_and(|r| r > least) {
-                    let v = newest_at_most(t, name, least).await?;
-                    *t = self.open_as_of(name, &AsOf::Version(v)).await?;
-                    *r = result_of(t, name).await?;
-                }
-            }
-        }
-        let held: Vec<_> = opened.iter().map(|(n, _, r)| (*n, *r)).collect();
-        Err(LakeError::Mixed(format!("{held:?}")))
-    }
-}
-
-/// The newest version of `table` (loaded at some version) whose result is at most
-/// `result`, read from the log's entries backwards (0, the empty table, at worst).
-async fn newest_at_most(table: &DeltaTable, name: &str, result: i64) -> Result<u64, LakeError> {
-    let store = table.log_store();
-    for version in (1..=table.version().unwrap_or(0)).rev() {
-        let Some(entry) = store
-            .read_commit_entry(version)
-            .await
-            .map_err(|e| delta(name, e))?
-        else {
-            break;
-        };
-        if txn_of(&entry).is_some_and(|r| r <= result) {
-            return Ok(version);
-        }
-    }
-    Ok(0)
-}
-
-/// The result a commit entry's application transaction names, if any.
-fn txn_of(entry: &[u8]) -> Option<i64> {
-    std::str::from_utf8(entry).ok()?.lines().find_map(|line| {
-        let action: serde_json::Value = serde_json::from_str(line).ok()?;
-        let txn = action.get("txn")?;
-        (txn.get("appId")?.as_str()? == APP_ID)
-            .then(|| txn.get("version")?.as_i64())
-            .flatten()
-    })
-}
-
-/// The event time a commit entry's `commitInfo` records, if any.
-fn event_time_of(entry: &[u8]) -> Option<i64> {
-    std::str::from_utf8(entry).ok()?.lines().find_map(|line| {
-        let action: serde_json::Value = serde_json::from_str(line).ok()?;
-        action.get("commitInfo")?.get(EVENT_TIME_KEY)?.as_i64()
-    })
-}
-
-fn micros_text(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| us.to_string())
 }
 
 /// The result (the snapshot id of its `txn`) a loaded table holds; `None` for version 0.

@@ -49,6 +49,20 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
+/// The Delta tables at `at`: a folder that is not there has no snapshot, one without
+/// `tables/` no tables.
+fn lake_at(at: &Location) -> Result<crate::lake::Lake, QueryError> {
+    if let Location::Dir(dir) = at {
+        if !dir.is_dir() {
+            return Err(SnapshotError::None(dir.clone()).into());
+        }
+        if !dir.join(crate::lake::TABLES_DIR).is_dir() {
+            return Err(QueryError::NoTables(dir.display().to_string()));
+        }
+    }
+    Ok(crate::lake::Lake::at(at)?)
+}
+
 /// Customers between two results of `rfm` (see [`Session::compare_to`]). Ids compared as
 /// decimals: `rfm`'s are unsigned in a snapshot, signed in a Delta table.
 const SEGMENT_MOVEMENT: &str = "CREATE VIEW segment_movement AS \
@@ -172,16 +186,7 @@ impl Session {
         at: &Location,
         as_of: &crate::lake::AsOf,
     ) -> Result<Session, QueryError> {
-        if let Location::Dir(dir) = at {
-            let tables = dir.join(crate::lake::TABLES_DIR);
-            if !dir.is_dir() {
-                return Err(SnapshotError::None(dir.clone()).into());
-            }
-            if !tables.is_dir() {
-                return Err(QueryError::NoTables(dir.display().to_string()));
-            }
-        }
-        let lake = crate::lake::Lake::at(at)?;
+        let lake = lake_at(at)?;
         let ctx = SessionContext::new();
         // Never an answer that mixes two results: tables ahead of the others are read at
         // the result all of them hold.
@@ -223,32 +228,11 @@ impl Session {
         since: &crate::lake::Since,
     ) -> Result<u64, QueryError> {
         use crate::lake::{AsOf, Since};
-        if let Location::Dir(dir) = at {
-            if !dir.is_dir() {
-                return Err(SnapshotError::None(dir.clone()).into());
-            }
-            if !dir.join(crate::lake::TABLES_DIR).is_dir() {
-                return Err(QueryError::NoTables(dir.display().to_string()));
-            }
-        }
-        let lake = crate::lake::Lake::at(at)?;
+        let lake = lake_at(at)?;
         let as_of = match since {
             Since::At(a) => a.clone(),
             Since::EventDays(days) => {
-                let (_, b) = self
-                    .sql("SELECT arrow_cast(MAX(last_purchase), 'Int64') AS t FROM rfm")
-                    .await?;
-                let now = b
-                    .first()
-                    .filter(|b| b.num_rows() == 1)
-                    .and_then(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                            .filter(|a| datafusion::arrow::array::Array::is_valid(*a, 0))
-                            .map(|a| a.value(0))
-                    })
-                    .unwrap_or(i64::MIN);
+                let now = self.latest_purchase("rfm").await?.unwrap_or(i64::MIN);
                 let limit = now.saturating_sub(i64::from(*days) * 86_400_000_000);
                 AsOf::Version(lake.rfm_version_at_event_time(limit, *days).await?)
             }
@@ -259,17 +243,7 @@ impl Session {
         self.ctx
             .register_table("rfm_then", then.table_provider().await?)?;
         self.ctx.sql(SEGMENT_MOVEMENT).await?;
-        let latest = "SELECT arrow_cast(MAX(t.last_purchase), 'Int64') > \
-                      arrow_cast(MAX(n.last_purchase), 'Int64') AS later \
-                      FROM (SELECT MAX(last_purchase) AS last_purchase FROM rfm_then) t, \
-                      (SELECT MAX(last_purchase) AS last_purchase FROM rfm) n";
-        let (_, b) = self.sql(latest).await?;
-        let later = b.first().filter(|b| b.num_rows() == 1).is_some_and(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::BooleanArray>()
-                .is_some_and(|a| datafusion::arrow::array::Array::is_valid(a, 0) && a.value(0))
-        });
+        let later = self.latest_purchase("rfm_then").await? > self.latest_purchase("rfm").await?;
         if later {
             tracing::warn!(
                 version,
@@ -278,6 +252,17 @@ impl Session {
             );
         }
         Ok(version)
+    }
+
+    /// The latest `last_purchase` in `table` (an `rfm`), microseconds since the epoch.
+    async fn latest_purchase(&self, table: &str) -> Result<Option<i64>, QueryError> {
+        use datafusion::arrow::array::{Array, Int64Array};
+        let sql = format!("SELECT arrow_cast(MAX(last_purchase), 'Int64') FROM {table}");
+        let (_, b) = self.sql(&sql).await?;
+        Ok(b.first().filter(|b| b.num_rows() == 1).and_then(|b| {
+            let a = b.column(0).as_any().downcast_ref::<Int64Array>()?;
+            a.is_valid(0).then(|| a.value(0))
+        }))
     }
 
     /// Whether this session merges a topic's partitions (no view read).

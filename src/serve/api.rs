@@ -444,17 +444,9 @@ pub async fn sql(State(state): Shared, request: Request) -> Result<Response, Api
         }
         .emit()
     })?;
-    for (name, value) in [
-        ("as_of", &req.history.as_of),
-        ("compare_to", &req.history.compare_to),
-    ] {
-        let parsed = match (name, value) {
-            (_, None) => Ok(()),
-            ("as_of", Some(v)) => v.parse::<crate::lake::AsOf>().map(|_| ()),
-            (_, Some(v)) => v.parse::<crate::lake::Since>().map(|_| ()),
-        };
-        parsed.map_err(|e| error(StatusCode::BAD_REQUEST, format!("`{name}`: {e}")))?;
-    }
+    req.history
+        .parse()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let work = Work::Sql {
         sql: req.sql,
         limit,

@@ -68,9 +68,21 @@ pub(crate) struct History {
     pub compare_to: Option<String>,
 }
 
+/// [`History`] parsed: the point read and the point compared with.
+type Points = (Option<crate::lake::AsOf>, Option<crate::lake::Since>);
+
 impl History {
     fn is_empty(&self) -> bool {
         self.as_of.is_none() && self.compare_to.is_none()
+    }
+
+    /// Both points parsed; the error names the field.
+    pub fn parse(&self) -> Result<Points, String> {
+        let as_of = self.as_of.as_deref().map(str::parse).transpose();
+        let as_of = as_of.map_err(|e| format!("`as_of`: {e}"))?;
+        let since = self.compare_to.as_deref().map(str::parse).transpose();
+        let since = since.map_err(|e| format!("`compare_to`: {e}"))?;
+        Ok((as_of, since))
     }
 }
 
@@ -83,24 +95,21 @@ async fn history_session(
     history: &History,
 ) -> Result<(Session, String), QueryError> {
     let bad = |e: String| QueryError::Sql(datafusion::error::DataFusionError::Plan(e));
-    let (session, mut version) = match &history.as_of {
-        Some(text) => {
-            let as_of: crate::lake::AsOf = text.parse().map_err(bad)?;
-            (
-                Session::open_as_of(at, &as_of).await?,
-                format!("tables as of {text}"),
-            )
-        }
-        None => {
+    let (as_of, since) = history.parse().map_err(bad)?;
+    let (session, mut version) = match (&as_of, &history.as_of) {
+        (Some(as_of), Some(text)) => (
+            Session::open_as_of(at, as_of).await?,
+            format!("tables as of {text}"),
+        ),
+        _ => {
             let s = Session::open_at(at, limits.max_behind).await?;
             let v = super::version_of(dir, &s.parts);
             (s, v)
         }
     };
     let session = session.limited(limits).await?;
-    if let Some(text) = &history.compare_to {
-        let since: crate::lake::Since = text.parse().map_err(bad)?;
-        let v = session.compare_to(at, &since).await?;
+    if let Some(since) = &since {
+        let v = session.compare_to(at, since).await?;
         version = format!("{version}, compared with rfm version {v}");
     }
     Ok((session, version))

@@ -2,6 +2,7 @@
 //! pinned in `tests/py/requirements.txt`) in a virtual environment under `target/py/`: `.ci/run` creates it, and a test
 //! creates it when it is missing (Debian's `python3-venv` installed first if need be).
 //! Included with `#[path]` by the tests that need it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
