@@ -3,7 +3,9 @@
 //! publish: four tables, `rfm` whole), the bytes of the tables and of a snapshot, `query`
 //! latency on the latest snapshot, on the tables' latest version and on an older one
 //! (`--as-of`), and a paced run committing every snapshot with a short retention: versions,
-//! log entries and data files kept. Answers are checked equal.
+//! log entries and data files kept; and a customer's segment over time from 13 versions of
+//! `rfm` (runs over 13 growing prefixes of the file) through the page's API, first look-up
+//! and later ones. Answers are checked equal.
 //!
 //! `cargo bench --bench lake`; `STOREPULSE_BENCH_ROWS` sets another size.
 
@@ -177,4 +179,76 @@ fn main() {
         mib(bytes(&rfm) - bytes(&log)),
         mib(bytes(&paced.join("tables")))
     );
+    history_lookup(&path, rows, tmp.path());
+}
+
+/// 13 versions of `rfm` (runs over growing prefixes of the input, into one folder), then
+/// `GET /api/customer/{id}/history` of the best customer through `serve`: the first look-up
+/// (the worker reads the log) and the median of later ones.
+fn history_lookup(input: &Path, rows: u64, tmp: &Path) {
+    use std::io::{BufRead, Write};
+    let dir = tmp.join("history");
+    let prefix = tmp.join("prefix.csv");
+    for k in 1..=13u64 {
+        let mut lines = std::io::BufReader::new(std::fs::File::open(input).unwrap()).lines();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&prefix).unwrap());
+        for line in lines.by_ref().take((1 + rows * k / 13) as usize) {
+            writeln!(out, "{}", line.unwrap()).unwrap();
+        }
+        out.flush().unwrap();
+        drop(out);
+        storepulse(&[
+            "run",
+            "--input",
+            prefix.to_str().unwrap(),
+            "--max",
+            "--no-progress",
+            "--tables",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+        ]);
+    }
+    let d = dir.to_str().unwrap();
+    let best = "SELECT CAST(user_id AS VARCHAR) AS id FROM rfm ORDER BY monetary DESC LIMIT 1";
+    let id = storepulse(&["query", "--format", "csv", "--snapshot-dir", d, best]).1;
+    let id = id.lines().nth(1).unwrap().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let mut serve = Command::new(bin)
+        .args(["serve", "--snapshot-dir", d, "--http-addr", &addr])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| -> Option<(f64, String)> {
+        let t = Instant::now();
+        let mut reply = ureq::get(&format!("http://{addr}{path}")).call().ok()?;
+        let body = reply.body_mut().read_to_string().ok()?;
+        Some((t.elapsed().as_secs_f64(), body))
+    };
+    let mut ready = false;
+    for _ in 0..600 {
+        if get("/readyz").is_some() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready, "serve never became ready");
+    let path = format!("/api/customer/{id}/history");
+    let (first, body) = get(&path).expect("the history");
+    let points: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let n = points["points"].as_array().map_or(0, Vec::len);
+    let later: Vec<f64> = (0..5).map(|_| get(&path).expect("the history").0).collect();
+    println!(
+        "a customer's segment over time ({n} versions of rfm): first look-up {first:.3} s, later \
+         {:.3} s (median; {later:.3?})",
+        common::median(later.clone())
+    );
+    serve.kill().ok();
+    serve.wait().ok();
 }

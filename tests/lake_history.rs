@@ -184,7 +184,8 @@ fn the_sql_box_reads_the_history_as_query_does() {
 }
 
 /// The page's movement matrix (asked with *compare*) shows, cell by cell, the customers
-/// `query --compare-to` counts, and says which version it compared with.
+/// `query --compare-to` counts, and says which version it compared with; a customer's
+/// look-up shows their segment over time as `/api/customer/{id}/history` gives it.
 #[test]
 fn the_page_draws_the_movement_matrix_query_computes() {
     let (_tmp, dir) = with_versions(16_000, 70);
@@ -231,10 +232,169 @@ fn the_page_draws_the_movement_matrix_query_computes() {
         note.as_str().unwrap().contains("compared with rfm version"),
         "{note}"
     );
+
+    // A customer's look-up shows their segment over time: the API's points, row by row.
+    let id = query_lines(
+        &dir,
+        &[],
+        "SELECT CAST(user_id AS VARCHAR) AS id FROM rfm ORDER BY monetary DESC, user_id LIMIT 1",
+    )
+    .remove(0);
+    let (status, _, body) = common::http::get(&addr, &format!("/api/customer/{id}/history"));
+    assert_eq!(status, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let want: Vec<String> = h["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}|{}", p["version"], text(&p["segment"])))
+        .collect();
+    assert!(want.len() >= 3, "{h}");
+    b.eval(
+        "document.querySelector('#customer-id').value = arguments[0];          document.querySelector('#lookup').requestSubmit(); return 1;",
+        serde_json::json!([id]),
+    );
+    b.wait_for(
+        "return document.querySelectorAll('#customer-history tr[data-version]').length",
+        std::time::Duration::from_secs(30),
+    );
+    let rows = b.eval(
+        "return [...document.querySelectorAll('#customer-history tr[data-version]')]\
+         .map(r => r.dataset.version + '|' + r.dataset.segment);",
+        serde_json::json!([]),
+    );
+    let got: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want);
     let errors: Vec<_> = b
         .console()
         .into_iter()
         .filter(|(level, _)| level == "SEVERE" || level == "WARNING")
         .collect();
     assert!(errors.is_empty(), "console: {errors:?}");
+}
+
+/// A JSON value as the Python reader prints it: text bare, null empty.
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        v => v.to_string(),
+    }
+}
+
+/// `GET /api/customer/{id}/history`: the points' versions, and one line per point as
+/// `tests/py/customer.py` prints it.
+fn history(addr: &str, id: &str) -> (Vec<u64>, Vec<String>) {
+    let (status, _, body) = common::http::get(addr, &format!("/api/customer/{id}/history"));
+    assert_eq!(status, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["tables"], true, "{h}");
+    assert_eq!(h["unreadable"], 0, "{h}");
+    let points = h["points"].as_array().unwrap();
+    let versions = points
+        .iter()
+        .map(|p| p["version"].as_u64().unwrap())
+        .collect();
+    let fields = ["event_time", "segment", "r_score", "f_score", "m_score"];
+    let lines = points
+        .iter()
+        .map(|p| {
+            let mut cells = vec![p["version"].to_string()];
+            cells.extend(fields.iter().map(|f| text(&p[*f])));
+            cells.extend(["frequency", "monetary"].iter().map(|f| text(&p[*f])));
+            cells.join(",")
+        })
+        .collect();
+    (versions, lines)
+}
+
+/// A customer's segment over time (`/api/customer/{id}/history`, the page's look-up) is,
+/// at every point, what the Python `deltalake` package reads from that version of `rfm`:
+/// the result's event time (its latest purchase), the segment, scores, orders and money.
+/// The points run from old to new up to the newest version, for a customer who changed
+/// segment, one who was not a customer yet at the first point, and nobody.
+#[test]
+fn a_customers_segment_over_time_is_what_each_version_of_rfm_says() {
+    let (_tmp, dir) = with_versions(16_000, 71);
+    let rfm = std::fs::canonicalize(dir.join("tables/rfm")).unwrap();
+    let addr = common::spawn::free_addr();
+    let _serve = common::serve(&dir, &addr, LIMIT);
+    let reader = |id: &str, versions: &[u64]| -> Vec<String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/customer.py");
+        let py = std::process::Command::new(python::python())
+            .arg(script)
+            .arg(&rfm)
+            .arg(id)
+            .args(versions.iter().map(u64::to_string))
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        String::from_utf8(py.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    // The points do not depend on the customer: nobody's first.
+    let (versions, nobody) = history(&addr, &u64::MAX.to_string());
+    assert!((3..=13).contains(&versions.len()), "{versions:?}");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    let log = std::fs::read_dir(rfm.join("_delta_log")).unwrap();
+    let last = log
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(
+        *versions.last().unwrap(),
+        last,
+        "the newest version is the last point"
+    );
+    assert!(nobody.iter().all(|l| l.ends_with(",,,,,,")), "{nobody:?}");
+
+    // A customer in a different segment at the first point and now, and one not there then.
+    let first = versions[0].to_string();
+    let pick = |condition: &str| -> String {
+        let sql = format!(
+            "SELECT CAST(n.user_id AS VARCHAR) AS id FROM rfm n LEFT JOIN rfm_then t \
+             ON CAST(n.user_id AS DECIMAL(20,0)) = CAST(t.user_id AS DECIMAL(20,0)) \
+             WHERE {condition} ORDER BY n.monetary DESC, 1 LIMIT 1"
+        );
+        let lines = query_lines(&dir, &["--compare-to", &first], &sql);
+        assert_eq!(lines.len(), 1, "{condition}: {lines:?}");
+        lines[0].clone()
+    };
+    let moved = pick("t.segment IS NOT NULL AND t.segment <> n.segment");
+    let new = pick("t.segment IS NULL");
+    for id in [&moved, &new] {
+        let (v, got) = history(&addr, id);
+        assert_eq!(v, versions, "{id}");
+        assert_eq!(got, reader(id, &versions), "{id}");
+    }
+    let segments = |id: &str| -> Vec<String> {
+        history(&addr, id)
+            .1
+            .iter()
+            .map(|l| l.split(',').nth(2).unwrap().to_string())
+            .collect()
+    };
+    let moved_segments = segments(&moved);
+    assert_ne!(moved_segments.first(), moved_segments.last());
+    assert_eq!(segments(&new).first().map(String::as_str), Some(""));
+    assert_eq!(common::http::get(&addr, "/api/customer/x1/history").0, 400);
 }

@@ -345,6 +345,18 @@ fn the_store_page_shows_what_query_returns_and_follows_new_snapshots() {
             "customer {}",
             c[0]
         );
+        // Without the Delta tables, the segment over time says what it needs (no error).
+        let over_time = b.wait_for(
+            "const e = document.querySelector('#customer-history');              return e && !e.textContent.includes('reading') && e.textContent;",
+            Duration::from_secs(30),
+        );
+        assert!(
+            over_time
+                .as_str()
+                .unwrap()
+                .contains("needs the Delta tables"),
+            "{over_time}"
+        );
     }
 
     // The SQL box: its default statement, then one typed in, whose table is what `query`

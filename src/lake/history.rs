@@ -106,7 +106,7 @@ async fn newest_at_most(table: &DeltaTable, name: &str, result: i64) -> Result<u
 
 /// The newest version from `table`'s loaded one down to 1 whose log entry `wanted` accepts,
 /// down to the oldest entry the log still holds.
-async fn newest_where(
+pub(super) async fn newest_where(
     table: &DeltaTable,
     name: &str,
     mut wanted: impl FnMut(u64, &[u8]) -> bool,
@@ -128,7 +128,7 @@ async fn newest_where(
 }
 
 /// `key` of the action `action` (`txn`, `commitInfo`) in a commit entry, if any.
-fn field(entry: &[u8], action: &str, key: &str) -> Option<serde_json::Value> {
+pub(super) fn field(entry: &[u8], action: &str, key: &str) -> Option<serde_json::Value> {
     std::str::from_utf8(entry).ok()?.lines().find_map(|line| {
         let mut parsed: serde_json::Value = serde_json::from_str(line).ok()?;
         parsed

@@ -18,10 +18,12 @@
 mod follow;
 mod history;
 mod publish;
+mod timeline;
 
 pub use follow::{publish_latest, Follower, Notify};
 pub use history::Since;
 pub use publish::{publish, Published, CHECKPOINT_EVERY};
+pub use timeline::Timeline;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -218,6 +218,24 @@ impl Session {
         })
     }
 
+    /// `rfm` alone, at `version` of its Delta table (a customer's segment over time).
+    pub async fn rfm_at_version(
+        lake: &crate::lake::Lake,
+        version: u64,
+    ) -> Result<Session, QueryError> {
+        let rfm = crate::snapshot::tables::RFM;
+        let t = lake
+            .open_as_of(rfm, &crate::lake::AsOf::Version(version))
+            .await?;
+        let ctx = SessionContext::new();
+        ctx.register_table(rfm, t.table_provider().await?)?;
+        Ok(Session {
+            ctx,
+            parts: Vec::new(),
+            cut: None,
+        })
+    }
+
     /// Adds `rfm_then` (the `rfm` table at `since` in its Delta history) and the view
     /// `segment_movement`: customers by segment then and now (`(new)` for a customer not
     /// there then), how many, and their money then, now and in between. Returns the `rfm`

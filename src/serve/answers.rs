@@ -1,6 +1,7 @@
 //! The page's answers, computed by a worker process from its loaded [`Session`]: the
-//! overview behind the charts, one customer, and `POST /api/sql`. Every value follows the
-//! rules of `query::json` (money and 64-bit integers as exact strings).
+//! overview behind the charts, one customer and their segment over time, and `POST
+//! /api/sql`. Every value follows the rules of `query::json` (money and 64-bit integers as
+//! exact strings).
 
 use serde_json::{json, Value};
 
@@ -173,6 +174,60 @@ pub async fn customer(session: &Session, version: &str, id: u64) -> Result<Value
         .ok_or_else(|| (404, format!("no customer {id} in this snapshot")))?;
     c["snapshot"] = json!(version);
     Ok(c)
+}
+
+/// Versions of `rfm` a customer's segment over time shows at most (a year by month).
+pub const HISTORY_POINTS: usize = 13;
+
+/// One customer's segment over time, from the Delta table `rfm` (`--tables`): at up to
+/// [`HISTORY_POINTS`] versions spread over the event time its kept history covers, the
+/// result's event time and the customer's segment, scores, orders and money then
+/// (`segment` null: not a customer yet). `{"tables": false}` without the tables.
+pub async fn customer_history(
+    at: &crate::snapshot::Location,
+    timeline: &mut crate::lake::Timeline,
+    id: u64,
+) -> Result<Value, Refusal> {
+    use crate::snapshot::Location;
+    let none = json!({"tables": false, "points": []});
+    if let Location::Dir(dir) = at {
+        if !dir.join(crate::lake::TABLES_DIR).is_dir() {
+            return Ok(none);
+        }
+    }
+    let failed = |e: crate::lake::LakeError| (500, e.to_string());
+    let lake = crate::lake::Lake::at(at).map_err(failed)?;
+    if !timeline.refresh(&lake).await.map_err(failed)? {
+        return Ok(none);
+    }
+    // Ids are signed in the Delta table: a larger one is nobody.
+    let wanted = i64::try_from(id).map_or("FALSE".to_string(), |id| format!("user_id = {id}"));
+    let sql = format!(
+        "SELECT segment, r_score, f_score, m_score, frequency, monetary FROM rfm WHERE {wanted}"
+    );
+    let (mut points, mut unreadable) = (Vec::new(), 0);
+    for (version, event_time) in timeline.points(HISTORY_POINTS) {
+        let read = match Session::rfm_at_version(&lake, version).await {
+            Ok(session) => rows(&session, &sql).await.map_err(|(_, e)| e),
+            Err(e) => Err(e.to_string()),
+        };
+        // Its files removed by retention since the log was read: not offered again.
+        let row = match read {
+            Ok(rows) => rows.into_iter().next(),
+            Err(error) => {
+                tracing::warn!(version, %error, "a version of rfm could not be read");
+                timeline.forget(version);
+                unreadable += 1;
+                continue;
+            }
+        };
+        let mut point = row.unwrap_or_else(|| json!({"segment": null}));
+        point["version"] = json!(version);
+        point["event_time"] = json!(chrono::DateTime::from_timestamp_micros(event_time)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+        points.push(point);
+    }
+    Ok(json!({"tables": true, "points": points, "unreadable": unreadable}))
 }
 
 /// `POST /api/sql`: at most `limit` rows and `max_bytes` of them. The text of an

@@ -382,6 +382,27 @@ pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Re
     Ok(sent(room, answered(a)?.body))
 }
 
+/// One customer's segment over time, from the Delta table `rfm` (`{"tables": false}`
+/// without it): see [`super::answers::customer_history`].
+pub async fn customer_history(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let Ok(id) = id.trim().parse::<u64>() else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("a customer id is a whole number, not `{id}`"),
+        ));
+    };
+    let room = reserve(&state, 1 << 20)?;
+    let a = state
+        .page
+        .call(&Work::CustomerHistory { id }, PAGE_WAIT, PAGE_TIME, 1 << 20)
+        .await
+        .map_err(|f| failure(&state, f, "the segment over time"))?;
+    Ok(sent(room, answered(a)?.body))
+}
+
 #[derive(serde::Deserialize)]
 pub struct SqlRequest {
     sql: String,

@@ -215,6 +215,7 @@ fn router(state: Arc<State>, guard: guard::Guard) -> Router {
         .route("/api/snapshot", get(api::snapshot))
         .route("/api/overview", get(api::overview))
         .route("/api/customer/{id}", get(api::customer))
+        .route("/api/customer/{id}/history", get(api::customer_history))
         .route("/api/sql", post(api::sql))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(

@@ -230,8 +230,36 @@ $("#lookup").addEventListener("submit", async (ev) => {
         .map(([k, v]) => `<tr><th>${esc(k)}</th><td data-field="${esc(k)}">${esc(v)}</td></tr>`).join("") + `</table>`;
   } catch (e) {
     $("#customer").innerHTML = `<p class="error">${esc(e.message)}</p>`;
+    $("#customer-history").innerHTML = "";
+    return;
   }
+  customerHistory(id);
 });
+
+// A customer's segment over time, from the Delta table rfm at versions spread over its
+// history. Each row has data-version and data-segment ("" when not a customer yet).
+async function customerHistory(id) {
+  const box = $("#customer-history");
+  box.innerHTML = `<p class="note">segment over time: reading the tables' history…</p>`;
+  try {
+    const h = await fetchJson("/api/customer/" + encodeURIComponent(id) + "/history");
+    if (!h.tables) {
+      box.innerHTML = `<p class="note">Segment over time needs the Delta tables (<code>--tables</code>).</p>`;
+      return;
+    }
+    const rows = h.points.map((p) => {
+      const seg = p.segment === null ? "" : p.segment;
+      const cells = [String(p.event_time || "").slice(0, 10), seg || "not a customer yet",
+        seg ? `${p.r_score}${p.f_score}${p.m_score}` : "", seg ? p.frequency : "", seg ? money(p.monetary) : ""];
+      return `<tr data-version="${esc(p.version)}" data-segment="${esc(seg)}">` +
+        cells.map((c, i) => `<td class="${i > 1 ? "num" : ""}">${esc(c)}</td>`).join("") + "</tr>";
+    });
+    box.innerHTML = `<h3>Segment over time</h3><table><tr><th>event time</th><th>segment</th>` +
+      `<th class="num">RFM</th><th class="num">orders</th><th class="num">monetary</th></tr>${rows.join("")}</table>`;
+  } catch (e) {
+    box.innerHTML = `<p class="error">${esc(e.message)}</p>`;
+  }
+}
 
 $("#sql-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();

@@ -51,6 +51,9 @@ pub(crate) enum Request {
     Customer {
         id: u64,
     },
+    CustomerHistory {
+        id: u64,
+    },
     Sql {
         sql: String,
         limit: usize,
@@ -146,6 +149,7 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         max_behind: std::time::Duration::from_millis(args.max_behind_ms),
     };
     let mut loaded: Option<Loaded> = None;
+    let mut timeline = crate::lake::Timeline::default();
     let at = crate::snapshot::Location::parse(&args.snapshot_dir)?;
     let stdin = std::io::stdin().lock();
     let mut stdout = std::io::stdout().lock();
@@ -153,7 +157,15 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         let request: Request = serde_json::from_str(&line?)?;
         let dir = &args.snapshot_dir;
         let (status, version, body) = runtime.block_on(async {
-            match answer((dir, &at), limits, &mut loaded, &request).await {
+            let answered = match &request {
+                Request::CustomerHistory { id } => {
+                    answers::customer_history(&at, &mut timeline, *id)
+                        .await
+                        .map(|body| ("tables".to_string(), body))
+                }
+                _ => answer((dir, &at), limits, &mut loaded, &request).await,
+            };
+            match answered {
                 Ok((version, body)) => (200, version, body),
                 Err((status, message)) => (
                     status,
@@ -239,6 +251,7 @@ async fn answer(
                 answers::overview(&l.session, info, query).await
             }
             Request::Customer { id } => answers::customer(&l.session, &l.version, *id).await,
+            Request::CustomerHistory { .. } => unreachable!("answered in `main`"),
             Request::Sql {
                 sql,
                 limit,
