@@ -80,6 +80,8 @@ pub struct Day {
     /// While open, the distinct orders each category and brand had the day before: a
     /// new group's set starts at that size (see [`Day::sized_like`]).
     group_sizes: Option<Box<GroupSizes>>,
+    /// The core's epoch when the day last changed (see `changes.rs`).
+    pub(super) changed: u32,
 }
 
 #[derive(Debug, Clone, Default)]

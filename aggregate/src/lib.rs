@@ -6,6 +6,7 @@
 //! serialization, async runtime or Kafka client (only hash maps, bitmaps, error types
 //! and rayon's fork-join); readers and transports depend on it, never the other way round.
 
+mod changes;
 mod daily;
 pub mod event;
 pub mod rfm;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 pub use event::{Dictionary, PurchaseEvent, Sym};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+pub use changes::Mark;
 pub use daily::{Day, Group, Totals};
 pub use rfm::{Customer, RfmRow, Scored};
 pub use seen::{Seen, SeenId};
@@ -90,12 +92,19 @@ pub struct Core {
     customer_orders: FxHashSet<(u64, u64)>,
     accepted: u64,
     late: u64,
+    /// What changed since the last snapshot published, when tracked (`changes.rs`).
+    changes: Option<Box<changes::Changes>>,
+    /// Stamps the days changed now; a snapshot started moves it on.
+    epoch: u32,
+    /// The epoch of the last snapshot published: days stamped later changed since.
+    settled: u32,
 }
 
 impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Self {
             config,
+            epoch: 1,
             ..Self::default()
         }
     }
@@ -121,10 +130,10 @@ impl Core {
 
     /// Adds one event to every aggregate, or reports it late.
     pub fn record(&mut self, e: &PurchaseEvent) -> Outcome {
-        let (mut windows, customers, orders) = self.parts();
+        let (mut windows, mut customers) = self.parts();
         let outcome = windows.record(e);
         if outcome == Outcome::Accepted {
-            record_customer(customers, orders, e);
+            record_customer(&mut customers, e);
         }
         outcome
     }
@@ -149,10 +158,10 @@ impl Core {
                 true
             })
             .collect();
-        let (mut windows, customers, orders) = self.parts();
+        let (mut windows, mut customers) = self.parts();
         let mut record_customers = || {
             for (e, _) in events.iter().zip(&accepted).filter(|(_, &ok)| ok) {
-                record_customer(customers, orders, e);
+                record_customer(&mut customers, e);
             }
         };
         // Two threads pay only for a large batch: waking the other costs more than a few
@@ -173,14 +182,9 @@ impl Core {
 
     /// The daily windows and event-time progress, and apart from them the customers and
     /// their counted orders: the two halves of an event's update.
-    fn parts(
-        &mut self,
-    ) -> (
-        Windows<'_>,
-        &mut FxHashMap<u64, Customer>,
-        &mut FxHashSet<(u64, u64)>,
-    ) {
+    fn parts(&mut self) -> (Windows<'_>, windows::Customers<'_>) {
         let windows = Windows {
+            epoch: self.epoch,
             config: &self.config,
             days: &mut self.days,
             first_open_day: &mut self.first_open_day,
@@ -189,7 +193,13 @@ impl Core {
             accepted: &mut self.accepted,
             late: &mut self.late,
         };
-        (windows, &mut self.customers, &mut self.customer_orders)
+        let customers = windows::Customers {
+            customers: &mut self.customers,
+            orders: &mut self.customer_orders,
+            changes: self.changes.as_deref_mut(),
+            epoch: self.epoch,
+        };
+        (windows, customers)
     }
 
     /// Moves the watermark forward (never back) and finalizes the days it passed.

@@ -71,6 +71,9 @@ impl Lines {
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
     sets: FxHashMap<(u64, u32), Lines>,
+    /// The lines recorded since the last snapshot published, when tracked (see
+    /// [`Seen::changed`]).
+    fresh: Option<Box<FxHashMap<(u64, u32), RoaringBitmap>>>,
 }
 
 /// Why a set written by [`Seen::sets`] could not be put back.
@@ -88,10 +91,55 @@ impl Seen {
         let Ok(line) = u32::try_from(id.line) else {
             return false;
         };
-        self.sets
+        let new = self
+            .sets
             .entry((id.source, id.pass))
             .or_default()
-            .insert(line)
+            .insert(line);
+        if let (true, Some(fresh)) = (new, self.fresh.as_deref_mut()) {
+            fresh.entry((id.source, id.pass)).or_default().insert(line);
+        }
+        new
+    }
+
+    /// Keeps track of the lines recorded from now on, for incremental snapshots.
+    pub fn track_changes(&mut self) {
+        self.fresh.get_or_insert_with(Default::default);
+    }
+
+    /// The lines recorded since the last snapshot published (all of them are in `self`):
+    /// what an incremental snapshot holds, and what [`Seen::settle`] forgets once it is
+    /// published. Empty without tracking.
+    pub fn changed(&self) -> Seen {
+        let sets = self.fresh.as_deref().into_iter().flatten();
+        Seen {
+            sets: sets
+                .map(|(k, bits)| {
+                    let lines = Lines {
+                        bits: bits.clone(),
+                        ..Lines::default()
+                    };
+                    (*k, lines)
+                })
+                .collect(),
+            fresh: None,
+        }
+    }
+
+    /// A snapshot holding `published` (what [`Seen::changed`] gave when it started) was
+    /// published: those lines are no longer new.
+    pub fn settle(&mut self, published: &Seen) {
+        let Some(fresh) = self.fresh.as_deref_mut() else {
+            return;
+        };
+        for (k, lines) in &published.sets {
+            if let Some(bits) = fresh.get_mut(k) {
+                *bits -= &lines.bits;
+                if bits.is_empty() {
+                    fresh.remove(k);
+                }
+            }
+        }
     }
 
     /// Whether `id` was recorded (never, for a line beyond [`Seen::MAX_LINE`]).

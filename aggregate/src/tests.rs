@@ -333,4 +333,5 @@ fn long_day_runs_record_exactly_as_single_events() {
     assert_eq!(observe(&one), observe(&batched));
 }
 
+mod changes;
 mod merge;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::PurchaseEvent;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::changes::Changes;
 use super::{day_of, CoreConfig, Customer, Day, Outcome, MICROS_PER_DAY};
 
 /// Whether a day is final under `watermark`: the watermark passed its end plus the
@@ -37,25 +38,36 @@ pub(super) fn raise_max(
     )
 }
 
+/// The core's customers and their counted orders, borrowed apart from the windows, with
+/// the record of what changed when the core tracks it.
+pub(super) struct Customers<'a> {
+    pub(super) customers: &'a mut FxHashMap<u64, Customer>,
+    pub(super) orders: &'a mut FxHashSet<(u64, u64)>,
+    pub(super) changes: Option<&'a mut Changes>,
+    pub(super) epoch: u32,
+}
+
 /// A customer's part of an accepted event: their RFM state and the counted orders.
-pub(super) fn record_customer(
-    customers: &mut FxHashMap<u64, Customer>,
-    customer_orders: &mut FxHashSet<(u64, u64)>,
-    e: &PurchaseEvent,
-) {
+pub(super) fn record_customer(c: &mut Customers<'_>, e: &PurchaseEvent) {
     if let Some(user) = e.user_id {
-        let c = customers
+        let customer = c
+            .customers
             .entry(user)
             .or_insert_with(|| Customer::new(e.event_time_us));
         let new_order =
-            c.last_order != Some(e.order_id) && customer_orders.insert((user, e.order_id));
-        c.record(e, new_order);
+            customer.last_order != Some(e.order_id) && c.orders.insert((user, e.order_id));
+        customer.record(e, new_order);
+        if let Some(changes) = c.changes.as_deref_mut() {
+            changes.customer(user, c.epoch, new_order.then_some(e.order_id));
+        }
     }
 }
 
 /// The core's daily windows and event-time progress, borrowed on their own so that the
 /// customers can be updated beside them.
 pub(super) struct Windows<'a> {
+    /// Stamped on every day changed (see `changes.rs`).
+    pub(super) epoch: u32,
     pub(super) config: &'a CoreConfig,
     pub(super) days: &'a mut BTreeMap<i32, Day>,
     pub(super) first_open_day: &'a mut Option<i32>,
@@ -138,7 +150,9 @@ impl Windows<'_> {
             };
             self.days.insert(day, new);
         }
-        self.days.get_mut(&day).expect("just added")
+        let d = self.days.get_mut(&day).expect("just added");
+        d.changed = self.epoch;
+        d
     }
 
     pub(super) fn advance_watermark(&mut self, to_us: i64) {
@@ -153,6 +167,7 @@ impl Windows<'_> {
             let mut open = self.days.range_mut(day..);
             if let Some((_, d)) = open.next() {
                 d.finalize(self.config.keep_day_customers);
+                d.changed = self.epoch;
             }
             *self.first_open_day = open.next().map(|(&d, _)| d);
         }

@@ -124,3 +124,37 @@ fn sets_round_trip() {
     assert!(back.insert(id(7, 3, 3)) && back.insert(id(7, 4, 50_000)));
     assert!(back.restore((0, 0), &[1, 2, 3]).is_err());
 }
+
+/// What changed since a published snapshot, restored over it, is every line: the lines
+/// of a copy given up are still new at the next one, and a settled copy's are not.
+#[test]
+fn changed_lines_restored_over_the_last_published_give_every_line() {
+    let id = |line| SeenId {
+        source: 7,
+        pass: 1,
+        line,
+    };
+    let mut s = Seen::default();
+    s.track_changes();
+    (0..100).for_each(|l| assert!(s.insert(id(l))));
+    let published = s.changed();
+    assert_eq!(published.len(), 100);
+    s.settle(&published);
+    assert!(s.changed().is_empty());
+    (100..150).for_each(|l| assert!(s.insert(id(l))));
+    let given_up = s.changed();
+    assert_eq!(given_up.len(), 50);
+    assert!(!s.insert(id(120)), "a line seen stays seen");
+    (150..160).for_each(|l| assert!(s.insert(id(l))));
+    let next = s.changed();
+    assert_eq!(next.len(), 60);
+    // The base and the next copy together are every line.
+    let mut restored = Seen::default();
+    for (k, bytes) in published.sets().into_iter().chain(next.sets()) {
+        restored.restore(k, &bytes).unwrap();
+    }
+    assert_eq!(restored.len(), s.len());
+    assert!((0..160).all(|l| restored.contains(id(l))));
+    s.settle(&next);
+    assert!(s.changed().is_empty());
+}
