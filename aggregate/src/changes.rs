@@ -86,7 +86,7 @@ impl Core {
             part.customers = changes
                 .customers
                 .keys()
-                .filter_map(|u| Some((*u, self.customers.get(u)?.clone())))
+                .filter_map(|u| Some((*u, *self.customers.get(u)?)))
                 .collect();
             part.customer_orders = changes.pairs.iter().copied().collect::<FxHashSet<_>>();
         }

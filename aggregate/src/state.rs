@@ -160,8 +160,10 @@ impl CoreState {
         self.watermark_us = delta.watermark_us;
         self.accepted = delta.accepted;
         self.late = delta.late;
-        let mut days: BTreeMap<i32, DayState> =
-            std::mem::take(&mut self.days).into_iter().map(|d| (d.day, d)).collect();
+        let mut days: BTreeMap<i32, DayState> = std::mem::take(&mut self.days)
+            .into_iter()
+            .map(|d| (d.day, d))
+            .collect();
         days.extend(delta.days.into_iter().map(|d| (d.day, d)));
         self.days = days.into_values().collect();
         if !delta.customers.is_empty() {

@@ -32,6 +32,12 @@ pub struct ProcessArgs {
     /// How many snapshots to keep per partition.
     #[arg(long, env = "STOREPULSE_KEEP_SNAPSHOTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_snapshots: u64,
+    /// Incremental snapshots of a partition between two whole ones at most: each holds
+    /// only the customers, days and events that changed since the one before (a whole
+    /// one comes sooner once they add up to half of it). 0: every snapshot whole.
+    /// Snapshots published to a bucket are whole.
+    #[arg(long, env = "STOREPULSE_INCREMENTAL_SNAPSHOTS", default_value_t = 15)]
+    pub incremental_snapshots: u32,
     /// Publish the merged view of all partitions (what `query` and `serve` read) at most
     /// this often while consuming, beside the stream; one more at the end.
     #[arg(long, env = "STOREPULSE_VIEW_INTERVAL", default_value = "1m", value_parser = parse_duration)]
@@ -116,6 +122,7 @@ pub fn process(args: ProcessArgs) -> anyhow::Result<()> {
         remote,
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.keep_snapshots as usize,
+        incremental: args.incremental_snapshots,
         view_interval: args.view_interval,
         core,
         window: WindowConfig::of(&core, "set by the replayer".into()),

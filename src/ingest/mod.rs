@@ -103,6 +103,10 @@ impl Lane for Core {
     fn core(&self) -> &Core {
         self
     }
+
+    fn state_mut(&mut self) -> (&mut Core, Option<&mut crate::aggregate::Seen>) {
+        (self, None)
+    }
 }
 
 /// The one lane of a run.

@@ -181,6 +181,10 @@ impl Lane for Part {
     fn seen(&self) -> Option<&Seen> {
         Some(&self.state.seen)
     }
+
+    fn state_mut(&mut self) -> (&mut Core, Option<&mut Seen>) {
+        (&mut self.state.core, Some(&mut self.state.seen))
+    }
 }
 
 pub(super) struct Partitions {
@@ -401,9 +405,13 @@ impl Partitions {
                     .is_ok_and(|(p, _)| publisher.older_than_pointed(p));
                 (store.with_remote(publisher)?, found)
             }
-            // The newest snapshot that loads; damaged ones are skipped (the older one's
-            // offset is where reading resumes, so nothing is lost).
-            None => (store, snapshot::newest_good(&dir, load)),
+            // The newest snapshot that loads (an incremental one with its chain); damaged
+            // ones are skipped (the older one's offset is where reading resumes, so nothing
+            // is lost).
+            None => (
+                store.with_deltas(c.incremental),
+                snapshot::newest_good(&dir, load),
+            ),
         };
         let (state, at_end) = match found {
             Ok((published, (state, seen))) => {
@@ -439,12 +447,16 @@ impl Partitions {
             Err(SnapshotError::None(_)) => (PartitionState::new(c.core), false),
             Err(e) => return Err(e.into()),
         };
-        let part = Part {
+        let mut part = Part {
             progress: Progress::new(&state),
             state,
             at_end,
             eof: false,
         };
+        if c.incremental > 0 && c.remote.is_none() {
+            part.state.core.track_changes();
+            part.state.seen.track_changes();
+        }
         Ok((part, Beside::new(store), stale))
     }
 

@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::aggregate::{Core, Seen};
-use crate::snapshot::{Beside, SnapshotError, SnapshotMeta, Written};
+use crate::snapshot::{Beside, Kind, Settle, SnapshotError, SnapshotMeta, Written};
 
 /// A lane's state as a snapshot writes it.
 pub trait Lane {
@@ -24,6 +24,52 @@ pub trait Lane {
     /// The event ids counted, for lanes that drop duplicates.
     fn seen(&self) -> Option<&Seen> {
         None
+    }
+    /// The state, to copy what changed and to forget it once a snapshot is published.
+    fn state_mut(&mut self) -> (&mut Core, Option<&mut Seen>);
+}
+
+/// A copy of a lane's state for a snapshot of `kind` (what changed, when the lane tracks
+/// its changes and the store takes them; else the whole state), and where it was taken.
+fn copy<L: Lane>(lane: &mut L, changes: bool) -> ((Core, Option<Seen>), Kind, Option<Settle>) {
+    let (core, seen) = lane.state_mut();
+    if !core.tracks_changes() {
+        return ((core.clone(), seen.map(|s| s.clone())), Kind::Whole, None);
+    }
+    let fresh = seen.as_ref().map(|s| s.changed());
+    let (copy, kind, mark) = match changes {
+        true => {
+            let (part, mark) = core.changed();
+            ((part, fresh.clone()), Kind::Changes, mark)
+        }
+        false => (
+            (core.clone(), seen.map(|s| s.clone())),
+            Kind::Whole,
+            core.mark(),
+        ),
+    };
+    let settle = Settle {
+        core: mark,
+        seen: fresh,
+    };
+    (copy, kind, Some(settle))
+}
+
+/// Where a whole snapshot written from the lane's state in place is taken (see [`copy`]).
+fn mark<L: Lane>(lane: &mut L) -> Option<Settle> {
+    let (core, seen) = lane.state_mut();
+    core.tracks_changes().then(|| Settle {
+        core: core.mark(),
+        seen: seen.map(|s| s.changed()),
+    })
+}
+
+/// The snapshot `settle` marks was published: the lane forgets the changes it held.
+fn settled<L: Lane>(lane: &mut L, settle: &Settle) {
+    let (core, seen) = lane.state_mut();
+    core.settle(settle.core);
+    if let (Some(seen), Some(published)) = (seen, &settle.seen) {
+        seen.settle(published);
     }
 }
 
@@ -333,6 +379,9 @@ impl<L: Lane> Snapshots<L> {
             Outcome::Published(w) => {
                 self.timings.longest_write = self.timings.longest_write.max(w.took);
                 slot.failed = 0;
+                if let Some(settle) = &w.settle {
+                    settled(&mut slot.lane, settle);
+                }
                 done.push((key, *w));
                 Ok(())
             }
@@ -399,9 +448,8 @@ impl<L: Lane> Snapshots<L> {
         }
         let started = Instant::now();
         let meta = pipeline.meta(key, &slot.lane)?;
-        let core = slot.lane.core().clone();
-        let seen = slot.lane.seen().cloned();
-        slot.store.start(core, seen, meta)?;
+        let (state, kind, settle) = copy(&mut slot.lane, slot.store.takes_changes());
+        slot.store.start(state, meta, kind, settle)?;
         slot.dirty = false;
         let paused = started.elapsed();
         self.timings.longest_pause = self.timings.longest_pause.max(paused);
@@ -450,9 +498,17 @@ impl<L: Lane> Snapshots<L> {
                 continue;
             }
             let meta = pipeline.meta(key, &slot.lane)?;
-            let written = slot
-                .store
-                .write_now(slot.lane.core(), slot.lane.seen(), meta);
+            // What changed, when the store takes it: the last snapshot of a lane is on the
+            // critical path. Else the whole state, written from the lane in place.
+            let written = if slot.store.takes_changes() && slot.lane.core().tracks_changes() {
+                let ((core, seen), kind, settle) = copy(&mut slot.lane, true);
+                slot.store
+                    .write_now((&core, seen.as_ref()), meta, kind, settle)
+            } else {
+                let settle = mark(&mut slot.lane);
+                let state = (slot.lane.core(), slot.lane.seen());
+                slot.store.write_now(state, meta, Kind::Whole, settle)
+            };
             slot.dirty = false;
             // A snapshot written now is not tried again.
             let outcome = match (Outcome::of(written.map(Some)), failure) {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Manifest, SnapshotError, SnapshotMeta, SnapshotStore};
-use crate::aggregate::{Core, Seen};
+use super::{Kind, Manifest, SnapshotError, SnapshotMeta, SnapshotStore};
+use crate::aggregate::{Core, Mark, Seen};
 
 /// The store is with the writer thread until its snapshot is collected.
 const COLLECT_FIRST: &str = "the snapshot being written is collected (Beside::finished) first";
@@ -20,13 +20,24 @@ type Job = JoinHandle<(SnapshotStore, Result<Manifest, SnapshotError>, Duration)
 pub struct Written {
     pub manifest: Manifest,
     pub took: Duration,
+    /// Where its copy of a lane's state was taken, for a lane that tracks its changes.
+    pub settle: Option<Settle>,
+}
+
+/// Where a snapshot's copy of a lane's state was taken: once the snapshot is published,
+/// the lane forgets the changes it held ([`Core::settle`], [`Seen::settle`]).
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub core: Mark,
+    /// The event ids new since the last snapshot published, as the copy held them.
+    pub seen: Option<Seen>,
 }
 
 /// A snapshot store with at most one snapshot being written beside the stream.
 pub struct Beside {
     /// `None` while a snapshot is being written (the writer thread holds it).
     store: Option<SnapshotStore>,
-    writing: Option<(Job, Arc<AtomicBool>)>,
+    writing: Option<(Job, Arc<AtomicBool>, Option<Settle>)>,
 }
 
 impl Beside {
@@ -41,7 +52,15 @@ impl Beside {
     pub fn busy(&self) -> bool {
         self.writing
             .as_ref()
-            .is_some_and(|(job, _)| !job.is_finished())
+            .is_some_and(|(job, _, _)| !job.is_finished())
+    }
+
+    /// Whether the next snapshot may hold only what changed since the store's last one
+    /// (see [`SnapshotStore::with_deltas`]); false while one is being written.
+    pub fn takes_changes(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(SnapshotStore::takes_changes)
     }
 
     /// The snapshot that was being written, once it is done; with `wait`, waiting for it.
@@ -51,7 +70,7 @@ impl Beside {
         if !wait && self.busy() {
             return Ok(None);
         }
-        let Some((job, _)) = self.writing.take() else {
+        let Some((job, _, settle)) = self.writing.take() else {
             return Ok(None);
         };
         let (store, result, took) = job.join().expect("the snapshot writer panicked");
@@ -61,17 +80,19 @@ impl Beside {
             result => Ok(Some(Written {
                 manifest: result?,
                 took,
+                settle,
             })),
         }
     }
 
-    /// Starts writing a copy of the state beside the stream. The one written before must
-    /// have been collected with [`Beside::finished`].
+    /// Starts writing a copy of the state beside the stream (for [`Kind::Changes`], of what
+    /// changed). The one written before must have been collected with [`Beside::finished`].
     pub fn start(
         &mut self,
-        core: Core,
-        seen: Option<Seen>,
+        (core, seen): (Core, Option<Seen>),
         meta: SnapshotMeta,
+        kind: Kind,
+        settle: Option<Settle>,
     ) -> Result<(), SnapshotError> {
         let mut store = self.store.take().expect(COLLECT_FIRST);
         let give_up = Arc::new(AtomicBool::new(false));
@@ -80,7 +101,7 @@ impl Beside {
             .name("storepulse-snapshot".into())
             .spawn(move || {
                 let t = Instant::now();
-                let result = store.write_beside(&core, seen.as_ref(), meta, &flag);
+                let result = store.write_beside(&core, seen.as_ref(), meta, (&flag, kind));
                 (store, result, t.elapsed())
             })
             .map_err(|source| SnapshotError::Io {
@@ -88,14 +109,14 @@ impl Beside {
                 path: std::path::PathBuf::new(),
                 source,
             })?;
-        self.writing = Some((job, give_up));
+        self.writing = Some((job, give_up, settle));
         Ok(())
     }
 
     /// Tells the snapshot being written to stop and publish nothing: a newer one replaces
     /// it.
     pub fn supersede(&self) {
-        if let Some((_, give_up)) = &self.writing {
+        if let Some((_, give_up, _)) = &self.writing {
             give_up.store(true, Ordering::Relaxed);
         }
     }
@@ -104,16 +125,18 @@ impl Beside {
     /// stream must have been collected with [`Beside::finished`].
     pub fn write_now(
         &mut self,
-        core: &Core,
-        seen: Option<&Seen>,
+        (core, seen): (&Core, Option<&Seen>),
         meta: SnapshotMeta,
+        kind: Kind,
+        settle: Option<Settle>,
     ) -> Result<Written, SnapshotError> {
         let t = Instant::now();
         let store = self.store.as_mut().expect(COLLECT_FIRST);
-        let manifest = store.write_with(core, seen, meta)?;
+        let manifest = store.write_kind(core, seen, meta, kind)?;
         Ok(Written {
             manifest,
             took: t.elapsed(),
+            settle,
         })
     }
 }

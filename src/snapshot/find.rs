@@ -40,7 +40,7 @@ fn pointed(dir: &Path) -> Result<Option<String>, SnapshotError> {
     }
 }
 
-fn open(path: &Path) -> Result<Published, SnapshotError> {
+pub(super) fn open(path: &Path) -> Result<Published, SnapshotError> {
     let manifest_path = path.join(manifest::MANIFEST_FILE);
     let bytes = fs::read(&manifest_path).map_err(io_err("reading", &manifest_path))?;
     let manifest: Manifest =
@@ -56,9 +56,14 @@ fn open(path: &Path) -> Result<Published, SnapshotError> {
 }
 
 impl Published {
-    /// Checks that the manifest is of this build's format.
+    /// Checks that the manifest is of this build's format (an incremental snapshot's
+    /// format for one that names a chain).
     pub fn verify_format(&self) -> Result<(), SnapshotError> {
-        if self.manifest.format == manifest::FORMAT_VERSION {
+        let want = match self.manifest.chain {
+            Some(_) => manifest::DELTA_FORMAT,
+            None => manifest::FORMAT_VERSION,
+        };
+        if self.manifest.format == want {
             return Ok(());
         }
         Err(SnapshotError::Damaged {
@@ -73,8 +78,51 @@ impl Published {
 
     /// Checks what a reader relies on without reading the data: this build's format, every
     /// table present, and each Parquet file's schema equal to the contract's (names and
-    /// types, in order). A snapshot that passes cannot make the loaders panic.
+    /// types, in order), for this snapshot and, for an incremental one, every snapshot of
+    /// its chain. A snapshot that passes cannot make the loaders panic.
     pub fn verify(&self) -> Result<(), SnapshotError> {
+        for part in self.chain()? {
+            part.verify_one()?;
+        }
+        Ok(())
+    }
+
+    /// The snapshots restoring this one reads, in order: itself for a whole snapshot;
+    /// for an incremental one its base, then each snapshot of the chain up to itself. A
+    /// missing or foreign link is [`SnapshotError::Damaged`].
+    pub fn chain(&self) -> Result<Vec<Published>, SnapshotError> {
+        let mut chain = vec![self.clone()];
+        while let Some(link) = chain.last().and_then(|p| p.manifest.chain) {
+            let child = chain.last().expect("not empty");
+            let broken = |what: String| SnapshotError::Damaged {
+                path: child.path.clone(),
+                what,
+            };
+            if child.fetched.is_some() || chain.len() > 100_000 {
+                return Err(broken("an incremental snapshot read from memory".into()));
+            }
+            let folder = child.path.parent().unwrap_or(Path::new("."));
+            let path = folder.join(format!("{}{:06}", super::PREFIX, link.parent));
+            let parent = open(&path)
+                .map_err(|e| broken(format!("its chain's snapshot {}: {e}", link.parent)))?;
+            let fits = parent.manifest.id == link.parent
+                && match parent.manifest.chain {
+                    Some(c) => c.base == link.base && c.length + 1 == link.length,
+                    None => link.parent == link.base && link.length == 1,
+                };
+            if !fits {
+                return Err(broken(format!(
+                    "its chain's snapshot {} is not the one it follows",
+                    link.parent
+                )));
+            }
+            chain.push(parent);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+
+    pub(super) fn verify_one(&self) -> Result<(), SnapshotError> {
         let damaged = |path: &Path, what: String| SnapshotError::Damaged {
             path: path.to_path_buf(),
             what,

@@ -45,10 +45,25 @@ fn name(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
     (!a.is_null(row)).then(|| a.value(row).to_string())
 }
 
-/// The state a snapshot holds. The snapshot is verified first (format, tables, schemas),
-/// so a damaged or foreign one is an error naming the file, never a panic.
+/// The state a snapshot holds: for an incremental one, its base's with each snapshot of the
+/// chain applied in order. The snapshots are verified first (format, tables, schemas), so
+/// a damaged or foreign one, or a broken chain, is an error naming the file, never a panic.
 pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
-    snapshot.verify()?;
+    let chain = snapshot.chain()?;
+    let mut state: Option<CoreState> = None;
+    for part in &chain {
+        part.verify_one()?;
+        let read = load_one(part)?;
+        match &mut state {
+            None => state = Some(read),
+            Some(state) => state.apply(read),
+        }
+    }
+    Ok(state.expect("a chain holds at least the snapshot itself"))
+}
+
+/// The state one snapshot's own tables hold (for an incremental one, what changed).
+fn load_one(snapshot: &Published) -> Result<CoreState, SnapshotError> {
     let m = &snapshot.manifest;
     let mut days: BTreeMap<i32, DayState> = BTreeMap::new();
     for b in read(snapshot, tables::DAILY_SALES)? {
@@ -140,12 +155,20 @@ pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
     })
 }
 
-/// The event ids a Kafka partition's snapshot has counted (empty for other snapshots).
+/// The event ids a Kafka partition's snapshot has counted (empty for other snapshots):
+/// for an incremental one, those of every snapshot of its chain.
 pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
-    snapshot.verify()?;
     let mut seen = Seen::default();
+    for part in snapshot.chain()? {
+        part.verify_one()?;
+        load_seen_one(&part, &mut seen)?;
+    }
+    Ok(seen)
+}
+
+fn load_seen_one(snapshot: &Published, seen: &mut Seen) -> Result<(), SnapshotError> {
     if snapshot.table_path(tables::STATE_SEEN).is_none() {
-        return Ok(seen);
+        return Ok(());
     }
     for b in read(snapshot, tables::STATE_SEEN)? {
         let source = b.column(0).as_primitive::<UInt64Type>();
@@ -160,7 +183,7 @@ pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
                 })?;
         }
     }
-    Ok(seen)
+    Ok(())
 }
 
 /// One core holding the merged state of a topic's partitions, for the published tables;

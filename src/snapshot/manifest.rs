@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 2;
+/// The format of an incremental snapshot: a build that reads only [`FORMAT_VERSION`]
+/// refuses it (and falls back to an older whole snapshot) rather than take it for a whole
+/// state.
+pub const DELTA_FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -33,6 +37,28 @@ pub struct Manifest {
     /// make the writer's `rejected.csv` up to this snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected_pieces: Vec<String>,
+    /// An incremental snapshot: what changed since `parent`, in a chain from the whole
+    /// snapshot `base` (see [`Chain`]). Absent in a whole snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Chain>,
+}
+
+/// Where an incremental snapshot stands: its tables hold only the days and customers that
+/// changed since its parent (whole), the (customer, order) pairs and event ids counted
+/// since, and open days' sets; restoring reads `base` and every snapshot of the chain up to
+/// this one, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The whole snapshot the chain starts from.
+    pub base: u64,
+    /// The snapshot this one follows (the base or the previous incremental one).
+    pub parent: u64,
+    /// Incremental snapshots since the base, this one included.
+    pub length: u32,
+    /// Bytes of the incremental snapshots since the base, this one included.
+    pub bytes: u64,
+    /// Bytes of the base.
+    pub base_bytes: u64,
 }
 
 impl Manifest {

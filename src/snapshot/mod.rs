@@ -28,7 +28,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::aggregate::{Core, Seen};
-pub use beside::{Beside, Written};
+pub use beside::{Beside, Settle, Written};
 pub use find::{
     latest, latest_complete, latest_parts, newest_good, pointers, set_shape, SetShape, SnapshotSet,
     TopicSet,
@@ -211,6 +211,25 @@ pub struct SnapshotStore {
     _lock: File,
     /// Where each snapshot is published after the folder, if anywhere.
     remote: Option<Publisher>,
+    /// Incremental snapshots between two whole ones at most (0: every snapshot whole).
+    deltas: u32,
+    /// The last snapshot this store published: what an incremental one follows.
+    last: Option<Last>,
+}
+
+/// The last snapshot a store published.
+#[derive(Debug, Clone, Copy)]
+struct Last {
+    id: u64,
+    bytes: u64,
+    chain: Option<manifest::Chain>,
+}
+
+/// Whether a snapshot holds the whole state or what changed since the store's last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Whole,
+    Changes,
 }
 
 impl SnapshotStore {
@@ -251,7 +270,30 @@ impl SnapshotStore {
             next_id: max_id + 1,
             _lock: lock,
             remote: None,
+            deltas: 0,
+            last: None,
         })
+    }
+
+    /// Lets this store write incremental snapshots: at most `every` between two whole ones,
+    /// and a whole one as soon as the incremental ones since the last add up to half its
+    /// bytes (so restoring reads at most 1.5 times a whole snapshot). The first snapshot
+    /// after the store opens is whole; so is every one published to a bucket.
+    pub fn with_deltas(mut self, every: u32) -> Self {
+        self.deltas = every;
+        self
+    }
+
+    /// Whether the next snapshot may hold only what changed since this store's last one.
+    pub fn takes_changes(&self) -> bool {
+        let Some(last) = &self.last else {
+            return false;
+        };
+        self.deltas > 0
+            && self.remote.is_none()
+            && last
+                .chain
+                .is_none_or(|c| c.length < self.deltas && c.bytes * 2 < c.base_bytes)
     }
 
     /// Publishes every snapshot to `remote` too, once it is published in the folder (see
@@ -280,6 +322,18 @@ impl SnapshotStore {
         self.write_with(core, None, meta)
     }
 
+    /// Writes and publishes a snapshot of `core` of kind `kind`: for [`Kind::Changes`],
+    /// `core` holds what changed since this store's last snapshot ([`Core::changed`]).
+    pub fn write_kind(
+        &mut self,
+        core: &Core,
+        seen: Option<&Seen>,
+        meta: SnapshotMeta,
+        kind: Kind,
+    ) -> Result<Manifest, SnapshotError> {
+        self.write_tables(core, seen, meta, Tables::All, kind)
+    }
+
     /// Like [`SnapshotStore::write`], for a snapshot written beside a running stream: one
     /// table at a time, so it holds less memory and takes one core, not two. Once
     /// `give_up` is set it stops between tables, publishes nothing and returns
@@ -289,9 +343,9 @@ impl SnapshotStore {
         core: &Core,
         seen: Option<&Seen>,
         meta: SnapshotMeta,
-        give_up: &AtomicBool,
+        (give_up, kind): (&AtomicBool, Kind),
     ) -> Result<Manifest, SnapshotError> {
-        let written = self.write_tables(core, seen, meta, Tables::Beside(give_up));
+        let written = self.write_tables(core, seen, meta, Tables::Beside(give_up), kind);
         if matches!(written, Err(SnapshotError::Superseded)) {
             let _ = fs::remove_dir_all(self.tmp_dir(self.next_id));
         }
@@ -310,7 +364,7 @@ impl SnapshotStore {
         seen: Option<&Seen>,
         meta: SnapshotMeta,
     ) -> Result<Manifest, SnapshotError> {
-        self.write_tables(core, seen, meta, Tables::All)
+        self.write_tables(core, seen, meta, Tables::All, Kind::Whole)
     }
 
     /// Writes and publishes the query tables of `core` alone (no state to resume from):
@@ -320,7 +374,7 @@ impl SnapshotStore {
         core: &Core,
         meta: SnapshotMeta,
     ) -> Result<Manifest, SnapshotError> {
-        self.write_tables(core, None, meta, Tables::Query)
+        self.write_tables(core, None, meta, Tables::Query, Kind::Whole)
     }
 
     /// Writes and publishes one snapshot. Beside a stream the tables are written one after
@@ -332,7 +386,17 @@ impl SnapshotStore {
         seen: Option<&Seen>,
         meta: SnapshotMeta,
         which: Tables<'_>,
+        kind: Kind,
     ) -> Result<Manifest, SnapshotError> {
+        let follows = match (kind, self.last) {
+            (Kind::Whole, _) => None,
+            (Kind::Changes, Some(last)) => Some(last),
+            (Kind::Changes, None) => {
+                return Err(SnapshotError::Config(
+                    "an incremental snapshot needs a snapshot of this store before it".into(),
+                ))
+            }
+        };
         let (give_up, state) = match which {
             Tables::All => (None, true),
             Tables::Beside(g) => (Some(g), true),
@@ -399,8 +463,27 @@ impl SnapshotStore {
             }
             Ok::<_, SnapshotError>((customers, segments, files))
         })?;
+        let bytes: u64 = files.values().map(|t: &TableFile| t.bytes).sum();
+        let chain = follows.map(|last| match last.chain {
+            None => manifest::Chain {
+                base: last.id,
+                parent: last.id,
+                length: 1,
+                bytes,
+                base_bytes: last.bytes,
+            },
+            Some(c) => manifest::Chain {
+                parent: last.id,
+                length: c.length + 1,
+                bytes: c.bytes + bytes,
+                ..c
+            },
+        });
         let manifest = Manifest {
-            format: manifest::FORMAT_VERSION,
+            format: match chain {
+                Some(_) => manifest::DELTA_FORMAT,
+                None => manifest::FORMAT_VERSION,
+            },
             id,
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             as_of: core.max_event_us().map(manifest::rfc3339),
@@ -417,6 +500,7 @@ impl SnapshotStore {
             tables: files,
             config: meta.config,
             rejected_pieces: Vec::new(),
+            chain,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_durable(&tmp.join(manifest::MANIFEST_FILE), &json)?;
@@ -427,6 +511,7 @@ impl SnapshotStore {
         sync_dir(&self.dir)?;
         replace_durable(&self.dir, LATEST_FILE, format!("{name}\n").as_bytes())?;
         self.next_id += 1;
+        self.last = Some(Last { id, bytes, chain });
         self.prune()?;
         if let Some(remote) = &mut self.remote {
             let rejected_file = self.dir.join(rejected::REJECTED_FILE);
@@ -448,7 +533,8 @@ impl SnapshotStore {
         Ok(manifest)
     }
 
-    /// Removes all but the newest `keep` snapshots.
+    /// Removes all but the newest `keep` snapshots and the chains they need (an
+    /// incremental snapshot needs its base and every snapshot between).
     fn prune(&self) -> Result<(), SnapshotError> {
         let mut ids: Vec<u64> = fs::read_dir(&self.dir)
             .map_err(io_err("listing", &self.dir))?
@@ -459,7 +545,17 @@ impl SnapshotStore {
             .collect();
         ids.sort_unstable();
         let excess = ids.len().saturating_sub(self.keep);
-        for id in &ids[..excess] {
+        let mut needed = ids.get(excess).copied().unwrap_or(0);
+        for id in &ids[excess..] {
+            let path = self.dir.join(format!("{PREFIX}{id:06}"));
+            // A kept snapshot that cannot be read needs nothing (it is not restored from).
+            if let Ok(kept) = find::open(&path) {
+                if let Some(c) = kept.manifest.chain {
+                    needed = needed.min(c.base);
+                }
+            }
+        }
+        for id in ids.iter().take_while(|id| **id < needed) {
             let path = self.dir.join(format!("{PREFIX}{id:06}"));
             fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
         }

@@ -250,12 +250,15 @@ fn a_snapshot_given_up_publishes_nothing() {
     let core = sample_core();
     let go_on = AtomicBool::new(false);
     assert_eq!(
-        store.write_beside(&core, None, meta(), &go_on).unwrap().id,
+        store
+            .write_beside(&core, None, meta(), (&go_on, Kind::Whole))
+            .unwrap()
+            .id,
         1
     );
     let give_up = AtomicBool::new(true);
     let err = store
-        .write_beside(&core, None, meta(), &give_up)
+        .write_beside(&core, None, meta(), (&give_up, Kind::Whole))
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Superseded), "{err}");
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
@@ -394,3 +397,5 @@ fn a_snapshot_with_the_chunked_event_ids_of_before_is_refused() {
         "{text}"
     );
 }
+
+mod chains;

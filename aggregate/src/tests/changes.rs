@@ -87,8 +87,14 @@ fn nothing_changed_since_a_published_copy_is_an_empty_copy() {
     c.record(&ev(t + D, 3, Some(7), 300, Some(0), None));
     let (part, _) = c.changed();
     assert_eq!(part.customers.keys().copied().collect::<Vec<_>>(), vec![7]);
-    assert_eq!(part.days.keys().copied().collect::<Vec<_>>(), vec![crate::day_of(t + D)]);
-    assert_eq!(part.customer_orders.iter().copied().collect::<Vec<_>>(), vec![(7, 3)]);
+    assert_eq!(
+        part.days.keys().copied().collect::<Vec<_>>(),
+        vec![crate::day_of(t + D)]
+    );
+    assert_eq!(
+        part.customer_orders.iter().copied().collect::<Vec<_>>(),
+        vec![(7, 3)]
+    );
     assert_eq!(part.customers[&7].monetary_cents, 400);
     // Given up (not settled): the next copy holds it still, and what came after.
     c.record(&ev(t, 4, Some(9), 50, None, None));

@@ -19,6 +19,7 @@ fn config(dir: &std::path::Path) -> ProcessConfig {
         remote: None,
         snapshot_interval: Duration::from_secs(10),
         keep_snapshots: 3,
+        incremental: 15,
         view_interval: Duration::from_secs(60),
         core,
         window: WindowConfig::of(&core, "set by the replayer".into()),
