@@ -87,6 +87,19 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     first.wait_stderr("assigned partitions=[0, 1, 2]", LIMIT);
     let replayer = paced_replay(&c.broker, &c.input, "1500");
     kill_mid_stream(first, &c.got, 2_000);
+    // Periodic snapshots are incremental (docs/operating.md): the restart below restores
+    // partitions from a whole snapshot and the chain after it.
+    let chained = (0..3).filter(|p| {
+        let part = c.got.join(format!("partitions/purchases-{p}"));
+        let latest = std::fs::read_to_string(part.join("LATEST")).unwrap();
+        let text = std::fs::read_to_string(part.join(latest.trim()).join("manifest.json"));
+        let m: serde_json::Value = serde_json::from_str(&text.unwrap()).unwrap();
+        m["chain"]["length"].as_u64().is_some_and(|n| n >= 1)
+    });
+    assert!(
+        chained.count() >= 1,
+        "no partition's newest snapshot is incremental"
+    );
     let summary = common::summary(&replayer.wait_ok(LIMIT));
     let args = process_args(&c.broker, &c.got, &["--stop-at-end", "--assign", "all"]);
     Proc::spawn("restarted processor", &args).wait_ok(LIMIT);
@@ -350,15 +363,28 @@ fn a_processor_resumes_from_the_previous_snapshot_when_the_newest_is_damaged() {
         "no older offset kept: {snaps:?}"
     );
     // What `query` must read after the fallback: every table of the newest undamaged
-    // snapshot, alone in a folder of its own; they all differ from the newest's.
+    // snapshot, alone in a folder of its own (with the snapshots of its chain, when it is
+    // incremental); they all differ from the newest's.
     let older = &snaps[damaged.len()];
     let alone = c.got.with_file_name("older-alone");
     let alone_part = alone.join("partitions/purchases-0");
-    let copy = alone_part.join(older.file_name().unwrap());
-    std::fs::create_dir_all(&copy).unwrap();
-    for f in std::fs::read_dir(older).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    let text = std::fs::read_to_string(older.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let base = m["chain"]["base"]
+        .as_u64()
+        .unwrap_or(m["id"].as_u64().unwrap());
+    for snap in snaps.iter().filter(|s| {
+        let id: u64 = s.file_name().unwrap().to_string_lossy()[5..]
+            .parse()
+            .unwrap();
+        (base..=m["id"].as_u64().unwrap()).contains(&id)
+    }) {
+        let copy = alone_part.join(snap.file_name().unwrap());
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in std::fs::read_dir(snap).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
     }
     let name = older.file_name().unwrap().to_string_lossy().into_owned();
     std::fs::write(alone_part.join("LATEST"), format!("{name}\n")).unwrap();

@@ -1,0 +1,160 @@
+//! Incremental snapshots of `process`'s partitions against whole ones, on a generated file
+//! replayed into a local tansu broker (4 partitions) and consumed at the broker's pace with
+//! the default snapshot interval: snapshots written per partition, whole and incremental,
+//! bytes per periodic snapshot and in all, the processor's CPU, and the time `query` takes
+//! to restore the four partitions from their newest snapshots (base and chain, or whole)
+//! and merge them.
+//!
+//! `cargo bench --bench incremental`; `STOREPULSE_BENCH_ROWS=26335210` for 10x (2.37M
+//! customers).
+
+mod common;
+#[path = "../tests/common/mod.rs"]
+mod harness;
+
+use std::path::Path;
+use std::time::Instant;
+
+const PARTITIONS: i32 = 4;
+
+fn storepulse(args: &[&str]) -> String {
+    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// CPU seconds (user and system) of the waited-for children.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+/// Every snapshot manifest kept below `dir`'s partitions: (partition folder, id, bytes,
+/// incremental).
+fn manifests(dir: &Path) -> Vec<(String, u64, u64, bool)> {
+    let mut out = Vec::new();
+    for part in std::fs::read_dir(dir.join("partitions")).unwrap().flatten() {
+        for snap in std::fs::read_dir(part.path()).unwrap().flatten() {
+            let Ok(text) = std::fs::read_to_string(snap.path().join("manifest.json")) else {
+                continue;
+            };
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let bytes = m["tables"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|t| t["bytes"].as_u64().unwrap())
+                .sum();
+            out.push((
+                part.file_name().to_string_lossy().into_owned(),
+                m["id"].as_u64().unwrap(),
+                bytes,
+                m.get("chain").is_some_and(|c| !c.is_null()),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Seconds `query` takes to restore every partition's newest snapshot (its chain, for an
+/// incremental one), merge and score them (`--max-behind 0s`: the merged view is not
+/// read); median of 3. The release binary restores as `process` does, without the broker.
+fn restore(dir: &Path) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = storepulse(&[
+            "query",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+            "--max-behind",
+            "0s",
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS customers FROM rfm",
+        ]);
+        times.push(t.elapsed().as_secs_f64());
+        assert!(out.lines().nth(1).is_some_and(|n| n != "0"), "{out}");
+    }
+    common::median(times)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--test") {
+        return;
+    }
+    let rows = common::rows();
+    let path = common::data_file(rows);
+    let input = path.to_str().unwrap();
+    let broker = harness::kafka::Broker::start();
+    broker.create_topic("purchases", PARTITIONS);
+    println!("input: {input} ({rows} lines); tansu on {}", broker.addr);
+    storepulse(&[
+        "replay",
+        "--input",
+        input,
+        "--brokers",
+        &broker.addr,
+        "--max",
+        "--no-progress",
+        "--compression",
+        "none",
+    ]);
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for (label, every) in [("whole", "0"), ("incremental", "15")] {
+        let dir = tmp.path().join(label);
+        let cpu = children_cpu();
+        let t = Instant::now();
+        storepulse(&[
+            "process",
+            "--brokers",
+            &broker.addr,
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+            "--assign",
+            "all",
+            "--stop-at-end",
+            "--keep-snapshots",
+            "100000",
+            "--incremental-snapshots",
+            every,
+            "--kafka-option",
+            "compression.type=none",
+        ]);
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = children_cpu() - cpu;
+        let m = manifests(&dir);
+        let (deltas, wholes): (Vec<_>, Vec<_>) = m.iter().partition(|s| s.3);
+        let sum = |v: &[&(String, u64, u64, bool)]| v.iter().map(|s| s.2).sum::<u64>();
+        let per = |v: &[&(String, u64, u64, bool)]| mib(sum(v)) / v.len().max(1) as f64;
+        // The largest whole snapshot of a partition: what every snapshot costs without chains.
+        let largest = m.iter().filter(|s| !s.3).map(|s| s.2).max().unwrap_or(0);
+        println!(
+            "{label:<12} {wall:>6.1} s, {cpu:.1} CPU s; {} snapshots over {PARTITIONS} partitions: \
+             {} whole ({:.2} MiB each on average, largest {:.2} MiB), {} incremental ({:.3} MiB \
+             each on average); {:.1} MiB written in all; restoring and merging the \
+             {PARTITIONS} partitions {:.3} s",
+            m.len(),
+            wholes.len(),
+            per(&wholes),
+            mib(largest),
+            deltas.len(),
+            per(&deltas),
+            mib(sum(&m.iter().collect::<Vec<_>>())),
+            restore(&dir)
+        );
+    }
+}
