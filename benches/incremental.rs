@@ -69,6 +69,26 @@ fn manifests(dir: &Path) -> Vec<(String, u64, u64, bool)> {
     out
 }
 
+/// Bytes of the incremental snapshots' files below `dir`'s partitions, by table.
+fn by_table(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in std::fs::read_dir(dir.join("partitions")).unwrap().flatten() {
+        for snap in std::fs::read_dir(part.path()).unwrap().flatten() {
+            let Ok(text) = std::fs::read_to_string(snap.path().join("manifest.json")) else {
+                continue;
+            };
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if m.get("chain").is_none_or(|c| c.is_null()) {
+                continue;
+            }
+            for (table, t) in m["tables"].as_object().unwrap() {
+                *out.entry(table.clone()).or_default() += t["bytes"].as_u64().unwrap();
+            }
+        }
+    }
+    out
+}
+
 /// Seconds `query` takes to restore every partition's newest snapshot (its chain, for an
 /// incremental one), merge and score them (`--max-behind 0s`: the merged view is not
 /// read); median of 3. The release binary restores as `process` does, without the broker.
@@ -135,7 +155,10 @@ fn main() {
             "compression.type=none",
         ]);
         let wall = t.elapsed().as_secs_f64();
+        let tables = by_table(&dir);
         let cpu = children_cpu() - cpu;
+        // Without the merged view, `query` restores the partitions' newest snapshots.
+        std::fs::remove_dir_all(dir.join("merged")).unwrap();
         let m = manifests(&dir);
         let (deltas, wholes): (Vec<_>, Vec<_>) = m.iter().partition(|s| s.3);
         let sum = |v: &[&(String, u64, u64, bool)]| v.iter().map(|s| s.2).sum::<u64>();
@@ -156,5 +179,12 @@ fn main() {
             mib(sum(&m.iter().collect::<Vec<_>>())),
             restore(&dir)
         );
+        let tables: Vec<String> = tables
+            .iter()
+            .map(|(t, b)| format!("{t} {:.3}", mib(*b) / deltas.len().max(1) as f64))
+            .collect();
+        if !deltas.is_empty() {
+            println!("  an incremental snapshot's MiB by table: {}", tables.join(", "));
+        }
     }
 }

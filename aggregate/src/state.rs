@@ -151,35 +151,42 @@ impl Core {
 
 impl CoreState {
     /// Applies an incremental snapshot's state (a copy of what changed since, see
-    /// [`Core::changed`]) to this one: its days and customers replace theirs, its counted
-    /// pairs are added, and event time, watermark and counts become its. Applying a copy
-    /// that holds more than changed (a superset) gives the same state.
+    /// [`Core::changed`]) to this one: see [`CoreState::apply_all`].
     pub fn apply(&mut self, delta: CoreState) {
+        self.apply_all(vec![delta]);
+    }
+
+    /// Applies incremental snapshots' states in order: their days and customers replace
+    /// these, their counted pairs are added, and event time, watermark and counts become
+    /// the last one's. Applying a copy that holds more than changed (a superset) gives the
+    /// same state. One pass over this state however many are applied.
+    pub fn apply_all(&mut self, deltas: Vec<CoreState>) {
         use std::collections::BTreeMap;
-        self.max_event_us = delta.max_event_us;
-        self.watermark_us = delta.watermark_us;
-        self.accepted = delta.accepted;
-        self.late = delta.late;
+        if deltas.is_empty() {
+            return;
+        }
         let mut days: BTreeMap<i32, DayState> = std::mem::take(&mut self.days)
             .into_iter()
             .map(|d| (d.day, d))
             .collect();
-        days.extend(delta.days.into_iter().map(|d| (d.day, d)));
-        self.days = days.into_values().collect();
-        if !delta.customers.is_empty() {
-            let mut customers: FxHashMap<u64, CustomerState> = std::mem::take(&mut self.customers)
-                .into_iter()
-                .map(|c| (c.user_id, c))
-                .collect();
+        let mut customers: FxHashMap<u64, CustomerState> = std::mem::take(&mut self.customers)
+            .into_iter()
+            .map(|c| (c.user_id, c))
+            .collect();
+        for delta in deltas {
+            self.max_event_us = delta.max_event_us;
+            self.watermark_us = delta.watermark_us;
+            self.accepted = delta.accepted;
+            self.late = delta.late;
+            days.extend(delta.days.into_iter().map(|d| (d.day, d)));
             customers.extend(delta.customers.into_iter().map(|c| (c.user_id, c)));
-            self.customers = customers.into_values().collect();
-            self.customers.sort_unstable_by_key(|c| c.user_id);
-        }
-        if !delta.customer_orders.is_empty() {
             self.customer_orders.extend(delta.customer_orders);
-            self.customer_orders.sort_unstable();
-            self.customer_orders.dedup();
         }
+        self.days = days.into_values().collect();
+        self.customers = customers.into_values().collect();
+        self.customers.sort_unstable_by_key(|c| c.user_id);
+        self.customer_orders.sort_unstable();
+        self.customer_orders.dedup();
     }
 }
 

@@ -210,11 +210,10 @@ impl PartitionState {
         }
         // A duplicate is dropped before anything else is decided, so a second replay of a
         // file changes no count, late ones included.
-        if self.seen.contains(id) {
+        if !self.seen.insert(id) {
             self.duplicates += 1;
             return Step::Done(Verdict::Duplicate);
         }
-        self.seen.insert(id);
         Step::Record(event)
     }
 

@@ -50,16 +50,14 @@ fn name(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
 /// a damaged or foreign one, or a broken chain, is an error naming the file, never a panic.
 pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
     let chain = snapshot.chain()?;
-    let mut state: Option<CoreState> = None;
+    let mut states = Vec::with_capacity(chain.len());
     for part in &chain {
         part.verify_one()?;
-        let read = load_one(part)?;
-        match &mut state {
-            None => state = Some(read),
-            Some(state) => state.apply(read),
-        }
+        states.push(load_one(part)?);
     }
-    Ok(state.expect("a chain holds at least the snapshot itself"))
+    let mut state = states.remove(0);
+    state.apply_all(states);
+    Ok(state)
 }
 
 /// The state one snapshot's own tables hold (for an incremental one, what changed).
