@@ -184,7 +184,10 @@ fn main() {
             .map(|(t, b)| format!("{t} {:.3}", mib(*b) / deltas.len().max(1) as f64))
             .collect();
         if !deltas.is_empty() {
-            println!("  an incremental snapshot's MiB by table: {}", tables.join(", "));
+            println!(
+                "  an incremental snapshot's MiB by table: {}",
+                tables.join(", ")
+            );
         }
     }
 }

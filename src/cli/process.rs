@@ -34,7 +34,7 @@ pub struct ProcessArgs {
     pub keep_snapshots: u64,
     /// Incremental snapshots of a partition between two whole ones at most: each holds
     /// only the customers, days and events that changed since the one before (a whole
-    /// one comes sooner once they add up to its bytes). 0: every snapshot whole.
+    /// one comes sooner once they add up to half of it). 0: every snapshot whole.
     /// Snapshots published to a bucket are whole.
     #[arg(long, env = "STOREPULSE_INCREMENTAL_SNAPSHOTS", default_value_t = 15)]
     pub incremental_snapshots: u32,

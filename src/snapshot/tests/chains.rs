@@ -1,6 +1,6 @@
 //! Incremental snapshots through real Parquet files: a chain restores exactly the state
 //! each snapshot was taken from, a whole snapshot comes after `every` incremental ones or
-//! once they add up to its bytes, pruning keeps every snapshot a kept one needs, and a
+//! once they add up to half of it, pruning keeps every snapshot a kept one needs, and a
 //! damaged link makes readers fall back to the newest snapshot whose chain is whole.
 
 use super::*;
@@ -156,13 +156,13 @@ fn a_chain_restores_each_snapshots_state_and_pruning_keeps_what_it_needs() {
 }
 
 #[test]
-fn a_whole_snapshot_comes_once_the_changes_add_up_to_the_last_whole_one() {
+fn a_whole_snapshot_comes_once_the_changes_add_up_to_half_of_the_last_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = SnapshotStore::open(dir.path(), 3).unwrap().with_deltas(100);
     let (mut core, mut seen) = partition();
     feed(&mut core, &mut seen, 0, 200);
     let mut kinds = vec![snapshot(&mut store, &mut core, &mut seen)];
-    // A batch four times everything before: the first incremental snapshot outweighs it.
+    // A batch four times everything before: the first incremental snapshot passes half.
     for (from, n) in [(200, 800), (1000, 10)] {
         feed(&mut core, &mut seen, from, n);
         kinds.push(snapshot(&mut store, &mut core, &mut seen));
