@@ -45,6 +45,9 @@ impl Core {
     /// with nothing changed: its first snapshot should be whole).
     pub fn track_changes(&mut self) {
         self.changes.get_or_insert_with(Default::default);
+        // A core made with `Default` (not `Core::new`) stamps its first changes after the
+        // epoch nothing is settled at.
+        self.epoch = self.epoch.max(self.settled + 1);
     }
 
     pub fn tracks_changes(&self) -> bool {

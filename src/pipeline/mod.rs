@@ -443,7 +443,9 @@ impl<L: Lane> Snapshots<L> {
         let Some(slot) = self.lanes.get_mut(&key) else {
             return Ok(());
         };
-        if !slot.dirty || slot.store.busy() || !pipeline.ready(key) {
+        // Pending, not busy: one that finished since it was looked at above is collected
+        // at the next pass (the store is with it until then).
+        if !slot.dirty || slot.store.pending() || !pipeline.ready(key) {
             return Ok(());
         }
         let started = Instant::now();

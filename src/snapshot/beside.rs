@@ -48,6 +48,12 @@ impl Beside {
         }
     }
 
+    /// Whether a snapshot was started and not collected yet ([`Beside::finished`]), done
+    /// or not: the store is with its writer until then.
+    pub fn pending(&self) -> bool {
+        self.writing.is_some()
+    }
+
     /// Whether a snapshot is being written and not done yet.
     pub fn busy(&self) -> bool {
         self.writing

@@ -68,11 +68,16 @@ impl Published {
         }
         Err(SnapshotError::Damaged {
             path: self.path.clone(),
-            what: format!(
-                "format {} (this build reads format {})",
-                self.manifest.format,
-                manifest::FORMAT_VERSION
-            ),
+            what: match self.manifest.chain {
+                None => format!(
+                    "format {} (this build reads format {want})",
+                    self.manifest.format
+                ),
+                Some(_) => format!(
+                    "format {} (this build reads format {want} for an incremental snapshot)",
+                    self.manifest.format
+                ),
+            },
         })
     }
 

@@ -536,7 +536,9 @@ impl SnapshotStore {
     }
 
     /// Removes all but the newest `keep` snapshots and the chains they need (an
-    /// incremental snapshot needs its base and every snapshot between).
+    /// incremental snapshot needs its base and every snapshot between), and the newest
+    /// whole snapshot before those: when a base is damaged, every snapshot of its chain is
+    /// too, and readers fall back to that one.
     fn prune(&self) -> Result<(), SnapshotError> {
         let mut ids: Vec<u64> = fs::read_dir(&self.dir)
             .map_err(io_err("listing", &self.dir))?
@@ -548,16 +550,30 @@ impl SnapshotStore {
         ids.sort_unstable();
         let excess = ids.len().saturating_sub(self.keep);
         let mut needed = ids.get(excess).copied().unwrap_or(0);
+        let mut chained = false;
         for id in &ids[excess..] {
             let path = self.dir.join(format!("{PREFIX}{id:06}"));
             // A kept snapshot that cannot be read needs nothing (it is not restored from).
             if let Ok(kept) = find::open(&path) {
                 if let Some(c) = kept.manifest.chain {
                     needed = needed.min(c.base);
+                    chained = true;
                 }
             }
         }
+        // With chains kept, the newest whole snapshot before them stays too.
+        let fallback = match chained {
+            false => None,
+            true => ids.iter().rev().filter(|id| **id < needed).find(|id| {
+                let path = self.dir.join(format!("{PREFIX}{id:06}"));
+                find::open(&path).is_ok_and(|p| p.manifest.chain.is_none())
+            }),
+        };
+        let fallback = fallback.copied();
         for id in ids.iter().take_while(|id| **id < needed) {
+            if Some(*id) == fallback {
+                continue;
+            }
             let path = self.dir.join(format!("{PREFIX}{id:06}"));
             fs::remove_dir_all(&path).map_err(io_err("removing", &path))?;
         }

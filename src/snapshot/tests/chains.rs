@@ -130,8 +130,9 @@ fn a_chain_restores_each_snapshots_state_and_pruning_keeps_what_it_needs() {
     }
     use Kind::{Changes as C, Whole as W};
     assert_eq!(kinds, vec![W, C, C, C, W, C, C, C, W]);
-    // Snapshot 9 is whole and 8 needs 5 to 7: 1 to 4 are gone.
-    assert_eq!(ids(dir.path()), vec![5, 6, 7, 8, 9]);
+    // Snapshot 9 is whole and 8 needs 5 to 7; 1, the whole one before that chain, stays
+    // for when its base is damaged; 2 to 4 are gone.
+    assert_eq!(ids(dir.path()), vec![1, 5, 6, 7, 8, 9]);
     let eighth = find::open(&dir.path().join("snap-000008")).unwrap();
     let chain = eighth.manifest.chain.unwrap();
     assert_eq!((chain.base, chain.parent, chain.length), (5, 7, 3));
@@ -153,6 +154,13 @@ fn a_chain_restores_each_snapshots_state_and_pruning_keeps_what_it_needs() {
     assert_eq!(rows(&eighth, tables::DAILY_SALES), 1);
     assert!(rows(&eighth, tables::STATE_CUSTOMER_ORDERS) <= 40);
     assert!(eighth.manifest.bytes() * 4 < base.manifest.bytes());
+    // The newest whole snapshot and the chain's base damaged: readers fall back to 1.
+    for id in [9, 5] {
+        std::fs::write(snap_file(dir.path(), id, "rfm.parquet"), b"damaged").unwrap();
+    }
+    let (found, state) = newest_good(dir.path(), load_state).unwrap();
+    assert_eq!(found.manifest.id, 1);
+    assert!(restored(state) == restored(states[0].clone()));
 }
 
 #[test]
