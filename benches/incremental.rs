@@ -18,23 +18,16 @@ use std::time::Instant;
 const PARTITIONS: i32 = 4;
 
 fn storepulse(args: &[&str]) -> String {
-    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
-    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// CPU seconds (user and system) of the waited-for children.
-fn children_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
-    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
 }
 
 fn mib(b: u64) -> f64 {
@@ -136,7 +129,7 @@ fn main() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for (label, every) in [("whole", "0"), ("incremental", "15")] {
         let dir = tmp.path().join(label);
-        let cpu = children_cpu();
+        let cpu = common::cpu_seconds(libc::RUSAGE_CHILDREN);
         let t = Instant::now();
         storepulse(&[
             "process",
@@ -156,7 +149,7 @@ fn main() {
         ]);
         let wall = t.elapsed().as_secs_f64();
         let tables = by_table(&dir);
-        let cpu = children_cpu() - cpu;
+        let cpu = common::cpu_seconds(libc::RUSAGE_CHILDREN) - cpu;
         // Without the merged view, `query` restores the partitions' newest snapshots.
         std::fs::remove_dir_all(dir.join("merged")).unwrap();
         let m = manifests(&dir);

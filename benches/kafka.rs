@@ -161,15 +161,6 @@ fn paced(
     )
 }
 
-/// CPU seconds (user and system) of this process, or of its waited-for children.
-fn cpu_seconds(who: i32) -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(who, &mut u) };
-    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--test") {
         return;
@@ -201,9 +192,9 @@ fn main() {
 
     // Every event, plus each partition's input announcement, watermarks and end of input.
     let n = sent as u64 + PARTITIONS as u64 * (2 + figure(&summary, "watermarks") as u64);
-    let cpu = cpu_seconds(libc::RUSAGE_SELF);
+    let cpu = common::cpu_seconds(libc::RUSAGE_SELF);
     let secs = bare_consumer(&broker.addr, "purchases", n);
-    let bare_cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu;
+    let bare_cpu = common::cpu_seconds(libc::RUSAGE_SELF) - cpu;
     let bare = n as f64 / secs;
     println!(
         "bare consumer:    {n:>10} messages in {secs:>6.2} s, {bare:>9.0} messages/s; \
@@ -212,7 +203,7 @@ fn main() {
     );
 
     let snaps = tempfile::tempdir().unwrap();
-    let cpu = cpu_seconds(libc::RUSAGE_CHILDREN);
+    let cpu = common::cpu_seconds(libc::RUSAGE_CHILDREN);
     let out = storepulse(&[
         "process",
         "--brokers",
@@ -225,7 +216,7 @@ fn main() {
         "--summary",
         "json",
     ]);
-    let process_cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu;
+    let process_cpu = common::cpu_seconds(libc::RUSAGE_CHILDREN) - cpu;
     let processed = figure(&out, "messages_per_second");
     let longest = figure(&out, "longest_snapshot_seconds");
     println!(

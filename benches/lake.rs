@@ -20,7 +20,7 @@ const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monet
                    FROM rfm GROUP BY segment ORDER BY segment";
 
 fn storepulse(args: &[&str]) -> (f64, String) {
-    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let bin = common::bin();
     let t = Instant::now();
     let out = Command::new(bin).args(args).output().unwrap();
     let took = t.elapsed().as_secs_f64();
@@ -220,7 +220,7 @@ fn history_lookup(input: &Path, rows: u64, tmp: &Path) {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let bin = std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into());
+    let bin = common::bin();
     let mut serve = Command::new(bin)
         .args(["serve", "--snapshot-dir", d, "--http-addr", &addr])
         .stderr(std::process::Stdio::null())

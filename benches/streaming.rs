@@ -35,7 +35,7 @@ fn ok(cmd: &mut Command) -> std::process::Output {
 }
 
 fn exe() -> Command {
-    Command::new(std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into()))
+    Command::new(common::bin())
 }
 
 /// What one query read, from what it said on stderr.

@@ -83,22 +83,10 @@ fn segment_movement_equals_pandas_over_two_versions_of_rfm() {
             .map(str::to_string)
             .collect();
         got.sort();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/movement.py");
-        let py = std::process::Command::new(python::python())
-            .arg(script)
-            .arg(&rfm)
-            .args(pandas)
-            .output()
-            .unwrap();
-        assert!(
-            py.status.success(),
-            "{}",
-            String::from_utf8_lossy(&py.stderr)
-        );
-        let text = String::from_utf8(py.stdout).unwrap();
-        let mut lines = text.lines();
-        let version = lines.next().unwrap().to_string();
-        let mut want: Vec<String> = lines.map(str::to_string).collect();
+        let mut args = vec![rfm.display().to_string()];
+        args.extend(pandas.iter().map(|a| a.to_string()));
+        let mut want = python::script("movement.py", &args, &[]);
+        let version = want.remove(0);
         want.sort();
         assert!(want.len() > 5, "{since}: {want:?}");
         assert!(
@@ -325,24 +313,9 @@ fn a_customers_segment_over_time_is_what_each_version_of_rfm_says() {
     let addr = common::spawn::free_addr();
     let _serve = common::serve(&dir, &addr, LIMIT);
     let reader = |id: &str, versions: &[u64]| -> Vec<String> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/customer.py");
-        let py = std::process::Command::new(python::python())
-            .arg(script)
-            .arg(&rfm)
-            .arg(id)
-            .args(versions.iter().map(u64::to_string))
-            .output()
-            .unwrap();
-        assert!(
-            py.status.success(),
-            "{}",
-            String::from_utf8_lossy(&py.stderr)
-        );
-        String::from_utf8(py.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let mut args = vec![rfm.display().to_string(), id.to_string()];
+        args.extend(versions.iter().map(u64::to_string));
+        python::script("customer.py", &args, &[])
     };
     // The points do not depend on the customer: nobody's first.
     let (versions, nobody) = history(&addr, &u64::MAX.to_string());

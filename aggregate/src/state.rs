@@ -150,13 +150,8 @@ impl Core {
 }
 
 impl CoreState {
-    /// Applies an incremental snapshot's state (a copy of what changed since, see
-    /// [`Core::changed`]) to this one: see [`CoreState::apply_all`].
-    pub fn apply(&mut self, delta: CoreState) {
-        self.apply_all(vec![delta]);
-    }
-
-    /// Applies incremental snapshots' states in order: their days and customers replace
+    /// Applies incremental snapshots' states (copies of what changed, see
+    /// [`Core::changed`]) in order: their days and customers replace
     /// these, their counted pairs are added, and event time, watermark and counts become
     /// the last one's. Applying a copy that holds more than changed (a superset) gives the
     /// same state. One pass over this state however many are applied.

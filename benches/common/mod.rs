@@ -41,3 +41,20 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
+
+/// The `storepulse` a bench runs: `STOREPULSE_BIN` (e.g. `target/release/storepulse`, to
+/// time a release build from a bench compiled by `cargo test --bench X --no-run`), else the
+/// one built with the bench.
+pub fn bin() -> String {
+    std::env::var("STOREPULSE_BIN").unwrap_or(env!("CARGO_BIN_EXE_storepulse").into())
+}
+
+/// CPU seconds (user and system) of this process (`libc::RUSAGE_SELF`), or of its
+/// waited-for children (`libc::RUSAGE_CHILDREN`).
+pub fn cpu_seconds(who: i32) -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}

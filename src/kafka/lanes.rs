@@ -28,8 +28,8 @@ use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
 use crate::snapshot::{
-    self, load_seen, load_state, partition_dir, view, Beside, InputPosition, Location, Published,
-    Publisher, SnapshotError, SnapshotMeta, SnapshotStore, Written,
+    self, load_with_seen, partition_dir, view, Beside, InputPosition, Location, Publisher,
+    SnapshotError, SnapshotMeta, SnapshotStore, Written,
 };
 
 /// How long the end of a run waits for undelivered dead letters before it gives up the
@@ -384,7 +384,7 @@ impl Partitions {
                 other => break other?,
             }
         };
-        let load = |p: &Published| Ok((load_state(p)?, load_seen(p)?));
+        let load = load_with_seen;
         let mut stale = false;
         let (store, found) = match &c.remote {
             // From the bucket: the partition is claimed first (its pointer replaced by one

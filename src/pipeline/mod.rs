@@ -32,27 +32,19 @@ pub trait Lane {
 /// A copy of a lane's state for a snapshot of `kind` (what changed, when the lane tracks
 /// its changes and the store takes them; else the whole state), and where it was taken.
 fn copy<L: Lane>(lane: &mut L, changes: bool) -> ((Core, Option<Seen>), Kind, Option<Settle>) {
-    let (core, seen) = lane.state_mut();
-    if !core.tracks_changes() {
-        return ((core.clone(), seen.map(|s| s.clone())), Kind::Whole, None);
+    if !(changes && lane.core().tracks_changes()) {
+        let settle = mark(lane);
+        let whole = (lane.core().clone(), lane.seen().cloned());
+        return (whole, Kind::Whole, settle);
     }
-    let fresh = seen.as_ref().map(|s| s.changed());
-    let (copy, kind, mark) = match changes {
-        true => {
-            let (part, mark) = core.changed();
-            ((part, fresh.clone()), Kind::Changes, mark)
-        }
-        false => (
-            (core.clone(), seen.map(|s| s.clone())),
-            Kind::Whole,
-            core.mark(),
-        ),
-    };
+    let (core, seen) = lane.state_mut();
+    let fresh = seen.map(|s| s.changed());
+    let (part, mark) = core.changed();
     let settle = Settle {
         core: mark,
-        seen: fresh,
+        seen: fresh.clone(),
     };
-    (copy, kind, Some(settle))
+    ((part, fresh), Kind::Changes, Some(settle))
 }
 
 /// Where a whole snapshot written from the lane's state in place is taken (see [`copy`]).

@@ -364,14 +364,19 @@ async fn compute_overview(
     body.map(|(b, _)| b.clone())
 }
 
-/// One customer: R, F, M, scores and segment (404 when the snapshot has no such id).
-pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let Ok(id) = id.trim().parse::<u64>() else {
-        return Err(error(
+/// A customer id from the path; 400 when it is not a whole number.
+fn customer_id(id: &str) -> Result<u64, ApiError> {
+    id.trim().parse::<u64>().map_err(|_| {
+        error(
             StatusCode::BAD_REQUEST,
             format!("a customer id is a whole number, not `{id}`"),
-        ));
-    };
+        )
+    })
+}
+
+/// One customer: R, F, M, scores and segment (404 when the snapshot has no such id).
+pub async fn customer(State(state): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = customer_id(&id)?;
     known(&state).await?;
     let room = reserve(&state, 1 << 20)?;
     let a = state
@@ -388,12 +393,7 @@ pub async fn customer_history(
     State(state): Shared,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Ok(id) = id.trim().parse::<u64>() else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("a customer id is a whole number, not `{id}`"),
-        ));
-    };
+    let id = customer_id(&id)?;
     let room = reserve(&state, 1 << 20)?;
     let a = state
         .page

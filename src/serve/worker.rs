@@ -157,15 +157,8 @@ pub fn main(args: WorkerArgs) -> anyhow::Result<()> {
         let request: Request = serde_json::from_str(&line?)?;
         let dir = &args.snapshot_dir;
         let (status, version, body) = runtime.block_on(async {
-            let answered = match &request {
-                Request::CustomerHistory { id } => {
-                    answers::customer_history(&at, &mut timeline, *id)
-                        .await
-                        .map(|body| ("tables".to_string(), body))
-                }
-                _ => answer((dir, &at), limits, &mut loaded, &request).await,
-            };
-            match answered {
+            let state = (&mut loaded, &mut timeline);
+            match answer((dir, &at), limits, state, &request).await {
                 Ok((version, body)) => (200, version, body),
                 Err((status, message)) => (
                     status,
@@ -235,12 +228,19 @@ fn files_gone(message: &str) -> bool {
         || (message.contains("not found") && message.contains(".parquet"))
 }
 
+/// The answer to `request`: from the newest snapshot (`loaded`, opened again when it moved
+/// or its files were pruned), or for a customer's segment over time from the Delta tables'
+/// history (`timeline`, which needs no snapshot loaded).
 async fn answer(
     dir: (&Path, &crate::snapshot::Location),
     limits: Limits,
-    loaded: &mut Option<Loaded>,
+    (loaded, timeline): (&mut Option<Loaded>, &mut crate::lake::Timeline),
     request: &Request,
 ) -> Result<(String, Value), (u16, String)> {
+    if let Request::CustomerHistory { id } = request {
+        let body = answers::customer_history(dir.1, timeline, *id).await?;
+        return Ok(("tables".to_string(), body));
+    }
     let mut first = true;
     loop {
         let l = ensure(dir, limits, loaded, !first).await?;
@@ -251,7 +251,7 @@ async fn answer(
                 answers::overview(&l.session, info, query).await
             }
             Request::Customer { id } => answers::customer(&l.session, &l.version, *id).await,
-            Request::CustomerHistory { .. } => unreachable!("answered in `main`"),
+            Request::CustomerHistory { .. } => unreachable!("answered above"),
             Request::Sql {
                 sql,
                 limit,

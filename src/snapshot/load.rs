@@ -49,15 +49,31 @@ fn name(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
 /// chain applied in order. The snapshots are verified first (format, tables, schemas), so
 /// a damaged or foreign one, or a broken chain, is an error naming the file, never a panic.
 pub fn load_state(snapshot: &Published) -> Result<CoreState, SnapshotError> {
+    load_chain(snapshot, false).map(|(state, _)| state)
+}
+
+/// [`load_state`] of a Kafka partition's snapshot, and the event ids it has counted (for
+/// an incremental one, those of every snapshot of its chain), the chain found and verified
+/// once.
+pub fn load_with_seen(snapshot: &Published) -> Result<(CoreState, Seen), SnapshotError> {
+    load_chain(snapshot, true)
+}
+
+/// The state of `snapshot` through its chain, and with `with_seen` its event ids.
+fn load_chain(snapshot: &Published, with_seen: bool) -> Result<(CoreState, Seen), SnapshotError> {
     let chain = snapshot.chain()?;
     let mut states = Vec::with_capacity(chain.len());
+    let mut seen = Seen::default();
     for part in &chain {
         part.verify_one()?;
         states.push(load_one(part)?);
+        if with_seen {
+            load_seen_one(part, &mut seen)?;
+        }
     }
     let mut state = states.remove(0);
     state.apply_all(states);
-    Ok(state)
+    Ok((state, seen))
 }
 
 /// The state one snapshot's own tables hold (for an incremental one, what changed).
@@ -153,17 +169,7 @@ fn load_one(snapshot: &Published) -> Result<CoreState, SnapshotError> {
     })
 }
 
-/// The event ids a Kafka partition's snapshot has counted (empty for other snapshots):
-/// for an incremental one, those of every snapshot of its chain.
-pub fn load_seen(snapshot: &Published) -> Result<Seen, SnapshotError> {
-    let mut seen = Seen::default();
-    for part in snapshot.chain()? {
-        part.verify_one()?;
-        load_seen_one(&part, &mut seen)?;
-    }
-    Ok(seen)
-}
-
+/// The event ids one snapshot's own table holds, added to `seen` (none for a `run`'s).
 fn load_seen_one(snapshot: &Published, seen: &mut Seen) -> Result<(), SnapshotError> {
     if snapshot.table_path(tables::STATE_SEEN).is_none() {
         return Ok(());

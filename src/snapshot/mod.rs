@@ -33,7 +33,7 @@ pub use find::{
     latest, latest_complete, latest_parts, newest_good, pointers, set_shape, SetShape, SnapshotSet,
     TopicSet,
 };
-pub use load::{load_merged, load_seen, load_state};
+pub use load::{load_merged, load_state, load_with_seen};
 pub use manifest::{Counts, InputPosition, Manifest, TableFile, ViewPart, WindowConfig};
 pub use rejected::RejectedSink;
 pub use remote::{Bucket, Location, Publisher};

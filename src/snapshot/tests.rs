@@ -296,7 +296,9 @@ fn counted_events_round_trip_through_a_snapshot() {
     store
         .write_with(&sample_core(), Some(&seen), meta())
         .unwrap();
-    let back = load_seen(&latest_complete(dir.path()).unwrap()).unwrap();
+    let back = load_with_seen(&latest_complete(dir.path()).unwrap())
+        .unwrap()
+        .1;
     assert_eq!(back.len(), seen.len());
     assert_eq!(back.len(), 300_000 + 142_857 + 1);
     let id = |source, pass, line| SeenId { source, pass, line };
@@ -350,7 +352,7 @@ fn a_damaged_bitmap_is_an_error_naming_the_table() {
         &rows,
     )
     .unwrap();
-    let err = load_seen(&latest(dir.path()).unwrap()).unwrap_err();
+    let err = load_with_seen(&latest(dir.path()).unwrap()).unwrap_err();
     assert!(matches!(err, SnapshotError::Damaged { .. }), "{err}");
     assert!(err.to_string().contains("state_seen"), "{err}");
 }

@@ -58,6 +58,37 @@ pub fn python() -> PathBuf {
         .clone()
 }
 
+/// `tests/py/<name>` run with `args` and `env`: its standard output's lines. A run its
+/// native code aborted (a signal, not an error it reported) is tried once more; a failure
+/// fails the test with its standard error.
+pub fn script(name: &str, args: &[String], env: &[(&str, String)]) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name);
+    let run = || {
+        Command::new(python())
+            .arg(&script)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("python")
+    };
+    let mut out = run();
+    if out.status.code().is_none() {
+        out = run();
+    }
+    assert!(
+        out.status.success(),
+        "{name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// `tests/py/read_delta.py` with `reader` (`deltalake` or `polars`) over the table at `url`:
 /// its rows as lines of text, sorted.
 pub fn read_delta(
@@ -67,33 +98,13 @@ pub fn read_delta(
     extra: &[&str],
     env: &[(&str, String)],
 ) -> Vec<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_delta.py");
-    let read = || {
-        Command::new(python())
-            .arg(&script)
-            .arg(reader)
-            .arg(url)
-            .args(columns)
-            .args(extra)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .expect("python")
-    };
-    let mut out = read();
-    // The reader's native code aborted (a signal, not an error it reported): once more.
-    if out.status.code().is_none() {
-        out = read();
-    }
-    assert!(
-        out.status.success(),
-        "{reader} over {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+    let args: Vec<String> = [reader, url]
+        .iter()
+        .chain(columns)
+        .chain(extra)
+        .map(|a| a.to_string())
         .collect();
+    let mut lines = script("read_delta.py", &args, env);
     lines.sort();
     lines
 }

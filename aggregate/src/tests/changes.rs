@@ -59,7 +59,7 @@ proptest! {
                 (Copy::Changed { published }, Some(restored)) => {
                     let (part, mark) = c.changed();
                     if published {
-                        restored.apply(part.state());
+                        restored.apply_all(vec![part.state()]);
                         prop_assert_eq!(&*restored, &c.state());
                         c.settle(mark);
                     }

@@ -113,7 +113,7 @@ fn a_chain_restores_each_snapshots_state_and_pruning_keeps_what_it_needs() {
         states.push(core.state());
         let newest = latest(dir.path()).unwrap();
         assert!(restores_to(&newest, &core.state()), "snapshot {}", i + 1);
-        let back = load_seen(&newest).unwrap();
+        let back = load_with_seen(&newest).unwrap().1;
         assert_eq!(back.len(), seen.len());
         assert!((0..seen.len()).all(|l| back.contains(SeenId {
             source: 9,
