@@ -27,10 +27,7 @@ use super::{DeadLetter, CONTROL_HEADER, END_OF_INPUT};
 use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
-use crate::snapshot::{
-    self, load_with_seen, partition_dir, view, Beside, InputPosition, Location, Publisher,
-    SnapshotError, SnapshotMeta, SnapshotStore, Written,
-};
+use crate::snapshot::{view, InputPosition, Location, SnapshotError, SnapshotMeta, Written};
 
 /// How long the end of a run waits for undelivered dead letters before it gives up the
 /// final snapshot of their partitions.
@@ -366,100 +363,6 @@ impl Partitions {
         Ok(from)
     }
 
-    /// Opens partition `p`'s store and state; whether the state came from an older snapshot
-    /// than a bucket's pointer names.
-    fn open_part(&self, p: i32) -> Result<(Part, Beside, bool), ProcessError> {
-        let c = &self.config;
-        let dir = partition_dir(&c.snapshot_dir, &c.topic, p);
-        // Another process on this machine may still be publishing its last snapshot of
-        // this partition, or this one's writer of a partition it lost may still be trying
-        // its store: wait for the lock, boundedly (past the store's own retry budget).
-        let deadline =
-            Instant::now() + snapshot::remote::STORE_RETRY_TIME + Duration::from_secs(30);
-        let store = loop {
-            match SnapshotStore::open(&dir, c.keep_snapshots) {
-                Err(SnapshotError::Locked(_)) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                other => break other?,
-            }
-        };
-        let load = load_with_seen;
-        let mut stale = false;
-        let (store, found) = match &c.remote {
-            // From the bucket: the partition is claimed first (its pointer replaced by one
-            // naming the same snapshot with this processor and the next epoch), so the
-            // processor that owned it before (paused past its session, cut off) is refused
-            // from now on; then the snapshot the claimed pointer names (or the newest older
-            // one that loads) is fetched into memory.
-            Some(bucket) => {
-                let name = format!("{}/{}-{p}", snapshot::PARTITIONS_DIR, c.topic);
-                let publisher = Publisher::claim(bucket.child(&name), c.keep_snapshots)?;
-                let found = match publisher.fetch_newest_good(load) {
-                    Ok(Some(found)) => Ok(found),
-                    Ok(None) => Err(SnapshotError::None(dir.clone())),
-                    Err(e) => Err(e),
-                };
-                stale = found
-                    .as_ref()
-                    .is_ok_and(|(p, _)| publisher.older_than_pointed(p));
-                (store.with_remote(publisher)?, found)
-            }
-            // The newest snapshot that loads (an incremental one with its chain); damaged
-            // ones are skipped (the older one's offset is where reading resumes, so nothing
-            // is lost).
-            None => (
-                store.with_deltas(c.incremental),
-                snapshot::newest_good(&dir, load),
-            ),
-        };
-        let (state, at_end) = match found {
-            Ok((published, (state, seen))) => {
-                let InputPosition::Kafka {
-                    topic,
-                    partition,
-                    next_offset,
-                    end_of_input,
-                    inputs,
-                    ..
-                } = &published.manifest.input
-                else {
-                    return Err(ProcessError::Foreign(published.path));
-                };
-                if *topic != c.topic || *partition != p {
-                    return Err(ProcessError::Foreign(published.path));
-                }
-                let mut state = PartitionState::restore(
-                    c.core,
-                    state,
-                    seen,
-                    &published.manifest.counts,
-                    Some(*next_offset),
-                );
-                for (source, &lines) in inputs {
-                    let Ok(source) = u64::from_str_radix(source, 16) else {
-                        return Err(ProcessError::Foreign(published.path));
-                    };
-                    state.inputs.insert(source, lines);
-                }
-                (state, *end_of_input)
-            }
-            Err(SnapshotError::None(_)) => (PartitionState::new(c.core), false),
-            Err(e) => return Err(e.into()),
-        };
-        let mut part = Part {
-            progress: Progress::new(&state),
-            state,
-            at_end,
-            eof: false,
-        };
-        if c.incremental > 0 && c.remote.is_none() {
-            part.state.core.track_changes();
-            part.state.seen.track_changes();
-        }
-        Ok((part, Beside::new(store), stale))
-    }
-
     /// Snapshots every owned partition whose dead letters are delivered (waiting for them
     /// a little), then lets them all go: a partition not snapshotted is read again by its
     /// next owner from its last snapshot, so nothing is lost.
@@ -672,6 +575,9 @@ fn dead_letter(p: i32, offset: i64, payload: &[u8], verdict: Verdict) -> Option<
         ..DeadLetter::new(reason, "process", payload)
     })
 }
+
+/// Opening a partition from its snapshots.
+mod open;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@ use super::*;
 use crate::aggregate::CoreConfig;
 use crate::kafka::Connection;
 use crate::pipeline::Timings;
-use crate::snapshot::WindowConfig;
+use crate::snapshot::{Beside, SnapshotStore, WindowConfig};
 
 fn config(dir: &std::path::Path) -> ProcessConfig {
     let core = CoreConfig::default();
