@@ -527,3 +527,100 @@ fn views_published_while_streaming_are_read_with_their_cut_and_the_last_equals_r
     );
     assert_tables_equal_run(&server, &c, &url);
 }
+
+/// Incremental snapshots in a bucket (docs/operating.md): a processor killed with -9 while
+/// its partition's pointer names an incremental snapshot two or more links from its base
+/// (with `--keep-snapshots 2`, older than the kept pointers' own folders: a prune that kept
+/// only those would remove it), and restarted with an empty working folder, resumes from that chain read
+/// from the bucket; pruning kept every folder of the chain and removed older ones; the
+/// tables equal `run`.
+#[test]
+fn a_processor_restarts_from_an_incremental_chain_in_the_bucket() {
+    let _serial = serial();
+    let server = s3::Server::start("shop");
+    let c = Case::generated(8_000, 35, 1);
+    let url = server.url("chains");
+    let homes: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let part = server.file("chains/partitions/purchases-0");
+    let manifest_of = |folder: &str| -> Option<serde_json::Value> {
+        let text = std::fs::read(part.join(folder).join("manifest.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    let replayer = paced_replay(&c.broker, &c.input, "1500");
+    let keep2 = ["--assign", "all", "--keep-snapshots", "2"];
+    let first = Proc::start(
+        "first processor",
+        &mut processor(&server, &c, &url, homes[0].path(), &keep2),
+    );
+    // Paused, then killed, while the pointer names such a snapshot (bounded tries).
+    let mut chained = None;
+    let mut seen = Vec::new();
+    for _ in 0..400 {
+        first.signal(libc::SIGSTOP);
+        let pointer = std::fs::read_to_string(part.join("LATEST")).unwrap_or_default();
+        let name = pointer.lines().next().unwrap_or_default().to_string();
+        let m = manifest_of(&name);
+        let length = m.as_ref().and_then(|m| m["chain"]["length"].as_u64());
+        if seen.last() != Some(&(name.clone(), length)) {
+            seen.push((name.clone(), length));
+        }
+        if let Some(m) = m.filter(|_| length >= Some(2)) {
+            chained = Some((name, m));
+            break;
+        }
+        first.signal(libc::SIGCONT);
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let (name, m) =
+        chained.unwrap_or_else(|| panic!("the pointer never named a chain of 2: {seen:?}"));
+    first.kill9();
+    let (id, base) = (
+        m["id"].as_u64().unwrap(),
+        m["chain"]["base"].as_u64().unwrap(),
+    );
+    let writer = name.splitn(3, '-').nth(2).unwrap();
+    for link in base..id {
+        let folder = format!("snap-{link:06}-{writer}");
+        assert!(
+            manifest_of(&folder).is_some(),
+            "{folder} of {name}'s chain was pruned"
+        );
+    }
+    let folders = s3::objects(&part)
+        .iter()
+        .filter(|o| o.ends_with("/manifest.json"))
+        .count() as u64;
+    assert!(
+        folders < id,
+        "nothing was pruned: {folders} folders, {id} published"
+    );
+
+    let restarted = Proc::start(
+        "restarted processor",
+        &mut processor(
+            &server,
+            &c,
+            &url,
+            homes[1].path(),
+            &["--assign", "all", "--keep-snapshots", "2", "--stop-at-end"],
+        ),
+    );
+    let log = restarted.stderr_log();
+    let summary = common::summary(&replayer.wait_ok(LIMIT));
+    restarted.wait_ok(LIMIT);
+    let err = log.lock().unwrap().clone();
+    let chain = m["chain"]["length"].to_string();
+    assert!(
+        common::said(
+            &err,
+            &[
+                "resuming from a snapshot",
+                &format!("snapshot={id}"),
+                &format!("chain={chain}")
+            ]
+        ),
+        "{err}"
+    );
+    assert_eq!(accepted(&server, "chains"), accepted_in(&summary));
+    assert_tables_equal_run(&server, &c, &url);
+}

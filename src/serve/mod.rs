@@ -413,6 +413,7 @@ mod tests {
         let part = |path: &str| Published {
             path: PathBuf::from(path),
             fetched: None,
+            fetched_chain: None,
             manifest: serde_json::from_value(serde_json::json!({
                 "format": 1, "id": 2, "created_at": "", "as_of": null, "watermark": null,
                 "as_of_us": null, "watermark_us": null,

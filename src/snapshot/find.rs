@@ -52,6 +52,7 @@ pub(super) fn open(path: &Path) -> Result<Published, SnapshotError> {
         path: path.to_path_buf(),
         manifest,
         fetched: None,
+        fetched_chain: None,
     })
 }
 
@@ -96,6 +97,11 @@ impl Published {
     /// for an incremental one its base, then each snapshot of the chain up to itself. A
     /// missing or foreign link is [`SnapshotError::Damaged`].
     pub fn chain(&self) -> Result<Vec<Published>, SnapshotError> {
+        if let (Some(links), Some(_)) = (&self.fetched_chain, self.manifest.chain) {
+            let mut chain = links.to_vec();
+            chain.push(self.clone());
+            return Ok(chain);
+        }
         let mut chain = vec![self.clone()];
         while let Some(link) = chain.last().and_then(|p| p.manifest.chain) {
             let child = chain.last().expect("not empty");
@@ -110,21 +116,28 @@ impl Published {
             let path = folder.join(format!("{}{:06}", super::PREFIX, link.parent));
             let parent = open(&path)
                 .map_err(|e| broken(format!("its chain's snapshot {}: {e}", link.parent)))?;
-            let fits = parent.manifest.id == link.parent
-                && match parent.manifest.chain {
-                    Some(c) => c.base == link.base && c.length + 1 == link.length,
-                    None => link.parent == link.base && link.length == 1,
-                };
-            if !fits {
-                return Err(broken(format!(
-                    "its chain's snapshot {} is not the one it follows",
-                    link.parent
-                )));
-            }
+            parent.follows(&link).map_err(broken)?;
             chain.push(parent);
         }
         chain.reverse();
         Ok(chain)
+    }
+
+    /// Whether this snapshot is the one a chain's `link` follows: the `parent` it names,
+    /// one link shorter, from the same base. Else what is wrong, for a `Damaged` error.
+    pub(super) fn follows(&self, link: &manifest::Chain) -> Result<(), String> {
+        let fits = self.manifest.id == link.parent
+            && match self.manifest.chain {
+                Some(c) => c.base == link.base && c.length + 1 == link.length,
+                None => link.parent == link.base && link.length == 1,
+            };
+        match fits {
+            true => Ok(()),
+            false => Err(format!(
+                "its chain's snapshot {} is not the one it follows",
+                link.parent
+            )),
+        }
     }
 
     pub(super) fn verify_one(&self) -> Result<(), SnapshotError> {

@@ -136,6 +136,9 @@ pub struct Published {
     /// The table files by name, when fetched from a bucket into memory; else they are read
     /// from `path`.
     pub fetched: Option<std::sync::Arc<std::collections::BTreeMap<String, bytes::Bytes>>>,
+    /// For an incremental snapshot fetched from a bucket: the snapshots of its chain before
+    /// it, base first, fetched with it (see [`Published::chain`]).
+    pub fetched_chain: Option<std::sync::Arc<[Published]>>,
 }
 
 /// A table file's bytes: from the disk, or fetched.
@@ -279,8 +282,9 @@ impl SnapshotStore {
     /// and a whole one as soon as the incremental ones since the last add up to half its
     /// bytes (restoring reads at most 1.5 times a whole snapshot's bytes; at 10x, up to
     /// the whole one's bytes made restoring 1.85 times as long, half of them 1.12 times).
-    /// The first snapshot after the store opens is whole; so is every one published to a
-    /// bucket.
+    /// The first snapshot after the store opens is whole, and so is the next one after a
+    /// snapshot the bucket did not take (a bucket's chain is one writer's snapshots that
+    /// all landed there).
     pub fn with_deltas(mut self, every: u32) -> Self {
         self.deltas = every;
         self
@@ -292,7 +296,6 @@ impl SnapshotStore {
             return false;
         };
         self.deltas > 0
-            && self.remote.is_none()
             && last
                 .chain
                 .is_none_or(|c| c.length < self.deltas && c.bytes * 2 < c.base_bytes)
@@ -523,7 +526,11 @@ impl SnapshotStore {
                 }
                 _ => None,
             };
-            remote.publish(&dest, &name, &manifest, rejected)?;
+            if let Err(e) = remote.publish(&dest, &name, &manifest, rejected) {
+                // The bucket may not hold this snapshot: the next one must not follow it.
+                self.last = None;
+                return Err(e);
+            }
         }
         tracing::debug!(
             snapshot = id,

@@ -52,7 +52,10 @@ impl Partitions {
                 stale = found
                     .as_ref()
                     .is_ok_and(|(p, _)| publisher.older_than_pointed(p));
-                (store.with_remote(publisher)?, found)
+                (
+                    store.with_remote(publisher)?.with_deltas(c.incremental),
+                    found,
+                )
             }
             // The newest snapshot that loads (an incremental one with its chain); damaged
             // ones are skipped (the older one's offset is where reading resumes, so nothing
@@ -78,6 +81,13 @@ impl Partitions {
                 if *topic != c.topic || *partition != p {
                     return Err(ProcessError::Foreign(published.path));
                 }
+                tracing::info!(
+                    partition = p,
+                    snapshot = published.manifest.id,
+                    chain = published.manifest.chain.map_or(0, |c| c.length),
+                    next_offset,
+                    "resuming from a snapshot"
+                );
                 let mut state = PartitionState::restore(
                     c.core,
                     state,
@@ -102,7 +112,7 @@ impl Partitions {
             at_end,
             eof: false,
         };
-        if c.incremental > 0 && c.remote.is_none() {
+        if c.incremental > 0 {
             part.state.core.track_changes();
             part.state.seen.track_changes();
         }

@@ -18,7 +18,9 @@
 //!    deciding: published when it names this snapshot, fenced when it is another writer's,
 //!    else the store's error.
 //! 4. **Prune**: the folders named by this writer's last `keep` pointers (the claimed one
-//!    included) stay, and so does any folder of another writer not older than those; then
+//!    included) stay with, for an incremental snapshot, every folder of its chain (its
+//!    writer's, from its base on), and so does any folder of another writer not older
+//!    than those; then
 //!    the rejected-line pieces no kept snapshot lists go ([`pieces::removable`]). A failed
 //!    prune is said, and the publish stays done.
 
@@ -34,7 +36,7 @@ use object_store::{
 use super::pieces;
 use super::read::{fetch, get_whole, manifest as read_manifest, Pointer};
 use super::{runtime, Bucket};
-use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
+use crate::snapshot::manifest::{Chain, Manifest, MANIFEST_FILE};
 use crate::snapshot::{parse_id, Published, SnapshotError, LATEST_FILE, PREFIX};
 
 /// The folder of a bucket's rejected-line pieces, below the prefix.
@@ -50,7 +52,7 @@ pub(super) fn folder_id(name: &str) -> Option<u64> {
 }
 
 /// The writer of a bucket's snapshot folder, `snap-<id>-<writer>`.
-fn folder_writer(name: &str) -> Option<&str> {
+pub(super) fn folder_writer(name: &str) -> Option<&str> {
     name.strip_prefix(PREFIX)?.split_once('-').map(|(_, w)| w)
 }
 
@@ -112,6 +114,8 @@ pub struct Publisher {
     pieces: Vec<String>,
     /// The pieces the manifests of history folders list, as far as known.
     pieces_of: HashMap<String, Vec<String>>,
+    /// The chains of history folders (none for a whole snapshot), as far as known.
+    chain_of: HashMap<String, Option<Chain>>,
     keep: usize,
 }
 
@@ -144,6 +148,7 @@ impl Publisher {
             history: VecDeque::new(),
             pieces: Vec::new(),
             pieces_of: HashMap::new(),
+            chain_of: HashMap::new(),
             keep: keep.max(2),
         };
         if let Some((found, e_tag)) = p.read_pointer()? {
@@ -336,11 +341,13 @@ impl Publisher {
         put(b.key(&format!("{folder}/{MANIFEST_FILE}")), json)?;
         self.commit(&folder)?;
         self.pieces_of.insert(folder.clone(), pieces.clone());
+        self.chain_of.insert(folder.clone(), manifest.chain);
         self.pieces = pieces;
         self.history.push_back(folder);
         while self.history.len() > self.keep {
             if let Some(gone) = self.history.pop_front() {
                 self.pieces_of.remove(&gone);
+                self.chain_of.remove(&gone);
             }
         }
         if let Err(e) = self.prune() {
@@ -548,10 +555,35 @@ impl Publisher {
         Ok(())
     }
 
+    /// The folders the kept snapshots need: each kept one and, for an incremental one,
+    /// every snapshot of its chain (its writer's, from the base on); and the lowest id
+    /// among them. A kept snapshot whose manifest cannot be read needs only itself.
+    fn needed_folders(&mut self) -> (HashSet<String>, Option<u64>) {
+        let mut needed = HashSet::new();
+        let mut floor = None::<u64>;
+        for folder in self.history.clone() {
+            let Some(id) = folder_id(&folder) else {
+                continue;
+            };
+            if !self.chain_of.contains_key(&folder) {
+                let read = self.rt.block_on(read_manifest(&self.bucket, &folder));
+                let chain = read.ok().and_then(|m| m.manifest.chain);
+                self.chain_of.insert(folder.clone(), chain);
+            }
+            let mut low = id;
+            if let (Some(c), Some(writer)) = (self.chain_of[&folder], folder_writer(&folder)) {
+                low = c.base.min(id);
+                needed.extend((low..id).map(|i| format!("{PREFIX}{i:06}-{writer}")));
+            }
+            floor = Some(floor.map_or(low, |f| f.min(low)));
+            needed.insert(folder);
+        }
+        (needed, floor)
+    }
+
     /// The snapshot folders: see [`Publisher::prune`].
-    fn prune_folders(&self) -> Result<(), SnapshotError> {
-        let kept: Vec<&str> = self.history.iter().map(String::as_str).collect();
-        let Some(floor) = kept.iter().filter_map(|n| folder_id(n)).min() else {
+    fn prune_folders(&mut self) -> Result<(), SnapshotError> {
+        let (needed, Some(floor)) = self.needed_folders() else {
             return Ok(());
         };
         let b = &self.bucket;
@@ -560,7 +592,7 @@ impl Publisher {
                 continue;
             };
             let own = folder_writer(name) == Some(self.writer.as_str());
-            if kept.contains(&name) || !(id < floor || own) {
+            if needed.contains(name) || !(id < floor || own) {
                 continue;
             }
             let listed = self

@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
-use crate::snapshot::{Published, SetShape, SnapshotError, TopicSet, LATEST_FILE};
+use crate::snapshot::{Published, SetShape, SnapshotError, TopicSet, LATEST_FILE, PREFIX};
 
 /// Puts one file (the run's `summary.json`) under `bucket`'s prefix.
 pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
@@ -114,6 +114,7 @@ pub(super) async fn manifest(bucket: &Bucket, name: &str) -> Result<Published, S
         path: PathBuf::from(format!("{}/{name}", bucket.url)),
         manifest,
         fetched: None,
+        fetched_chain: None,
     })
 }
 
@@ -130,8 +131,46 @@ pub async fn rejected_lines(
     Ok(out)
 }
 
-/// `snapshot`, the snapshot `name` under `bucket`, with its tables fetched into memory.
+/// `snapshot`, the snapshot `name` under `bucket`, with its tables fetched into memory;
+/// for an incremental one, every snapshot of its chain too (`snap-<parent>-<writer>`: a
+/// chain is one writer's, whose first snapshot is whole). A link missing is the store's
+/// not-found error (pruned while it was read, or gone); one that is not the snapshot its
+/// child follows is [`SnapshotError::Damaged`].
 async fn with_tables(
+    bucket: &Bucket,
+    name: &str,
+    snapshot: Published,
+) -> Result<Published, SnapshotError> {
+    let mut snapshot = tables_of(bucket, name, snapshot).await?;
+    let Some(mut link) = snapshot.manifest.chain else {
+        return Ok(snapshot);
+    };
+    let damaged = |what: String| SnapshotError::Damaged {
+        path: snapshot.path.clone(),
+        what,
+    };
+    let writer = super::publisher::folder_writer(name)
+        .ok_or_else(|| damaged("an incremental snapshot outside a writer's folder".into()))?;
+    let mut links = Vec::new();
+    loop {
+        let parent_name = format!("{PREFIX}{:06}-{writer}", link.parent);
+        let parent = manifest(bucket, &parent_name).await?;
+        let parent = tables_of(bucket, &parent_name, parent).await?;
+        parent.follows(&link).map_err(damaged)?;
+        let next = parent.manifest.chain;
+        links.push(parent);
+        match next {
+            Some(next) => link = next,
+            None => break,
+        }
+    }
+    links.reverse();
+    snapshot.fetched_chain = Some(links.into());
+    Ok(snapshot)
+}
+
+/// `snapshot`, the snapshot `name` under `bucket`, with its own tables fetched.
+async fn tables_of(
     bucket: &Bucket,
     name: &str,
     mut snapshot: Published,
