@@ -24,7 +24,7 @@ const PARTITIONS: i32 = 4;
 const SPEED_EVENTS: usize = 25_000;
 
 fn storepulse(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storepulse"))
+    let out = std::process::Command::new(common::bin())
         .args(args)
         .output()
         .unwrap();

@@ -196,7 +196,7 @@ fn main() {
 /// One `run --max`: (wall seconds, peak MiB, scrapes made, the summary).
 fn end_to_end(path: &std::path::Path, scrape: bool, args: &[&str]) -> (f64, f64, u64, String) {
     use std::io::{BufRead, Read, Write};
-    let bin = env!("CARGO_BIN_EXE_storepulse");
+    let bin = common::bin();
     let snaps = tempfile::tempdir().unwrap();
     let t = Instant::now();
     let mut child = std::process::Command::new(bin)

@@ -29,7 +29,7 @@ const SQL: &str = "SELECT segment, COUNT(*) AS customers, SUM(monetary) AS monet
 /// `storepulse query` over `dir`: (wall seconds, peak RSS MiB, stdout).
 fn query(dir: &std::path::Path) -> (f64, f64, String) {
     let out = Command::new("/usr/bin/time")
-        .args(["-f", "%e %M", env!("CARGO_BIN_EXE_storepulse")])
+        .args(["-f", "%e %M", &common::bin()])
         .args(["query", "--format", "csv", "--snapshot-dir"])
         .arg(dir)
         .arg(SQL)

@@ -42,13 +42,16 @@ impl<'a> Cursor<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters.
+    /// A string without escapes or control characters, found in one pass (the wire's
+    /// strings are short: a vector search costs more to set up than it saves).
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
-        let text = &self.b[start..end];
-        if self.b[end] != b'"' || text.iter().any(|&c| c < 0x20) {
+        let len = self.b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        let end = start + len;
+        if self.b[end] != b'"' {
             return None;
         }
         self.i = end + 1;
