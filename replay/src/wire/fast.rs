@@ -58,6 +58,23 @@ impl<'a> Cursor<'a> {
         self.s.get(start..end)
     }
 
+    /// The next key when it is one of [`KEYS`] from `expected` on, quoted and written
+    /// without escapes; `expected` moves past it.
+    fn known_key(&mut self, expected: &mut usize) -> Option<&'static str> {
+        self.skip_ws();
+        let rest = &self.b[self.i..];
+        let found = KEYS[*expected..].iter().position(|k| {
+            rest.len() > k.len() + 1
+                && rest[0] == b'"'
+                && &rest[1..=k.len()] == k.as_bytes()
+                && rest[k.len() + 1] == b'"'
+        })?;
+        let key = KEYS[*expected + found];
+        *expected += found + 1;
+        self.i += key.len() + 2;
+        Some(key)
+    }
+
     /// An unsigned integer as JSON writes one: digits, no leading zero, sign, fraction or
     /// exponent.
     fn unsigned(&mut self) -> Option<u64> {
@@ -79,6 +96,21 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The wire event's keys in the order the replayer writes them.
+const KEYS: [&str; 11] = [
+    "schema_version",
+    "event_id",
+    "event_time",
+    "order_id",
+    "product_id",
+    "category_id",
+    "category_code",
+    "brand",
+    "price",
+    "user_id",
+    "source_line",
+];
+
 /// Sets a field once: a repeated one is serde's to refuse.
 fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     if slot.is_some() {
@@ -95,8 +127,14 @@ fn fast(bytes: &[u8]) -> Option<WireEventRef<'_>> {
     let [mut event_id, mut event_time, mut order_id, mut product_id, mut category_id, mut category_code, mut brand, mut price, mut user_id] =
         [None; 9];
     c.eat(b'{')?;
+    // The replayer writes the keys in this order: each is looked for first where the one
+    // before it ended (optional ones may be missing), and read as any string otherwise.
+    let mut expected = 0;
     loop {
-        let key = c.string()?;
+        let key = match c.known_key(&mut expected) {
+            Some(key) => key,
+            None => c.string()?,
+        };
         c.eat(b':')?;
         match key {
             "schema_version" => once(&mut version, u32::try_from(c.unsigned()?).ok()?)?,
