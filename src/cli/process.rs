@@ -35,7 +35,6 @@ pub struct ProcessArgs {
     /// Incremental snapshots of a partition between two whole ones at most: each holds
     /// only the customers, days and events that changed since the one before (a whole
     /// one comes sooner once they add up to half of it). 0: every snapshot whole.
-    /// Snapshots published to a bucket are whole.
     #[arg(long, env = "STOREPULSE_INCREMENTAL_SNAPSHOTS", default_value_t = 15)]
     pub incremental_snapshots: u32,
     /// Publish the merged view of all partitions (what `query` and `serve` read) at most

@@ -26,7 +26,7 @@ pub struct ProcessConfig {
     pub snapshot_interval: Duration,
     pub keep_snapshots: usize,
     /// Incremental snapshots of a partition between two whole ones at most (0: every
-    /// snapshot whole; a bucket's are always whole). See `SnapshotStore::with_deltas`.
+    /// snapshot whole), in its folder and in a bucket. See `SnapshotStore::with_deltas`.
     pub incremental: u32,
     /// The merged view is published at most this often (see `snapshot::view`).
     pub view_interval: Duration,

@@ -114,6 +114,7 @@ impl Session {
         let ctx = SessionContext::new();
         match &reading {
             Reading::Files(snapshot) | Reading::View(snapshot, _) => {
+                snapshot.readable_alone()?;
                 for table in QUERY_TABLES {
                     let path = snapshot.table_path(table).ok_or_else(|| {
                         QueryError::MissingTable(snapshot.path.display().to_string(), table.into())
@@ -142,6 +143,7 @@ impl Session {
             found => found?,
         };
         latest.verify_format()?;
+        latest.readable_alone()?;
         let ctx = SessionContext::new();
         register_bucket_files(&ctx, bucket, &latest).await?;
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;

@@ -123,6 +123,21 @@ impl Published {
         Ok(chain)
     }
 
+    /// Refuses an incremental snapshot where its own tables would be read as a result
+    /// (`query` or `serve` pointed at one partition's folder): they hold only what changed
+    /// since the snapshot before.
+    pub fn readable_alone(&self) -> Result<(), SnapshotError> {
+        match self.manifest.chain {
+            None => Ok(()),
+            Some(_) => Err(SnapshotError::Config(format!(
+                "{} is an incremental snapshot of one partition (its tables hold only what \
+                 changed since the snapshot before): point at the processor's \
+                 --snapshot-dir, whose partitions are restored and merged",
+                self.path.display()
+            ))),
+        }
+    }
+
     /// Whether this snapshot is the one a chain's `link` follows: the `parent` it names,
     /// one link shorter, from the same base. Else what is wrong, for a `Damaged` error.
     pub(super) fn follows(&self, link: &manifest::Chain) -> Result<(), String> {

@@ -516,7 +516,9 @@ impl SnapshotStore {
         sync_dir(&self.dir)?;
         replace_durable(&self.dir, LATEST_FILE, format!("{name}\n").as_bytes())?;
         self.next_id += 1;
-        self.last = Some(Last { id, bytes, chain });
+        // The next snapshot follows this one only once it is wherever this store publishes
+        // (a local prune that fails, or a bucket that does not take it, leave none to follow).
+        self.last = None;
         self.prune()?;
         if let Some(remote) = &mut self.remote {
             let rejected_file = self.dir.join(rejected::REJECTED_FILE);
@@ -526,12 +528,9 @@ impl SnapshotStore {
                 }
                 _ => None,
             };
-            if let Err(e) = remote.publish(&dest, &name, &manifest, rejected) {
-                // The bucket may not hold this snapshot: the next one must not follow it.
-                self.last = None;
-                return Err(e);
-            }
+            remote.publish(&dest, &name, &manifest, rejected)?;
         }
+        self.last = Some(Last { id, bytes, chain });
         tracing::debug!(
             snapshot = id,
             path = %dest.display(),

@@ -19,8 +19,8 @@
 //!    else the store's error.
 //! 4. **Prune**: the folders named by this writer's last `keep` pointers (the claimed one
 //!    included) stay with, for an incremental snapshot, every folder of its chain (its
-//!    writer's, from its base on), and so does any folder of another writer not older
-//!    than those; then
+//!    writer's, from its base on) and the newest whole snapshot older than those, and so
+//!    does any folder of another writer not older than those; then
 //!    the rejected-line pieces no kept snapshot lists go ([`pieces::removable`]). A failed
 //!    prune is said, and the publish stays done.
 
@@ -114,8 +114,8 @@ pub struct Publisher {
     pieces: Vec<String>,
     /// The pieces the manifests of history folders list, as far as known.
     pieces_of: HashMap<String, Vec<String>>,
-    /// The chains of history folders (none for a whole snapshot), as far as known.
-    chain_of: HashMap<String, Option<Chain>>,
+    /// What the folders a prune keeps are (whole, incremental, unreadable), as far as known.
+    link_of: HashMap<String, Link>,
     keep: usize,
 }
 
@@ -148,7 +148,7 @@ impl Publisher {
             history: VecDeque::new(),
             pieces: Vec::new(),
             pieces_of: HashMap::new(),
-            chain_of: HashMap::new(),
+            link_of: HashMap::new(),
             keep: keep.max(2),
         };
         if let Some((found, e_tag)) = p.read_pointer()? {
@@ -341,13 +341,13 @@ impl Publisher {
         put(b.key(&format!("{folder}/{MANIFEST_FILE}")), json)?;
         self.commit(&folder)?;
         self.pieces_of.insert(folder.clone(), pieces.clone());
-        self.chain_of.insert(folder.clone(), manifest.chain);
+        let link = manifest.chain.map_or(Link::Whole, Link::Chain);
+        self.link_of.insert(folder.clone(), link);
         self.pieces = pieces;
         self.history.push_back(folder);
         while self.history.len() > self.keep {
             if let Some(gone) = self.history.pop_front() {
                 self.pieces_of.remove(&gone);
-                self.chain_of.remove(&gone);
             }
         }
         if let Err(e) = self.prune() {
@@ -555,39 +555,76 @@ impl Publisher {
         Ok(())
     }
 
-    /// The folders the kept snapshots need: each kept one and, for an incremental one,
-    /// every snapshot of its chain (its writer's, from the base on); and the lowest id
-    /// among them. A kept snapshot whose manifest cannot be read needs only itself.
-    fn needed_folders(&mut self) -> (HashSet<String>, Option<u64>) {
+    /// What the snapshot `folder` is, from its manifest, read once. A manifest that is not
+    /// there or does not read as one is `Unreadable` (that snapshot is restored from by
+    /// no one, so it needs nothing); a store error fails the prune, tried again at the next
+    /// publish (a kept snapshot's chain is never taken for absent).
+    fn link_of(&mut self, folder: &str) -> Result<Link, SnapshotError> {
+        if let Some(link) = self.link_of.get(folder) {
+            return Ok(*link);
+        }
+        let link = match self.rt.block_on(read_manifest(&self.bucket, folder)) {
+            Ok(m) => m.manifest.chain.map_or(Link::Whole, Link::Chain),
+            Err(e) if e.is_not_found() || matches!(e, SnapshotError::Manifest { .. }) => {
+                Link::Unreadable
+            }
+            Err(e) => return Err(e),
+        };
+        self.link_of.insert(folder.to_string(), link);
+        Ok(link)
+    }
+
+    /// The folders the kept snapshots need, and the lowest id among them: each kept one;
+    /// for an incremental one every snapshot of its chain (its writer's, from the base
+    /// on); and when any is incremental, the newest whole snapshot older than all of them
+    /// (a damaged base fails its whole chain: that one is what readers fall back to, as in
+    /// a folder). `ids` are the prefix's folders, ascending.
+    fn needed_folders(
+        &mut self,
+        ids: &[(u64, Key)],
+    ) -> Result<(HashSet<String>, Option<u64>), SnapshotError> {
         let mut needed = HashSet::new();
         let mut floor = None::<u64>;
+        let mut chained = false;
         for folder in self.history.clone() {
             let Some(id) = folder_id(&folder) else {
                 continue;
             };
-            if !self.chain_of.contains_key(&folder) {
-                let read = self.rt.block_on(read_manifest(&self.bucket, &folder));
-                let chain = read.ok().and_then(|m| m.manifest.chain);
-                self.chain_of.insert(folder.clone(), chain);
-            }
             let mut low = id;
-            if let (Some(c), Some(writer)) = (self.chain_of[&folder], folder_writer(&folder)) {
+            if let (Link::Chain(c), Some(writer)) = (self.link_of(&folder)?, folder_writer(&folder))
+            {
                 low = c.base.min(id);
                 needed.extend((low..id).map(|i| format!("{PREFIX}{i:06}-{writer}")));
+                chained = true;
             }
             floor = Some(floor.map_or(low, |f| f.min(low)));
             needed.insert(folder);
         }
-        (needed, floor)
+        if let (true, Some(low)) = (chained, floor) {
+            for (id, key) in ids.iter().rev().filter(|(id, _)| *id < low) {
+                let Some(name) = key.filename() else {
+                    continue;
+                };
+                if self.link_of(name)? == Link::Whole {
+                    needed.insert(name.to_string());
+                    floor = Some(*id);
+                    break;
+                }
+            }
+        }
+        // What is known of folders no longer needed goes with them.
+        self.link_of.retain(|name, _| needed.contains(name));
+        Ok((needed, floor))
     }
 
     /// The snapshot folders: see [`Publisher::prune`].
     fn prune_folders(&mut self) -> Result<(), SnapshotError> {
-        let (needed, Some(floor)) = self.needed_folders() else {
+        let ids = self.ids()?;
+        let (needed, Some(floor)) = self.needed_folders(&ids)? else {
             return Ok(());
         };
         let b = &self.bucket;
-        for (id, folder) in self.ids()? {
+        for (id, folder) in ids {
             let Some(name) = folder.filename() else {
                 continue;
             };
@@ -607,6 +644,14 @@ impl Publisher {
         }
         Ok(())
     }
+}
+
+/// What a snapshot folder of the prefix is, as its prune needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Whole,
+    Chain(Chain),
+    Unreadable,
 }
 
 /// A conditional put refused (the pointer is not the one this writer knew).
