@@ -283,6 +283,73 @@ fn pruning_keeps_the_previous_pointers_folder_across_failed_publishes() {
     assert_eq!(folders(&server), [newest, last]);
 }
 
+/// Incremental snapshots in a bucket: with `keep` 2, the prune keeps every folder of the
+/// pointed snapshot's chain and the newest whole snapshot older than it (a prune by the
+/// kept pointers alone would leave the pointed snapshot without its base); readers fetch the
+/// chain, and with its base damaged fall back to that whole snapshot.
+#[test]
+fn a_bucket_keeps_the_chains_it_points_at_and_a_whole_snapshot_before_them() {
+    use storepulse::snapshot::Kind;
+    let server = s3::Server::start("shop");
+    let dir = tempfile::tempdir().unwrap();
+    let part = server.prefix("c/partitions/purchases-0");
+    let mut store = store_of(dir.path(), Publisher::claim(part, 2).unwrap(), 2);
+    let mut customers = Vec::new();
+    // Whole, incremental, whole, then a chain of three on it. An incremental snapshot here
+    // holds the whole state of the same lines as its base (a superset of what changed
+    // restores the same).
+    for (events, kind) in [
+        (200, Kind::Whole),
+        (400, Kind::Changes),
+        (600, Kind::Whole),
+        (600, Kind::Changes),
+        (600, Kind::Changes),
+        (600, Kind::Changes),
+    ] {
+        let (core, meta) = partition_state_of(events);
+        let m = store.write_kind(&core, None, meta, kind).unwrap();
+        assert_eq!(m.chain.is_some(), kind == Kind::Changes);
+        customers.push(m.customers);
+    }
+    let prefix = "c/partitions/purchases-0";
+    let mut folders: Vec<u64> = s3::objects(&server.file(prefix))
+        .iter()
+        .filter_map(|o| o.strip_suffix("/manifest.json"))
+        .filter_map(|f| f.strip_prefix("snap-")?.split('-').next()?.parse().ok())
+        .collect();
+    folders.sort_unstable();
+    assert_eq!(
+        folders,
+        [1, 3, 4, 5, 6],
+        "the chain 3..6 and the whole 1 before it"
+    );
+    assert_ne!(customers[0], customers[5]);
+    let url = server.url("c");
+    let count = |server: &s3::Server| {
+        server.ok(&[
+            "query",
+            "--format",
+            "csv",
+            "--snapshot-dir",
+            &url,
+            "SELECT COUNT(*) AS n FROM rfm",
+        ])
+    };
+    assert_eq!(count(&server), format!("n\n{}\n", customers[5]));
+    let (_, newest) = pointer(&server, prefix);
+    let base = newest.replacen("snap-000006", "snap-000003", 1);
+    std::fs::write(
+        server.file(&format!("{prefix}/{base}/rfm.parquet")),
+        b"damaged",
+    )
+    .unwrap();
+    assert_eq!(
+        count(&server),
+        format!("n\n{}\n", customers[0]),
+        "{customers:?}"
+    );
+}
+
 /// A pointer put that landed is published, whatever came back: its answer lost and every
 /// retry failed, or a prune after it refused.
 #[test]
