@@ -72,6 +72,18 @@ fn write(store: &mut SnapshotStore, events: u64) -> Result<u64, SnapshotError> {
     store.write(&core, meta).map(|m| m.id)
 }
 
+/// `query`'s answer for the number of customers at `url`, as CSV.
+fn rfm_count(server: &s3::Server, url: &str) -> String {
+    server.ok(&[
+        "query",
+        "--format",
+        "csv",
+        "--snapshot-dir",
+        url,
+        "SELECT COUNT(*) AS n FROM rfm",
+    ])
+}
+
 fn snapshot_of(dir: &Path, publisher: Publisher, events: u64) -> Result<u64, SnapshotError> {
     write(&mut store_of(dir, publisher, 3), events)
 }
@@ -325,17 +337,7 @@ fn a_bucket_keeps_the_chains_it_points_at_and_a_whole_snapshot_before_them() {
     );
     assert_ne!(customers[0], customers[5]);
     let url = server.url("c");
-    let count = |server: &s3::Server| {
-        server.ok(&[
-            "query",
-            "--format",
-            "csv",
-            "--snapshot-dir",
-            &url,
-            "SELECT COUNT(*) AS n FROM rfm",
-        ])
-    };
-    assert_eq!(count(&server), format!("n\n{}\n", customers[5]));
+    assert_eq!(rfm_count(&server, &url), format!("n\n{}\n", customers[5]));
     let (_, newest) = pointer(&server, prefix);
     let base = newest.replacen("snap-000006", "snap-000003", 1);
     std::fs::write(
@@ -344,7 +346,7 @@ fn a_bucket_keeps_the_chains_it_points_at_and_a_whole_snapshot_before_them() {
     )
     .unwrap();
     assert_eq!(
-        count(&server),
+        rfm_count(&server, &url),
         format!("n\n{}\n", customers[0]),
         "{customers:?}"
     );
@@ -460,24 +462,14 @@ fn a_reader_falls_back_past_a_damaged_partition_snapshot() {
     }
     assert!(customers[0] < customers[1], "{customers:?}");
     let url = server.url("t");
-    let count = |server: &s3::Server| {
-        server.ok(&[
-            "query",
-            "--format",
-            "csv",
-            "--snapshot-dir",
-            &url,
-            "SELECT COUNT(*) AS n FROM rfm",
-        ])
-    };
-    assert_eq!(count(&server), format!("n\n{}\n", customers[1]));
+    assert_eq!(rfm_count(&server, &url), format!("n\n{}\n", customers[1]));
     let (_, newest) = pointer(&server, "t/partitions/purchases-0");
     std::fs::write(
         server.file(&format!("t/partitions/purchases-0/{newest}/rfm.parquet")),
         b"damaged",
     )
     .unwrap();
-    assert_eq!(count(&server), format!("n\n{}\n", customers[0]));
+    assert_eq!(rfm_count(&server, &url), format!("n\n{}\n", customers[0]));
 }
 
 #[test]

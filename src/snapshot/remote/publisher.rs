@@ -56,6 +56,12 @@ pub(super) fn folder_writer(name: &str) -> Option<&str> {
     name.strip_prefix(PREFIX)?.split_once('-').map(|(_, w)| w)
 }
 
+/// The bucket folder of `writer`'s snapshot `id`, `snap-<id>-<writer>` (a chain's links
+/// are its writer's).
+pub(super) fn folder_name(id: u64, writer: &str) -> String {
+    format!("{PREFIX}{id:06}-{writer}")
+}
+
 /// 128 random bits, as hex: a writer's name, unique across machines and containers.
 fn new_writer() -> String {
     let mut bits = [0u8; 16];
@@ -594,7 +600,7 @@ impl Publisher {
             if let (Link::Chain(c), Some(writer)) = (self.link_of(&folder)?, folder_writer(&folder))
             {
                 low = c.base.min(id);
-                needed.extend((low..id).map(|i| format!("{PREFIX}{i:06}-{writer}")));
+                needed.extend((low..id).map(|i| folder_name(i, writer)));
                 chained = true;
             }
             floor = Some(floor.map_or(low, |f| f.min(low)));

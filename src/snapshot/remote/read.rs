@@ -9,7 +9,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::{runtime, Bucket};
 use crate::snapshot::manifest::{Manifest, MANIFEST_FILE};
-use crate::snapshot::{Published, SetShape, SnapshotError, TopicSet, LATEST_FILE, PREFIX};
+use crate::snapshot::{Published, SetShape, SnapshotError, TopicSet, LATEST_FILE};
 
 /// Puts one file (the run's `summary.json`) under `bucket`'s prefix.
 pub fn put_file(bucket: &Bucket, path: &Path) -> Result<(), SnapshotError> {
@@ -153,7 +153,7 @@ async fn with_tables(
         .ok_or_else(|| damaged("an incremental snapshot outside a writer's folder".into()))?;
     let mut links = Vec::new();
     loop {
-        let parent_name = format!("{PREFIX}{:06}-{writer}", link.parent);
+        let parent_name = super::publisher::folder_name(link.parent, writer);
         let parent = manifest(bucket, &parent_name).await?;
         let parent = tables_of(bucket, &parent_name, parent).await?;
         parent.follows(&link).map_err(damaged)?;
