@@ -54,7 +54,14 @@ CREATE TABLE rfm (
 -- snapshot. Not for queries; each file's columns are checked against the code's contract
 -- before it is read, like the tables'.
 --   state_open_sets (day DATE, scope VARCHAR, key VARCHAR NULL, value BIGINT UNSIGNED):
---     the distinct sets of days not yet final.
+--     days' distinct customers (scope `customer`, key null), sorted by day and customer:
+--     open days', and in a Kafka partition every day's (the merged view counts distinct
+--     customers across partitions). Snapshots of formats 2 and 3 also hold the open days'
+--     orders here (scopes `order`, `category_order`, `brand_order` with the group in key).
+--   state_open_orders (day DATE, order_id BIGINT UNSIGNED, category_codes VARCHAR[],
+--     brands VARCHAR[]), formats 4 and 5: open days' distinct orders, one row per (day,
+--     order) with the category codes and brands (an unknown one null) whose distinct
+--     orders counted it, sorted by day and order.
 --   state_customer_orders (user_id BIGINT UNSIGNED, order_id BIGINT UNSIGNED): the
 --     (customer, order) pairs counted in frequencies.
 --   state_seen (source BIGINT UNSIGNED, pass INT UNSIGNED, bitmap BYTEA), Kafka partitions

@@ -16,13 +16,15 @@ use super::{
 };
 
 /// Tables every snapshot holds; `state_seen` is only in a Kafka partition's.
-const REQUIRED: [&str; 6] = [
+/// The last is not in snapshots of the older formats (see [`manifest::OLDER_FORMATS`]).
+const REQUIRED: [&str; 7] = [
     tables::DAILY_SALES,
     tables::DAILY_CATEGORY_SALES,
     tables::DAILY_BRAND_SALES,
     tables::RFM,
     tables::STATE_OPEN_SETS,
     tables::STATE_CUSTOMER_ORDERS,
+    tables::STATE_OPEN_ORDERS,
 ];
 
 /// The snapshot `LATEST` points at, its manifest read (not checked: see [`Published::verify`]).
@@ -60,22 +62,22 @@ impl Published {
     /// Checks that the manifest is of this build's format (an incremental snapshot's
     /// format for one that names a chain).
     pub fn verify_format(&self) -> Result<(), SnapshotError> {
-        let want = match self.manifest.chain {
-            Some(_) => manifest::DELTA_FORMAT,
-            None => manifest::FORMAT_VERSION,
+        let (want, older) = match self.manifest.chain {
+            Some(_) => (manifest::DELTA_FORMAT, manifest::OLDER_FORMATS[1]),
+            None => (manifest::FORMAT_VERSION, manifest::OLDER_FORMATS[0]),
         };
-        if self.manifest.format == want {
+        if self.manifest.format == want || self.manifest.format == older {
             return Ok(());
         }
         Err(SnapshotError::Damaged {
             path: self.path.clone(),
             what: match self.manifest.chain {
                 None => format!(
-                    "format {} (this build reads format {want})",
+                    "format {} (this build reads formats {older} and {want})",
                     self.manifest.format
                 ),
                 Some(_) => format!(
-                    "format {} (this build reads format {want} for an incremental snapshot)",
+                    "format {} (this build reads formats {older} and {want} for an incremental snapshot)",
                     self.manifest.format
                 ),
             },
@@ -167,7 +169,8 @@ impl Published {
         // A merged view holds the query tables alone.
         let required: &[&str] = match self.manifest.input {
             InputPosition::View { .. } => &tables::QUERY_TABLES,
-            _ => &REQUIRED,
+            _ if manifest::has_open_orders(self.manifest.format) => &REQUIRED,
+            _ => &REQUIRED[..REQUIRED.len() - 1],
         };
         for table in required.iter().copied().chain(optional) {
             let (path, source) = self.table_source(table)?;

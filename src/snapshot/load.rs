@@ -128,6 +128,26 @@ fn load_one(snapshot: &Published) -> Result<CoreState, SnapshotError> {
             }
         }
     }
+    if snapshot.table_path(tables::STATE_OPEN_ORDERS).is_some() {
+        for b in read(snapshot, tables::STATE_OPEN_ORDERS)? {
+            let day = b.column(0).as_primitive::<Date32Type>();
+            let order = b.column(1).as_primitive::<UInt64Type>();
+            let (categories, brands) = (b.column(2).as_list::<i32>(), b.column(3).as_list::<i32>());
+            for r in 0..b.num_rows() {
+                let d = days.entry(day.value(r)).or_default();
+                let o = order.value(r);
+                d.open_orders.push(o);
+                for (list, to) in [
+                    (categories, &mut d.open_category_orders),
+                    (brands, &mut d.open_brand_orders),
+                ] {
+                    let names = list.value(r);
+                    let names = names.as_string::<i32>();
+                    to.extend(names.iter().map(|n| (n.map(str::to_string), o)));
+                }
+            }
+        }
+    }
     let mut customers = Vec::new();
     for b in read(snapshot, tables::RFM)? {
         let user = b.column(0).as_primitive::<UInt64Type>();

@@ -6,11 +6,22 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const FORMAT_VERSION: u32 = 2;
+/// The format of a whole snapshot this build writes. Format 4 holds open days' orders in
+/// `state_open_orders` (one row per order); this build still reads format 2, where they
+/// are rows of `state_open_sets`, and its incremental form 3.
+pub const FORMAT_VERSION: u32 = 4;
 /// The format of an incremental snapshot: a build that reads only [`FORMAT_VERSION`]
 /// refuses it (and falls back to an older whole snapshot) rather than take it for a whole
 /// state.
-pub const DELTA_FORMAT: u32 = 3;
+pub const DELTA_FORMAT: u32 = 5;
+/// Formats read besides the two above: the whole and incremental snapshots of the layout
+/// before `state_open_orders`.
+pub const OLDER_FORMATS: [u32; 2] = [2, 3];
+
+/// Whether snapshots of `format` hold `state_open_orders`.
+pub fn has_open_orders(format: u32) -> bool {
+    !OLDER_FORMATS.contains(&format)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -454,6 +454,7 @@ impl SnapshotStore {
             )?;
             if state {
                 add(tables::STATE_OPEN_SETS, tables::state_open_sets(core))?;
+                add(tables::STATE_OPEN_ORDERS, tables::state_open_orders(core))?;
             }
             if let Some(seen) = seen {
                 add(tables::STATE_SEEN, tables::state_seen(seen))?;
@@ -623,7 +624,9 @@ fn unique_columns(table: &str) -> &'static [(&'static str, bool)] {
             ("last_purchase", false),
             ("monetary", false),
         ],
-        tables::STATE_CUSTOMER_ORDERS => &[("user_id", false), ("order_id", false)],
+        tables::STATE_CUSTOMER_ORDERS => &[("user_id", true), ("order_id", false)],
+        tables::STATE_OPEN_SETS => &[("value", false)],
+        tables::STATE_OPEN_ORDERS => &[("order_id", true)],
         _ => &[],
     }
 }

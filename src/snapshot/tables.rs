@@ -6,26 +6,31 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Date32Array, Decimal128Array, Int64Array, Int8Array,
-    RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
+    ListBuilder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray, UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 
-use crate::aggregate::{Core, Group, Scored, Seen};
+use crate::aggregate::{Core, Group, Scored, Seen, Sym};
 
 pub const DAILY_SALES: &str = "daily_sales";
 pub const DAILY_CATEGORY_SALES: &str = "daily_category_sales";
 pub const DAILY_BRAND_SALES: &str = "daily_brand_sales";
 pub const RFM: &str = "rfm";
-/// Raw state kept only so that a processor can resume: open days' distinct sets and
-/// the (customer, order) pairs already counted.
+/// Raw state kept only so that a processor can resume: days' distinct customers (open
+/// days', and in a Kafka partition every day's), open days' orders with the categories
+/// and brands each counted them in, and the (customer, order) pairs already counted.
 pub const STATE_OPEN_SETS: &str = "state_open_sets";
+pub const STATE_OPEN_ORDERS: &str = "state_open_orders";
 pub const STATE_CUSTOMER_ORDERS: &str = "state_customer_orders";
 /// The events a partition has counted (see `aggregate::Seen`), one row per input and pass
 /// with its lines as a roaring bitmap: Kafka processors only.
 pub const STATE_SEEN: &str = "state_seen";
 
-/// The `scope` values of `state_open_sets`: which distinct set a row belongs to.
+/// The `scope` values of `state_open_sets`: which distinct set a row belongs to. Snapshots
+/// of this format hold customers only there (orders are in `state_open_orders`); the
+/// order scopes are read from older snapshots.
 pub mod scope {
     pub const ORDER: &str = "order";
     pub const CUSTOMER: &str = "customer";
@@ -38,6 +43,11 @@ pub const QUERY_TABLES: [&str; 4] = [DAILY_SALES, DAILY_CATEGORY_SALES, DAILY_BR
 
 fn money() -> DataType {
     DataType::Decimal128(18, 2)
+}
+
+/// A list of category codes or brands, an unknown one null.
+fn names() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
 }
 
 fn ts() -> DataType {
@@ -89,6 +99,12 @@ pub fn schema(table: &str) -> SchemaRef {
             f("scope", DataType::Utf8, false),
             f("key", DataType::Utf8, true),
             f("value", DataType::UInt64, false),
+        ],
+        STATE_OPEN_ORDERS => vec![
+            f("day", DataType::Date32, false),
+            f("order_id", DataType::UInt64, false),
+            f("category_codes", names(), false),
+            f("brands", names(), false),
         ],
         STATE_CUSTOMER_ORDERS => vec![
             f("user_id", DataType::UInt64, false),
@@ -195,40 +211,93 @@ pub fn rfm(s: Scored) -> Result<RecordBatch, ArrowError> {
     )
 }
 
-/// Distinct sets of days that are not final yet: what a resumed processor needs to keep
-/// counting distinct orders and customers exactly.
+/// Days' distinct customers, sorted by day and customer (sorted ids compress to about
+/// half): open days', and final days' in a core that keeps them for merging.
 pub fn state_open_sets(core: &Core) -> Result<RecordBatch, ArrowError> {
-    let mut rows: Vec<(i32, &'static str, Option<&str>, u64)> = Vec::new();
-    for (d, data, is_final) in core.days() {
-        // Final days keep their customers only in a core that keeps them for merging.
-        rows.extend(data.open_customers().map(|c| (d, scope::CUSTOMER, None, c)));
-        if is_final {
-            continue;
-        }
-        rows.extend(data.open_orders().map(|o| (d, scope::ORDER, None, o)));
-        for (scope, groups) in [
-            (scope::CATEGORY_ORDER, &data.categories),
-            (scope::BRAND_ORDER, &data.brands),
-        ] {
-            for (k, g) in groups {
-                let name = k.map(|s| core.name(s));
-                rows.extend(g.open_orders().map(|o| (d, scope, name, o)));
-            }
-        }
+    let mut rows: Vec<(i32, u64)> = Vec::new();
+    for (d, data, _) in core.days() {
+        let from = rows.len();
+        rows.extend(data.open_customers().map(|c| (d, c)));
+        rows[from..].sort_unstable();
     }
     batch(
         STATE_OPEN_SETS,
         vec![
             Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2))),
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.3))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|_| scope::CUSTOMER),
+            )),
+            Arc::new(StringArray::new_null(rows.len())),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1))),
         ],
     )
 }
 
+/// Open days' distinct orders, one row per (day, order) with the categories and brands
+/// that counted it, sorted by day and order: each order id is written once (not once per
+/// set it is in), and ascending ids are stored as deltas.
+pub fn state_open_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
+    const ORDER: u8 = 0;
+    const CATEGORY: u8 = 1;
+    const BRAND: u8 = 2;
+    let mut days = Vec::new();
+    let mut orders = Vec::new();
+    let mut categories = ListBuilder::new(StringBuilder::new());
+    let mut brands = ListBuilder::new(StringBuilder::new());
+    let mut entries: Vec<(u64, u8, Option<Sym>)> = Vec::new();
+    for (d, data, is_final) in core.days() {
+        if is_final {
+            continue;
+        }
+        entries.clear();
+        entries.extend(data.open_orders().map(|o| (o, ORDER, None)));
+        for (kind, groups) in [(CATEGORY, &data.categories), (BRAND, &data.brands)] {
+            for (k, g) in groups {
+                entries.extend(g.open_orders().map(|o| (o, kind, *k)));
+            }
+        }
+        entries.sort_unstable();
+        for (i, &(order, kind, sym)) in entries.iter().enumerate() {
+            // A group's order is always in the day's set too; a row starts at each order.
+            if i == 0 || entries[i - 1].0 != order {
+                if i > 0 {
+                    categories.append(true);
+                    brands.append(true);
+                }
+                days.push(d);
+                orders.push(order);
+            }
+            let name = sym.map(|s| core.name(s));
+            match kind {
+                CATEGORY => categories.values().append_option(name),
+                BRAND => brands.values().append_option(name),
+                _ => {}
+            }
+        }
+        if !entries.is_empty() {
+            categories.append(true);
+            brands.append(true);
+        }
+    }
+    // The builder's list field is `names()`'s (a nullable `item`).
+    let list = |mut b: ListBuilder<StringBuilder>| -> ArrayRef { Arc::new(b.finish()) };
+    batch(
+        STATE_OPEN_ORDERS,
+        vec![
+            Arc::new(Date32Array::from(days)),
+            Arc::new(UInt64Array::from(orders)),
+            list(categories),
+            list(brands),
+        ],
+    )
+}
+
+/// The (customer, order) pairs counted, sorted (customer ids ascending are stored as
+/// deltas).
 pub fn state_customer_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
-    let (users, orders): (Vec<u64>, Vec<u64>) = core.customer_orders().unzip();
+    let mut pairs: Vec<(u64, u64)> = core.customer_orders().collect();
+    pairs.sort_unstable();
+    let (users, orders): (Vec<u64>, Vec<u64>) = pairs.into_iter().unzip();
     batch(
         STATE_CUSTOMER_ORDERS,
         vec![

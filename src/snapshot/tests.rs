@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::*;
 use crate::aggregate::CoreConfig;
 use storepulse_aggregate::testing::ev;
+use tables::scope;
 
 const JUNE1: i64 = 1_590_969_600_000_000;
 const H: i64 = 3_600_000_000;
@@ -94,21 +95,23 @@ async fn tables_read_back_with_exact_values() {
         types.contains("Decimal128(18, 2)") && types.contains("UInt64"),
         "{types}"
     );
-    // The open day still carries its distinct sets, so a processor could resume.
+    // The open day still carries its distinct orders, each with the category and brand
+    // sets it is in, so a processor could resume.
     let open = sql(
-        &snap.table_path("state_open_sets").unwrap(),
+        &snap.table_path("state_open_orders").unwrap(),
         "s",
-        "SELECT day, scope, key, value FROM s ORDER BY scope, key",
+        "SELECT day, order_id, category_codes, array_length(brands) AS brands, \
+         brands[1] IS NULL AS unknown_brand FROM s ORDER BY day, order_id",
     )
     .await;
-    assert!(
-        open.contains("| 2020-06-02 | category_order | electronics.tablet | 2     |"),
-        "{open}"
-    );
-    assert!(
-        open.contains("| 2020-06-02 | order          |                    | 2     |"),
-        "{open}"
-    );
+    let want = [
+        "+------------+----------+----------------------+--------+---------------+",
+        "| day        | order_id | category_codes       | brands | unknown_brand |",
+        "+------------+----------+----------------------+--------+---------------+",
+        "| 2020-06-02 | 2        | [electronics.tablet] | 1      | true          |",
+        "+------------+----------+----------------------+--------+---------------+",
+    ];
+    assert_eq!(open, want.join("\n"));
 }
 
 #[test]
@@ -214,6 +217,93 @@ fn a_snapshot_of_another_format_is_refused() {
     let err = latest(dir.path()).unwrap().verify().unwrap_err();
     assert!(err.to_string().contains("format 99"), "{err}");
     assert_eq!(latest_complete(dir.path()).unwrap().manifest.id, 1);
+}
+
+/// A core with an open day whose orders are in several categories and brands, one of
+/// each unknown, and a customer on it.
+fn core_with_open_groups() -> Core {
+    let mut c = sample_core();
+    let mut sym = |name| c.intern_name(name).0;
+    let (tv, phone) = (sym("electronics.video.tv"), sym("phone"));
+    let (brand, other) = (sym("samsung"), sym("lg"));
+    let day2 = JUNE1 + 30 * H;
+    c.record(&ev(day2, 3, Some(7), 500, Some(tv), Some(brand)));
+    c.record(&ev(day2, 3, Some(7), 700, Some(phone), Some(other)));
+    c.record(&ev(day2, 3, Some(7), 900, None, Some(brand)));
+    c.record(&ev(day2, 4, Some(8), 100, Some(tv), None));
+    c
+}
+
+/// Snapshots of the layout before `state_open_orders` (format 2, every distinct set a row
+/// of `state_open_sets`) are still read, to the same state; a snapshot of this format
+/// without `state_open_orders` is damaged, not read as having no open orders.
+#[test]
+fn a_snapshot_of_the_older_layout_restores_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    let core = core_with_open_groups();
+    let mut m = meta();
+    m.counts.accepted = 7;
+    store.write(&core, m).unwrap();
+    let state = core.state();
+    let restored =
+        |s: &Published| Core::restore(CoreConfig::default(), load_state(s).unwrap()).state();
+    assert_eq!(restored(&latest(dir.path()).unwrap()), state);
+
+    // The older layout, from the state's own sets.
+    let mut rows: Vec<(i32, &str, Option<String>, u64)> = Vec::new();
+    for d in &state.days {
+        rows.extend(
+            d.open_orders
+                .iter()
+                .map(|&o| (d.day, scope::ORDER, None, o)),
+        );
+        rows.extend(
+            d.open_customers
+                .iter()
+                .map(|&c| (d.day, scope::CUSTOMER, None, c)),
+        );
+        for (scope, set) in [
+            (scope::CATEGORY_ORDER, &d.open_category_orders),
+            (scope::BRAND_ORDER, &d.open_brand_orders),
+        ] {
+            rows.extend(set.iter().map(|(k, o)| (d.day, scope, k.clone(), *o)));
+        }
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.1 == scope::BRAND_ORDER && r.2.is_none()));
+    use datafusion::arrow::array::{Date32Array, StringArray, UInt64Array};
+    let batch = RecordBatch::try_new(
+        tables::schema(tables::STATE_OPEN_SETS),
+        vec![
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2.as_deref()))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.3))),
+        ],
+    )
+    .unwrap();
+    let sets = snap_file(dir.path(), 1, "state_open_sets.parquet");
+    let bytes = write_parquet(&sets, tables::STATE_OPEN_SETS, &batch).unwrap();
+    let orders = snap_file(dir.path(), 1, "state_open_orders.parquet");
+    let manifest_path = snap_file(dir.path(), 1, manifest::MANIFEST_FILE);
+    let mut m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(m.format, manifest::FORMAT_VERSION);
+
+    // This format without the table: damaged.
+    std::fs::rename(&orders, dir.path().join("aside")).unwrap();
+    let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("state_open_orders"), "{err}");
+
+    m.format = manifest::OLDER_FORMATS[0];
+    m.tables.remove(tables::STATE_OPEN_ORDERS);
+    let entry = m.tables.get_mut(tables::STATE_OPEN_SETS).unwrap();
+    (entry.rows, entry.bytes) = (rows.len() as u64, bytes);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let older = latest(dir.path()).unwrap();
+    older.verify().unwrap();
+    assert_eq!(restored(&older), state);
 }
 
 #[test]

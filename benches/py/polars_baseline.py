@@ -1,0 +1,78 @@
+"""The same questions as `storepulse run` answers, asked of Polars' streaming engine: the
+baseline `benches/pipeline.rs` times `run --max` against (issue 27's `run` target).
+
+Reads the CSV lazily, drops lines without a valid time, order or price (Polars does not
+repair shifted columns as the replayer does, so it counts slightly fewer lines), and
+computes the daily sales (revenue, items, distinct orders and customers), the same per
+category code and per brand, and each customer's first and last purchase, distinct
+orders, money and items. Prints the wall time and the row counts.
+
+usage: polars_baseline.py FILE.csv
+"""
+import sys
+import time
+
+import polars as pl
+
+
+def main(path):
+    start = time.perf_counter()
+    lf = pl.scan_csv(
+        path,
+        schema_overrides={
+            "event_time": pl.Utf8,
+            "order_id": pl.Utf8,
+            "product_id": pl.Utf8,
+            "category_id": pl.Utf8,
+            "category_code": pl.Utf8,
+            "brand": pl.Utf8,
+            "price": pl.Utf8,
+            "user_id": pl.Utf8,
+        },
+        truncate_ragged_lines=True,
+    )
+    events = (
+        lf.with_columns(
+            pl.col("event_time")
+            .str.strptime(pl.Datetime("us"), "%Y-%m-%d %H:%M:%S UTC", strict=False)
+            .alias("t"),
+            pl.col("order_id").cast(pl.UInt64, strict=False).alias("order"),
+            pl.col("user_id").cast(pl.UInt64, strict=False).alias("user"),
+            (pl.col("price").cast(pl.Float64, strict=False) * 100)
+            .round(0)
+            .cast(pl.Int64, strict=False)
+            .alias("cents"),
+        )
+        .filter(pl.col("t").is_not_null() & pl.col("order").is_not_null() & pl.col("cents").is_not_null())
+        .with_columns(pl.col("t").dt.date().alias("day"))
+    )
+
+    def sales(*keys):
+        return events.group_by(*keys).agg(
+            pl.col("cents").sum().alias("revenue"),
+            pl.len().alias("items"),
+            pl.col("order").n_unique().alias("orders"),
+            pl.col("user").drop_nulls().n_unique().alias("customers"),
+        )
+
+    rfm = (
+        events.filter(pl.col("user").is_not_null())
+        .group_by("user")
+        .agg(
+            pl.col("t").min().alias("first"),
+            pl.col("t").max().alias("last"),
+            pl.col("order").n_unique().alias("frequency"),
+            pl.col("cents").sum().alias("monetary"),
+            pl.len().alias("items"),
+        )
+    )
+    frames = pl.collect_all(
+        [sales("day"), sales("day", "category_code"), sales("day", "brand"), rfm],
+        engine="streaming",
+    )
+    wall = time.perf_counter() - start
+    print(f"polars {pl.__version__} wall {wall:.3f} s rows {[f.height for f in frames]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
