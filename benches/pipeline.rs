@@ -134,6 +134,8 @@ fn main() {
         scrapes
     );
 
+    polars_paired(&path);
+
     // The same run on a file `STOREPULSE_BENCH_SCALE` times larger (default 10; 1 skips):
     // cost should grow linearly and memory stay bounded (issue targets: at most 11x the
     // time, under 1.5 GiB). Generated once under target/bench-data (3.1 GB at 10x).
@@ -263,4 +265,54 @@ fn end_to_end(path: &std::path::Path, scrape: bool, args: &[&str]) -> (f64, f64,
         .and_then(|v| v.trim().trim_end_matches("MiB").trim().parse::<f64>().ok())
         .expect("summary reports peak memory");
     (wall, mib, scrapes, out)
+}
+
+/// `run --max` paired with Polars' streaming engine asking the same questions
+/// (`benches/py/polars_baseline.py`), alternating, `REPEAT` times each: issue 27's target
+/// is at most 0.4x Polars' wall time. Needs a Python with `polars`: `STOREPULSE_PYTHON`,
+/// else the tests' virtual environment (`target/py`, made by `.ci/run`); skipped without.
+fn polars_paired(path: &std::path::Path) {
+    let python = std::env::var("STOREPULSE_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/py/bin/python").into());
+    let has_polars = std::process::Command::new(&python)
+        .args(["-c", "import polars"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_polars {
+        println!("against Polars:  skipped ({python} cannot import polars; set STOREPULSE_PYTHON)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/py/polars_baseline.py");
+    let (mut ours, mut theirs, mut their_mib) = (Vec::new(), Vec::new(), 0.0f64);
+    let mut our_mib = 0.0f64;
+    let mut line = String::new();
+    for _ in 0..REPEAT {
+        let (wall, mib, ..) = end_to_end(path, false, &[]);
+        ours.push(wall);
+        our_mib = our_mib.max(mib);
+        let out = std::process::Command::new(&python)
+            .arg(script)
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let field = |name: &str| -> f64 {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == name);
+            words.next().and_then(|v| v.parse().ok()).unwrap()
+        };
+        theirs.push(field("wall"));
+        their_mib = their_mib.max(field("peak_mib"));
+    }
+    let (o, t) = (median(ours.clone()), median(theirs.clone()));
+    println!(
+        "against Polars:  run --max {o:.3} s ({ours:.3?}), Polars streaming {t:.3} s ({theirs:.3?}): \
+         {:.2}x; peak {our_mib:.0} against {their_mib:.0} MiB  [{line}]",
+        o / t
+    );
 }

@@ -164,23 +164,31 @@ impl CoreState {
             .into_iter()
             .map(|d| (d.day, d))
             .collect();
-        let mut customers: FxHashMap<u64, CustomerState> = std::mem::take(&mut self.customers)
-            .into_iter()
-            .map(|c| (c.user_id, c))
-            .collect();
         for delta in deltas {
             self.max_event_us = delta.max_event_us;
             self.watermark_us = delta.watermark_us;
             self.accepted = delta.accepted;
             self.late = delta.late;
             days.extend(delta.days.into_iter().map(|d| (d.day, d)));
-            customers.extend(delta.customers.into_iter().map(|c| (c.user_id, c)));
+            self.customers.extend(delta.customers);
             self.customer_orders.extend(delta.customer_orders);
         }
         self.days = days.into_values().collect();
-        self.customers = customers.into_values().collect();
-        self.customers.sort_unstable_by_key(|c| c.user_id);
-        self.customer_orders.sort_unstable();
+        // A stable sort keeps a customer's entries in the order applied, so the last one
+        // of each is the newest; each snapshot's are sorted already (its `rfm` table is),
+        // and the sort merges such runs in linear time.
+        self.customers.sort_by_key(|c| c.user_id);
+        let newest =
+            |c: &[CustomerState], i: usize| c.get(i + 1).is_none_or(|n| n.user_id != c[i].user_id);
+        let mut kept = 0;
+        for i in 0..self.customers.len() {
+            if newest(&self.customers, i) {
+                self.customers[kept] = self.customers[i];
+                kept += 1;
+            }
+        }
+        self.customers.truncate(kept);
+        self.customer_orders.sort();
         self.customer_orders.dedup();
     }
 }

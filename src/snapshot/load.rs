@@ -214,9 +214,11 @@ fn load_seen_one(snapshot: &Published, seen: &mut Seen) -> Result<(), SnapshotEr
 /// see `CoreState::merge` for why the merge is exact. Its watermark is the set's: no day is
 /// final while a partition has no snapshot or has not passed it.
 pub fn load_merged(set: &TopicSet) -> Result<Core, SnapshotError> {
+    use rayon::prelude::*;
+    // Partitions are read and their chains applied side by side.
     let states = set
         .parts
-        .iter()
+        .par_iter()
         .map(|(_, p)| load_state(p))
         .collect::<Result<Vec<_>, _>>()?;
     let config = set
