@@ -247,6 +247,11 @@ impl Core {
         &self.customers
     }
 
+    /// Every customer's RFM state as rows, not scored (see [`rfm::unscored`]).
+    pub fn rfm_unscored(&self) -> Scored {
+        rfm::unscored(&self.customers)
+    }
+
     /// RFM rows for every customer, scored against the current as-of date.
     pub fn rfm(&self) -> Scored {
         match self.max_event_us {

@@ -159,8 +159,17 @@ impl Scored {
         (0..self.len()).map(|i| self.row(i))
     }
 
-    /// How many customers fall in each segment.
+    /// Whether the rows carry recency and scores ([`score`]) or only the customers'
+    /// state ([`unscored`]).
+    pub fn is_scored(&self) -> bool {
+        self.r.len() == self.len()
+    }
+
+    /// How many customers fall in each segment (none when not scored).
     pub fn segment_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        if !self.is_scored() {
+            return Default::default();
+        }
         let mut per_cell = [0u64; 125];
         for i in 0..self.len() {
             let (r, f, m) = self.scores(i);
@@ -179,6 +188,26 @@ impl Scored {
 /// Scores every customer against `as_of_day` (days since the epoch, UTC). Rows come
 /// sorted by user id.
 pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Scored {
+    let mut s = unscored(customers);
+    s.recency_days = s
+        .last_us
+        .iter()
+        .map(|&l| i64::from(as_of_day) - i64::from(day_of(l)))
+        .collect();
+    // Recency ranks by recency_days descending: negate to rank ascending.
+    let r = Quintiles::new(s.recency_days.iter().map(|d| -d).collect());
+    s.r = s.recency_days.iter().map(|&d| r.score(-d) as i8).collect();
+    let f = Quintiles::new(s.frequency.clone());
+    s.f = s.frequency.iter().map(|&v| f.score(v) as i8).collect();
+    let m = Quintiles::new(s.monetary_cents.clone());
+    s.m = s.monetary_cents.iter().map(|&v| m.score(v) as i8).collect();
+    s
+}
+
+/// Every customer's state as the `rfm` table's columns, sorted by user id, without
+/// recency or scores (left empty: see [`Scored::is_scored`]): what an incremental snapshot
+/// holds, since scores are global and computed over the whole state once restored.
+pub fn unscored(customers: &FxHashMap<u64, Customer>) -> Scored {
     // Sorting 16-byte (id, reference) pairs moves far less memory than sorting rows.
     let mut ids: Vec<(u64, &Customer)> = customers.iter().map(|(&id, c)| (id, c)).collect();
     ids.sort_unstable_by_key(|&(id, _)| id);
@@ -190,7 +219,7 @@ pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Scored {
         frequency: Vec::with_capacity(n),
         monetary_cents: Vec::with_capacity(n),
         items: Vec::with_capacity(n),
-        recency_days: Vec::with_capacity(n),
+        recency_days: Vec::new(),
         r: Vec::new(),
         f: Vec::new(),
         m: Vec::new(),
@@ -203,16 +232,7 @@ pub fn score(customers: &FxHashMap<u64, Customer>, as_of_day: i32) -> Scored {
         s.frequency.push(c.frequency as i64);
         s.monetary_cents.push(c.monetary_cents);
         s.items.push(c.items as i64);
-        s.recency_days
-            .push(i64::from(as_of_day) - i64::from(day_of(c.last_us)));
     }
-    // Recency ranks by recency_days descending: negate to rank ascending.
-    let r = Quintiles::new(s.recency_days.iter().map(|d| -d).collect());
-    s.r = s.recency_days.iter().map(|&d| r.score(-d) as i8).collect();
-    let f = Quintiles::new(s.frequency.clone());
-    s.f = s.frequency.iter().map(|&v| f.score(v) as i8).collect();
-    let m = Quintiles::new(s.monetary_cents.clone());
-    s.m = s.monetary_cents.iter().map(|&v| m.score(v) as i8).collect();
     s
 }
 

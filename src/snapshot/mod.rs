@@ -426,7 +426,12 @@ impl SnapshotStore {
         };
         let (customers, segments, files) = std::thread::scope(|s| {
             let writer = parallel.then(|| s.spawn(pairs));
-            let scored = core.rfm();
+            // Scores are global: an incremental snapshot's customers are not scored
+            // among themselves (readers score the restored state).
+            let scored = match follows {
+                Some(_) => core.rfm_unscored(),
+                None => core.rfm(),
+            };
             go_on()?;
             let mut files = std::collections::BTreeMap::new();
             let mut add = |table: &str, batch: Result<RecordBatch, ArrowError>| {

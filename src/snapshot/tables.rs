@@ -184,13 +184,26 @@ pub fn daily_group_sales(core: &Core, brands: bool) -> Result<RecordBatch, Arrow
     )
 }
 
-/// The `rfm` table from the scored columns (moved into the arrays, not copied).
-pub fn rfm(s: Scored) -> Result<RecordBatch, ArrowError> {
+/// The `rfm` table from the scored columns (moved into the arrays, not copied). Rows not
+/// scored (an incremental snapshot's: [`Core::rfm_unscored`]) have recency and scores 0
+/// and an empty cell and segment.
+pub fn rfm(mut s: Scored) -> Result<RecordBatch, ArrowError> {
     let stamp = |v: Vec<i64>| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
     };
-    let cells = StringArray::from_iter_values((0..s.len()).map(|i| s.cell(i)));
-    let segments = StringArray::from_iter_values((0..s.len()).map(|i| s.segment(i)));
+    let scored = s.is_scored();
+    let (cells, segments) = if scored {
+        (
+            StringArray::from_iter_values((0..s.len()).map(|i| s.cell(i))),
+            StringArray::from_iter_values((0..s.len()).map(|i| s.segment(i))),
+        )
+    } else {
+        let n = s.len();
+        let blank = || StringArray::from_iter_values((0..n).map(|_| ""));
+        s.recency_days = vec![0; n];
+        (s.r, s.f, s.m) = (vec![0; n], vec![0; n], vec![0; n]);
+        (blank(), blank())
+    };
     let monetary = decimal(s.monetary_cents.iter().copied())?;
     batch(
         RFM,

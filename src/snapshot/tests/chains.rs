@@ -154,6 +154,33 @@ fn a_chain_restores_each_snapshots_state_and_pruning_keeps_what_it_needs() {
     assert_eq!(rows(&eighth, tables::DAILY_SALES), 1);
     assert!(rows(&eighth, tables::STATE_CUSTOMER_ORDERS) <= 40);
     assert!(eighth.manifest.bytes() * 4 < base.manifest.bytes());
+    // Scores are global: an incremental snapshot's customers carry their state, not
+    // scores among themselves (readers score the restored whole, as `restores_to` did).
+    assert!(eighth.manifest.segments.is_empty() && !base.manifest.segments.is_empty());
+    let scores = |p: &Published| {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::Int8Type;
+        let file = std::fs::File::open(p.table_path(tables::RFM).unwrap()).unwrap();
+        let reader =
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                file,
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut found = std::collections::BTreeSet::new();
+        for b in reader {
+            let b = b.unwrap();
+            let r = b.column(7).as_primitive::<Int8Type>();
+            let segment = b.column(11).as_string::<i32>();
+            found.extend((0..b.num_rows()).map(|i| (r.value(i), segment.value(i).to_string())));
+        }
+        found
+    };
+    assert_eq!(scores(&eighth), [(0, String::new())].into());
+    assert!(scores(&base)
+        .iter()
+        .all(|(r, s)| (1..=5).contains(r) && !s.is_empty()));
     // The newest whole snapshot and the chain's base damaged: readers fall back to 1.
     for id in [9, 5] {
         std::fs::write(snap_file(dir.path(), id, "rfm.parquet"), b"damaged").unwrap();
