@@ -283,36 +283,39 @@ fn polars_paired(path: &std::path::Path) {
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/py/polars_baseline.py");
-    let (mut ours, mut theirs, mut their_mib) = (Vec::new(), Vec::new(), 0.0f64);
-    let mut our_mib = 0.0f64;
-    let mut line = String::new();
-    for _ in 0..REPEAT {
-        let (wall, mib, ..) = end_to_end(path, false, &[]);
-        ours.push(wall);
-        our_mib = our_mib.max(mib);
-        let out = std::process::Command::new(&python)
-            .arg(script)
-            .arg(path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    // Polars asked the four questions together (one scan) and one by one (issue 27's
+    // baseline took about the latter's time).
+    for (mode, args) in [("one scan", &[][..]), ("separate", &["--separate"][..])] {
+        let (mut ours, mut theirs, mut their_mib) = (Vec::new(), Vec::new(), 0.0f64);
+        let mut our_mib = 0.0f64;
+        let mut line = String::new();
+        for _ in 0..REPEAT {
+            let (wall, mib, ..) = end_to_end(path, false, &[]);
+            ours.push(wall);
+            our_mib = our_mib.max(mib);
+            let out = std::process::Command::new(&python)
+                .arg(script)
+                .arg(path)
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{err}");
+            line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let field = |name: &str| -> f64 {
+                let mut words = line.split_whitespace();
+                words.find(|w| *w == name);
+                words.next().and_then(|v| v.parse().ok()).unwrap()
+            };
+            theirs.push(field("wall"));
+            their_mib = their_mib.max(field("peak_mib"));
+        }
+        let (o, t) = (median(ours.clone()), median(theirs.clone()));
+        println!(
+            "against Polars ({mode}): run --max {o:.3} s ({ours:.3?}), Polars streaming \
+             {t:.3} s ({theirs:.3?}): {:.2}x; peak {our_mib:.0} against {their_mib:.0} MiB  \
+             [{line}]",
+            o / t
         );
-        line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let field = |name: &str| -> f64 {
-            let mut words = line.split_whitespace();
-            words.find(|w| *w == name);
-            words.next().and_then(|v| v.parse().ok()).unwrap()
-        };
-        theirs.push(field("wall"));
-        their_mib = their_mib.max(field("peak_mib"));
     }
-    let (o, t) = (median(ours.clone()), median(theirs.clone()));
-    println!(
-        "against Polars:  run --max {o:.3} s ({ours:.3?}), Polars streaming {t:.3} s ({theirs:.3?}): \
-         {:.2}x; peak {our_mib:.0} against {their_mib:.0} MiB  [{line}]",
-        o / t
-    );
 }

@@ -273,6 +273,12 @@ fn readiness_drops_after_the_broker_timeout_and_comes_back_with_the_broker() {
         took >= Duration::from_secs(3),
         "before the timeout: {took:?}"
     );
+    // A frozen broker is taken as unreachable once it has left requests unanswered for
+    // 10 s, not only when they time out a minute later.
+    assert!(
+        took < Duration::from_secs(45),
+        "a frozen broker noticed only after {took:?}"
+    );
     assert_eq!(status("/healthz").0, 200, "not a stall");
     c.broker.resume();
     wait_until(LIMIT, "ready again with the broker back", || {

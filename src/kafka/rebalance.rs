@@ -54,7 +54,15 @@ impl ClientContext for Ctx {
     }
 
     fn stats(&self, stats: Statistics) {
-        let up = stats.brokers.values().any(|b| b.state == "UP");
+        // A broker that stops answering without closing its connections (frozen, or cut
+        // off without a reset) stays `UP` until a request times out (`socket.timeout.ms`,
+        // a minute): one with requests waiting and nothing received for `SILENT_US` is
+        // taken as unreachable already. An idle connection (nothing waiting) is not.
+        const SILENT_US: i64 = 10_000_000;
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && !(b.waitresp_cnt > 0 && b.rxidle > SILENT_US));
         crate::metrics::health::get().broker_reachable(up);
         let Some(topic) = stats.topics.get(&self.config.topic) else {
             return;
