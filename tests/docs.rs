@@ -16,7 +16,7 @@ const COMMANDS: [&str; 6] = ["run", "replay", "process", "query", "serve", "gene
 /// `docker compose run --rm`, and the tansu broker's as tests/common/kafka.rs starts it.
 /// Anything else the docs write as `--name` must be a flag of some storepulse command.
 const OTHER_TOOLS: &str = "release workspace test bench no-run ignored nocapture rm \
-    storage-engine listener-url advertised-listener-url";
+    storage-engine listener-url advertised-listener-url separate";
 
 /// Code-map paths that start with one of these are read from the project's root; other
 /// `*.rs` and `*/` names beside their row's own path.
