@@ -421,8 +421,8 @@ impl SnapshotStore {
         // The two large tables are the scored customers and the counted (customer, order)
         // pairs; the pairs go on a thread of their own when `parallel`, else last.
         let pairs = || {
-            let batch = tables::state_customer_orders(core)?;
-            write_table(&tmp, tables::STATE_CUSTOMER_ORDERS, &batch)
+            let batches = tables::state_customer_orders(core, 1 << 16);
+            write_table_batches(&tmp, tables::STATE_CUSTOMER_ORDERS, batches)
         };
         let (customers, segments, files) = std::thread::scope(|s| {
             let writer = parallel.then(|| s.spawn(pairs));
@@ -613,9 +613,17 @@ fn write_table(
     table: &str,
     batch: &RecordBatch,
 ) -> Result<(String, TableFile), SnapshotError> {
+    write_table_batches(dir, table, std::iter::once(Ok(batch.clone())))
+}
+
+/// [`write_table`] of a table built batch by batch (each dropped once written).
+fn write_table_batches(
+    dir: &Path,
+    table: &str,
+    batches: impl Iterator<Item = Result<RecordBatch, ArrowError>>,
+) -> Result<(String, TableFile), SnapshotError> {
     let file = format!("{table}.parquet");
-    let bytes = write_parquet(&dir.join(&file), table, batch)?;
-    let rows = batch.num_rows() as u64;
+    let (bytes, rows) = write_parquet_batches(&dir.join(&file), table, batches)?;
     Ok((table.to_string(), TableFile { file, rows, bytes }))
 }
 
@@ -637,11 +645,26 @@ fn unique_columns(table: &str) -> &'static [(&'static str, bool)] {
 }
 
 /// Writes one table and makes it durable; returns the file's size.
+#[cfg(test)]
 fn write_parquet(path: &Path, table: &str, batch: &RecordBatch) -> Result<u64, SnapshotError> {
+    write_parquet_batches(path, table, std::iter::once(Ok(batch.clone()))).map(|(bytes, _)| bytes)
+}
+
+/// [`write_parquet`] of batches (at least one; the first's schema is the file's); returns
+/// the file's size and rows.
+fn write_parquet_batches(
+    path: &Path,
+    table: &str,
+    mut batches: impl Iterator<Item = Result<RecordBatch, ArrowError>>,
+) -> Result<(u64, u64), SnapshotError> {
+    let first = match batches.next() {
+        Some(b) => b?,
+        None => RecordBatch::new_empty(tables::schema(table)),
+    };
     let file = File::create(path).map_err(io_err("creating", path))?;
     let mut props =
         WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?));
-    let schema = batch.schema();
+    let schema = first.schema();
     for &(name, sorted) in unique_columns(table) {
         let column = ColumnPath::from(name);
         props = props.set_column_dictionary_enabled(column.clone(), false);
@@ -654,13 +677,22 @@ fn write_parquet(path: &Path, table: &str, batch: &RecordBatch) -> Result<u64, S
         }
     }
     let props = props.build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(batch)?;
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    let mut rows = first.num_rows() as u64;
+    writer.write(&first)?;
+    drop(first);
+    for batch in batches {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        writer.write(&batch)?;
+    }
     let file = writer.into_inner()?;
     file.sync_all().map_err(io_err("syncing", path))?;
-    file.metadata()
+    let bytes = file
+        .metadata()
         .map(|m| m.len())
-        .map_err(io_err("measuring", path))
+        .map_err(io_err("measuring", path))?;
+    Ok((bytes, rows))
 }
 
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {

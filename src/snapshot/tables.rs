@@ -306,18 +306,26 @@ pub fn state_open_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
 }
 
 /// The (customer, order) pairs counted, sorted (customer ids ascending are stored as
-/// deltas).
-pub fn state_customer_orders(core: &Core) -> Result<RecordBatch, ArrowError> {
+/// deltas), as batches of at most `rows`: each is written and dropped before the next is
+/// built, so the sorted pairs are the one full copy held (as the two columns were before
+/// they were sorted).
+pub fn state_customer_orders(
+    core: &Core,
+    rows: usize,
+) -> impl Iterator<Item = Result<RecordBatch, ArrowError>> {
     let mut pairs: Vec<(u64, u64)> = core.customer_orders().collect();
     pairs.sort_unstable();
-    let (users, orders): (Vec<u64>, Vec<u64>) = pairs.into_iter().unzip();
-    batch(
-        STATE_CUSTOMER_ORDERS,
-        vec![
-            Arc::new(UInt64Array::from(users)),
-            Arc::new(UInt64Array::from(orders)),
-        ],
-    )
+    let chunks = pairs.len().div_ceil(rows.max(1)).max(1);
+    (0..chunks).map(move |i| {
+        let chunk = &pairs[(i * rows).min(pairs.len())..((i + 1) * rows).min(pairs.len())];
+        batch(
+            STATE_CUSTOMER_ORDERS,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|p| p.0))),
+                Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|p| p.1))),
+            ],
+        )
+    })
 }
 
 /// One row per (source, pass): its lines as a roaring bitmap (portable serialization).

@@ -491,3 +491,32 @@ fn a_snapshot_with_the_chunked_event_ids_of_before_is_refused() {
 }
 
 mod chains;
+
+/// The counted pairs are written batch by batch, sorted, every pair once.
+#[test]
+fn the_counted_pairs_are_written_in_batches_sorted() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::UInt64Type;
+    let dir = tempfile::tempdir().unwrap();
+    let core = core_with_open_groups();
+    let batches = tables::state_customer_orders(&core, 2);
+    let (_, file) =
+        write_table_batches(dir.path(), tables::STATE_CUSTOMER_ORDERS, batches).unwrap();
+    assert_eq!(file.rows, 3);
+    let f = std::fs::File::open(dir.path().join(&file.file)).unwrap();
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+    let mut pairs = Vec::new();
+    for b in reader {
+        let b = b.unwrap();
+        let (u, o) = (
+            b.column(0).as_primitive::<UInt64Type>(),
+            b.column(1).as_primitive::<UInt64Type>(),
+        );
+        pairs.extend((0..b.num_rows()).map(|i| (u.value(i), o.value(i))));
+    }
+    assert_eq!(pairs, vec![(7, 3), (8, 4), (42, 1)]);
+}
