@@ -116,8 +116,9 @@ impl Scored {
         self.user_id.is_empty()
     }
 
-    /// The (r, f, m) scores of row `i`.
+    /// The (r, f, m) scores of row `i` (of scored rows only: see [`Scored::is_scored`]).
     pub fn scores(&self, i: usize) -> (u8, u8, u8) {
+        assert!(self.is_scored(), "rows not scored have no scores");
         (self.r[i] as u8, self.f[i] as u8, self.m[i] as u8)
     }
 

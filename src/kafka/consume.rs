@@ -111,7 +111,7 @@ pub fn process(
     outcome.views = view.finish()?;
     // The tables of the newest view (whoever wrote it), unless they hold it already.
     if let Some(lake) = &config.tables {
-        let p = crate::lake::publish_latest(lake, &views)?;
+        let p = crate::lake::publish_last(lake, &views)?;
         tracing::info!(
             result = p.result,
             committed_now = p.committed.len(),

@@ -73,7 +73,7 @@ fn follow(lake: &Lake, at: &Location, rx: Receiver<()>) -> Result<Published, Lak
                 match rx.recv_timeout(left) {
                     Ok(()) => continue,
                     Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => return publish_latest(lake, at),
+                    Err(RecvTimeoutError::Disconnected) => return publish_last(lake, at),
                 }
             }
         }
@@ -86,7 +86,36 @@ fn follow(lake: &Lake, at: &Location, rx: Receiver<()>) -> Result<Published, Lak
             }
         }
     }
-    publish_latest(lake, at)
+    publish_last(lake, at)
+}
+
+/// [`publish_latest`] for the last result: a rival publisher (another processor of the
+/// topic publishing the same merged view) may commit between this one's read and its
+/// commit, which Delta refuses as a conflict; tried again (at most `TRIES` times), the
+/// tables are read again and what the rival committed is skipped.
+pub fn publish_last(lake: &Lake, at: &Location) -> Result<Published, LakeError> {
+    const TRIES: u32 = 5;
+    let mut tried = 1;
+    loop {
+        match publish_latest(lake, at) {
+            Err(e) if tried < TRIES && is_conflict(&e) => {
+                tracing::info!(error = %e, "a rival committed first; publishing the last result again");
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether `e` is Delta refusing a commit because another landed first.
+fn is_conflict(e: &LakeError) -> bool {
+    use deltalake::kernel::transaction::TransactionError;
+    matches!(e, LakeError::Delta { source, .. } if matches!(
+        source.as_ref(),
+        deltalake::DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(_) | TransactionError::VersionAlreadyExists(_)
+        }
+    ))
 }
 
 /// Publishes the tables of the newest snapshot at `at` (a `run`'s snapshots, or a topic's

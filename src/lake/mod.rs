@@ -20,7 +20,7 @@ mod history;
 mod publish;
 mod timeline;
 
-pub use follow::{publish_latest, Follower, Notify};
+pub use follow::{publish_last, publish_latest, Follower, Notify};
 pub use history::Since;
 pub use publish::{publish, Published, CHECKPOINT_EVERY};
 pub use timeline::Timeline;

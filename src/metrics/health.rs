@@ -10,7 +10,8 @@
 //! (each pass of its poll loop), [`Health::input_waiting`] (whether its lag is above 0),
 //! [`Health::partitions_owned`] (after each assignment change) and
 //! [`Health::broker_reachable`] (from the client's statistics every second: any broker
-//! `UP`; and unreachable while it waits for the brokers at start). Time is passed in
+//! `UP` that has not left requests unanswered for 10 s; and unreachable while it waits for
+//! the brokers at start). Time is passed in
 //! (`*_at`), so the decisions are tested without a clock.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::SeqCst};

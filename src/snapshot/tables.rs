@@ -313,9 +313,10 @@ pub fn state_customer_orders(
     core: &Core,
     rows: usize,
 ) -> impl Iterator<Item = Result<RecordBatch, ArrowError>> {
+    let rows = rows.max(1);
     let mut pairs: Vec<(u64, u64)> = core.customer_orders().collect();
     pairs.sort_unstable();
-    let chunks = pairs.len().div_ceil(rows.max(1)).max(1);
+    let chunks = pairs.len().div_ceil(rows).max(1);
     (0..chunks).map(move |i| {
         let chunk = &pairs[(i * rows).min(pairs.len())..((i + 1) * rows).min(pairs.len())];
         batch(
