@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Tables every snapshot holds; `state_seen` is only in a Kafka partition's.
-/// The last is not in snapshots of the older formats (see [`manifest::OLDER_FORMATS`]).
+/// The last is not in snapshots of the older formats (see [`manifest::has_open_orders`]).
 const REQUIRED: [&str; 7] = [
     tables::DAILY_SALES,
     tables::DAILY_CATEGORY_SALES,
@@ -63,8 +63,8 @@ impl Published {
     /// format for one that names a chain).
     pub fn verify_format(&self) -> Result<(), SnapshotError> {
         let (want, older) = match self.manifest.chain {
-            Some(_) => (manifest::DELTA_FORMAT, manifest::OLDER_FORMATS[1]),
-            None => (manifest::FORMAT_VERSION, manifest::OLDER_FORMATS[0]),
+            Some(_) => (manifest::DELTA_FORMAT, manifest::OLDER_DELTA_FORMAT),
+            None => (manifest::FORMAT_VERSION, manifest::OLDER_FORMAT),
         };
         if self.manifest.format == want || self.manifest.format == older {
             return Ok(());

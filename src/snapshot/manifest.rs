@@ -14,13 +14,14 @@ pub const FORMAT_VERSION: u32 = 4;
 /// refuses it (and falls back to an older whole snapshot) rather than take it for a whole
 /// state.
 pub const DELTA_FORMAT: u32 = 5;
-/// Formats read besides the two above: the whole and incremental snapshots of the layout
-/// before `state_open_orders`.
-pub const OLDER_FORMATS: [u32; 2] = [2, 3];
+/// Formats read besides the two above: the whole and the incremental snapshots of the
+/// layout before `state_open_orders`.
+pub const OLDER_FORMAT: u32 = 2;
+pub const OLDER_DELTA_FORMAT: u32 = 3;
 
 /// Whether snapshots of `format` hold `state_open_orders`.
 pub fn has_open_orders(format: u32) -> bool {
-    !OLDER_FORMATS.contains(&format)
+    format != OLDER_FORMAT && format != OLDER_DELTA_FORMAT
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

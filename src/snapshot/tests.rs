@@ -296,7 +296,7 @@ fn a_snapshot_of_the_older_layout_restores_the_same_state() {
     let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
     assert!(err.to_string().contains("state_open_orders"), "{err}");
 
-    m.format = manifest::OLDER_FORMATS[0];
+    m.format = manifest::OLDER_FORMAT;
     m.tables.remove(tables::STATE_OPEN_ORDERS);
     let entry = m.tables.get_mut(tables::STATE_OPEN_SETS).unwrap();
     (entry.rows, entry.bytes) = (rows.len() as u64, bytes);
