@@ -255,12 +255,34 @@ fn a_run_killed_mid_stream_resumes_from_the_bucket_exactly() {
     };
     common::wait::wait_until(
         std::time::Duration::from_secs(60),
-        "a snapshot in the bucket",
-        || pointed().is_some_and(|m| m["counts"]["accepted"].as_u64().unwrap_or(0) > 5_000),
+        "an incremental snapshot in the bucket",
+        || {
+            pointed().is_some_and(|m| {
+                m["counts"]["accepted"].as_u64().unwrap_or(0) > 5_000
+                    && m["chain"]["length"].as_u64().unwrap_or(0) >= 2
+            })
+        },
     );
     first.kill9();
     let snap = pointed().unwrap();
     assert_eq!(snap["input"]["complete"], false, "killed too late: {snap}");
+    assert_eq!(snap["format"], 5, "{snap}");
+
+    // `query` fetches the incremental snapshot's chain from the bucket and restores it:
+    // every customer it covers is there, scored (its own `rfm` holds those who bought
+    // since the snapshot before, unscored).
+    let count = |sql: &str| -> u64 {
+        let out = server.ok(&["query", "--format", "csv", "--snapshot-dir", &url, sql]);
+        out.lines().nth(1).unwrap().parse().unwrap()
+    };
+    let customers = count("SELECT COUNT(*) AS n FROM rfm");
+    let scored =
+        count("SELECT COUNT(*) AS n FROM rfm WHERE r_score BETWEEN 1 AND 5 AND segment <> ''");
+    let own = snap["tables"]["rfm"]["rows"].as_u64().unwrap();
+    assert!(
+        customers == scored && customers > own,
+        "{customers} customers, {scored} scored, {own} in the snapshot's own table"
+    );
 
     // Another machine, as it were: a fresh working folder; everything comes from the bucket.
     let mut cmd = server.command(&[

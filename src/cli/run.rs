@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// (same --input, --order and window flags); rejected.csv is continued, not replaced.
     #[arg(long)]
     pub resume: bool,
+    /// Incremental snapshots between two whole ones at most: each holds only the
+    /// customers and days that changed since the one before (a whole one comes sooner once
+    /// they add up to half of it; the run's last snapshot is always whole). 0: every
+    /// snapshot whole.
+    #[arg(long, env = "STOREPULSE_INCREMENTAL_SNAPSHOTS", default_value_t = 15)]
+    pub incremental_snapshots: u32,
     /// `--tables`: one commit per table per snapshot (at most one per interval).
     #[command(flatten)]
     pub tables: super::flags::TablesArgs,
@@ -64,6 +70,7 @@ pub fn config(args: &RunArgs) -> anyhow::Result<RunConfig> {
         snapshot_dir,
         snapshot_interval: args.window.snapshot_interval(),
         keep_snapshots: args.snapshots.keep_snapshots as usize,
+        incremental: args.incremental_snapshots,
         pace: pace(&args.pace)?,
         order: order(&args.pace),
         reader: reader(&args.pace)?,

@@ -29,6 +29,9 @@ pub struct RunConfig {
     pub snapshot_dir: PathBuf,
     pub snapshot_interval: Duration,
     pub keep_snapshots: usize,
+    /// Incremental snapshots between two whole ones at most (`--incremental-snapshots`;
+    /// 0: every snapshot whole). The run's last snapshot is whole.
+    pub incremental: u32,
     pub pace: Pace,
     pub order: Order,
     pub reader: ReaderConfig,
@@ -82,6 +85,7 @@ pub fn run(config: &RunConfig, shutdown: Arc<AtomicBool>) -> Result<DriverOutcom
         let publisher = crate::snapshot::Publisher::claim(bucket.clone(), config.keep_snapshots)?;
         store = store.with_remote(publisher)?;
     }
+    let mut store = store.with_deltas(config.incremental);
     let window = WindowConfig::of(
         &config.core,
         crate::snapshot::manifest::rfc3339(config.reader.min_event_time_us),

@@ -256,11 +256,15 @@ impl Pipeline for File {
                 bytes: w.manifest.bytes(),
             }
             .emit();
-            SegmentsScored {
-                customers: None,
-                counts: w.manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)),
+            // An incremental snapshot's customers are not scored (scores are global): the
+            // gauges keep the last whole snapshot's counts.
+            if w.manifest.chain.is_none() {
+                SegmentsScored {
+                    customers: None,
+                    counts: w.manifest.segments.iter().map(|(s, n)| (s.as_str(), *n)),
+                }
+                .emit();
             }
-            .emit();
             self.last = Some(w.manifest);
             if let Some(tables) = &self.tables {
                 tables.published();
@@ -274,6 +278,12 @@ impl Pipeline for File {
         .emit();
         self.publish_progress(core);
         Ok(())
+    }
+
+    /// The run's last snapshot is whole: its tables are the run's results, read as they are
+    /// (by `query`, the page, Spark or Polars) without restoring a chain.
+    fn last_whole(&self) -> bool {
+        true
     }
 
     /// The run snapshots every interval even when nothing changed; every tick says the

@@ -31,9 +31,16 @@ pub trait Lane {
 
 /// A copy of a lane's state for a snapshot of `kind` (what changed, when the lane tracks
 /// its changes and the store takes them; else the whole state), and where it was taken.
-fn copy<L: Lane>(lane: &mut L, changes: bool) -> ((Core, Option<Seen>), Kind, Option<Settle>) {
+/// With `track`, a lane that does not track its changes yet starts at this whole copy
+/// (`run`'s lane: tracking costs the stream nothing until the first snapshot, so a run
+/// that ends before one pays nothing).
+fn copy<L: Lane>(
+    lane: &mut L,
+    changes: bool,
+    track: bool,
+) -> ((Core, Option<Seen>), Kind, Option<Settle>) {
     if !(changes && lane.core().tracks_changes()) {
-        let settle = mark(lane);
+        let settle = mark(lane, track);
         let whole = (lane.core().clone(), lane.seen().cloned());
         return (whole, Kind::Whole, settle);
     }
@@ -47,9 +54,16 @@ fn copy<L: Lane>(lane: &mut L, changes: bool) -> ((Core, Option<Seen>), Kind, Op
     ((part, fresh), Kind::Changes, Some(settle))
 }
 
-/// Where a whole snapshot written from the lane's state in place is taken (see [`copy`]).
-fn mark<L: Lane>(lane: &mut L) -> Option<Settle> {
-    let (core, seen) = lane.state_mut();
+/// Where a whole snapshot written from the lane's state in place is taken (see [`copy`]);
+/// with `track`, the lane tracks its changes from here on.
+fn mark<L: Lane>(lane: &mut L, track: bool) -> Option<Settle> {
+    let (core, mut seen) = lane.state_mut();
+    if track && !core.tracks_changes() {
+        core.track_changes();
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.track_changes();
+        }
+    }
     core.tracks_changes().then(|| Settle {
         core: core.mark(),
         seen: seen.map(|s| s.changed()),
@@ -205,6 +219,12 @@ pub trait Pipeline {
 
     /// Before the last snapshots: a last chance for what they wait for.
     fn finishing(&mut self, _lanes: &Lanes<Self::Lane>) {}
+
+    /// Whether the lanes' last snapshots are whole even where the store takes changes
+    /// (`run`'s: its last snapshot's tables are its results, read as they are).
+    fn last_whole(&self) -> bool {
+        false
+    }
 
     /// Lane `key`'s snapshot was refused because another writer published that lane's
     /// state since ([`SnapshotError::Fenced`]): whether the lane is dropped and the rest go
@@ -442,7 +462,8 @@ impl<L: Lane> Snapshots<L> {
         }
         let started = Instant::now();
         let meta = pipeline.meta(key, &slot.lane)?;
-        let (state, kind, settle) = copy(&mut slot.lane, slot.store.takes_changes());
+        let track = slot.store.incremental();
+        let (state, kind, settle) = copy(&mut slot.lane, slot.store.takes_changes(), track);
         slot.store.start(state, meta, kind, settle)?;
         slot.dirty = false;
         let paused = started.elapsed();
@@ -456,7 +477,7 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        self.snapshot_now_or(pipeline, Failure::Stops)
+        self.snapshot_now_or(pipeline, Failure::Stops, false)
     }
 
     /// Like [`Snapshots::snapshot_now`], for lanes being given up: one the store fails is
@@ -466,13 +487,14 @@ impl<L: Lane> Snapshots<L> {
     where
         P: Pipeline<Lane = L>,
     {
-        self.snapshot_now_or(pipeline, Failure::Skipped)
+        self.snapshot_now_or(pipeline, Failure::Skipped, false)
     }
 
     fn snapshot_now_or<P>(
         &mut self,
         pipeline: &mut P,
         failure: Failure,
+        whole: bool,
     ) -> Result<Vec<i32>, P::Error>
     where
         P: Pipeline<Lane = L>,
@@ -494,12 +516,14 @@ impl<L: Lane> Snapshots<L> {
             let meta = pipeline.meta(key, &slot.lane)?;
             // What changed, when the store takes it: the last snapshot of a lane is on the
             // critical path. Else the whole state, written from the lane in place.
-            let written = if slot.store.takes_changes() && slot.lane.core().tracks_changes() {
-                let ((core, seen), kind, settle) = copy(&mut slot.lane, true);
+            let track = slot.store.incremental();
+            let changes = !whole && slot.store.takes_changes();
+            let written = if changes && slot.lane.core().tracks_changes() {
+                let ((core, seen), kind, settle) = copy(&mut slot.lane, true, track);
                 slot.store
                     .write_now((&core, seen.as_ref()), meta, kind, settle)
             } else {
-                let settle = mark(&mut slot.lane);
+                let settle = mark(&mut slot.lane, track);
                 let state = (slot.lane.core(), slot.lane.seen());
                 slot.store.write_now(state, meta, Kind::Whole, settle)
             };
@@ -539,7 +563,8 @@ impl<L: Lane> Snapshots<L> {
             }
         }
         let t = Instant::now();
-        let waiting = self.snapshot_now(pipeline)?;
+        let whole = pipeline.last_whole();
+        let waiting = self.snapshot_now_or(pipeline, Failure::Stops, whole)?;
         self.timings.last_write = t.elapsed();
         Ok(waiting)
     }

@@ -113,6 +113,11 @@ impl Session {
         let cut = reading.cut().cloned();
         let ctx = SessionContext::new();
         match &reading {
+            // A run's incremental snapshot (while it runs, or after it was killed): its
+            // chain restored.
+            Reading::Files(snapshot) if snapshot.manifest.chain.is_some() => {
+                register_restored(&ctx, snapshot)?
+            }
             Reading::Files(snapshot) | Reading::View(snapshot, _) => {
                 snapshot.readable_alone()?;
                 for table in QUERY_TABLES {
@@ -143,9 +148,19 @@ impl Session {
             found => found?,
         };
         latest.verify_format()?;
-        latest.readable_alone()?;
         let ctx = SessionContext::new();
-        register_bucket_files(&ctx, bucket, &latest).await?;
+        let latest = match latest.manifest.chain {
+            // An incremental snapshot: fetched with its chain into memory and restored.
+            Some(_) => {
+                let fetched = snapshot::remote::fetch_good(bucket, &latest).await?;
+                register_restored(&ctx, &fetched)?;
+                fetched
+            }
+            None => {
+                register_bucket_files(&ctx, bucket, &latest).await?;
+                latest
+            }
+        };
         ctx.register_table("rfm_segments", Arc::new(segments_table()?))?;
         Ok(Session {
             ctx,
@@ -360,12 +375,24 @@ fn register_merge(ctx: &SessionContext, topic: &snapshot::TopicSet) -> Result<()
             "these partitions have no snapshot yet: their events are missing and no day is final"
         );
     }
-    let core = snapshot::load_merged(topic)?;
+    register_core(ctx, &snapshot::load_merged(topic)?)
+}
+
+/// Registers the four tables of `run` snapshot `snapshot` restored through its chain (an
+/// incremental snapshot's own tables hold only what changed since the one before).
+fn register_restored(ctx: &SessionContext, snapshot: &Published) -> Result<(), QueryError> {
+    let config = snapshot.manifest.config.core();
+    let core = crate::aggregate::Core::restore(config, snapshot::load_state(snapshot)?);
+    register_core(ctx, &core)
+}
+
+/// Registers the four tables of `core`, scored, in memory.
+fn register_core(ctx: &SessionContext, core: &crate::aggregate::Core) -> Result<(), QueryError> {
     let rfm = core.rfm();
     let batches = [
-        tables::daily_sales(&core)?,
-        tables::daily_group_sales(&core, false)?,
-        tables::daily_group_sales(&core, true)?,
+        tables::daily_sales(core)?,
+        tables::daily_group_sales(core, false)?,
+        tables::daily_group_sales(core, true)?,
         tables::rfm(rfm)?,
     ];
     for (table, batch) in QUERY_TABLES.iter().zip(batches) {
@@ -472,3 +499,6 @@ pub fn render(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

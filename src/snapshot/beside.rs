@@ -38,14 +38,23 @@ pub struct Beside {
     /// `None` while a snapshot is being written (the writer thread holds it).
     store: Option<SnapshotStore>,
     writing: Option<(Job, Arc<AtomicBool>, Option<Settle>)>,
+    /// The store writes incremental snapshots ([`SnapshotStore::with_deltas`]).
+    incremental: bool,
 }
 
 impl Beside {
     pub fn new(store: SnapshotStore) -> Self {
         Self {
+            incremental: store.writes_deltas(),
             store: Some(store),
             writing: None,
         }
+    }
+
+    /// Whether the store writes incremental snapshots at all: a lane that does not track
+    /// its changes yet starts at its first whole snapshot.
+    pub fn incremental(&self) -> bool {
+        self.incremental
     }
 
     /// Whether a snapshot was started and not collected yet ([`Beside::finished`]), done

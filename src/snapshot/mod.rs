@@ -290,6 +290,11 @@ impl SnapshotStore {
         self
     }
 
+    /// Whether this store writes incremental snapshots at all.
+    pub fn writes_deltas(&self) -> bool {
+        self.deltas > 0
+    }
+
     /// Whether the next snapshot may hold only what changed since this store's last one.
     pub fn takes_changes(&self) -> bool {
         let Some(last) = &self.last else {

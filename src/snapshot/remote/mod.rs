@@ -23,7 +23,7 @@ mod read;
 
 pub use publisher::{Publisher, REJECTED_DIR};
 pub use read::{
-    check_run_prefix, fetch, fetch_set, fetch_tables, get_file, latest, latest_run,
+    check_run_prefix, fetch, fetch_good, fetch_set, fetch_tables, get_file, latest, latest_run,
     partition_pointers, pointers, put_file, rejected_lines, set_shape, Pointer,
 };
 
