@@ -234,23 +234,10 @@ fn core_with_open_groups() -> Core {
     c
 }
 
-/// Snapshots of the layout before `state_open_orders` (format 2, every distinct set a row
-/// of `state_open_sets`) are still read, to the same state; a snapshot of this format
-/// without `state_open_orders` is damaged, not read as having no open orders.
-#[test]
-fn a_snapshot_of_the_older_layout_restores_the_same_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
-    let core = core_with_open_groups();
-    let mut m = meta();
-    m.counts.accepted = 7;
-    store.write(&core, m).unwrap();
-    let state = core.state();
-    let restored =
-        |s: &Published| Core::restore(CoreConfig::default(), load_state(s).unwrap()).state();
-    assert_eq!(restored(&latest(dir.path()).unwrap()), state);
-
-    // The older layout, from the state's own sets.
+/// Rewrites snapshot `id` of `dir` in the layout before `state_open_orders` (format 2, or
+/// 3 for an incremental one: every distinct set a row of `state_open_sets`), from `state`,
+/// the state it was written from (for an incremental one, what changed).
+fn to_older_layout(dir: &Path, id: u64, state: &crate::aggregate::CoreState) {
     let mut rows: Vec<(i32, &str, Option<String>, u64)> = Vec::new();
     for d in &state.days {
         rows.extend(
@@ -284,26 +271,116 @@ fn a_snapshot_of_the_older_layout_restores_the_same_state() {
         ],
     )
     .unwrap();
-    let sets = snap_file(dir.path(), 1, "state_open_sets.parquet");
+    let sets = snap_file(dir, id, "state_open_sets.parquet");
     let bytes = write_parquet(&sets, tables::STATE_OPEN_SETS, &batch).unwrap();
-    let orders = snap_file(dir.path(), 1, "state_open_orders.parquet");
-    let manifest_path = snap_file(dir.path(), 1, manifest::MANIFEST_FILE);
+    let orders = snap_file(dir, id, "state_open_orders.parquet");
+    let manifest_path = snap_file(dir, id, manifest::MANIFEST_FILE);
     let mut m: Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    assert_eq!(m.format, manifest::FORMAT_VERSION);
-
-    // This format without the table: damaged.
-    std::fs::rename(&orders, dir.path().join("aside")).unwrap();
-    let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("state_open_orders"), "{err}");
-
-    m.format = manifest::OLDER_FORMAT;
+    std::fs::remove_file(orders).unwrap();
+    m.format = match m.chain {
+        None => manifest::OLDER_FORMAT,
+        Some(_) => manifest::OLDER_DELTA_FORMAT,
+    };
     m.tables.remove(tables::STATE_OPEN_ORDERS);
     let entry = m.tables.get_mut(tables::STATE_OPEN_SETS).unwrap();
     (entry.rows, entry.bytes) = (rows.len() as u64, bytes);
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// Snapshots of the layout before `state_open_orders` (format 2, every distinct set a row
+/// of `state_open_sets`) are still read, to the same state; a snapshot of this format
+/// without `state_open_orders` is damaged, not read as having no open orders.
+#[test]
+fn a_snapshot_of_the_older_layout_restores_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 3).unwrap();
+    let core = core_with_open_groups();
+    let mut m = meta();
+    m.counts.accepted = 7;
+    store.write(&core, m).unwrap();
+    let state = core.state();
+    let restored =
+        |s: &Published| Core::restore(CoreConfig::default(), load_state(s).unwrap()).state();
+    assert_eq!(restored(&latest(dir.path()).unwrap()), state);
+    assert_eq!(
+        latest(dir.path()).unwrap().manifest.format,
+        manifest::FORMAT_VERSION
+    );
+
+    // This format without the table: damaged.
+    let orders = snap_file(dir.path(), 1, "state_open_orders.parquet");
+    let aside = dir.path().join("aside");
+    std::fs::copy(&orders, &aside).unwrap();
+    std::fs::remove_file(&orders).unwrap();
+    let err = load_state(&latest(dir.path()).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("state_open_orders"), "{err}");
+    std::fs::rename(&aside, &orders).unwrap();
+
+    to_older_layout(dir.path(), 1, &state);
     let older = latest(dir.path()).unwrap();
+    assert_eq!(older.manifest.format, manifest::OLDER_FORMAT);
     older.verify().unwrap();
     assert_eq!(restored(&older), state);
+}
+
+/// A chain written by the build before (a format-2 base, format-3 incremental snapshots)
+/// restores to the state its newest snapshot was taken from: a folder or bucket of the
+/// previous build resumes as it is.
+#[test]
+fn a_chain_of_the_older_layout_restores_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path(), 5).unwrap().with_deltas(5);
+    let mut core = core_with_open_groups();
+    core.track_changes();
+    let mark = core.mark();
+    store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
+    core.settle(mark);
+    let base = core.state();
+    let (tv, acme) = (
+        core.intern_name("electronics.video.tv"),
+        core.intern_name("acme"),
+    );
+    let day2 = JUNE1 + 30 * H;
+    let mut written = Vec::new();
+    for order in [5, 6] {
+        core.record(&ev(
+            day2,
+            order,
+            Some(order + 20),
+            300,
+            Some(tv.0),
+            Some(acme.0),
+        ));
+        core.record(&ev(day2, order, Some(order + 20), 40, None, None));
+        let (part, mark) = core.changed();
+        let m = store
+            .write_kind(&part, None, meta(), Kind::Changes)
+            .unwrap();
+        core.settle(mark);
+        written.push((m.id, part.state()));
+    }
+    // Compared without the counts (a snapshot takes them from its caller's meta).
+    let uncounted = |mut s: crate::aggregate::CoreState| {
+        (s.accepted, s.late) = (0, 0);
+        s
+    };
+    let restored = |s: &Published| {
+        uncounted(Core::restore(CoreConfig::default(), load_state(s).unwrap()).state())
+    };
+    assert_eq!(
+        restored(&latest(dir.path()).unwrap()),
+        uncounted(core.state())
+    );
+
+    to_older_layout(dir.path(), 1, &base);
+    for (id, part) in &written {
+        to_older_layout(dir.path(), *id, part);
+    }
+    let older = latest(dir.path()).unwrap();
+    assert_eq!(older.manifest.format, manifest::OLDER_DELTA_FORMAT);
+    assert_eq!(older.manifest.chain.map(|c| c.length), Some(2));
+    older.verify().unwrap();
+    assert_eq!(restored(&older), uncounted(core.state()));
 }
 
 #[test]
