@@ -396,10 +396,31 @@ fn register_core(ctx: &SessionContext, core: &crate::aggregate::Core) -> Result<
         tables::rfm(rfm)?,
     ];
     for (table, batch) in QUERY_TABLES.iter().zip(batches) {
-        let mem = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        let mem = MemTable::try_new(batch.schema(), in_pieces(&batch))?;
         ctx.register_table(*table, Arc::new(mem))?;
     }
     Ok(())
+}
+
+/// Rows per batch of a table held in memory: what a Parquet file's reader hands out.
+const MEMORY_BATCH_ROWS: usize = 8192;
+
+/// `batch` as slices of [`MEMORY_BATCH_ROWS`] (no copy) dealt over as many partitions as
+/// DataFusion plans for: operators then stream and account memory a slice at a time, as
+/// they do over files. One batch of every row made a sort or an aggregate claim the
+/// whole table at once, which a small `--query-memory-limit` refused.
+fn in_pieces(batch: &RecordBatch) -> Vec<Vec<RecordBatch>> {
+    let partitions = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = vec![Vec::new(); partitions];
+    let mut at = 0;
+    let mut i = 0;
+    while at < batch.num_rows() {
+        let n = MEMORY_BATCH_ROWS.min(batch.num_rows() - at);
+        out[i % partitions].push(batch.slice(at, n));
+        at += n;
+        i += 1;
+    }
+    out
 }
 
 /// What a statement may do over a snapshot, for every caller (`query`, the page's

@@ -1,6 +1,7 @@
 //! `query` over a `run` folder whose newest snapshot is incremental (the run is going on,
 //! or was killed) answers exactly what the same state written whole answers: the chain is
-//! restored and scored, not its last snapshot's own tables read.
+//! restored and scored, not its last snapshot's own tables read; and the restored tables
+//! are read within a page worker's memory pool as files are.
 
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use storepulse_aggregate::testing::ev;
@@ -121,4 +122,66 @@ async fn a_runs_incremental_snapshot_is_read_through_its_chain() {
         .unwrap()
         .value(0);
     assert_eq!(scored as u64, all.tables["rfm"].rows);
+}
+
+/// A run's snapshot restored in memory is read under a page worker's limits (a small
+/// memory pool, no spilling) like one read from its files: the tables are held in
+/// slices, so no operator claims a whole table at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_snapshot_is_read_within_a_small_memory_pool() {
+    let chained = tempfile::tempdir().unwrap();
+    let mut core = Core::new(CoreConfig::default());
+    core.intern_name("electronics.tablet");
+    core.intern_name("acme");
+    core.intern_name("computers.notebook");
+    let mut store = SnapshotStore::open(chained.path(), 10)
+        .unwrap()
+        .with_deltas(5);
+    // About 300,000 customers, as the page found them at 3M lines.
+    for line in 0..600_000u64 {
+        let t = JUNE1 + (line as i64 / 2000) * 24 * H + (line as i64 % 2000) * 30_000_000;
+        let user = line.wrapping_mul(2_654_435_761) % 300_000;
+        core.record(&ev(
+            t,
+            line,
+            Some(user),
+            1000 + (line % 7000) as i64,
+            Some((line % 2) as u32),
+            Some(1),
+        ));
+    }
+    core.track_changes();
+    let mark = core.mark();
+    store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
+    core.settle(mark);
+    feed(&mut core, 10_000_000, 300);
+    let (part, _) = core.changed();
+    store
+        .write_kind(&part, None, meta(), Kind::Changes)
+        .unwrap();
+    let limits = super::limits::Limits {
+        memory_pool: 32 << 20,
+        spill: 0,
+        partitions: 2,
+        max_behind: std::time::Duration::from_secs(600),
+    };
+    let session = Session::open(chained.path())
+        .await
+        .unwrap()
+        .limited(limits)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        for q in [
+            "SELECT s.segment, COUNT(r.user_id) AS customers, CAST(COALESCE(SUM(r.monetary), 0) AS VARCHAR) AS revenue \
+             FROM (SELECT DISTINCT segment FROM rfm_segments) s LEFT JOIN rfm r ON r.segment = s.segment \
+             GROUP BY s.segment ORDER BY customers DESC, s.segment",
+            "SELECT r_score AS r, f_score AS f, COUNT(*) AS customers FROM rfm GROUP BY 1, 2 ORDER BY 1, 2",
+            "SELECT user_id, monetary FROM rfm ORDER BY monetary DESC, user_id LIMIT 10",
+        ] {
+            if let Err(e) = session.sql(q).await {
+                panic!("{q}: {e}");
+            }
+        }
+    }
 }

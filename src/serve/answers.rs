@@ -40,7 +40,25 @@ async fn rows(session: &Session, sql: &str) -> Result<Vec<Value>, Refusal> {
         .json_rows(sql, 10_000_000, 512 << 20)
         .await
         .map(|r| r.rows)
-        .map_err(|e| (500, e.to_string()))
+        .map_err(|e| {
+            let text = e.to_string();
+            // The page's own queries over the limits the server was started with: say
+            // which one.
+            let flag = if text.contains("spilling process has exceeded") {
+                Some("--query-spill-limit")
+            } else if text.contains("Resources exhausted") {
+                Some("--query-memory-limit")
+            } else {
+                None
+            };
+            match flag {
+                Some(flag) => (
+                    500,
+                    format!("the page's own queries need more than {flag} allows: {text}"),
+                ),
+                None => (500, text),
+            }
+        })
 }
 
 /// An integer that `query::json` may have sent as a string.

@@ -107,17 +107,20 @@ impl Published {
         let mut chain = vec![self.clone()];
         while let Some(link) = chain.last().and_then(|p| p.manifest.chain) {
             let child = chain.last().expect("not empty");
+            // Named as the snapshot read, with the link that is broken.
             let broken = |what: String| SnapshotError::Damaged {
-                path: child.path.clone(),
-                what,
+                path: self.path.clone(),
+                what: format!(
+                    "its chain is broken at snapshot {} (the one snapshot {} follows): {what}",
+                    link.parent, child.manifest.id
+                ),
             };
             if child.fetched.is_some() || chain.len() > 100_000 {
                 return Err(broken("an incremental snapshot read from memory".into()));
             }
             let folder = child.path.parent().unwrap_or(Path::new("."));
             let path = folder.join(format!("{}{:06}", super::PREFIX, link.parent));
-            let parent = open(&path)
-                .map_err(|e| broken(format!("its chain's snapshot {}: {e}", link.parent)))?;
+            let parent = open(&path).map_err(|e| broken(e.to_string()))?;
             parent.follows(&link).map_err(broken)?;
             chain.push(parent);
         }
