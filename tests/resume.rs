@@ -330,6 +330,15 @@ fn a_run_killed_on_an_incremental_snapshot_is_read_and_resumed_through_its_chain
     assert_eq!(resumed["state"], "complete", "{resumed}");
     assert_eq!(all["counts"], resumed["counts"]);
     assert!(manifest(&cut)["chain"].is_null());
+    // Its rate is of the events it applied itself, not those restored.
+    let own = resumed["events_applied"].as_u64().unwrap()
+        - snap["input"]["events_applied"].as_u64().unwrap();
+    let rate = resumed["events_per_second"].as_f64().unwrap();
+    let elapsed = resumed["elapsed_seconds"].as_f64().unwrap();
+    assert!(
+        (rate * elapsed - own as f64).abs() <= own as f64 * 0.01 + 1.0,
+        "{rate}/s over {elapsed} s, {own} events applied by the resumed run"
+    );
     assert_eq!(query_tables(&whole), query_tables(&cut), "tables");
     assert_eq!(rejected(&whole), rejected(&cut), "rejected.csv");
 }

@@ -130,7 +130,7 @@ pub fn run(outcome: &DriverOutcome, wall: Duration, dir: &Path) -> Value {
         "customers": m.customers,
         "segments": m.segments,
         "elapsed_seconds": wall,
-        "events_per_second": per_second(applied, wall),
+        "events_per_second": per_second(applied.saturating_sub(outcome.events_resumed), wall),
         "snapshot": {
             "id": m.id,
             "dir": dir.display().to_string(),

@@ -79,6 +79,8 @@ pub fn run(outcome: &DriverOutcome, wall_secs: f64) -> String {
             .get(storepulse_replay::RejectReason::LateEvent.as_str())
             .copied()
             .unwrap_or(0);
+    // A resumed run's rate is of the events it applied itself.
+    let applied = applied.saturating_sub(outcome.events_resumed);
     let _ = writeln!(
         s,
         "wall time      {wall_secs:>11.2}s  ({:.0} events/s)",

@@ -66,6 +66,9 @@ pub struct DriverOutcome {
     /// Non-blank lines after the header this driver was told were read: a resumed run's
     /// own, without the ones its snapshot already counted.
     pub records_read: u64,
+    /// Events a resumed run's snapshot had applied (0 for a fresh run): the rate a run
+    /// reports is of the events it applied itself.
+    pub events_resumed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,8 @@ pub struct File {
     reported: Reported,
     /// Records reported by `Read` messages to this driver (not restored ones).
     records_read: u64,
+    /// Events applied before this driver, by the snapshot a run resumed from.
+    events_resumed: u64,
     /// Told of every published snapshot, when the result tables follow them.
     tables: Option<crate::lake::Notify>,
     /// End of input was applied: the run is complete.
@@ -138,6 +143,7 @@ impl Driver {
             events_applied: 0,
             reported: Reported::default(),
             records_read: 0,
+            events_resumed: 0,
             complete: false,
             last: None,
             tables: None,
@@ -159,6 +165,7 @@ impl Driver {
         f.read = read;
         f.lines_read = lines_read;
         f.events_applied = events_applied;
+        f.events_resumed = events_applied;
         // The events restored are not work done here; their revenue, orders and late
         // events go to the `resumed` gauges (`RunResumed`).
         f.reported = Reported::from(CoreTotals {
@@ -190,6 +197,7 @@ impl Driver {
             longest_write: timings.longest_write,
             last_write: timings.last_write,
             records_read: file.records_read,
+            events_resumed: file.events_resumed,
         })
     }
 }

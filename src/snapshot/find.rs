@@ -129,15 +129,14 @@ impl Published {
     }
 
     /// Refuses an incremental snapshot where its own tables would be read as a result
-    /// (`query` or `serve` pointed at one partition's folder): they hold only what changed
-    /// since the snapshot before.
+    /// (readers restore one through its chain first): they hold only what changed since
+    /// the snapshot before.
     pub fn readable_alone(&self) -> Result<(), SnapshotError> {
         match self.manifest.chain {
             None => Ok(()),
             Some(_) => Err(SnapshotError::Config(format!(
-                "{} is an incremental snapshot of one partition (its tables hold only what \
-                 changed since the snapshot before): point at the processor's \
-                 --snapshot-dir, whose partitions are restored and merged",
+                "{} is an incremental snapshot (its tables hold only what changed since the \
+                 snapshot before): it is read restored through its chain",
                 self.path.display()
             ))),
         }
