@@ -200,6 +200,8 @@ pub(super) struct Partitions {
     pub view: view::Periodic,
     /// Asks of the poll thread: rejoin the group, read a partition's log end.
     asks: Arc<Asks>,
+    /// The segment gauges, scored at most every [`observe::SEGMENTS_EVERY`].
+    segments: observe::Segments,
 }
 
 impl Partitions {
@@ -229,6 +231,7 @@ impl Partitions {
             verdicts: Vec::new(),
             by_partition: BTreeMap::new(),
             asks,
+            segments: observe::Segments::default(),
         }
     }
 
@@ -507,7 +510,8 @@ impl Pipeline for Partitions {
         SnapshotPublished { took, bytes }.emit();
         self.view.poke();
         observe::state_bytes(lanes.values().map(|s| &s.lane.state));
-        observe::score_segments(lanes.values().map(|s| &s.lane.state));
+        self.segments
+            .published(lanes.values().map(|s| &s.lane.state));
         Ok(())
     }
 
@@ -516,6 +520,7 @@ impl Pipeline for Partitions {
         // A view due is written even when nothing is published any more (an idle
         // processor's last snapshots get their view within an interval).
         self.view.poke();
+        self.segments.tick(lanes.values().map(|s| &s.lane.state));
         let waiting: Vec<i32> = lanes.keys().copied().filter(|&p| !self.ready(p)).collect();
         self.dead_letters.warn_waiting(&waiting);
         self.publish_metrics(lanes);
