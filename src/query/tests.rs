@@ -185,3 +185,41 @@ async fn a_restored_snapshot_is_read_within_a_small_memory_pool() {
         }
     }
 }
+
+/// A restored snapshot with no customer at all (every line anonymous) has an empty `rfm`
+/// that answers like any table.
+#[tokio::test]
+async fn a_restored_snapshot_without_customers_answers_empty_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut core = Core::new(CoreConfig::default());
+    core.intern_name("electronics.tablet");
+    core.intern_name("acme");
+    let mut store = SnapshotStore::open(dir.path(), 10).unwrap().with_deltas(5);
+    let anonymous = |core: &mut Core, from: u64| {
+        for line in from..from + 50 {
+            core.record(&ev(JUNE1 + line as i64 * H, line, None, 500, Some(0), None));
+        }
+    };
+    anonymous(&mut core, 0);
+    core.track_changes();
+    let mark = core.mark();
+    store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
+    core.settle(mark);
+    anonymous(&mut core, 50);
+    let (part, _) = core.changed();
+    let m = store
+        .write_kind(&part, None, meta(), Kind::Changes)
+        .unwrap();
+    assert!(m.chain.is_some());
+    let session = Session::open(dir.path()).await.unwrap();
+    let count = |batches: Vec<datafusion::arrow::array::RecordBatch>| {
+        pretty_format_batches(&batches).unwrap().to_string()
+    };
+    let (_, rfm) = session.sql("SELECT COUNT(*) AS n FROM rfm").await.unwrap();
+    assert!(count(rfm).contains("| 0 |"));
+    let (_, orders) = session
+        .sql("SELECT SUM(orders) AS n FROM daily_sales")
+        .await
+        .unwrap();
+    assert!(count(orders).contains("| 100 |"));
+}
