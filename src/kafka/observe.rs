@@ -201,3 +201,31 @@ fn score_segments<'a>(states: impl Iterator<Item = &'a PartitionState>) -> bool 
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshots published within [`SEGMENTS_EVERY`] of a scoring wait for a later one,
+    /// which the tick does once the interval has passed: the gauges are never older than
+    /// the interval plus a tick, and cost one scoring per interval at most.
+    #[test]
+    fn segments_are_scored_at_most_once_per_interval_and_never_left_behind() {
+        let none = || std::iter::empty::<&PartitionState>();
+        let mut s = Segments::default();
+        s.published(none());
+        assert!(
+            !s.pending && s.last.is_some(),
+            "the first publish is scored at once"
+        );
+        let first = s.last;
+        s.published(none());
+        s.tick(none());
+        assert!(s.pending && s.last == first, "within the interval: waits");
+        s.last = Some(Instant::now() - SEGMENTS_EVERY);
+        s.tick(none());
+        assert!(!s.pending && s.last > first, "once due, the tick scores it");
+        s.tick(none());
+        assert!(!s.pending, "nothing waits: the tick does nothing");
+    }
+}
