@@ -227,16 +227,7 @@ fn all_manifests(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_run_killed_on_an_incremental_snapshot_is_read_and_resumed_through_its_chain() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("input.csv");
-    ok(&[
-        "generate",
-        "--rows",
-        "20000",
-        "--seed",
-        "41",
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let input = common::generate(tmp.path(), 20_000, 41);
     let whole = tmp.path().join("whole");
     let all = run_json(&input, &whole, &[]);
     let paced = |dir: &Path, rate: &str, extra: &[&str]| {

@@ -8,29 +8,8 @@ use storepulse_aggregate::testing::ev;
 
 use super::Session;
 use crate::aggregate::{Core, CoreConfig};
-use crate::snapshot::{Counts, InputPosition, Kind, SnapshotMeta, SnapshotStore, WindowConfig};
-
-const JUNE1: i64 = 1_590_969_600_000_000;
-const H: i64 = 3_600_000_000;
-
-fn meta() -> SnapshotMeta {
-    SnapshotMeta {
-        input: InputPosition::File {
-            path: "x.csv".into(),
-            order: "event_time".into(),
-            lines_read: 5,
-            events_applied: 3,
-            complete: false,
-            rejected_bytes: 0,
-        },
-        counts: Counts::default(),
-        config: WindowConfig {
-            max_out_of_orderness_us: H,
-            allowed_lateness_us: 0,
-            min_event_time: "2000-01-01T00:00:00Z".into(),
-        },
-    }
-}
+use crate::snapshot::tests::{meta, H, JUNE1};
+use crate::snapshot::{Kind, SnapshotStore};
 
 /// `n` events from `from` in event-time order, 400 a day, of 2,000 customers (some lines
 /// without one), two categories and a brand or none.

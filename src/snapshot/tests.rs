@@ -10,10 +10,11 @@ use crate::aggregate::CoreConfig;
 use storepulse_aggregate::testing::ev;
 use tables::scope;
 
-const JUNE1: i64 = 1_590_969_600_000_000;
-const H: i64 = 3_600_000_000;
+pub(crate) const JUNE1: i64 = 1_590_969_600_000_000;
+pub(crate) const H: i64 = 3_600_000_000;
 
-fn meta() -> SnapshotMeta {
+/// What a `run` snapshot records besides its state, for tests (other modules' too).
+pub(crate) fn meta() -> SnapshotMeta {
     SnapshotMeta {
         input: InputPosition::File {
             path: "x.csv".into(),
