@@ -27,8 +27,9 @@ use rdkafka::error::KafkaError as ClientError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::batch::Batch;
 use super::dead_letters::DeadLetters;
-use super::lanes::{Batch, Input, Partitions};
+use super::lanes::{Input, Partitions};
 pub use super::processor::{ProcessConfig, ProcessError, ProcessOutcome};
 use super::rebalance::Ctx;
 use super::{dead_letter_topic, Connection};
@@ -177,11 +178,13 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
     let mut alive = true;
     let mut generation = ctx.generation();
     while alive && !shutdown.load(Ordering::SeqCst) {
-        if let Some(e) = ctx.error() {
-            return Err(e);
-        }
-        ctx.answer_asks(consumer)?;
+        // Between batches (at least every BATCH messages, and whenever polling idles),
+        // not with two locks for every message.
         let wait = if batch.is_empty() {
+            if let Some(e) = ctx.error() {
+                return Err(e);
+            }
+            ctx.answer_asks(consumer)?;
             Duration::from_millis(100)
         } else {
             Duration::ZERO

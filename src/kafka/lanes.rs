@@ -11,19 +11,17 @@
 //! published snapshots go back to the poll thread, which reports them to the group.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{BorrowedMessage, Headers, Message};
-
+use super::batch::Batch;
 use super::dead_letters::DeadLetters;
 use super::observe::{self, Progress};
 use super::partition::{PartitionState, Verdict};
 use super::processor::{ProcessConfig, ProcessError, ProcessOutcome};
-use super::{DeadLetter, CONTROL_HEADER, END_OF_INPUT};
+use super::{DeadLetter, END_OF_INPUT};
 use crate::aggregate::{Core, Seen};
 use crate::metrics::events::SnapshotPublished;
 use crate::pipeline::{Flow, Lane, Lanes, Pipeline, Slot, Snapshots};
@@ -51,75 +49,6 @@ pub(super) struct Asks {
 /// Takes the offsets published so far.
 pub(super) fn drain(commits: &Commits) -> Vec<(i32, i64)> {
     std::mem::take(&mut *commits.lock().unwrap_or_else(|p| p.into_inner()))
-}
-
-/// Polled messages, copied into one buffer.
-#[derive(Default)]
-pub(super) struct Batch {
-    data: Vec<u8>,
-    messages: Vec<Polled>,
-}
-
-struct Polled {
-    partition: i32,
-    offset: i64,
-    control: Option<Range<usize>>,
-    payload: Range<usize>,
-}
-
-impl Batch {
-    pub fn push(&mut self, m: &BorrowedMessage<'_>) {
-        let control = m.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == CONTROL_HEADER)
-                .and_then(|h| h.value)
-        });
-        let control = control.map(|c| self.copy(c));
-        let payload = self.copy(m.payload().unwrap_or_default());
-        self.messages.push(Polled {
-            partition: m.partition(),
-            offset: m.offset(),
-            control,
-            payload,
-        });
-    }
-
-    fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
-        let start = self.data.len();
-        self.data.extend_from_slice(bytes);
-        start..self.data.len()
-    }
-
-    /// The messages so far, leaving an empty batch of the same capacity (a batch's buffer
-    /// grows to its size once, not at every batch).
-    pub fn take(&mut self) -> Batch {
-        let empty = Batch {
-            data: Vec::with_capacity(self.data.capacity()),
-            messages: Vec::with_capacity(self.messages.capacity()),
-        };
-        std::mem::replace(self, empty)
-    }
-
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.messages.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    fn control(&self, m: &Polled) -> Option<&[u8]> {
-        m.control.clone().map(|r| &self.data[r])
-    }
-
-    fn payload(&self, m: &Polled) -> &[u8] {
-        &self.data[m.payload.clone()]
-    }
 }
 
 /// Where an assigned partition is read from: its snapshot's next offset, or the beginning.
@@ -249,7 +178,7 @@ impl Partitions {
         for list in self.by_partition.values_mut() {
             list.clear();
         }
-        for (i, m) in batch.messages.iter().enumerate() {
+        for (i, m) in batch.messages().iter().enumerate() {
             self.by_partition.entry(m.partition).or_default().push(i);
         }
         let mut verdicts = std::mem::take(&mut self.verdicts);
@@ -261,7 +190,7 @@ impl Partitions {
             };
             let part = &mut slot.lane;
             let messages = list.iter().map(|&i| {
-                let m = &batch.messages[i];
+                let m = &batch.messages()[i];
                 (m.offset, batch.control(m), batch.payload(m))
             });
             part.state.apply_batch(messages, &mut verdicts);
@@ -271,7 +200,7 @@ impl Partitions {
                     continue;
                 }
                 applied += 1;
-                let m = &batch.messages[i];
+                let m = &batch.messages()[i];
                 // Only an end of input ends it: a watermark or an input's announcement
                 // read last, with more to come, does not.
                 part.at_end = batch.control(m) == Some(END_OF_INPUT.as_bytes())

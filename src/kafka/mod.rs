@@ -8,6 +8,7 @@
 //! `aggregate::CoreState::merge`).
 
 mod acks;
+mod batch;
 pub mod consume;
 mod dead_letters;
 mod lanes;

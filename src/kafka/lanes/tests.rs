@@ -113,21 +113,14 @@ fn a_sample_past_the_snapshot_asks_nothing() {
 
 /// A batch of control messages of partition 0 from `offset` on: (kind, JSON value).
 fn controls(offset: i64, messages: &[(&str, String)]) -> Batch {
-    let mut batch = Batch {
-        data: Vec::new(),
-        messages: Vec::new(),
-    };
+    let mut batch = Batch::default();
     for (i, (kind, value)) in messages.iter().enumerate() {
-        let at = batch.data.len();
-        batch.data.extend_from_slice(kind.as_bytes());
-        let control = at..batch.data.len();
-        batch.data.extend_from_slice(value.as_bytes());
-        batch.messages.push(Polled {
-            partition: 0,
-            offset: offset + i as i64,
-            payload: control.end..batch.data.len(),
-            control: Some(control),
-        });
+        batch.push_parts(
+            0,
+            offset + i as i64,
+            Some(kind.as_bytes()),
+            value.as_bytes(),
+        );
     }
     batch
 }
