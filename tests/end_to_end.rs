@@ -253,9 +253,15 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
     ]);
     let (memory, spilled) = (tmp.path().join("memory"), tmp.path().join("spilled"));
     run(&input, &memory, &[]);
+    // The run's temporary folder is this test's: what it leaves there is its own. A sort
+    // folder of a process that is gone (killed while sorting) is removed by the next sort.
+    let temp = tmp.path().join("temp");
+    let orphan = temp.join("storepulse-sort-4194399-7f00");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("run-0"), b"runs of a killed sort").unwrap();
     // 1 MiB holds about 10,900 events, less than one 8 MiB read block: each block
     // (about 23 MB of input in all) becomes a run of its own.
-    let out = common::storepulse(&[
+    let out = common::spawn::storepulse_command(&[
         "run",
         "--input",
         input.to_str().unwrap(),
@@ -266,7 +272,10 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
         "127.0.0.1:0",
         "--memory-limit",
         "1MiB",
-    ]);
+    ])
+    .env("TMPDIR", &temp)
+    .output()
+    .unwrap();
     assert!(out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     let runs: u32 = said
@@ -286,15 +295,7 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
         std::fs::read(memory.join("rejected.csv")).unwrap(),
         std::fs::read(spilled.join("rejected.csv")).unwrap()
     );
-    let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("storepulse-sort-")
-        })
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&temp).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let out = common::storepulse(&["run", "--memory-limit", "12x", "--input", "x.csv"]);
     assert_eq!(out.status.code(), Some(2));

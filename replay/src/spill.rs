@@ -114,8 +114,10 @@ impl Sorter {
         let dir = match &self.dir {
             Some(d) => d.clone(),
             None => {
-                let d = std::env::temp_dir().join(format!(
-                    "storepulse-sort-{}-{:x}",
+                let tmp = std::env::temp_dir();
+                remove_orphans(&tmp);
+                let d = tmp.join(format!(
+                    "{SORT_DIR_PREFIX}{}-{:x}",
                     std::process::id(),
                     self as *const Self as usize
                 ));
@@ -280,6 +282,36 @@ impl Iterator for Events<'_> {
 }
 
 /// Sorts `events` by (event time, line) and writes them to `path` as one run.
+/// The start of a sort's folder of runs: `storepulse-sort-<process id>-<sorter>`.
+const SORT_DIR_PREFIX: &str = "storepulse-sort-";
+
+/// Removes the sort folders of processes that are gone: a sorter removes its own when it
+/// is dropped, but a process killed while sorting (`kill -9`, out of memory) cannot, and
+/// its runs (as large as the input) would stay in the temporary folder for good. A
+/// process id is looked up in `/proc` (Linux); elsewhere nothing is removed.
+fn remove_orphans(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SORT_DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = cfg!(target_os = "linux")
+            && std::path::Path::new("/proc").is_dir()
+            && !std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if gone && std::fs::remove_dir_all(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed the sort runs of a process that is gone");
+        }
+    }
+}
+
 fn write_run(
     events: Vec<PurchaseEvent>,
     mut keys: Vec<(i64, u64, u32)>,
@@ -473,6 +505,26 @@ mod tests {
             line,
             offset: line * 100,
         }
+    }
+
+    /// Only the sort folders of processes that are gone are removed.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_sort_runs_of_a_process_that_is_gone_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Above the largest process id Linux gives (2^22): never a running process.
+        let gone = tmp.path().join("storepulse-sort-4194399-7f00");
+        let mine = tmp
+            .path()
+            .join(format!("storepulse-sort-{}-7f00", std::process::id()));
+        let other = tmp.path().join("storepulse-sort-notes");
+        for d in [&gone, &mine, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("run-0"), b"runs").unwrap();
+        }
+        remove_orphans(tmp.path());
+        assert!(!gone.exists());
+        assert!(mine.join("run-0").exists() && other.join("run-0").exists());
     }
 
     /// A run cut off inside a record is an error, not a silently shorter stream.
