@@ -27,6 +27,9 @@ fn a_stopped_run_resumes_exactly_with_its_dead_letters() {
         run(&input, &whole, &["--order", order]);
 
         let cut = tmp.path().join(format!("cut-{order}"));
+        // Stopped a quarter in, with 7.5 s of input ahead at 400 lines/s: a snapshot held
+        // back for seconds on a loaded machine lets the feed catch up (the same stop in
+        // tests/metrics.rs, with 4 s ahead, once read the whole file first in CI).
         let child = common::spawn_run(
             &input,
             &cut,
@@ -34,7 +37,7 @@ fn a_stopped_run_resumes_exactly_with_its_dead_letters() {
                 "--order",
                 order,
                 "--rate",
-                "1000",
+                "400",
                 "--snapshot-interval",
                 "50ms",
             ],
@@ -47,7 +50,7 @@ fn a_stopped_run_resumes_exactly_with_its_dead_letters() {
         assert_eq!(stopped["input"]["complete"], false, "{order}: {stopped}");
         let applied = stopped["input"]["events_applied"].as_u64().unwrap();
         assert!(
-            (1000..3000).contains(&applied),
+            (1000..4000).contains(&applied),
             "{order}: {applied} applied"
         );
 
