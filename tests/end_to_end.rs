@@ -256,7 +256,12 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
     // The run's temporary folder is this test's: what it leaves there is its own. A sort
     // folder of a process that is gone (killed while sorting) is removed by the next sort.
     let temp = tmp.path().join("temp");
-    let orphan = temp.join("storepulse-sort-4194399-7f00");
+    // Named as a sort of this process id namespace names its folder, with a process id
+    // above any Linux gives.
+    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let namespace = namespace.to_str().unwrap();
+    let namespace = &namespace["pid:[".len()..namespace.len() - 1];
+    let orphan = temp.join(format!("storepulse-sort-{namespace}-4194399-7f00"));
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join("run-0"), b"runs of a killed sort").unwrap();
     // 1 MiB holds about 10,900 events, less than one 8 MiB read block: each block

@@ -117,7 +117,8 @@ impl Sorter {
                 let tmp = std::env::temp_dir();
                 remove_orphans(&tmp);
                 let d = tmp.join(format!(
-                    "{SORT_DIR_PREFIX}{}-{:x}",
+                    "{SORT_DIR_PREFIX}{}-{}-{:x}",
+                    pid_namespace().unwrap_or(0),
                     std::process::id(),
                     self as *const Self as usize
                 ));
@@ -282,31 +283,47 @@ impl Iterator for Events<'_> {
 }
 
 /// Sorts `events` by (event time, line) and writes them to `path` as one run.
-/// The start of a sort's folder of runs: `storepulse-sort-<process id>-<sorter>`.
+/// The start of a sort's folder of runs:
+/// `storepulse-sort-<process id namespace>-<process id>-<sorter>`.
 const SORT_DIR_PREFIX: &str = "storepulse-sort-";
+
+/// This process's process id namespace (Linux; `None` elsewhere): process ids are only
+/// looked up among the processes of one namespace (a container sharing the temporary
+/// folder sees others).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    link.to_str()?
+        .strip_prefix("pid:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
 
 /// Removes the sort folders of processes that are gone: a sorter removes its own when it
 /// is dropped, but a process killed while sorting (`kill -9`, out of memory) cannot, and
-/// its runs (as large as the input) would stay in the temporary folder for good. A
-/// process id is looked up in `/proc` (Linux); elsewhere nothing is removed.
+/// its runs (as large as the input) would stay in the temporary folder for good. Only
+/// folders of this process id namespace are looked at, their process looked up in
+/// `/proc` (Linux; elsewhere nothing is removed).
 fn remove_orphans(tmp: &std::path::Path) {
+    let Some(namespace) = pid_namespace() else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
+        let mut parts = name
             .to_str()
             .and_then(|n| n.strip_prefix(SORT_DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
+            .unwrap_or_default()
+            .split('-')
+            .map(|part| part.parse::<u64>().ok());
+        let (Some(Some(ns)), Some(Some(pid))) = (parts.next(), parts.next()) else {
             continue;
         };
-        let gone = cfg!(target_os = "linux")
-            && std::path::Path::new("/proc").is_dir()
-            && !std::path::Path::new("/proc").join(pid.to_string()).exists();
-        if gone && std::fs::remove_dir_all(entry.path()).is_ok() {
+        let gone = !std::path::Path::new("/proc").join(pid.to_string()).exists();
+        if ns == namespace && gone && std::fs::remove_dir_all(entry.path()).is_ok() {
             tracing::info!(path = %entry.path().display(), "removed the sort runs of a process that is gone");
         }
     }
@@ -507,24 +524,33 @@ mod tests {
         }
     }
 
-    /// Only the sort folders of processes that are gone are removed.
+    /// Only the sort folders of processes of this namespace that are gone are removed.
     #[test]
     #[cfg(target_os = "linux")]
     fn the_sort_runs_of_a_process_that_is_gone_are_removed() {
         let tmp = tempfile::tempdir().unwrap();
+        let ns = pid_namespace().unwrap();
         // Above the largest process id Linux gives (2^22): never a running process.
-        let gone = tmp.path().join("storepulse-sort-4194399-7f00");
+        let gone = tmp
+            .path()
+            .join(format!("storepulse-sort-{ns}-4194399-7f00"));
         let mine = tmp
             .path()
-            .join(format!("storepulse-sort-{}-7f00", std::process::id()));
+            .join(format!("storepulse-sort-{ns}-{}-7f00", std::process::id()));
+        let elsewhere = tmp
+            .path()
+            .join(format!("storepulse-sort-{}-4194399-7f00", ns + 1));
+        let older = tmp.path().join("storepulse-sort-4194399-7f00");
         let other = tmp.path().join("storepulse-sort-notes");
-        for d in [&gone, &mine, &other] {
+        for d in [&gone, &mine, &elsewhere, &older, &other] {
             std::fs::create_dir(d).unwrap();
             std::fs::write(d.join("run-0"), b"runs").unwrap();
         }
         remove_orphans(tmp.path());
         assert!(!gone.exists());
-        assert!(mine.join("run-0").exists() && other.join("run-0").exists());
+        for kept in [&mine, &elsewhere, &older, &other] {
+            assert!(kept.join("run-0").exists(), "{}", kept.display());
+        }
     }
 
     /// A run cut off inside a record is an error, not a silently shorter stream.
