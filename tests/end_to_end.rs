@@ -256,13 +256,10 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
     // The run's temporary folder is this test's: what it leaves there is its own. A sort
     // folder of a process that is gone (killed while sorting) is removed by the next sort.
     let temp = tmp.path().join("temp");
-    // Named as a sort of this process id namespace names its folder, with a process id
-    // above any Linux gives.
-    let namespace = std::fs::read_link("/proc/self/ns/pid").unwrap();
-    let namespace = namespace.to_str().unwrap();
-    let namespace = &namespace["pid:[".len()..namespace.len() - 1];
-    let orphan = temp.join(format!("storepulse-sort-{namespace}-4194399-7f00"));
+    // A sort's folder as a killed sort leaves it: its lock file held by no one.
+    let orphan = temp.join("storepulse-sort-4194399-7f00");
     std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join(".lock"), b"").unwrap();
     std::fs::write(orphan.join("run-0"), b"runs of a killed sort").unwrap();
     // 1 MiB holds about 10,900 events, less than one 8 MiB read block: each block
     // (about 23 MB of input in all) becomes a run of its own.
@@ -300,7 +297,15 @@ fn an_event_time_replay_beyond_the_memory_limit_spills_and_changes_nothing() {
         std::fs::read(memory.join("rejected.csv")).unwrap(),
         std::fs::read(spilled.join("rejected.csv")).unwrap()
     );
-    let leftovers: Vec<_> = std::fs::read_dir(&temp).unwrap().flatten().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("storepulse-sort-")
+        })
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let out = common::storepulse(&["run", "--memory-limit", "12x", "--input", "x.csv"]);
     assert_eq!(out.status.code(), Some(2));

@@ -40,6 +40,8 @@ pub struct Sorter {
     writing: Option<std::thread::JoinHandle<io::Result<Written>>>,
     runs: Vec<PathBuf>,
     dir: Option<PathBuf>,
+    /// The folder's lock file, locked while this sorter lives (see [`remove_orphans`]).
+    _lock: Option<File>,
     count: u64,
     span: (i64, i64),
 }
@@ -71,6 +73,7 @@ impl Sorter {
             writing: None,
             runs: Vec::new(),
             dir: None,
+            _lock: None,
             count: 0,
             span: (i64::MAX, i64::MIN),
         }
@@ -117,12 +120,17 @@ impl Sorter {
                 let tmp = std::env::temp_dir();
                 remove_orphans(&tmp);
                 let d = tmp.join(format!(
-                    "{SORT_DIR_PREFIX}{}-{}-{:x}",
-                    pid_namespace().unwrap_or(0),
+                    "{SORT_DIR_PREFIX}{}-{:x}",
                     std::process::id(),
                     self as *const Self as usize
                 ));
                 std::fs::create_dir_all(&d)?;
+                // Locked before it has its name: a folder's lock file is never seen
+                // unlocked while its sorter lives.
+                let lock = File::create(d.join(LOCK_NEW))?;
+                lock.lock()?;
+                std::fs::rename(d.join(LOCK_NEW), d.join(LOCK))?;
+                self._lock = Some(lock);
                 self.dir = Some(d.clone());
                 d
             }
@@ -282,53 +290,42 @@ impl Iterator for Events<'_> {
     }
 }
 
-/// Sorts `events` by (event time, line) and writes them to `path` as one run.
-/// The start of a sort's folder of runs:
-/// `storepulse-sort-<process id namespace>-<process id>-<sorter>`.
+/// The start of a sort's folder of runs: `storepulse-sort-<process id>-<sorter>`.
 const SORT_DIR_PREFIX: &str = "storepulse-sort-";
+/// A sort folder's lock file, locked by its sorter for as long as it lives.
+const LOCK: &str = ".lock";
+/// The lock file while it is being locked.
+const LOCK_NEW: &str = ".lock-new";
 
-/// This process's process id namespace (Linux; `None` elsewhere): process ids are only
-/// looked up among the processes of one namespace (a container sharing the temporary
-/// folder sees others).
-fn pid_namespace() -> Option<u64> {
-    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    link.to_str()?
-        .strip_prefix("pid:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
-/// Removes the sort folders of processes that are gone: a sorter removes its own when it
-/// is dropped, but a process killed while sorting (`kill -9`, out of memory) cannot, and
-/// its runs (as large as the input) would stay in the temporary folder for good. Only
-/// folders of this process id namespace are looked at, their process looked up in
-/// `/proc` (Linux; elsewhere nothing is removed).
+/// Removes the sort folders whose sorter is gone: a sorter removes its own when it is
+/// dropped, but a process killed while sorting (`kill -9`, out of memory) cannot, and its
+/// runs (as large as the input) would stay in the temporary folder for good. A sorter
+/// holds an exclusive lock on its folder's lock file while it lives (released by the
+/// system when its process ends), so a folder whose lock can be taken is no one's; one
+/// without a lock file (named the older way, or not yet locked) is left alone. Processes
+/// in other containers or on other machines sharing the folder hold their locks alike.
 fn remove_orphans(tmp: &std::path::Path) {
-    let Some(namespace) = pid_namespace() else {
-        return;
-    };
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let mut parts = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(SORT_DIR_PREFIX))
-            .unwrap_or_default()
-            .split('-')
-            .map(|part| part.parse::<u64>().ok());
-        let (Some(Some(ns)), Some(Some(pid))) = (parts.next(), parts.next()) else {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(SORT_DIR_PREFIX)
+        {
+            continue;
+        }
+        let Ok(lock) = File::open(entry.path().join(LOCK)) else {
             continue;
         };
-        let gone = !std::path::Path::new("/proc").join(pid.to_string()).exists();
-        if ns == namespace && gone && std::fs::remove_dir_all(entry.path()).is_ok() {
-            tracing::info!(path = %entry.path().display(), "removed the sort runs of a process that is gone");
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed the sort runs of a sort that is gone");
         }
     }
 }
 
+/// Sorts `events` by (event time, line) and writes them to `path` as one run.
 fn write_run(
     events: Vec<PurchaseEvent>,
     mut keys: Vec<(i64, u64, u32)>,
@@ -524,33 +521,37 @@ mod tests {
         }
     }
 
-    /// Only the sort folders of processes of this namespace that are gone are removed.
+    /// Only the sort folders whose lock no sorter holds are removed.
     #[test]
-    #[cfg(target_os = "linux")]
-    fn the_sort_runs_of_a_process_that_is_gone_are_removed() {
+    fn the_sort_runs_of_a_sort_that_is_gone_are_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let ns = pid_namespace().unwrap();
-        // Above the largest process id Linux gives (2^22): never a running process.
-        let gone = tmp
-            .path()
-            .join(format!("storepulse-sort-{ns}-4194399-7f00"));
-        let mine = tmp
-            .path()
-            .join(format!("storepulse-sort-{ns}-{}-7f00", std::process::id()));
-        let elsewhere = tmp
-            .path()
-            .join(format!("storepulse-sort-{}-4194399-7f00", ns + 1));
-        let older = tmp.path().join("storepulse-sort-4194399-7f00");
-        let other = tmp.path().join("storepulse-sort-notes");
-        for d in [&gone, &mine, &elsewhere, &older, &other] {
-            std::fs::create_dir(d).unwrap();
+        let folder = |name: &str, lock: bool| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
             std::fs::write(d.join("run-0"), b"runs").unwrap();
-        }
+            if lock {
+                File::create(d.join(LOCK)).unwrap();
+            }
+            d
+        };
+        let gone = folder("storepulse-sort-4194399-7f00", true);
+        let living = folder("storepulse-sort-1-7f00", true);
+        let held = File::open(living.join(LOCK)).unwrap();
+        held.lock().unwrap();
+        let unlocked = folder("storepulse-sort-2-7f00", false);
+        let other = folder("notes", true);
         remove_orphans(tmp.path());
         assert!(!gone.exists());
-        for kept in [&mine, &elsewhere, &older, &other] {
+        for kept in [&living, &unlocked, &other] {
             assert!(kept.join("run-0").exists(), "{}", kept.display());
         }
+        // A sorter that spills locks its folder, and the folder goes with it.
+        let mut sorter = Sorter::new(0, 0, 1);
+        let path = sorter.next_run_path().unwrap();
+        let dir = path.parent().unwrap().to_path_buf();
+        assert!(File::open(dir.join(LOCK)).unwrap().try_lock().is_err());
+        drop(sorter);
+        assert!(!dir.exists());
     }
 
     /// A run cut off inside a record is an error, not a silently shorter stream.

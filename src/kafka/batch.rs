@@ -33,6 +33,8 @@ struct Spare(Mutex<Vec<(Vec<u8>, Vec<Polled>)>>);
 /// Used batches' buffers kept for the next ones: the batches on their way (the channel to
 /// the driver holds a few) and one being applied.
 const SPARE: usize = 8;
+/// A buffer larger than this (a batch of unusually large messages) is not kept.
+const SPARE_BYTES: usize = 4 << 20;
 
 impl Spare {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Vec<u8>, Vec<Polled>)>> {
@@ -129,7 +131,7 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if self.data.capacity() == 0 {
+        if self.data.capacity() == 0 || self.data.capacity() > SPARE_BYTES {
             return;
         }
         let spare = self.spare.clone();

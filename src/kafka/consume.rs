@@ -178,12 +178,13 @@ fn poll(consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<(), Proce
     let mut alive = true;
     let mut generation = ctx.generation();
     while alive && !shutdown.load(Ordering::SeqCst) {
-        // Between batches (at least every BATCH messages, and whenever polling idles),
-        // not with two locks for every message.
+        // A callback's error stops the loop at once: what was polled is not sent.
+        if let Some(e) = ctx.error() {
+            return Err(e);
+        }
+        // The driver's asks between batches (at least every BATCH messages, and whenever
+        // polling idles), not with a lock for every message.
         let wait = if batch.is_empty() {
-            if let Some(e) = ctx.error() {
-                return Err(e);
-            }
             ctx.answer_asks(consumer)?;
             Duration::from_millis(100)
         } else {

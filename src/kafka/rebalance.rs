@@ -9,7 +9,7 @@
 //! topic at today's partition count. Giving partitions up snapshots them first.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -30,6 +30,8 @@ pub(super) struct Ctx {
     tx: SyncSender<Input>,
     /// The first error of a callback, for the poll loop to stop on.
     error: Mutex<Option<ProcessError>>,
+    /// Whether `error` holds one: looked at on every pass of the poll loop without a lock.
+    failed: AtomicBool,
     /// The owned partitions and the offsets they were assigned at.
     assigned: Mutex<BTreeMap<i32, Option<i64>>>,
     /// The topic's partition count, read when partitions are taken.
@@ -134,6 +136,7 @@ impl Ctx {
             config,
             tx,
             error: Mutex::new(None),
+            failed: AtomicBool::new(false),
             assigned: Mutex::new(BTreeMap::new()),
             partitions: AtomicI32::new(0),
             generation: AtomicU64::new(0),
@@ -175,11 +178,15 @@ impl Ctx {
 
     fn fail(&self, e: ProcessError) {
         lock(&self.error).get_or_insert(e);
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     /// The first error a callback met, if any.
     pub fn error(&self) -> Option<ProcessError> {
-        lock(&self.error).take()
+        match self.failed.load(Ordering::SeqCst) {
+            true => lock(&self.error).take(),
+            false => None,
+        }
     }
 
     /// How many rebalances there were: a batch polled under another assignment is dropped
