@@ -101,10 +101,7 @@ fn a_processor_killed_mid_stream_resumes_exactly() {
     // Its own tables hold only what changed: `query` pointed at that one folder reads it
     // restored through its chain (that partition's customers, every one scored), as it
     // reads a whole snapshot's files.
-    let latest = std::fs::read_to_string(chained.join("LATEST")).unwrap();
-    let text = std::fs::read_to_string(chained.join(latest.trim()).join("manifest.json"));
-    let own = serde_json::from_str::<serde_json::Value>(&text.unwrap()).unwrap()["tables"]["rfm"]
-        ["rows"]
+    let own = common::manifest(&chained)["tables"]["rfm"]["rows"]
         .as_u64()
         .unwrap();
     let n = |sql: &str| -> u64 {

@@ -49,18 +49,12 @@ impl Batch {
                 .find(|h| h.key == CONTROL_HEADER)
                 .and_then(|h| h.value)
         });
-        let control = control.map(|c| self.copy(c));
-        let payload = self.copy(m.payload().unwrap_or_default());
-        self.messages.push(Polled {
-            partition: m.partition(),
-            offset: m.offset(),
-            control,
-            payload,
-        });
+        let payload = m.payload().unwrap_or_default();
+        self.push_parts(m.partition(), m.offset(), control, payload);
     }
 
-    /// A message as [`Batch::push`] copies one in (for tests, which have no client).
-    #[cfg(test)]
+    /// A message's parts copied in (what [`Batch::push`] does with a polled one; tests,
+    /// which have no client, call it directly).
     pub fn push_parts(
         &mut self,
         partition: i32,
@@ -134,14 +128,14 @@ impl Drop for Batch {
         if self.data.capacity() == 0 || self.data.capacity() > SPARE_BYTES {
             return;
         }
-        let spare = self.spare.clone();
-        let mut spare = spare.lock();
+        self.clear();
+        let buffers = (
+            std::mem::take(&mut self.data),
+            std::mem::take(&mut self.messages),
+        );
+        let mut spare = self.spare.lock();
         if spare.len() < SPARE {
-            self.clear();
-            spare.push((
-                std::mem::take(&mut self.data),
-                std::mem::take(&mut self.messages),
-            ));
+            spare.push(buffers);
         }
     }
 }

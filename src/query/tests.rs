@@ -9,7 +9,7 @@ use storepulse_aggregate::testing::ev;
 use super::Session;
 use crate::aggregate::{Core, CoreConfig};
 use crate::snapshot::tests::{meta, H, JUNE1};
-use crate::snapshot::{Kind, SnapshotStore};
+use crate::snapshot::{Kind, Manifest, SnapshotStore};
 
 /// `n` events from `from` in event-time order, 400 a day, of 2,000 customers (some lines
 /// without one), two categories and a brand or none.
@@ -29,6 +29,26 @@ fn feed(core: &mut Core, from: u64, n: u64) {
             brand,
         ));
     }
+}
+
+/// `core` written whole into `store`, changes tracked from there (as a run's driver
+/// starts tracking at its first whole snapshot).
+fn write_base(core: &mut Core, store: &mut SnapshotStore) -> Manifest {
+    core.track_changes();
+    let mark = core.mark();
+    let base = store.write_kind(core, None, meta(), Kind::Whole).unwrap();
+    core.settle(mark);
+    base
+}
+
+/// What changed in `core` since the last snapshot, written as an incremental one.
+fn write_changes(core: &mut Core, store: &mut SnapshotStore) -> Manifest {
+    let (part, mark) = core.changed();
+    let written = store
+        .write_kind(&part, None, meta(), Kind::Changes)
+        .unwrap();
+    core.settle(mark);
+    written
 }
 
 /// Every row of every query table, in a fixed order.
@@ -57,23 +77,15 @@ async fn a_runs_incremental_snapshot_is_read_through_its_chain() {
     core.intern_name("acme");
     core.intern_name("computers.notebook");
     feed(&mut core, 0, 4000);
-    // As the run's driver does: tracking starts at the first whole snapshot.
-    core.track_changes();
     let mut store = SnapshotStore::open(chained.path(), 10)
         .unwrap()
         .with_deltas(5);
-    let mark = core.mark();
-    let base = store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
-    core.settle(mark);
+    let base = write_base(&mut core, &mut store);
     let mut newest = base.clone();
     for from in [4000, 4300] {
         feed(&mut core, from, 300);
         assert!(store.takes_changes());
-        let (part, mark) = core.changed();
-        newest = store
-            .write_kind(&part, None, meta(), Kind::Changes)
-            .unwrap();
-        core.settle(mark);
+        newest = write_changes(&mut core, &mut store);
     }
     let chain = newest.chain.expect("the newest snapshot is incremental");
     assert_eq!((chain.base, chain.length), (base.id, 2));
@@ -129,15 +141,9 @@ async fn a_restored_snapshot_is_read_within_a_small_memory_pool() {
             Some(1),
         ));
     }
-    core.track_changes();
-    let mark = core.mark();
-    store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
-    core.settle(mark);
+    write_base(&mut core, &mut store);
     feed(&mut core, 10_000_000, 300);
-    let (part, _) = core.changed();
-    store
-        .write_kind(&part, None, meta(), Kind::Changes)
-        .unwrap();
+    write_changes(&mut core, &mut store);
     let limits = super::limits::Limits {
         memory_pool: 32 << 20,
         spill: 0,
@@ -180,15 +186,9 @@ async fn a_restored_snapshot_without_customers_answers_empty_tables() {
         }
     };
     anonymous(&mut core, 0);
-    core.track_changes();
-    let mark = core.mark();
-    store.write_kind(&core, None, meta(), Kind::Whole).unwrap();
-    core.settle(mark);
+    write_base(&mut core, &mut store);
     anonymous(&mut core, 50);
-    let (part, _) = core.changed();
-    let m = store
-        .write_kind(&part, None, meta(), Kind::Changes)
-        .unwrap();
+    let m = write_changes(&mut core, &mut store);
     assert!(m.chain.is_some());
     let session = Session::open(dir.path()).await.unwrap();
     let count = |batches: Vec<datafusion::arrow::array::RecordBatch>| {

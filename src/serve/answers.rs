@@ -44,21 +44,25 @@ async fn rows(session: &Session, sql: &str) -> Result<Vec<Value>, Refusal> {
             let text = e.to_string();
             // The page's own queries over the limits the server was started with: say
             // which one.
-            let flag = if text.contains("spilling process has exceeded") {
-                Some("--query-spill-limit")
-            } else if text.contains("Resources exhausted") {
-                Some("--query-memory-limit")
-            } else {
-                None
-            };
-            match flag {
-                Some(flag) => (
+            match exceeded(&text) {
+                Some((flag, _)) => (
                     500,
                     format!("the page's own queries need more than {flag} allows: {text}"),
                 ),
                 None => (500, text),
             }
         })
+}
+
+/// The limit a query's error says it went over: the flag that sets it and what it bounds.
+pub(super) fn exceeded(error: &str) -> Option<(&'static str, &'static str)> {
+    if error.contains("spilling process has exceeded") {
+        Some(("--query-spill-limit", "disk to spill to"))
+    } else if error.contains("Resources exhausted") {
+        Some(("--query-memory-limit", "memory"))
+    } else {
+        None
+    }
 }
 
 /// An integer that `query::json` may have sent as a string.

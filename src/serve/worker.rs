@@ -289,20 +289,13 @@ async fn answer(
 
 fn sql_refusal(e: QueryError) -> (u16, String) {
     let text = e.to_string();
+    if let Some((flag, what)) = answers::exceeded(&text) {
+        return (
+            400,
+            format!("the query needs more {what} than a query may use ({flag}): {text}"),
+        );
+    }
     match e {
-        _ if text.contains("spilling process has exceeded") => (
-            400,
-            format!(
-                "the query needs more disk to spill to than a query may use \
-                 (--query-spill-limit): {text}"
-            ),
-        ),
-        _ if text.contains("Resources exhausted") => (
-            400,
-            format!(
-                "the query needs more memory than a query may use (--query-memory-limit): {text}"
-            ),
-        ),
         QueryError::Sql(_) | QueryError::Lake(_) | QueryError::NoTables(_) => (400, text),
         _ => (500, text),
     }
